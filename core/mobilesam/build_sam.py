@@ -1,0 +1,142 @@
+"""`build_sam(model_type, checkpoint)` and the `sam_model_registry`, as in segment_anything.
+
+Checkpoints are the official `mobile_sam.pt` / `sam_vit_{b,l,h}_*.pth` state dicts, loaded with
+`torch.load(weights_only=True)` and `strict=True`.
+"""
+
+import os
+from functools import partial
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import torch
+
+from .errors import CheckpointError
+from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TinyViT, TwoWayTransformer
+
+PROMPT_EMBED_DIM = 256
+
+# (embed_dim, depth, num_heads, global attention blocks)
+VIT_CONFIGS = {
+    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
+}
+MODEL_TYPES = ("vit_t", "vit_b", "vit_l", "vit_h")
+
+
+def build_image_encoder(model_type: str, image_size: int = 1024) -> torch.nn.Module:
+    if model_type == "vit_t":
+        return TinyViT(img_size=image_size)
+    embed_dim, depth, num_heads, global_attn = VIT_CONFIGS[model_type]
+    return ImageEncoderViT(img_size=image_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                           global_attn_indexes=global_attn)
+
+
+def build_sam(model_type: str = "vit_t", checkpoint: Optional[Union[str, os.PathLike]] = None,
+              image_size: int = 1024) -> Sam:
+    """Build a SAM model; `checkpoint` is a path to an official-format state dict or None.
+
+    `image_size` other than 1024 is for training/testing small models (distillation); official
+    checkpoints need 1024.
+    """
+    if model_type == "default":
+        model_type = "vit_h"
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
+    embedding_size = image_size // 16
+    sam = Sam(
+        image_encoder=build_image_encoder(model_type, image_size),
+        prompt_encoder=PromptEncoder(
+            embed_dim=PROMPT_EMBED_DIM,
+            image_embedding_size=(embedding_size, embedding_size),
+            input_image_size=(image_size, image_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            transformer_dim=PROMPT_EMBED_DIM,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_EMBED_DIM, mlp_dim=2048, num_heads=8),
+            num_multimask_outputs=3,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+        ),
+    )
+    sam.eval()
+    if checkpoint is not None:
+        load_checkpoint(sam, checkpoint, model_type)
+    return sam
+
+
+def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+    """Read a checkpoint safely (`weights_only=True`) and return its state dict.
+
+    Accepts a bare state dict or one wrapped as {"model": ...} / {"state_dict": ...}.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for bad files; name the file once.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({reason}); the file is truncated, corrupt, "
+            "or not a PyTorch checkpoint"
+        ) from None
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"checkpoint {path} holds no state dict of tensors")
+    return obj
+
+
+def detect_model_type(state_dict: dict[str, torch.Tensor]) -> Optional[str]:
+    """Which architecture a SAM state dict belongs to, or None if it is not a SAM checkpoint."""
+    if "image_encoder.layers.0.blocks.0.conv1.c.weight" in state_dict:
+        return "vit_t"
+    pos = state_dict.get("image_encoder.pos_embed")
+    if pos is not None:
+        for name, (embed_dim, *_rest) in VIT_CONFIGS.items():
+            if pos.shape[-1] == embed_dim:
+                return name
+    return None
+
+
+def load_checkpoint(sam: Sam, path: Union[str, os.PathLike], model_type: str) -> None:
+    state_dict = read_state_dict(path)
+    found = detect_model_type(state_dict)
+    if found is None:
+        raise CheckpointError(f"checkpoint {path} is not a SAM/MobileSAM checkpoint (no image encoder weights)")
+    if found != model_type:
+        raise CheckpointError(f"checkpoint {path} is {found}, you asked for {model_type}")
+    own = sam.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    wrong_shape = [k for k in state_dict if k in own and own[k].shape != state_dict[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+    if wrong_shape:
+        k = wrong_shape[0]
+        problems.append(f"{len(wrong_shape)} tensors of another shape (e.g. {k}: file "
+                        f"{tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not match {model_type}: " + "; ".join(problems))
+    sam.load_state_dict(state_dict, strict=True)
+
+
+def _builder(model_type: str) -> Callable[..., Sam]:
+    return partial(build_sam, model_type)
+
+
+# segment_anything-style registry: sam_model_registry["vit_t"](checkpoint=path)
+sam_model_registry = {name: _builder(name) for name in MODEL_TYPES}
+sam_model_registry["default"] = _builder("vit_h")
+build_sam_vit_t = sam_model_registry["vit_t"]
+build_sam_vit_b = sam_model_registry["vit_b"]
+build_sam_vit_l = sam_model_registry["vit_l"]
+build_sam_vit_h = sam_model_registry["vit_h"]

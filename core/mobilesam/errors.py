@@ -1,0 +1,13 @@
+"""Exceptions with messages meant for people, shared by the core and the front-ends."""
+
+
+class MobileSamError(Exception):
+    """Base class: anything the user can fix (bad file, bad input, missing weights)."""
+
+
+class CheckpointError(MobileSamError, ValueError):
+    """A checkpoint file that is missing, unreadable, truncated or of another architecture."""
+
+
+class MissingWeightsError(MobileSamError, FileNotFoundError):
+    """No local weights and they could not be downloaded."""

@@ -1,0 +1,43 @@
+"""Small building blocks shared by the encoders and the mask decoder."""
+
+import torch
+from torch import nn
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of a (B, C, H, W) tensor."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+class MLPBlock(nn.Module):
+    """Two linear layers with an activation between them (transformer feed-forward)."""
+
+    def __init__(self, embedding_dim: int, mlp_dim: int, act: type[nn.Module] = nn.GELU) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(embedding_dim, mlp_dim)
+        self.lin2 = nn.Linear(mlp_dim, embedding_dim)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+def conv_neck(in_dim: int, out_dim: int = 256) -> nn.Sequential:
+    """The encoder neck SAM and MobileSAM share: 1x1 conv, LN, 3x3 conv, LN (no biases)."""
+    return nn.Sequential(
+        nn.Conv2d(in_dim, out_dim, kernel_size=1, bias=False),
+        LayerNorm2d(out_dim),
+        nn.Conv2d(out_dim, out_dim, kernel_size=3, padding=1, bias=False),
+        LayerNorm2d(out_dim),
+    )

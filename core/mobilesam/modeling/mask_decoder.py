@@ -1,0 +1,86 @@
+"""SAM's mask decoder: tokens + image embedding -> low-res mask logits and IoU predictions."""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import LayerNorm2d
+from .transformer import TwoWayTransformer
+
+
+class MaskDecoder(nn.Module):
+    def __init__(self, *, transformer_dim: int, transformer: TwoWayTransformer, num_multimask_outputs: int = 3,
+                 iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
+        super().__init__()
+        self.transformer_dim = transformer_dim
+        self.transformer = transformer
+        self.num_multimask_outputs = num_multimask_outputs
+        self.iou_token = nn.Embedding(1, transformer_dim)
+        self.num_mask_tokens = num_multimask_outputs + 1
+        self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
+        self.output_upscaling = nn.Sequential(
+            nn.ConvTranspose2d(transformer_dim, transformer_dim // 4, kernel_size=2, stride=2),
+            LayerNorm2d(transformer_dim // 4),
+            nn.GELU(),
+            nn.ConvTranspose2d(transformer_dim // 4, transformer_dim // 8, kernel_size=2, stride=2),
+            nn.GELU(),
+        )
+        self.output_hypernetworks_mlps = nn.ModuleList(
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+        )
+        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+
+    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
+                dense_prompt_embeddings: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """image_embeddings (1 or B, C, h, w); sparse (B, N, C); dense (B, C, h, w).
+
+        Returns masks (B, 3 or 1, 4h, 4w) logits and iou predictions (B, 3 or 1). Mask 0 is the
+        single-mask output; 1..3 are the multimask candidates.
+        """
+        masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                             dense_prompt_embeddings)
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        return masks[:, keep], iou_pred[:, keep]
+
+    def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                      sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """All num_mask_tokens masks (B, 4, 4h, 4w) and their IoU predictions (B, 4)."""
+        B = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        tokens = torch.cat((output_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings), dim=1)
+
+        # One image embedding serves a whole batch of prompts: broadcast instead of copying.
+        src = image_embeddings + dense_prompt_embeddings
+        if src.shape[0] != B:
+            src = src.expand(B, -1, -1, -1)
+        pos_src = image_pe.expand(B, -1, -1, -1)
+        b, c, h, w = src.shape
+
+        hs, src = self.transformer(src, pos_src, tokens)
+        iou_token_out = hs[:, 0, :]
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+
+        upscaled = self.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+        hyper_in = torch.stack(
+            [mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(self.output_hypernetworks_mlps)], dim=1
+        )
+        b, c, h, w = upscaled.shape
+        masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
+        return masks, self.iou_prediction_head(iou_token_out)
+
+
+class MLP(nn.Module):
+    """A ReLU MLP with `num_layers` linear layers."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        dims = [input_dim] + [hidden_dim] * (num_layers - 1)
+        self.layers = nn.ModuleList(nn.Linear(n, k) for n, k in zip(dims, dims[1:] + [output_dim]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x

@@ -1,0 +1,69 @@
+"""`Sam`: image encoder + prompt encoder + mask decoder, with SAM's pre- and postprocessing."""
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+class Sam(nn.Module):
+    mask_threshold: float = 0.0
+    image_format: str = "RGB"
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder,
+                 pixel_mean: tuple[float, ...] = PIXEL_MEAN, pixel_std: tuple[float, ...] = PIXEL_STD) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    @property
+    def img_size(self) -> int:
+        return self.image_encoder.img_size
+
+    @torch.inference_mode()
+    def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
+        """End-to-end prediction for a batch of images, as segment_anything's `Sam.forward`.
+
+        Each input dict has `image` (3, H, W) already resized to the model's longest side,
+        `original_size` (H0, W0), and optionally `point_coords` (B, N, 2), `point_labels` (B, N),
+        `boxes` (B, 4), `mask_inputs` (B, 1, 256, 256), all in model-input coordinates.
+        """
+        images = torch.stack([self.preprocess(x["image"]) for x in batched_input])
+        embeddings = self.image_encoder(images)
+        outputs = []
+        for record, embedding in zip(batched_input, embeddings):
+            points = (record["point_coords"], record["point_labels"]) if "point_coords" in record else None
+            sparse, dense = self.prompt_encoder(points, record.get("boxes"), record.get("mask_inputs"))
+            low_res, iou = self.mask_decoder(embedding.unsqueeze(0), self.prompt_encoder.get_dense_pe(),
+                                             sparse, dense, multimask_output)
+            masks = self.postprocess_masks(low_res, record["image"].shape[-2:], record["original_size"])
+            outputs.append({"masks": masks > self.mask_threshold, "iou_predictions": iou,
+                            "low_res_logits": low_res})
+        return outputs
+
+    def postprocess_masks(self, masks: torch.Tensor, input_size: tuple[int, ...],
+                          original_size: tuple[int, ...]) -> torch.Tensor:
+        """Low-res logits (B, C, 256, 256) -> logits (B, C, H0, W0) in the original image frame."""
+        masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        masks = masks[..., : input_size[0], : input_size[1]]
+        return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise (3, h, w) or (B, 3, h, w) pixels and zero-pad bottom/right to a square."""
+        x = (x - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))

@@ -1,0 +1,190 @@
+"""`SamPredictor`: a drop-in for segment_anything's, plus exportable embedding state.
+
+Encode an image once (`set_image`), then answer any number of prompts (`predict`). Coordinates
+are (x, y) pixels of the original image. `get_embedding_state` / `set_embedding` let front-ends
+cache embeddings and restore them without re-encoding.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .modeling import Sam
+from .transforms import ResizeLongestSide
+
+
+@dataclass(frozen=True)
+class EmbeddingState:
+    """Everything `predict` needs about an encoded image.
+
+    features: (1, 256, 64, 64) float32 image embedding (on CPU when exported).
+    original_size: (H, W) of the image given to `set_image`.
+    input_size: (h, w) of the resized image fed to the encoder (before padding).
+    """
+
+    features: torch.Tensor
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+
+    @property
+    def nbytes(self) -> int:
+        return self.features.numel() * self.features.element_size()
+
+
+class SamPredictor:
+    def __init__(self, sam_model: Sam) -> None:
+        self.model = sam_model
+        self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.reset_image()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Encode an (H, W, 3) uint8 image in `image_format` ("RGB" or "BGR")."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"set_image needs an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}; "
+                "convert other images with mobilesam.to_rgb_uint8"
+            )
+        if image_format != self.model.image_format:
+            image = image[..., ::-1]
+        resized = self.transform.apply_image(image)
+        tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        self.set_torch_image(tensor, image.shape[:2])
+
+    @torch.inference_mode()
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
+        """Encode a (1, 3, h, w) image already resized so that max(h, w) is the model's input size."""
+        if not (transformed_image.ndim == 4 and transformed_image.shape[1] == 3
+                and max(*transformed_image.shape[2:]) == self.model.img_size):
+            raise ValueError(
+                f"set_torch_image needs (1, 3, h, w) with max(h, w) = {self.model.img_size}, "
+                f"got {tuple(transformed_image.shape)}"
+            )
+        self.reset_image()
+        self.original_size = tuple(int(s) for s in original_image_size)
+        self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
+        self.features = self.model.image_encoder(self.model.preprocess(transformed_image))
+        self.is_image_set = True
+
+    def get_embedding_state(self) -> EmbeddingState:
+        """The current image's embedding and sizes, detached on CPU, for caching."""
+        self._require_image()
+        return EmbeddingState(self.features.detach().cpu(), self.original_size, self.input_size)
+
+    def set_embedding(self, state: EmbeddingState) -> None:
+        """Restore a state from `get_embedding_state` instead of encoding the image again."""
+        expected = (self.model.prompt_encoder.embed_dim, *self.model.prompt_encoder.image_embedding_size)
+        features = torch.as_tensor(state.features)
+        if features.ndim == 3:
+            features = features[None]
+        if tuple(features.shape[1:]) != expected or features.shape[0] != 1:
+            raise ValueError(f"embedding has shape {tuple(features.shape)}, this model needs (1, {expected})")
+        self.reset_image()
+        self.features = features.to(self.device, torch.float32)
+        self.original_size = tuple(int(s) for s in state.original_size)
+        self.input_size = tuple(int(s) for s in state.input_size)
+        self.is_image_set = True
+
+    def predict(
+        self,
+        point_coords: Optional[np.ndarray] = None,
+        point_labels: Optional[np.ndarray] = None,
+        box: Optional[np.ndarray] = None,
+        mask_input: Optional[np.ndarray] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks for prompts on the current image.
+
+        point_coords (N, 2) (x, y) pixels; point_labels (N,) 1 foreground / 0 background;
+        box (4,) XYXY pixels; mask_input (1, 256, 256) logits from a previous prediction.
+        Returns masks (C, H, W) bool (or logits), iou predictions (C,), low-res logits (C, 256, 256);
+        C is 3 with multimask_output, else 1.
+        """
+        self._require_image()
+        coords_torch = labels_torch = box_torch = mask_torch = None
+        if point_coords is not None:
+            if point_labels is None:
+                raise ValueError("point_labels must be supplied if point_coords is supplied.")
+            point_coords = np.asarray(point_coords)
+            point_labels = np.asarray(point_labels)
+            if point_coords.ndim != 2 or point_coords.shape[1] != 2 or len(point_labels) != len(point_coords):
+                raise ValueError(
+                    f"point_coords must be (N, 2) with N labels; got {point_coords.shape} and {point_labels.shape}"
+                )
+            coords = self.transform.apply_coords(point_coords, self.original_size)
+            coords_torch = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
+            labels_torch = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None]
+        if box is not None:
+            box = np.asarray(box)
+            if box.size != 4:
+                raise ValueError(f"box must have 4 numbers (x0, y0, x1, y1), got shape {box.shape}")
+            box_torch = torch.as_tensor(self.transform.apply_boxes(box, self.original_size),
+                                        dtype=torch.float, device=self.device)[None, :]
+            box_torch = box_torch.reshape(1, 4)
+        if mask_input is not None:
+            mask_torch = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)
+            if mask_torch.ndim == 2:
+                mask_torch = mask_torch[None]
+            mask_torch = mask_torch[None]
+        masks, iou, low_res = self.predict_torch(coords_torch, labels_torch, box_torch, mask_torch,
+                                                 multimask_output, return_logits=return_logits)
+        return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_torch(
+        self,
+        point_coords: Optional[torch.Tensor],
+        point_labels: Optional[torch.Tensor],
+        boxes: Optional[torch.Tensor] = None,
+        mask_input: Optional[torch.Tensor] = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction on model-input coordinates (see `transform.apply_coords_torch`).
+
+        point_coords (B, N, 2), point_labels (B, N), boxes (B, 4), mask_input (B, 1, 256, 256).
+        Returns masks (B, C, H, W), iou predictions (B, C), low-res logits (B, C, 256, 256).
+        """
+        self._require_image()
+        points = (point_coords, point_labels) if point_coords is not None else None
+        low_res, iou = self.decode(points, boxes, mask_input, multimask_output)
+        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.model.mask_threshold
+        return masks, iou, low_res
+
+    def decode(self, points, boxes, mask_input, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompt encoder + mask decoder on the current embedding: low-res logits and IoU predictions."""
+        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.model.mask_decoder(
+            image_embeddings=self.features,
+            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )
+
+    def get_image_embedding(self) -> torch.Tensor:
+        """The current image embedding, (1, 256, 64, 64)."""
+        self._require_image()
+        return self.features
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features = None
+        self.orig_h = self.orig_w = self.input_h = self.input_w = None
+        self.original_size = None
+        self.input_size = None
+
+    def _require_image(self) -> None:
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
