@@ -11,3 +11,7 @@ class CheckpointError(MobileSamError, ValueError):
 
 class MissingWeightsError(MobileSamError, FileNotFoundError):
     """No local weights and they could not be downloaded."""
+
+
+class Cancelled(MobileSamError):
+    """Long work (embedding a volume, propagation, training) was cancelled by the caller."""

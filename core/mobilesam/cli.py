@@ -1,0 +1,63 @@
+"""`mobilesam` command line. Each subcommand lives in `mobilesam.commands.<module>` and exposes
+`register(subparsers)`; modules are imported lazily so `mobilesam --help` stays fast and a
+front-end's dependencies are needed only by the subcommand that starts it."""
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from .errors import MobileSamError
+
+# module name in mobilesam.commands -> the subcommands it registers
+COMMAND_MODULES = (
+    "segment",
+    "weights",
+    "everything",
+    "volume",
+    "distill",
+    "evaluate",
+    "onnx",
+    "serve",
+    "labelstudio",
+)
+
+
+class UsageError(MobileSamError):
+    """Bad command-line arguments: reported as a usage error (exit 2), not a traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mobilesam", description="MobileSAM segmentation tools.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"mobilesam.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"mobilesam.commands.{name}":
+                continue  # subcommand not part of this build
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        parser.error(str(exc))  # exits 2 with the usage line
+    except (MobileSamError, ValueError, FileNotFoundError) as exc:
+        print(f"mobilesam {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"mobilesam {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
