@@ -108,9 +108,9 @@ class Attention(nn.Module):
         # (3, B*heads, H*W, head_dim)
         qkv = self.qkv(x).reshape(B, H * W, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, B * self.num_heads, H * W, -1).unbind(0)
-        bias = decomposed_rel_pos_bias(q, self.rel_pos_h, self.rel_pos_w, (H, W))
-        # The relative-position term is an additive attention bias, so the fused kernel applies.
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        attn = add_decomposed_rel_pos(attn, q, self.rel_pos_h, self.rel_pos_w, (H, W))
+        x = attn.softmax(dim=-1) @ v
         x = x.view(B, self.num_heads, H, W, -1).permute(0, 2, 3, 1, 4).reshape(B, H, W, C)
         return self.proj(x)
 
@@ -154,12 +154,12 @@ def relative_positions(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch
     return rel_pos[offsets.long()]
 
 
-def decomposed_rel_pos_bias(
-    q: torch.Tensor, rel_pos_h: torch.Tensor, rel_pos_w: torch.Tensor, size: tuple[int, int]
-) -> torch.Tensor:
-    """Attention bias (B, H*W, H*W) from MViTv2's decomposed relative positions.
+def add_decomposed_rel_pos(attn: torch.Tensor, q: torch.Tensor, rel_pos_h: torch.Tensor,
+                           rel_pos_w: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Add MViTv2's decomposed relative-position terms to attention logits.
 
-    q: (B, H*W, C) queries. The bias is the sum of a row term and a column term.
+    attn: (B, H*W, H*W) logits; q: (B, H*W, C) queries. A row term and a column term are added
+    in that order (the official order, so results match it exactly).
     """
     H, W = size
     Rh = relative_positions(H, H, rel_pos_h)
@@ -168,4 +168,5 @@ def decomposed_rel_pos_bias(
     r_q = q.reshape(B, H, W, dim)
     rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, Rh)
     rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, Rw)
-    return (rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).reshape(B, H * W, H * W)
+    attn = attn.view(B, H, W, H, W) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+    return attn.view(B, H * W, H * W)
