@@ -17,7 +17,7 @@ class ResizeLongestSide:
     def apply_image(self, image: np.ndarray) -> np.ndarray:
         """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear through PIL like the official code."""
         h, w = self.get_preprocess_shape(image.shape[0], image.shape[1], self.target_length)
-        return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))
+        return np.array(Image.fromarray(np.ascontiguousarray(image)).resize((w, h), Image.BILINEAR))
 
     def apply_coords(self, coords: np.ndarray, original_size: tuple[int, ...]) -> np.ndarray:
         """(..., 2) (x, y) in the original image -> in the resized image (float64)."""
