@@ -1,0 +1,23 @@
+"""Argument helpers shared by subcommands."""
+
+import argparse
+
+from ..build_sam import MODEL_TYPES
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--model-type / --checkpoint / --no-download, resolved by `mobilesam.load_model`."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model-type", choices=MODEL_TYPES, default=None,
+                       help="architecture (default: that of --checkpoint, else vit_t)")
+    group.add_argument("--checkpoint", metavar="PATH",
+                       help="weights file (default: $MOBILESAM_CHECKPOINT, else the cached official weights, "
+                            "downloaded on first use)")
+    group.add_argument("--no-download", action="store_true", help="never download weights")
+    group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    from .. import load_model
+
+    return load_model(args.model_type, args.checkpoint, device=args.device, allow_download=not args.no_download)
