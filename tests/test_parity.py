@@ -186,3 +186,31 @@ def test_runtime_does_not_import_torchvision_or_timm():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_sam_forward_batched_images_match(tmp_path):
+    """`Sam.forward` on a batch of two prompted images, as in segment_anything's notebooks."""
+    import mobile_sam
+
+    torch.manual_seed(3)
+    reference = mobile_sam.sam_model_registry["vit_t"]().eval()
+    torch.save(reference.state_dict(), tmp_path / "t.pt")
+    ours = mobilesam.build_sam("vit_t", tmp_path / "t.pt")
+    resize = mobilesam.transforms.ResizeLongestSide(1024)
+    batch = []
+    for shape, box in (((200, 300), [20, 30, 150, 160]), ((310, 170), [5, 40, 160, 300])):
+        img = _image(*shape)
+        tensor = torch.as_tensor(resize.apply_image(img)).permute(2, 0, 1).contiguous()
+        batch.append({
+            "image": tensor, "original_size": shape,
+            "boxes": resize.apply_boxes_torch(torch.tensor([box], dtype=torch.float), shape),
+            "point_coords": resize.apply_coords_torch(torch.tensor([[[60.0, 90.0]]]), shape),
+            "point_labels": torch.tensor([[1]]),
+        })
+    with torch.no_grad():
+        expected = reference(batch, multimask_output=True)
+    got = ours(batch, multimask_output=True)
+    for e, g in zip(expected, got):
+        assert torch.equal(e["masks"], g["masks"])
+        assert torch.allclose(e["iou_predictions"], g["iou_predictions"], atol=TOL, rtol=0)
+        assert torch.allclose(e["low_res_logits"], g["low_res_logits"], atol=TOL, rtol=0)
