@@ -1,0 +1,158 @@
+"""Label Studio's interactive context (`params.context.result`) as SAM prompts in pixels.
+
+Label Studio sends regions in percent of the original image (`value.x`, `value.y`, 0..100) with
+`original_width`, `original_height` and `image_rotation`. The image rotation is a view
+transform in Label Studio's editor (the stage rotates, region coordinates stay in the unrotated
+image's frame), so it is carried back to the result unchanged. A rectangle's own
+`value.rotation` (degrees, clockwise, about its top-left corner) is honoured: SAM gets the
+axis-aligned box around the rotated rectangle.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import BadRequest
+
+PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ClickPrompt:
+    """Prompts of one interactive request, in percent of the image.
+
+    points: (N, 2) x, y percent; point_labels: (N,) 1 positive / 0 negative.
+    box: (4,) x0, y0, x1, y1 percent, or None.
+    region_ids: identities of the context items (for finding the previous mask of a refinement).
+    """
+
+    points: np.ndarray
+    point_labels: np.ndarray
+    box: Optional[np.ndarray]
+    label: Optional[str]
+    to_name: Optional[str]
+    original_size: Optional[tuple[int, int]]  # (H, W) as Label Studio reports it
+    image_rotation: float  # degrees, echoed back in the result
+    region_ids: tuple[str, ...]
+
+    def in_pixels(self, height: int, width: int) -> tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
+        """(point_coords (N, 2), point_labels (N,), box (4,)) in pixels of an image of this size."""
+        scale = np.array([width / 100.0, height / 100.0])
+        coords = self.points * scale if len(self.points) else None
+        labels = self.point_labels if len(self.points) else None
+        box = self.box * np.tile(scale, 2) if self.box is not None else None
+        return coords, labels, box
+
+    @property
+    def multimask(self) -> bool:
+        """SAM's advice: ask for 3 masks only when one point leaves the object ambiguous."""
+        return self.box is None and len(self.points) == 1
+
+
+def parse_context(context: Any) -> ClickPrompt:
+    """Validate `params.context` and collect its keypoints and rectangles. Raises BadRequest."""
+    if not isinstance(context, dict):
+        raise BadRequest(f"params.context must be an object with a 'result' list, got {type(context).__name__}")
+    items = context.get("result")
+    if not isinstance(items, list) or not items:
+        raise BadRequest("params.context.result must be a non-empty list of keypoint/rectangle regions")
+    points, point_labels, boxes, ids = [], [], [], []
+    label = to_name = original_size = None
+    rotation = 0
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise BadRequest(f"context.result[{index}] must be an object, got {type(item).__name__}")
+        kind = item.get("type")
+        if kind not in PROMPT_TYPES:
+            raise BadRequest(f"context.result[{index}] has type {kind!r}; MobileSAM takes "
+                             f"{' and '.join(PROMPT_TYPES)} as prompts")
+        value = item.get("value")
+        if not isinstance(value, dict):
+            raise BadRequest(f"context.result[{index}] ({kind}) has no 'value' object")
+        where = f"context.result[{index}] ({kind} {item.get('id', '')})".replace(" )", ")")
+        if kind == "keypointlabels":
+            points.append(_point(value, where))
+            point_labels.append(0 if item.get("is_positive") is False else 1)  # missing means positive
+        else:
+            boxes.append(_box(value, where))
+        label = label or _first_label(value, kind)
+        to_name = to_name or item.get("to_name")
+        original_size = original_size or _original_size(item, where)
+        rotation = _rotation(item, where) if "image_rotation" in item else rotation
+        ids.append(str(item.get("id") or f"{kind}:{json_key(value)}"))
+    return ClickPrompt(
+        points=np.array(points, dtype=np.float64).reshape(-1, 2),
+        point_labels=np.array(point_labels, dtype=np.int64),
+        # SAM takes one box; Label Studio lists the newest smart region last.
+        box=np.array(boxes[-1], dtype=np.float64) if boxes else None,
+        label=label, to_name=to_name, original_size=original_size, image_rotation=rotation,
+        region_ids=tuple(ids),
+    )
+
+
+def json_key(value: dict) -> str:
+    return ",".join(f"{value.get(k)}" for k in ("x", "y", "width", "height"))
+
+
+def _number(value: dict, key: str, where: str) -> float:
+    raw = value.get(key)
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise BadRequest(f"{where}: value.{key} must be a finite number, got {raw!r}")
+    return float(raw)
+
+
+def _check_inside(x: float, y: float, where: str) -> None:
+    if not (-EPS <= x <= 100 + EPS and -EPS <= y <= 100 + EPS):
+        raise BadRequest(f"{where}: point ({x:g}%, {y:g}%) is outside the image (coordinates are percent, 0..100)")
+
+
+def _point(value: dict, where: str) -> tuple[float, float]:
+    x, y = _number(value, "x", where), _number(value, "y", where)
+    _check_inside(x, y, where)
+    return x, y
+
+
+def _box(value: dict, where: str) -> tuple[float, float, float, float]:
+    x, y = _number(value, "x", where), _number(value, "y", where)
+    w, h = _number(value, "width", where), _number(value, "height", where)
+    if w < 0 or h < 0:
+        raise BadRequest(f"{where}: width and height must not be negative, got {w:g} x {h:g}")
+    angle = math.radians(float(value.get("rotation") or 0.0))
+    cos, sin = math.cos(angle), math.sin(angle)
+    # corners of the rectangle rotated clockwise (y points down) about its top-left corner
+    corners = [(x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (0, h), (w, h))]
+    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+    x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
+    _check_inside(x0, y0, where)
+    _check_inside(x1, y1, where)
+    return x0, y0, x1, y1
+
+
+def _rotation(item: dict, where: str) -> float:
+    raw = item.get("image_rotation")
+    if raw is None:
+        return 0
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+        raise BadRequest(f"{where}: image_rotation must be a number of degrees, got {raw!r}")
+    return raw
+
+
+def _first_label(value: dict, kind: str) -> Optional[str]:
+    for key in (kind, "labels"):
+        labels = value.get(key)
+        if isinstance(labels, list) and labels:
+            return str(labels[0])
+    return None
+
+
+def _original_size(item: dict, where: str) -> Optional[tuple[int, int]]:
+    width, height = item.get("original_width"), item.get("original_height")
+    if width is None and height is None:
+        return None
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 for v in (width, height)):
+        raise BadRequest(f"{where}: original_width/original_height must be positive numbers, "
+                         f"got {width!r} x {height!r}")
+    return int(round(height)), int(round(width))

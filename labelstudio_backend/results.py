@@ -1,0 +1,73 @@
+"""Masks as Label Studio result items: `brushlabels` (RLE) or `polygonlabels` (percent points)."""
+
+import uuid
+from typing import Optional
+
+import numpy as np
+
+from .label_config import OutputTarget
+
+
+def resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w) bool -> (height, width) bool by nearest neighbour (for images Label Studio sizes differently)."""
+    if mask.shape == (height, width):
+        return mask
+    rows = (np.arange(height) * mask.shape[0] // height).clip(0, mask.shape[0] - 1)
+    cols = (np.arange(width) * mask.shape[1] // width).clip(0, mask.shape[1] - 1)
+    return mask[rows[:, None], cols[None, :]]
+
+
+def brush_result(mask: np.ndarray, target: OutputTarget, label: Optional[str], image_rotation: float = 0) -> dict:
+    """A brushlabels item for an (H, W) bool mask; RLE by label-studio-sdk, 0/255 as Label Studio draws it."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    height, width = mask.shape
+    rle = mask2rle(mask.astype(np.uint8) * np.uint8(255))
+    return _item(target, width, height, image_rotation,
+                 {"format": "rle", "rle": [int(v) for v in rle], target.result_type: _labels(label, target)})
+
+
+def polygon_results(mask: np.ndarray, target: OutputTarget, label: Optional[str], image_rotation: float = 0,
+                    tolerance: float = 1.0, min_area: int = 4) -> list[dict]:
+    """One polygonlabels item per connected component of an (H, W) bool mask (outer outline, holes filled:
+    Label Studio polygons have no holes), simplified to within `tolerance` pixels."""
+    from skimage.measure import approximate_polygon, find_contours, label as label_components, regionprops
+
+    height, width = mask.shape
+    items = []
+    for region in regionprops(label_components(mask, connectivity=2)):
+        if region.area < min_area:
+            continue
+        top, left = region.bbox[:2]
+        filled = np.pad(region.image_filled, 1)
+        contour = max(find_contours(filled.astype(np.float32), 0.5), key=len)
+        contour = approximate_polygon(contour, tolerance=tolerance)[:-1]  # closed: last point == first
+        if len(contour) < 3:
+            continue
+        # contour is (row, col) in the padded crop; pixel centres sit at +0.5 in Label Studio's frame
+        xs = (contour[:, 1] - 1 + left + 0.5) / width * 100
+        ys = (contour[:, 0] - 1 + top + 0.5) / height * 100
+        points = np.clip(np.stack([xs, ys], axis=1), 0, 100).round(4).tolist()
+        items.append(_item(target, width, height, image_rotation,
+                           {"points": points, "closed": True, target.result_type: _labels(label, target)}))
+    return items
+
+
+def _labels(label: Optional[str], target: OutputTarget) -> list[str]:
+    if label:
+        return [label]
+    return [target.labels[0]] if target.labels else []
+
+
+def _item(target: OutputTarget, width: int, height: int, image_rotation: float, value: dict) -> dict:
+    return {
+        "id": uuid.uuid4().hex[:10],
+        "from_name": target.from_name,
+        "to_name": target.to_name,
+        "type": target.result_type,
+        "original_width": int(width),
+        "original_height": int(height),
+        "image_rotation": image_rotation,
+        "value": value,
+        "readonly": False,
+    }

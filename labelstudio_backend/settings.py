@@ -1,0 +1,127 @@
+"""Backend configuration, read once from environment variables (label-studio-ml's names where it has them).
+
+| variable | meaning | default |
+|---|---|---|
+| `MOBILESAM_MODEL_TYPE` | vit_t, vit_b, vit_l or vit_h | the checkpoint's architecture, else vit_t |
+| `MOBILESAM_CHECKPOINT` | weights file | the official file in the cache dir (downloaded once) |
+| `MOBILESAM_DEVICE` | torch device | cpu |
+| `MOBILESAM_ALLOW_DOWNLOAD` | download the official weights when none are found | 1 |
+| `LABEL_STUDIO_URL` | Label Studio's address, for fetching task images | the `hostname` Label Studio sends to /setup |
+| `LABEL_STUDIO_API_KEY` | token for fetching task images | the `access_token` Label Studio sends to /setup |
+| `BASIC_AUTH_USER`, `BASIC_AUTH_PASS` | require HTTP basic auth on every endpoint | off |
+| `MOBILESAM_CACHE_SIZE` | image embeddings kept in memory | 32 |
+| `MOBILESAM_CACHE_MAX_MB` | memory those embeddings may use | 512 |
+| `MOBILESAM_EMBEDDING_DIR` | on-disk embeddings shared with `mobilesam labelstudio precompute`; `off` disables | platform cache dir |
+| `MOBILESAM_EMBEDDING_DIR_MAX_MB` | disk those embeddings may use (oldest removed first) | 10240 |
+| `MOBILESAM_MAX_IMAGE_PIXELS` | larger images are refused with a clear error | 100000000 |
+| `MOBILESAM_OUTPUT` | `brush`, `polygon` or `auto` (brush when the config has BrushLabels) | auto |
+| `MOBILESAM_POLYGON_TOLERANCE` | polygon simplification, pixels | 1.0 |
+| `MOBILESAM_AUTO_MASKS` | non-interactive /predict returns automatic masks instead of an empty result | 0 |
+| `MOBILESAM_LOAD_TIMEOUT` | seconds a prediction waits for the model to finish loading | 90 |
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Optional
+
+OUTPUT_MODES = ("auto", "brush", "polygon")
+
+
+def _default_embedding_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("mobilesam")) / "labelstudio-embeddings"
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_type: Optional[str] = None
+    checkpoint: Optional[str] = None
+    device: Optional[str] = None
+    allow_download: bool = True
+    label_studio_url: str = ""
+    label_studio_api_key: str = ""
+    basic_auth_user: str = ""
+    basic_auth_pass: str = ""
+    cache_size: int = 32
+    cache_max_bytes: int = 512 << 20
+    embedding_dir: Optional[Path] = None
+    embedding_dir_max_bytes: int = 10240 << 20
+    max_image_pixels: int = 100_000_000
+    output: str = "auto"
+    polygon_tolerance: float = 1.0
+    auto_masks: bool = False
+    load_timeout: float = 90.0
+
+    @classmethod
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
+        """Settings from `env` (default os.environ); raises ValueError naming a malformed variable."""
+        env = os.environ if env is None else env
+        embedding_dir = env.get("MOBILESAM_EMBEDDING_DIR", "").strip()
+        if embedding_dir.lower() in ("off", "none", "0", "false"):
+            embedding_path = None
+        else:
+            embedding_path = Path(embedding_dir).expanduser() if embedding_dir else _default_embedding_dir()
+        settings = cls(
+            model_type=env.get("MOBILESAM_MODEL_TYPE") or None,
+            checkpoint=env.get("MOBILESAM_CHECKPOINT") or None,
+            device=env.get("MOBILESAM_DEVICE") or None,
+            allow_download=_flag(env, "MOBILESAM_ALLOW_DOWNLOAD", True),
+            label_studio_url=env.get("LABEL_STUDIO_URL", "").rstrip("/"),
+            label_studio_api_key=env.get("LABEL_STUDIO_API_KEY", ""),
+            basic_auth_user=env.get("BASIC_AUTH_USER", ""),
+            basic_auth_pass=env.get("BASIC_AUTH_PASS", ""),
+            cache_size=_int(env, "MOBILESAM_CACHE_SIZE", 32),
+            cache_max_bytes=_int(env, "MOBILESAM_CACHE_MAX_MB", 512) << 20,
+            embedding_dir=embedding_path,
+            embedding_dir_max_bytes=_int(env, "MOBILESAM_EMBEDDING_DIR_MAX_MB", 10240) << 20,
+            max_image_pixels=_int(env, "MOBILESAM_MAX_IMAGE_PIXELS", 100_000_000),
+            output=env.get("MOBILESAM_OUTPUT", "auto").strip().lower() or "auto",
+            polygon_tolerance=_float(env, "MOBILESAM_POLYGON_TOLERANCE", 1.0),
+            auto_masks=_flag(env, "MOBILESAM_AUTO_MASKS", False),
+            load_timeout=_float(env, "MOBILESAM_LOAD_TIMEOUT", 90.0),
+        )
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.output not in OUTPUT_MODES:
+            raise ValueError(f"MOBILESAM_OUTPUT must be one of {', '.join(OUTPUT_MODES)}, not {self.output!r}")
+        if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        if self.cache_size < 1 or self.cache_max_bytes < 1:
+            raise ValueError("MOBILESAM_CACHE_SIZE and MOBILESAM_CACHE_MAX_MB must be at least 1")
+        if self.max_image_pixels < 1:
+            raise ValueError("MOBILESAM_MAX_IMAGE_PIXELS must be positive")
+
+    @property
+    def basic_auth(self) -> Optional[tuple[str, str]]:
+        return (self.basic_auth_user, self.basic_auth_pass) if self.basic_auth_user else None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    try:
+        return float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1/0 (or true/false), got {raw!r}")
