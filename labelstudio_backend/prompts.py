@@ -73,14 +73,14 @@ def parse_context(context: Any) -> ClickPrompt:
         if not isinstance(value, dict):
             raise BadRequest(f"context.result[{index}] ({kind}) has no 'value' object")
         where = f"context.result[{index}] ({kind} {item.get('id', '')})".replace(" )", ")")
+        original_size = original_size or _original_size(item, where)
         if kind == "keypointlabels":
             points.append(_point(value, where))
             point_labels.append(0 if item.get("is_positive") is False else 1)  # missing means positive
         else:
-            boxes.append(_box(value, where))
+            boxes.append(_box(value, where, _original_size(item, where) or original_size))
         label = label or _first_label(value, kind)
         to_name = to_name or item.get("to_name")
-        original_size = original_size or _original_size(item, where)
         rotation = _rotation(item, where) if "image_rotation" in item else rotation
         ids.append(str(item.get("id") or f"{kind}:{json_key(value)}"))
     return ClickPrompt(
@@ -115,20 +115,36 @@ def _point(value: dict, where: str) -> tuple[float, float]:
     return x, y
 
 
-def _box(value: dict, where: str) -> tuple[float, float, float, float]:
+def _box(value: dict, where: str, original_size: Optional[tuple[int, int]]) -> tuple[float, float, float, float]:
     x, y = _number(value, "x", where), _number(value, "y", where)
     w, h = _number(value, "width", where), _number(value, "height", where)
     if w < 0 or h < 0:
         raise BadRequest(f"{where}: width and height must not be negative, got {w:g} x {h:g}")
-    angle = math.radians(float(value.get("rotation") or 0.0))
-    cos, sin = math.cos(angle), math.sin(angle)
-    # corners of the rectangle rotated clockwise (y points down) about its top-left corner
-    corners = [(x + dx * cos - dy * sin, y + dx * sin + dy * cos) for dx, dy in ((0, 0), (w, 0), (0, h), (w, h))]
-    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
-    x0, y0, x1, y1 = min(xs), min(ys), max(xs), max(ys)
-    _check_inside(x0, y0, where)
+    angle = float(value.get("rotation") or 0.0)
+    if angle % 360:
+        x, y, x1, y1 = _rotated_bounds(x, y, w, h, angle, original_size, where)
+    else:
+        x1, y1 = x + w, y + h
+    _check_inside(x, y, where)
     _check_inside(x1, y1, where)
-    return x0, y0, x1, y1
+    return x, y, x1, y1
+
+
+def _rotated_bounds(x, y, w, h, angle, original_size, where):
+    """Percent bounds of a rectangle rotated by `angle` degrees clockwise about its top-left corner.
+
+    The rotation happens in pixels (percent of width and of height are different units), so it
+    needs the image size Label Studio reports with the region.
+    """
+    if original_size is None:
+        raise BadRequest(f"{where}: a rotated rectangle needs original_width and original_height")
+    height, width = original_size
+    sx, sy = width / 100.0, height / 100.0
+    cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+    corners = [(x * sx + dx * cos - dy * sin, y * sy + dx * sin + dy * cos)
+               for dx, dy in ((0, 0), (w * sx, 0), (0, h * sy), (w * sx, h * sy))]
+    xs, ys = [c[0] / sx for c in corners], [c[1] / sy for c in corners]
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 def _rotation(item: dict, where: str) -> float:

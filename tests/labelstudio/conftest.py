@@ -1,0 +1,55 @@
+"""Fixtures for the Label Studio backend tests: a backend on the random-weight checkpoint whose
+images come from memory (protocol tests), and the core predictor that gives the expected masks."""
+
+import pytest
+
+from ls_requests import MemoryImages, make_test_image
+
+
+@pytest.fixture(scope="session")
+def ls_images():
+    """Three images of different sizes and content, by the URLs Label Studio would give them."""
+    return {
+        "/data/upload/1/a.png": make_test_image(48, 64, seed=1),
+        "/data/upload/1/b.png": make_test_image(60, 40, seed=2),
+        "/data/local-files/?d=images/c.png": make_test_image(72, 96, seed=3),
+    }
+
+
+@pytest.fixture(scope="session")
+def reference_predictor(vit_t_model):
+    import mobilesam
+
+    return mobilesam.SamPredictor(vit_t_model)
+
+
+@pytest.fixture(scope="module")
+def make_backend(vit_t_checkpoint, tmp_path_factory):
+    """Build a backend on the random-weight checkpoint with settings overridden by keyword."""
+    from labelstudio_backend.model import MobileSamBackend
+    from labelstudio_backend.settings import Settings
+
+    def make(image_loader=None, model_loader=None, **overrides):
+        options = {"checkpoint": str(vit_t_checkpoint), "embedding_dir": None, "load_timeout": 120.0}
+        options.update(overrides)
+        return MobileSamBackend(Settings(**options), model_loader=model_loader, image_loader=image_loader)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def memory_images(ls_images):
+    return MemoryImages(ls_images)
+
+
+@pytest.fixture(scope="module")
+def backend(make_backend, memory_images, vit_t_model):
+    # model_loader shares the session's model (same checkpoint) instead of loading it once more
+    return make_backend(image_loader=memory_images, model_loader=lambda: vit_t_model)
+
+
+@pytest.fixture(scope="module")
+def client(backend):
+    from labelstudio_backend.api import create_app
+
+    return create_app(backend).test_client()
