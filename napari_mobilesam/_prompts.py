@@ -1,0 +1,89 @@
+"""Group the user's points and boxes by slice, in the predictor's (x, y) pixel convention.
+
+Input coordinates are image data coordinates as napari has them: (y, x) for 2D images,
+(z, y, x) for volumes, pixel centres at integers. A 2D image is slice 0.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PlanePrompt:
+    """The prompts of one object on one slice: points (x, y) with labels 1/0, and at most one box.
+
+    Stored as tuples so two prompts compare equal exactly when they would give the same mask.
+    """
+
+    points: tuple[tuple[float, float], ...] = ()
+    labels: tuple[int, ...] = ()
+    box: Optional[tuple[float, float, float, float]] = None
+
+    def point_arrays(self) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+        """(N, 2) float (x, y) coordinates and (N,) int labels, or (None, None) without points."""
+        if not self.points:
+            return None, None
+        return np.array(self.points, dtype=np.float64), np.array(self.labels, dtype=np.int64)
+
+    def box_array(self) -> Optional[np.ndarray]:
+        """(4,) XYXY box, or None."""
+        return None if self.box is None else np.array(self.box, dtype=np.float64)
+
+
+@dataclass
+class GroupedPrompts:
+    """Prompts per slice index, and how many were ignored because they lie outside the image."""
+
+    by_slice: dict[int, PlanePrompt]
+    outside: int
+
+
+def _inside(value: float, size: int) -> bool:
+    return -0.5 <= value < size - 0.5
+
+
+def group_prompts(point_coords: np.ndarray, point_labels: np.ndarray, boxes: list[np.ndarray],
+                  spatial_shape: tuple[int, ...]) -> GroupedPrompts:
+    """Sort prompts into slices.
+
+    point_coords: (N, D) image data coordinates, D = len(spatial_shape) (2 or 3).
+    point_labels: (N,) 1 positive / 0 negative.
+    boxes: list of (K, D) corner coordinates; each becomes its bounding box on its slice. When a
+        slice has several boxes the last one drawn is used (SAM takes one box per object).
+    """
+    ndim = len(spatial_shape)
+    height, width = spatial_shape[-2:]
+    points: dict[int, list] = {}
+    found_boxes: dict[int, tuple] = {}
+    outside = 0
+
+    def slice_of(coord) -> Optional[int]:
+        if ndim == 2:
+            return 0
+        return int(np.round(coord[0])) if _inside(coord[0], spatial_shape[0]) else None
+
+    for coord, label in zip(np.asarray(point_coords).reshape(-1, ndim), np.asarray(point_labels).reshape(-1)):
+        z = slice_of(coord)
+        y, x = float(coord[-2]), float(coord[-1])
+        if z is None or not (_inside(y, height) and _inside(x, width)):
+            outside += 1
+            continue
+        points.setdefault(z, []).append(((x, y), int(label)))
+
+    for corners in boxes:
+        corners = np.asarray(corners, dtype=float).reshape(-1, ndim)
+        z = slice_of(corners.mean(axis=0))
+        (y0, x0), (y1, x1) = corners[:, -2:].min(axis=0), corners[:, -2:].max(axis=0)
+        # A box that overlaps the image is clipped to it; one entirely outside is ignored.
+        if z is None or y1 < -0.5 or x1 < -0.5 or y0 >= height - 0.5 or x0 >= width - 0.5:
+            outside += 1
+            continue
+        found_boxes[z] = (max(x0, 0.0), max(y0, 0.0), min(x1, width - 1.0), min(y1, height - 1.0))
+
+    by_slice = {}
+    for z in sorted(set(points) | set(found_boxes)):
+        pairs = points.get(z, [])
+        by_slice[z] = PlanePrompt(tuple(p for p, _ in pairs), tuple(lab for _, lab in pairs), found_boxes.get(z))
+    return GroupedPrompts(by_slice, outside)

@@ -1,0 +1,64 @@
+"""Run long core work (model loading, embeddings, propagation) off the GUI thread.
+
+The core reports progress through a `progress(done, total)` callback and stops when a
+`threading.Event` is set (raising `mobilesam.errors.Cancelled`). `BackgroundTask` runs such a
+call in a napari `thread_worker`, mirrors the callback into a napari progress bar (shown in the
+activity dock, with a cancel button) and exposes `cancel()` for the widget's cancel button.
+"""
+
+import threading
+from typing import Any, Callable, Optional
+
+from napari.qt.threading import create_worker
+from napari.utils import cancelable_progress
+from superqt.utils import ensure_main_thread
+
+
+class BackgroundTask:
+    """One piece of work in a worker thread, with a progress bar and a cancel event.
+
+    work: called in the worker thread as `work(progress=callback, cancel=event)`.
+    on_done(result) / on_error(exception) / on_finally() run in the GUI thread.
+    """
+
+    def __init__(self, work: Callable[..., Any], description: str,
+                 on_done: Callable[[Any], None], on_error: Callable[[BaseException], None],
+                 on_finally: Optional[Callable[[], None]] = None) -> None:
+        self.description = description
+        self.cancel_event = threading.Event()
+        # The bar in napari's activity dock has its own cancel button, wired to the same event.
+        self._bar = cancelable_progress(total=0, desc=description, cancel_callback=self.cancel)
+        # The core calls `report` from the worker thread; Qt widgets may only be touched from the
+        # GUI thread, so the update is posted there.
+        report = ensure_main_thread(self._report)
+        self.worker = create_worker(lambda: work(progress=report, cancel=self.cancel_event),
+                                    _ignore_errors=True)
+        self.worker.returned.connect(on_done)
+        self.worker.errored.connect(on_error)
+        self.worker.finished.connect(self._close_bar)
+        if on_finally is not None:
+            self.worker.finished.connect(on_finally)
+
+    def start(self) -> "BackgroundTask":
+        self.worker.start()
+        return self
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    @property
+    def is_running(self) -> bool:
+        return self.worker.is_running
+
+    def _report(self, done: int, total: int) -> None:
+        if self._bar is None:
+            return
+        if self._bar.total != total:
+            self._bar.total = total
+        if done != self._bar.n:
+            self._bar.update(done - self._bar.n)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,14 @@
+"""Fixtures for the napari plugin tests: the dock widget in a real viewer, and a stand-in predictor
+for tests about the UI wiring (exact, predictable masks without running the encoder)."""
+
+import pytest
+
+pytest.importorskip("napari", reason="the napari extra is not installed (pip install -e '.[napari]')")
+
+
+@pytest.fixture
+def plugin_widget(make_napari_viewer):
+    """(viewer, widget): the MobileSAM dock widget opened through napari's plugin machinery."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
+    return viewer, widget
