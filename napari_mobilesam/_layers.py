@@ -39,7 +39,7 @@ class ImageInfo:
 def describe_image(layer) -> ImageInfo:
     """Check that `layer` is an image the plugin can segment and say how to read it."""
     if not isinstance(layer, Image):
-        kind = type(layer).__name__ if layer is not None else "nothing"
+        kind = f"a {layer.__class__.__name__} layer" if layer is not None else "nothing"
         raise LayerError(f"MobileSAM segments Image layers; the selected layer is {kind}")
     if layer.multiscale:
         raise LayerError(f"layer {layer.name!r} is multiscale; open a single resolution level to segment it")

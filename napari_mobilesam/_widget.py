@@ -197,7 +197,7 @@ class MobileSamWidget(Container):
             active = self.viewer.layers.selection.active
             if active is not None and not isinstance(active, Image):
                 raise LayerError(f"MobileSAM segments Image layers, and the selected layer {active.name!r} "
-                                 f"is a {type(active).__name__} layer; add or open an image first")
+                                 f"is a {active.__class__.__name__} layer; add or open an image first")
             raise LayerError("no image layer: open or add an image, then choose it in the MobileSAM widget")
         return layer
 
