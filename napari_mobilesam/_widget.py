@@ -42,9 +42,13 @@ KEYS = {
     "toggle": "T",
     "candidate": "M",
 }
-KEY_HELP = (f"Keys: {KEYS['toggle']} positive/negative points · {KEYS['segment']} segment · "
-            f"{KEYS['candidate']} next mask candidate · {KEYS['commit']} commit object · "
-            f"{KEYS['clear']} clear prompts")
+KEY_HELP = "\n".join([
+    f"{KEYS['toggle']}: new points positive/negative",
+    f"{KEYS['segment']}: segment now",
+    f"{KEYS['candidate']}: next mask candidate",
+    f"{KEYS['commit']}: commit object (new label id)",
+    f"{KEYS['clear']}: clear prompts",
+])
 
 
 class MobileSamWidget(Container):
@@ -88,35 +92,39 @@ class MobileSamWidget(Container):
         self.scores = Label(label="Predicted IoU", value="-")
         self.point_mode = Label(label="New points", value=POSITIVE)
         self.segment_button = PushButton(text=f"Segment [{KEYS['segment']}]")
-        self.toggle_button = PushButton(text=f"Positive/negative [{KEYS['toggle']}]")
-        self.commit_button = PushButton(text=f"Commit object [{KEYS['commit']}]")
-        self.clear_button = PushButton(text=f"Clear prompts [{KEYS['clear']}]")
-        self.key_help = Label(value=KEY_HELP)
+        self.toggle_button = PushButton(text=f"+/- [{KEYS['toggle']}]")
+        self.commit_button = PushButton(text=f"Commit [{KEYS['commit']}]")
+        self.clear_button = PushButton(text=f"Clear [{KEYS['clear']}]")
+        self.key_help = Label(label="Keys", value=KEY_HELP)
 
         self.iou_threshold = FloatSpinBox(label="Stop below IoU", value=0.5, min=0.0, max=1.0, step=0.05,
                                           tooltip="Propagation stops at the first slice whose predicted IoU is lower")
         self.projection = ComboBox(label="Projection", choices=("mask", "box", "points"), value="mask",
                                    tooltip="What each slice passes on to the next one as its prompt")
-        self.volume_button = PushButton(text="Segment volume (current object)")
-        self.all_objects_button = PushButton(text="Segment volume (all committed objects)")
+        self.volume_button = PushButton(text="Segment volume",
+                                        tooltip="Propagate the current object from its prompted slices through z")
+        self.all_objects_button = PushButton(text="All objects",
+                                             tooltip="Propagate every committed object through z at once")
         self.cache_dir = FileEdit(label="Embedding cache", mode="d", value="",
                                   tooltip="Folder where slice embeddings are saved and loaded from")
         self.precompute_button = PushButton(text="Precompute volume embeddings")
 
         self.points_per_side = SpinBox(label="Points per side", value=32, min=4, max=128,
                                        tooltip="Grid of point prompts for 'Segment everything'")
-        self.everything_button = PushButton(text="Segment everything (current image/slice)")
+        self.everything_button = PushButton(text="Segment everything (image / current slice)")
 
         self.status = Label(label="Status", value="ready")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
 
         self.extend([
-            self.model_type, self.checkpoint, self.image,
-            self.auto_segment, self.candidate, self.scores, self.point_mode,
-            self.segment_button, self.toggle_button, self.commit_button, self.clear_button, self.key_help,
-            self.iou_threshold, self.projection, self.volume_button, self.all_objects_button,
-            self.cache_dir, self.precompute_button,
-            self.points_per_side, self.everything_button,
+            _heading("Model and image"), self.model_type, self.checkpoint, self.image,
+            _heading("Prompts (click points, draw boxes)"), self.auto_segment, self.candidate, self.scores,
+            self.point_mode,
+            _row(self.segment_button, self.toggle_button), _row(self.commit_button, self.clear_button),
+            self.key_help,
+            _heading("Volumes (Z, Y, X)"), self.iou_threshold, self.projection,
+            _row(self.volume_button, self.all_objects_button), self.cache_dir, self.precompute_button,
+            _heading("Segment everything"), self.points_per_side, self.everything_button,
             self.status, self.cancel_button,
         ])
         self.image.changed.connect(self._on_image_changed)
@@ -539,6 +547,14 @@ class MobileSamWidget(Container):
 
         if self._task is None:
             self._prepare("MobileSAM: segmenting everything", [], then=show, extra=generate)
+
+
+def _heading(text: str) -> Label:
+    return Label(value=f"<b>{text}</b>")
+
+
+def _row(*widgets) -> Container:
+    return Container(widgets=widgets, layout="horizontal", labels=False)
 
 
 def make_segmenter(predictor, data: np.ndarray, info, cache_dir: Optional[str], model_id: str):
