@@ -20,45 +20,65 @@ class LayerError(ValueError):
     """An image layer the plugin cannot segment (wrong type or shape); the message says why."""
 
 
+CHANNEL_CHOICES = ("auto", "first axis is channels")
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """How the plugin reads an Image layer.
 
     spatial_shape: (Y, X) for 2D, (Z, Y, X) for volumes (no channel axis).
     channel_axis: axis of the layer's data holding channels (RGB(A) layers: -1), or None.
+    spatial_axes: which of the layer's (napari) dimensions are spatial; prompt coordinates on the
+        others (a channel slider) are ignored.
     """
 
     spatial_shape: tuple[int, ...]
     channel_axis: Optional[int]
+    spatial_axes: tuple[int, ...]
 
     @property
     def is_volume(self) -> bool:
         return len(self.spatial_shape) == 3
 
 
-def describe_image(layer) -> ImageInfo:
-    """Check that `layer` is an image the plugin can segment and say how to read it."""
+def describe_image(layer, channels: str = "auto") -> ImageInfo:
+    """Check that `layer` is an image the plugin can segment and say how to read it.
+
+    channels: "auto" (RGB(A) layers have channels last, anything else 3-D is a volume) or
+        "first axis is channels" for a (C, Y, X) layer shown with a channel slider.
+    """
     if not isinstance(layer, Image):
         kind = f"a {layer.__class__.__name__} layer" if layer is not None else "nothing"
         raise LayerError(f"MobileSAM segments Image layers; the selected layer is {kind}")
     if layer.multiscale:
         raise LayerError(f"layer {layer.name!r} is multiscale; open a single resolution level to segment it")
     shape = tuple(int(s) for s in layer.data.shape)
-    channel_axis = -1 if layer.rgb else None
-    spatial = shape[:-1] if layer.rgb else shape
-    if len(spatial) not in (2, 3):
+    if layer.rgb:
+        info = ImageInfo(shape[:-1], -1, tuple(range(len(shape) - 1)))
+    elif channels == CHANNEL_CHOICES[1]:
+        if len(shape) != 3:
+            raise LayerError(f"layer {layer.name!r} has shape {shape}; 'first axis is channels' needs (C, Y, X)")
+        info = ImageInfo(shape[1:], 0, (1, 2))
+    else:
+        info = ImageInfo(shape, None, tuple(range(len(shape))))
+    if len(info.spatial_shape) not in (2, 3):
         raise LayerError(
             f"layer {layer.name!r} has shape {shape}; MobileSAM needs a 2D image (Y, X), an RGB image "
-            "(Y, X, 3) or a volume (Z, Y, X). Split channels/time points into separate layers first."
+            "(Y, X, 3), channels first (C, Y, X) or a volume (Z, Y, X). Split time points into separate layers first."
         )
-    return ImageInfo(spatial, channel_axis)
+    return info
 
 
-def _layer_transform(image_layer) -> dict:
-    """Keyword arguments that give a new layer the same data->world transform as `image_layer`."""
-    return {"scale": image_layer.scale, "translate": image_layer.translate,
-            "rotate": image_layer.rotate, "shear": image_layer.shear,
-            "affine": image_layer.affine.affine_matrix}
+def _layer_transform(image_layer, axes: Optional[tuple[int, ...]] = None) -> dict:
+    """Keyword arguments that give a new layer the same data->world transform as `image_layer`
+    (restricted to `axes` for a layer with fewer dimensions, e.g. labels of a channels-first image)."""
+    if axes is None or len(axes) == image_layer.ndim:
+        return {"scale": image_layer.scale, "translate": image_layer.translate,
+                "rotate": image_layer.rotate, "shear": image_layer.shear,
+                "affine": image_layer.affine.affine_matrix}
+    axes = list(axes)
+    return {"scale": np.asarray(image_layer.scale)[axes], "translate": np.asarray(image_layer.translate)[axes]}
 
 
 @dataclass
@@ -81,20 +101,33 @@ def _find(viewer, name: str, kind: type, ndim: int):
     return None
 
 
+def _drop_if_empty_mismatch(viewer, name: str, shape: tuple[int, ...]) -> None:
+    """Remove an *empty* result layer of another shape (e.g. made before the channel setting changed);
+    one holding any label is kept, and the new layer gets a distinct name from napari."""
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if isinstance(layer, Labels) and layer.data.shape != shape and not np.asarray(layer.data).any():
+            viewer.layers.remove(layer)
+
+
 def ensure_prompt_layers(viewer, image_layer, info: ImageInfo) -> PromptLayers:
     """Find or create the four layers that belong to `image_layer` (reused so nothing is lost)."""
-    ndim = len(info.spatial_shape)
+    ndim = image_layer.ndim  # prompts live in all the image's dimensions (incl. a channel slider)
     base = image_layer.name
     transform = _layer_transform(image_layer)
+    labels_ndim = len(info.spatial_shape)
+    labels_transform = _layer_transform(image_layer, info.spatial_axes)
 
-    objects = _find(viewer, f"{base} objects", Labels, ndim)
+    for suffix in ("objects", "current object"):
+        _drop_if_empty_mismatch(viewer, f"{base} {suffix}", info.spatial_shape)
+    objects = _find(viewer, f"{base} objects", Labels, labels_ndim)
     if objects is None or objects.data.shape != info.spatial_shape:
         objects = viewer.add_labels(np.zeros(info.spatial_shape, np.int32), name=f"{base} objects",
-                                    opacity=0.5, **transform)
-    current = _find(viewer, f"{base} current object", Labels, ndim)
+                                    opacity=0.5, **labels_transform)
+    current = _find(viewer, f"{base} current object", Labels, labels_ndim)
     if current is None or current.data.shape != info.spatial_shape:
         current = viewer.add_labels(np.zeros(info.spatial_shape, np.uint8), name=f"{base} current object",
-                                    opacity=0.6, **transform)
+                                    opacity=0.6, **labels_transform)
         current.colormap = _single_colour_colormap()
     boxes = _find(viewer, f"{base} boxes", Shapes, ndim)
     if boxes is None:
@@ -133,16 +166,17 @@ def to_image_coords(layer, coords: np.ndarray, image_layer) -> np.ndarray:
                     dtype=float).reshape(-1, image_layer.ndim)
 
 
-def read_points(points: Points, image_layer) -> tuple[np.ndarray, np.ndarray]:
-    """All prompt points in image data coordinates (N, D) (z, y, x order) and labels (N,) 1/0."""
+def read_points(points: Points, image_layer, info: ImageInfo) -> tuple[np.ndarray, np.ndarray]:
+    """All prompt points in image data coordinates (N, D) ((z,) y, x order) and labels (N,) 1/0."""
     coords = to_image_coords(points, points.data, image_layer) if len(points.data) else np.zeros((0, image_layer.ndim))
+    coords = coords[:, list(info.spatial_axes)]
     labels = np.array([1 if str(v) == POSITIVE else 0 for v in points.features["label"]], dtype=np.int64)
     return coords, labels
 
 
-def read_boxes(shapes: Shapes, image_layer) -> list[np.ndarray]:
-    """Each shape's corners as (4, D) image data coordinates (any shape type counts as its bounding box)."""
-    return [to_image_coords(shapes, vertices, image_layer) for vertices in shapes.data]
+def read_boxes(shapes: Shapes, image_layer, info: ImageInfo) -> list[np.ndarray]:
+    """Each shape's corners as (K, D) image data coordinates (any shape counts as its bounding box)."""
+    return [to_image_coords(shapes, vertices, image_layer)[:, list(info.spatial_axes)] for vertices in shapes.data]
 
 
 def current_slice(viewer, image_layer) -> int:

@@ -23,7 +23,7 @@ from qtpy.QtCore import QTimer
 import mobilesam
 from mobilesam.errors import Cancelled, MissingWeightsError, MobileSamError
 
-from ._layers import (NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
+from ._layers import (CHANNEL_CHOICES, NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
                       ensure_prompt_layers, point_label_mode, read_boxes, read_points, set_point_label_mode)
 from ._prompts import GroupedPrompts, PlanePrompt, group_prompts
 from ._segmenter import ImageSegmenter, VolumeSegmenter
@@ -86,6 +86,8 @@ class MobileSamWidget(Container):
                                    tooltip="Optional weights file; empty = the official weights from the cache "
                                            "folder (downloaded on first use)")
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
+        self.channels = ComboBox(label="Channels", choices=CHANNEL_CHOICES, value="auto",
+                                 tooltip="auto: RGB layers have channels last, other 3-D layers are volumes (Z, Y, X)")
         self.auto_segment = CheckBox(text="Segment on every prompt change", value=True)
         self.candidate = ComboBox(label="Mask candidate", choices=CANDIDATES, value="best",
                                   tooltip="SAM proposes 3 masks; 'best' takes the highest predicted IoU")
@@ -117,7 +119,7 @@ class MobileSamWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
 
         self.extend([
-            _heading("Model and image"), self.model_type, self.checkpoint, self.image,
+            _heading("Model and image"), self.model_type, self.checkpoint, self.image, self.channels,
             _heading("Prompts (click points, draw boxes)"), self.auto_segment, self.candidate, self.scores,
             self.point_mode,
             _row(self.segment_button, self.toggle_button), _row(self.commit_button, self.clear_button),
@@ -128,6 +130,7 @@ class MobileSamWidget(Container):
             self.status, self.cancel_button,
         ])
         self.image.changed.connect(self._on_image_changed)
+        self.channels.changed.connect(self._on_image_changed)
         self.candidate.changed.connect(self._repaint_candidates)
         self.segment_button.changed.connect(lambda: self.segment_prompts())
         self.toggle_button.changed.connect(lambda: self.toggle_point_label())
@@ -209,10 +212,13 @@ class MobileSamWidget(Container):
             raise LayerError("no image layer: open or add an image, then choose it in the MobileSAM widget")
         return layer
 
+    def _describe(self, image_layer):
+        return describe_image(image_layer, self.channels.value)
+
     def _prompt_layers(self) -> PromptLayers:
         image_layer = self._image_layer()
         if self._layers is None:
-            info = describe_image(image_layer)
+            info = self._describe(image_layer)
             self._muted = True
             try:
                 self._layers = ensure_prompt_layers(self.viewer, image_layer, info)
@@ -249,10 +255,10 @@ class MobileSamWidget(Container):
         """In a worker: load the model, build the segmenter, encode `slices`, run `extra(segmenter, progress,
         cancel)`; then call `then(result_of_extra)` in the GUI thread."""
         image_layer = self._image_layer()
-        info = describe_image(image_layer)
+        info = self._describe(image_layer)
         model_key = self._wanted_model_key()
         cache_dir = str(self.cache_dir.value) if self.cache_dir.value and str(self.cache_dir.value) != "." else None
-        segmenter_key = (id(image_layer), model_key, cache_dir)
+        segmenter_key = (id(image_layer), info, model_key, cache_dir)
         predictor = self._predictor if self._model_key == model_key else None
         segmenter = self._segmenter if (predictor is not None and self._segmenter_key == segmenter_key) else None
         data = image_layer.data
@@ -313,9 +319,9 @@ class MobileSamWidget(Container):
 
     # ---------------------------------------------------------------- prompting
     def _grouped_prompts(self, layers: PromptLayers, image_layer) -> GroupedPrompts:
-        info = describe_image(image_layer)
-        coords, labels = read_points(layers.points, image_layer)
-        grouped = group_prompts(coords, labels, read_boxes(layers.boxes, image_layer), info.spatial_shape)
+        info = self._describe(image_layer)
+        coords, labels = read_points(layers.points, image_layer, info)
+        grouped = group_prompts(coords, labels, read_boxes(layers.boxes, image_layer, info), info.spatial_shape)
         if grouped.outside:
             self._notify("warning", f"MobileSAM: {grouped.outside} prompt(s) outside the image "
                                     f"{image_layer.name!r} were ignored (they are kept in the layer)")
@@ -440,7 +446,7 @@ class MobileSamWidget(Container):
     def _volume_prompts(self):
         layers = self._prompt_layers()
         image_layer = self._image_layer()
-        if not describe_image(image_layer).is_volume:
+        if not self._describe(image_layer).is_volume:
             raise LayerError(f"{image_layer.name!r} is a 2D image; volume segmentation needs a (Z, Y, X) layer")
         return layers, image_layer, self._grouped_prompts(layers, image_layer)
 
@@ -517,7 +523,7 @@ class MobileSamWidget(Container):
         """Automatic masks for the current 2D image or slice, into '<image> everything' Labels."""
         try:
             image_layer = self._image_layer()
-            info = describe_image(image_layer)
+            info = self._describe(image_layer)
         except LayerError as exc:
             self._notify("error", f"MobileSAM: {exc}")
             return
@@ -539,7 +545,7 @@ class MobileSamWidget(Container):
                 from ._layers import _layer_transform
 
                 layer = self.viewer.add_labels(np.zeros(info.spatial_shape, np.int32), name=name, opacity=0.5,
-                                               **_layer_transform(image_layer))
+                                               **_layer_transform(image_layer, info.spatial_axes))
             target = layer.data[z] if info.is_volume else layer.data
             target[...] = labels
             layer.refresh()

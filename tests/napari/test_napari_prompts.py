@@ -136,3 +136,23 @@ def press(viewer, key):
     text = name.upper() if mods else name.lower()
     for kind in (QKeyEvent.Type.KeyPress, QKeyEvent.Type.KeyRelease):
         QApplication.sendEvent(canvas, QKeyEvent(kind, qt_key, modifiers, text))
+
+
+def test_channels_first_image_is_one_2d_image(plugin_widget, qtbot):
+    viewer, widget = plugin_widget
+    data = np.zeros((2, 40, 50), np.uint16)
+    data[0, 10:30, 10:30] = 1000  # channel 0 -> red, channel 1 -> green in the RGB the encoder sees
+    data[1, 5:15, 30:45] = 500
+    viewer.add_image(data, name="img", scale=(1.0, 0.5, 0.5))
+    widget.channels.value = "first axis is channels"
+    predictor = DiskPredictor()
+    widget.use_predictor(predictor)
+    points = viewer.layers["img prompts"]
+    assert points.ndim == 3 and viewer.layers["img current object"].data.shape == (40, 50)
+    points.add(np.array([[1.0, 20.0, 25.0]]))  # clicked while the channel slider shows channel 1
+    wait_idle(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["img current object"].data > 0, disk((40, 50), (20, 25), 5))
+    rgb = predictor.encoded_images[0]
+    assert rgb.shape == (40, 50, 3)
+    assert rgb[20, 20, 0] > rgb[20, 20, 1] and rgb[10, 40, 1] > rgb[10, 40, 0] and not rgb[..., 2].any()
+    assert tuple(viewer.layers["img current object"].scale) == (0.5, 0.5)
