@@ -131,6 +131,8 @@ class MobileSamWidget(Container):
         ])
         self.image.changed.connect(self._on_image_changed)
         self.channels.changed.connect(self._on_image_changed)
+        self.model_type.changed.connect(self._on_model_changed)
+        self.checkpoint.changed.connect(self._on_model_changed)
         self.candidate.changed.connect(self._repaint_candidates)
         self.segment_button.changed.connect(lambda: self.segment_prompts())
         self.toggle_button.changed.connect(lambda: self.toggle_point_label())
@@ -211,6 +213,13 @@ class MobileSamWidget(Container):
                                  f"is a {active.__class__.__name__} layer; add or open an image first")
             raise LayerError("no image layer: open or add an image, then choose it in the MobileSAM widget")
         return layer
+
+    def _on_model_changed(self, _value=None) -> None:
+        # Masks on screen came from the previous model: segment the prompts again with the new one.
+        self._shown.clear()
+        self._candidates.clear()
+        if self.auto_segment.value and self._layers is not None:
+            self.segment_prompts()
 
     def _describe(self, image_layer):
         return describe_image(image_layer, self.channels.value)
@@ -306,6 +315,12 @@ class MobileSamWidget(Container):
         if self._pending_segment:
             self._pending_segment = False
             self.segment_prompts()
+
+    def _refuse_if_busy(self) -> bool:
+        if self._task is None:
+            return False
+        self._notify("warning", f"MobileSAM is busy ({self._task.description}); wait or press Cancel")
+        return True
 
     @property
     def busy(self) -> bool:
@@ -474,7 +489,7 @@ class MobileSamWidget(Container):
             layers.current.refresh()
             self._candidates.clear()
 
-        if self._task is None:
+        if not self._refuse_if_busy():
             self._prepare("MobileSAM: segmenting volume", [], then=show, extra=propagate)
 
     def segment_all_objects(self) -> None:
@@ -503,7 +518,7 @@ class MobileSamWidget(Container):
             target[free] = labels[free]
             layers.objects.refresh()
 
-        if self._task is None:
+        if not self._refuse_if_busy():
             self._prepare("MobileSAM: segmenting objects through the volume", [], then=show, extra=propagate)
 
     def precompute_embeddings(self) -> None:
@@ -513,7 +528,7 @@ class MobileSamWidget(Container):
         except LayerError as exc:
             self._notify("error", f"MobileSAM: {exc}")
             return
-        if self._task is None:
+        if not self._refuse_if_busy():
             self._prepare("MobileSAM: computing volume embeddings", [],
                           then=lambda _: self._notify("info", "MobileSAM: volume embeddings ready"),
                           extra=lambda segmenter, progress, cancel: segmenter.embed_all(progress, cancel))
@@ -551,7 +566,7 @@ class MobileSamWidget(Container):
             layer.refresh()
             self._notify("info", f"MobileSAM: {int(labels.max())} objects found")
 
-        if self._task is None:
+        if not self._refuse_if_busy():
             self._prepare("MobileSAM: segmenting everything", [], then=show, extra=generate)
 
 
