@@ -16,6 +16,7 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -67,8 +68,13 @@ class MobileSamBackend:
         self._model_ready = threading.Event()
         self._loader_pid: Optional[int] = None
         self._encoder = self._decoder = None
+        # Each predictor is used under its lock, and only from its own single worker thread: the
+        # encoder's large temporaries then live in one malloc arena instead of one per request
+        # thread (with glibc that kept ~100 MB per server thread resident).
         self._encoder_lock = threading.Lock()
         self._decoder_lock = threading.Lock()
+        self._encoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-encoder")
+        self._decoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-decoder")
         self._projects: dict[str, dict] = {}
         self._last_project: Optional[dict] = None
         self._refinements: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
@@ -190,8 +196,12 @@ class MobileSamBackend:
         hostname, token = self._credentials(project)
         image = self._image_loader(url, hostname, token, self.settings.max_image_pixels, task.get("id"))
         encoder, _ = self._predictors()
-        with self._encoder_lock:
-            masks = SamAutomaticMaskGenerator(encoder.model).generate(image)
+
+        def generate():
+            with self._encoder_lock:
+                return SamAutomaticMaskGenerator(encoder.model).generate(image)
+
+        masks = self._encoder_thread.submit(generate).result()
         results, scores = [], []
         for record in sorted(masks, key=lambda r: -r["area"]):
             results.extend(self._mask_results(record["segmentation"].astype(bool), target, None, 0))
@@ -269,9 +279,13 @@ class MobileSamBackend:
         encoder, _ = self._predictors()
         hostname, token = self._credentials(project)
         image = self._image_loader(key[0], hostname, token, self.settings.max_image_pixels, task_id)
-        with self._encoder_lock:
-            encoder.set_image(image)
-            state = encoder.get_embedding_state()
+
+        def encode():
+            with self._encoder_lock:
+                encoder.set_image(image)
+                return encoder.get_embedding_state()
+
+        state = self._encoder_thread.submit(encode).result()
         self._count("embeddings.encoded")
         if self.store is not None:
             try:
@@ -303,9 +317,13 @@ class MobileSamBackend:
         coords, labels, box = prompt.in_pixels(height, width)
         previous = self._previous_logits(image_key, prompt.region_ids)
         multimask = prompt.multimask and previous is None
-        with self._decoder_lock:
-            decoder.set_embedding(state)
-            masks, scores, logits = decoder.predict(coords, labels, box, previous, multimask_output=multimask)
+
+        def decode():
+            with self._decoder_lock:
+                decoder.set_embedding(state)
+                return decoder.predict(coords, labels, box, previous, multimask_output=multimask)
+
+        masks, scores, logits = self._decoder_thread.submit(decode).result()
         best = int(np.argmax(scores))
         self._remember_logits(image_key, prompt.region_ids, logits[best:best + 1])
         return masks[best], float(scores[best])

@@ -1,0 +1,244 @@
+"""Load test of the Label Studio ML backend: N concurrent annotators clicking on M images.
+
+    .venv/bin/python benchmarks/bench_labelstudio_load.py [--clients 8] [--images 12] [--clicks 15]
+
+Starts, on 127.0.0.1 only: an image server shaped like Label Studio's file serving (token
+required), and the backend under gunicorn (`-w 1 --threads N`, the production setup) on a
+random-weight checkpoint (or --checkpoint). Requests are /predict bodies as Label Studio sends
+them, each task carrying earlier brush annotations as real tasks do.
+
+Phase 1, uncached: the first click on each image, spread over the clients (fetch + encoder + decoder).
+Phase 2, cached, one client: K clicks one after another (decoder + RLE, no queueing).
+Phase 3, cached, all clients at once with no pause between clicks: N x K clicks (saturation; the
+decoder is one lock, and label-studio-sdk's RLE encoder is pure Python, so clicks queue).
+Reports p50/p99 latency of each, the ratio uncached/cached (what the embedding cache buys),
+errors (must be 0; exit status 1 otherwise) and the server's idle, peak and final RSS.
+"""
+
+import argparse
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = "bench-token"
+CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object" smart="true"/></KeyPointLabels>
+  <BrushLabels name="brush" toName="image"><Label value="Object"/></BrushLabels>
+</View>"""
+
+
+def synthetic_png(height, width, seed):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:height, :width]
+    image = np.stack([xx * 255 // width, yy * 255 // height, (xx * yy) % 97 * 2], -1).astype(np.float32)
+    for _ in range(6):
+        cy, cx, r = rng.integers(0, height), rng.integers(0, width), rng.integers(15, 60)
+        image[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.integers(0, 255, 3)
+    buffer = io.BytesIO()
+    Image.fromarray(image.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def start_image_server(files):
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Request, Response
+
+    @Request.application
+    def app(request):
+        if request.headers.get("Authorization") != f"Token {TOKEN}":
+            return Response("unauthorized", status=401)
+        body = files.get(request.path)
+        return Response(body, mimetype="image/png") if body else Response("not found", status=404)
+
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per image request
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prior_annotations(height, width, count):
+    """Brush annotations a task already carries: Label Studio sends them with every click."""
+    from label_studio_sdk.converter.brush import mask2rle
+
+    results = []
+    for i in range(count):
+        mask = np.zeros((height, width), np.uint8)
+        mask[i * 10:i * 10 + height // 3, i * 15:i * 15 + width // 3] = 255
+        results.append({"id": f"old{i}", "from_name": "brush", "to_name": "image", "type": "brushlabels",
+                        "original_width": width, "original_height": height, "image_rotation": 0,
+                        "value": {"format": "rle", "rle": [int(v) for v in mask2rle(mask)],
+                                  "brushlabels": ["Object"]}})
+    return [{"id": 1, "result": results}]
+
+
+def click_body(url, task_id, x, y, width, height, annotations, click_id):
+    item = {"original_width": width, "original_height": height, "image_rotation": 0,
+            "value": {"x": x / width * 100, "y": y / height * 100, "width": 0.5, "keypointlabels": ["Object"],
+                      "labels": ["Object"]},
+            "is_positive": True, "id": click_id, "from_name": "kp", "to_name": "image", "type": "keypointlabels",
+            "origin": "manual"}
+    task = {"id": task_id, "data": {"image": url}, "annotations": annotations, "drafts": [], "predictions": []}
+    return json.dumps({"tasks": [task], "project": "1.1700000000", "label_config": CONFIG,
+                       "params": {"login": None, "password": None, "context": {"result": [item]}}})
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid):
+        super().__init__(daemon=True)
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.peak = 0
+        self.stop_event = threading.Event()
+
+    def rss(self):
+        processes = [self.process] + self.process.children(recursive=True)
+        return sum(p.memory_info().rss for p in processes if p.is_running())
+
+    def run(self):
+        while not self.stop_event.wait(0.1):
+            self.peak = max(self.peak, self.rss())
+
+
+def percentiles(values):
+    data = np.asarray(values) * 1000
+    return float(np.percentile(data, 50)), float(np.percentile(data, 99))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--images", type=int, default=12)
+    parser.add_argument("--clicks", type=int, default=15, help="cached clicks per client")
+    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--annotations", type=int, default=5, help="earlier brush annotations per task")
+    parser.add_argument("--checkpoint", help="weights (default: random vit_t weights, written to a temp dir)")
+    args = parser.parse_args()
+
+    import requests
+
+    from mobilesam.testing import save_random_checkpoint
+
+    work = Path(tempfile.mkdtemp(prefix="bench-ls-"))
+    checkpoint = args.checkpoint or str(save_random_checkpoint(work / "random_vit_t.pt", "vit_t", seed=0))
+    files = {f"/data/upload/1/img{i}.png": synthetic_png(args.height, args.width, i) for i in range(args.images)}
+    image_server = start_image_server(files)
+    ls_url = f"http://127.0.0.1:{image_server.server_port}"
+
+    port = free_port()
+    env = dict(os.environ, MOBILESAM_CHECKPOINT=checkpoint, MOBILESAM_EMBEDDING_DIR="off",
+               MOBILESAM_CACHE_SIZE=str(max(32, args.images)), LABEL_STUDIO_URL=ls_url,
+               LABEL_STUDIO_API_KEY=TOKEN, XDG_CACHE_HOME=str(work / "cache"), LOG_LEVEL="WARNING")
+    server_log = open(work / "server.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", str(args.clients), "-b", f"127.0.0.1:{port}",
+         "--timeout", "300", "--log-level", "warning", "labelstudio_backend._wsgi:app"],
+        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=server_log)
+    backend = f"http://127.0.0.1:{port}"
+    errors = []
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"backend did not start:\n{(work / 'server.log').read_text()[-3000:]}")
+            try:
+                if requests.get(backend + "/health", timeout=2).json().get("model_state") == "ready":
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        sampler = RssSampler(server.pid)
+        idle_rss = sampler.rss()
+        sampler.start()
+        annotations = prior_annotations(args.height, args.width, args.annotations)
+        urls = list(files)
+        session = threading.local()
+
+        def click(url, index):
+            if not hasattr(session, "http"):
+                session.http = requests.Session()
+            rng = random.Random(index)
+            x, y = rng.uniform(0, args.width - 1), rng.uniform(0, args.height - 1)
+            body = click_body(url, urls.index(url) + 1, x, y, args.width, args.height, annotations, f"c{index}")
+            started = time.perf_counter()
+            try:
+                response = session.http.post(backend + "/predict", data=body,
+                                             headers={"Content-Type": "application/json"}, timeout=300)
+                elapsed = time.perf_counter() - started
+                result = response.json()["results"][0]["result"] if response.status_code == 200 else None
+                if not result or result[0]["type"] != "brushlabels":
+                    errors.append(f"{url}: HTTP {response.status_code} {response.text[:200]}")
+            except Exception as exc:  # noqa: BLE001 - every failure counts as an error
+                elapsed = time.perf_counter() - started
+                errors.append(f"{url}: {type(exc).__name__}: {exc}")
+            return elapsed
+
+        with ThreadPoolExecutor(max_workers=args.clients) as pool:
+            phase_start = time.perf_counter()
+            uncached = list(pool.map(click, urls, range(len(urls))))
+            uncached_wall = time.perf_counter() - phase_start
+            sequential = [click(random.Random(i).choice(urls), 500 + i) for i in range(args.clicks)]
+            jobs = [(random.Random(i).choice(urls), 1000 + i) for i in range(args.clients * args.clicks)]
+            phase_start = time.perf_counter()
+            cached = list(pool.map(lambda job: click(*job), jobs))
+            cached_wall = time.perf_counter() - phase_start
+        sampler.stop_event.set()
+        sampler.join()
+        final_rss = sampler.rss()
+        metrics = requests.get(backend + "/metrics", timeout=5).json()
+    finally:
+        server.terminate()
+        server.wait(30)
+        server_log.close()
+        image_server.shutdown()
+
+    u50, u99 = percentiles(uncached)
+    s50, s99 = percentiles(sequential)
+    c50, c99 = percentiles(cached)
+    cache = metrics["embedding_cache"]
+    print(f"{args.clients} clients, {args.images} images {args.width}x{args.height}, "
+          f"{args.annotations} earlier annotations per task, gunicorn -w 1 --threads {args.clients}")
+    print(f"uncached clicks, {args.clients} clients: n={len(uncached):4d}  p50 {u50:8.1f} ms  p99 {u99:8.1f} ms  "
+          f"({len(uncached) / uncached_wall:.2f} clicks/s)")
+    print(f"cached clicks, 1 client:  n={len(sequential):4d}  p50 {s50:8.1f} ms  p99 {s99:8.1f} ms")
+    print(f"cached clicks, {args.clients} clients: n={len(cached):4d}  p50 {c50:8.1f} ms  p99 {c99:8.1f} ms  "
+          f"({len(cached) / cached_wall:.2f} clicks/s)")
+    print(f"cache speed-up: uncached p50 / cached p50 = {u50 / s50:.1f}x (1 client), {u50 / c50:.1f}x "
+          f"({args.clients} clients)")
+    print(f"server embedding cache: {cache['items']} items, {cache['bytes'] / 2**20:.0f} MiB, "
+          f"{cache['hits']} hits, {cache['misses']} misses; encoder ran {metrics['counters'].get('embeddings.encoded')} times")
+    print(f"server RSS: idle {idle_rss / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB, "
+          f"final {final_rss / 2**20:.0f} MiB")
+    print(f"errors: {len(errors)}")
+    for error in errors[:10]:
+        print("  " + error)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
