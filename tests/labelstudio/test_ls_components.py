@@ -270,3 +270,38 @@ def test_cli_usage_errors(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--port", "70000"])
     assert exc.value.code == 2 and "--port" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- automatic masks
+def test_non_interactive_automatic_masks_one_result_per_mask(make_backend, memory_images, vit_t_model,
+                                                             monkeypatch):
+    """MOBILESAM_AUTO_MASKS: segment_anything's generator API (`generate(image)` -> records) becomes one
+    brush result per mask, largest first; a task whose image fails still gets its (empty) prediction."""
+    import mobilesam
+    from labelstudio_backend.api import create_app
+
+    seen = []
+
+    class Generator:  # the core's SamAutomaticMaskGenerator contract, with fixed masks
+        def __init__(self, model):
+            assert model is vit_t_model
+
+        def generate(self, image):
+            seen.append(image.shape)
+            small, large = np.zeros(image.shape[:2], bool), np.zeros(image.shape[:2], bool)
+            small[2:6, 2:6] = True
+            large[10:30, 10:40] = True
+            return [{"segmentation": small, "area": 16, "predicted_iou": 0.9},
+                    {"segmentation": large, "area": 600, "predicted_iou": 0.7}]
+
+    monkeypatch.setattr(mobilesam, "SamAutomaticMaskGenerator", Generator, raising=False)
+    backend = make_backend(image_loader=memory_images, model_loader=lambda: vit_t_model, auto_masks=True)
+    body = predict_body(None, A)
+    body["tasks"].append({"id": 2, "data": {"image": "/data/upload/1/missing.png"}})
+    response = create_app(backend).test_client().post("/predict", json=body)
+    assert response.status_code == 200
+    first, second = response.get_json()["results"]
+    assert seen == [(48, 64, 3)]
+    assert [decode_brush(item).sum() for item in first["result"]] == [600, 16]
+    assert first["score"] == pytest.approx(0.8)
+    assert second == {"result": [], "score": 0.0, "model_version": backend.model_version}

@@ -28,7 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 LS_BIN = Path(os.environ.get("LABEL_STUDIO_BIN") or REPO / ".venv-ls" / "bin" / "label-studio")
 USER, PASSWORD, TOKEN = "e2e@mobilesam.test", "mobilesam-e2e-password", "mobilesam-e2e-token-0123456789"
 LS_START_TIMEOUT = 420  # seconds; fresh migrations take ~90 s on a busy 2-core machine
-IMAGE = make_test_image(60, 80, seed=5)
+IMAGE = make_test_image(60, 80, seed=5)  # uploaded: /data/upload/...
+LOCAL_IMAGE = make_test_image(50, 70, seed=6)  # from a local storage: /data/local-files/?d=...
 
 
 def free_port() -> int:
@@ -76,8 +77,9 @@ def template_dir(config):
 
 
 class LabelStudio:
-    def __init__(self, url):
+    def __init__(self, url, files_root):
         self.url = url
+        self.files_root = files_root
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Token {TOKEN}"
 
@@ -94,6 +96,7 @@ def label_studio(tmp_path_factory, request):
                     "python3 -m venv .venv-ls && .venv-ls/bin/pip install label-studio==1.23.2 "
                     "(scripts/test.sh does this), or point LABEL_STUDIO_BIN at its label-studio executable.")
     data_dir = tmp_path_factory.mktemp("label-studio-data")
+    files_root = tmp_path_factory.mktemp("label-studio-files")
     template = template_dir(request.config)
     template_db = template / "label_studio.sqlite3" if template else None
     if template_db is not None and template_db.is_file():
@@ -104,6 +107,7 @@ def label_studio(tmp_path_factory, request):
         "LABEL_STUDIO_PASSWORD": PASSWORD, "LABEL_STUDIO_USER_TOKEN": TOKEN,
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "ML_BLOCK_LOCAL_IP": "false",
         "SSRF_PROTECTION_ENABLED": "false", "COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false",
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
     })
     port = free_port()
     log_path = data_dir / "label-studio.log"
@@ -117,7 +121,7 @@ def label_studio(tmp_path_factory, request):
                    "Label Studio")
         if template_db is not None and not template_db.is_file():
             save_template(data_dir / "label_studio.sqlite3", template_db)
-        yield LabelStudio(url)
+        yield LabelStudio(url, files_root)
     finally:
         stop(process)
 
@@ -166,8 +170,16 @@ def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_check
     project = ls.call("POST", "/api/projects", json={"title": "MobileSAM e2e", "label_config": CONFIG_BRUSH})
     ls.call("POST", f"/api/projects/{project['id']}/import",
             files={"file": ("cells.png", png_bytes(IMAGE), "image/png")})
-    (task,) = ls.call("GET", f"/api/tasks?project={project['id']}")["tasks"]
-    assert task["data"]["image"].startswith("/data/upload/")
+    images = ls.files_root / "images"  # a local storage must be a subdirectory of the document root
+    images.mkdir()
+    (images / "local.png").write_bytes(png_bytes(LOCAL_IMAGE))
+    storage = ls.call("POST", "/api/storages/localfiles", json={
+        "project": project["id"], "title": "local", "path": str(images), "regex_filter": r".*\.png",
+        "use_blob_urls": True})
+    ls.call("POST", f"/api/storages/localfiles/{storage['id']}/sync")
+    tasks = ls.call("GET", f"/api/tasks?project={project['id']}")["tasks"]
+    (task,) = [t for t in tasks if t["data"]["image"].startswith("/data/upload/")]
+    (local_task,) = [t for t in tasks if t["data"]["image"].startswith("/data/local-files/?d=")]
 
     # Pre-compute the project's embeddings into the running server's store, from another process.
     precompute = subprocess.run(
@@ -176,7 +188,7 @@ def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_check
          "--checkpoint", str(vit_t_checkpoint), "--no-download"],
         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert precompute.returncode == 0, precompute.stdout + precompute.stderr
-    assert "1 encoded, 0 already stored, 0 failed" in precompute.stdout
+    assert "2 encoded, 0 already stored, 0 failed" in precompute.stdout
     model_version = requests.get(backend_url + "/versions", timeout=5).json()["versions"][0]
 
     ml = ls.call("POST", "/api/ml", json={"project": project["id"], "url": backend_url, "title": "MobileSAM",
@@ -201,9 +213,16 @@ def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_check
     expected, _, _ = reference_mask(reference_predictor, IMAGE, box=[10, 8, 50, 40])
     np.testing.assert_array_equal(decode_brush(answer["data"]["result"][0]), expected)
 
+    click = keypoint(20, 30, 70, 50)
+    answer = ls.call("POST", f"/api/ml/{ml['id']}/interactive-annotating",
+                     json={"task": local_task["id"], "context": {"result": [click]}})
+    assert "data" in answer, f"Label Studio reported {answer}\n{tail(backend_log)}"
+    expected, _, _ = reference_mask(reference_predictor, LOCAL_IMAGE, [[20, 30]], [1])
+    np.testing.assert_array_equal(decode_brush(answer["data"]["result"][0]), expected)
+
     metrics = requests.get(backend_url + "/metrics", timeout=5).json()
     counters = metrics["counters"]
-    assert counters.get("embeddings.from_disk") == 1 and "embeddings.encoded" not in counters, counters
+    assert counters.get("embeddings.from_disk") == 2 and "embeddings.encoded" not in counters, counters
     assert counters["requests.setup"] >= 1 and counters["requests.health"] >= 1
 
     # Data Manager "retrieve predictions": a non-interactive /predict, one prediction per task.
@@ -211,5 +230,6 @@ def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_check
             json={"selectedItems": {"all": True, "excluded": []}})
     counters = requests.get(backend_url + "/metrics", timeout=5).json()["counters"]
     assert counters["requests.predict"] >= 3 and "errors.predict" not in counters, counters
-    predictions = ls.call("GET", f"/api/predictions?task={task['id']}")
-    assert [p["model_version"] for p in predictions] == [model_version]
+    for each in (task, local_task):
+        predictions = ls.call("GET", f"/api/predictions?task={each['id']}")
+        assert [p["model_version"] for p in predictions] == [model_version]
