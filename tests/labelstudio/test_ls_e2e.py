@@ -139,13 +139,13 @@ def backend_server(label_studio, vit_t_checkpoint, tmp_path_factory):
     """`mobilesam serve` in a subprocess, on the random-weight checkpoint."""
     work = tmp_path_factory.mktemp("backend")
     port = free_port()
-    env = dict(os.environ, MOBILESAM_EMBEDDING_DIR=str(work / "embeddings"), LABEL_STUDIO_URL=label_studio.url,
+    env = dict(os.environ, MOBILESAM_CHECKPOINT=str(vit_t_checkpoint), MOBILESAM_ALLOW_DOWNLOAD="0",
+               MOBILESAM_EMBEDDING_DIR=str(work / "embeddings"), LABEL_STUDIO_URL=label_studio.url,
                LABEL_STUDIO_API_KEY=TOKEN, XDG_CACHE_HOME=str(work / "cache"))
     log_path = work / "backend.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "mobilesam", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--checkpoint", str(vit_t_checkpoint), "--no-download"],
+            [sys.executable, "-m", "mobilesam", "serve", "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -186,7 +186,8 @@ def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_check
         [sys.executable, "-m", "mobilesam", "labelstudio", "precompute", "--project", str(project["id"]),
          "--url", ls.url, "--api-key", TOKEN, "--embedding-dir", str(embedding_dir),
          "--checkpoint", str(vit_t_checkpoint), "--no-download"],
-        capture_output=True, text=True, timeout=300, cwd=REPO)
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env=dict(os.environ, XDG_CACHE_HOME=str(embedding_dir.parent / "precompute-cache")))
     assert precompute.returncode == 0, precompute.stdout + precompute.stderr
     assert "2 encoded, 0 already stored, 0 failed" in precompute.stdout
     model_version = requests.get(backend_url + "/versions", timeout=5).json()["versions"][0]

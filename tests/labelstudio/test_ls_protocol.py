@@ -268,3 +268,21 @@ def test_settings_from_env_reject_malformed_values():
         Settings.from_env({"MOBILESAM_OUTPUT": "svg"})
     with pytest.raises(ValueError, match="BASIC_AUTH"):
         Settings.from_env({"BASIC_AUTH_USER": "ann"})
+
+
+def test_wsgi_module_builds_app_from_environment(vit_t_checkpoint, monkeypatch):
+    """`gunicorn labelstudio_backend._wsgi:app` gets a Flask app configured from the environment."""
+    import labelstudio_backend._wsgi as wsgi
+
+    monkeypatch.setenv("MOBILESAM_CHECKPOINT", str(vit_t_checkpoint))
+    monkeypatch.setenv("MOBILESAM_EMBEDDING_DIR", "off")
+    monkeypatch.setenv("MOBILESAM_CACHE_SIZE", "3")
+    monkeypatch.delattr(wsgi, "app", raising=False)
+    try:
+        app = wsgi.app
+        backend = app.config["backend"]
+        assert backend.settings.cache_size == 3 and backend.settings.checkpoint == str(vit_t_checkpoint)
+        assert app.test_client().get("/health").get_json()["status"] == "UP"
+        assert backend._model_ready.wait(60) and backend.model_status()["model_state"] == "ready"
+    finally:
+        wsgi.__dict__.pop("app", None)
