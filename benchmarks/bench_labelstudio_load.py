@@ -7,7 +7,10 @@ required), and the backend under gunicorn (`-w 1 --threads N`, the production se
 random-weight checkpoint (or --checkpoint). Requests are /predict bodies as Label Studio sends
 them, each task carrying earlier brush annotations as real tasks do.
 
-Phase 1, uncached: the first click on each image, spread over the clients (fetch + encoder + decoder).
+Phase 0, uncached, one client: the first click on 3 extra images, one after another (fetch +
+encoder + decoder, no queueing).
+Phase 1, uncached, all clients at once: the first click on each of the M images (they queue for
+the one encoder).
 Phase 2, cached, one client: K clicks one after another (decoder + RLE, no queueing).
 Phase 3, cached, all clients at once with no pause between clicks: N x K clicks (saturation; the
 decoder is one lock, and label-studio-sdk's RLE encoder is pure Python, so clicks queue).
@@ -32,6 +35,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = "bench-token"
+SEQUENTIAL_UNCACHED = 3
 CONFIG = """<View>
   <Image name="image" value="$image"/>
   <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object" smart="true"/></KeyPointLabels>
@@ -146,13 +150,14 @@ def main():
 
     work = Path(tempfile.mkdtemp(prefix="bench-ls-"))
     checkpoint = args.checkpoint or str(save_random_checkpoint(work / "random_vit_t.pt", "vit_t", seed=0))
-    files = {f"/data/upload/1/img{i}.png": synthetic_png(args.height, args.width, i) for i in range(args.images)}
+    files = {f"/data/upload/1/img{i}.png": synthetic_png(args.height, args.width, i)
+             for i in range(args.images + SEQUENTIAL_UNCACHED)}
     image_server = start_image_server(files)
     ls_url = f"http://127.0.0.1:{image_server.server_port}"
 
     port = free_port()
     env = dict(os.environ, MOBILESAM_CHECKPOINT=checkpoint, MOBILESAM_EMBEDDING_DIR="off",
-               MOBILESAM_CACHE_SIZE=str(max(32, args.images)), LABEL_STUDIO_URL=ls_url,
+               MOBILESAM_CACHE_SIZE=str(max(32, args.images + SEQUENTIAL_UNCACHED)), LABEL_STUDIO_URL=ls_url,
                LABEL_STUDIO_API_KEY=TOKEN, XDG_CACHE_HOME=str(work / "cache"), LOG_LEVEL="WARNING")
     server_log = open(work / "server.log", "wb")
     server = subprocess.Popen(
@@ -176,7 +181,7 @@ def main():
         idle_rss = sampler.rss()
         sampler.start()
         annotations = prior_annotations(args.height, args.width, args.annotations)
-        urls = list(files)
+        solo_urls, urls = list(files)[:SEQUENTIAL_UNCACHED], list(files)[SEQUENTIAL_UNCACHED:]
         session = threading.local()
 
         def click(url, index):
@@ -184,7 +189,7 @@ def main():
                 session.http = requests.Session()
             rng = random.Random(index)
             x, y = rng.uniform(0, args.width - 1), rng.uniform(0, args.height - 1)
-            body = click_body(url, urls.index(url) + 1, x, y, args.width, args.height, annotations, f"c{index}")
+            body = click_body(url, list(files).index(url) + 1, x, y, args.width, args.height, annotations, f"c{index}")
             started = time.perf_counter()
             try:
                 response = session.http.post(backend + "/predict", data=body,
@@ -199,6 +204,7 @@ def main():
             return elapsed
 
         with ThreadPoolExecutor(max_workers=args.clients) as pool:
+            solo_uncached = [click(url, 100 + i) for i, url in enumerate(solo_urls)]
             phase_start = time.perf_counter()
             uncached = list(pool.map(click, urls, range(len(urls))))
             uncached_wall = time.perf_counter() - phase_start
@@ -217,18 +223,20 @@ def main():
         server_log.close()
         image_server.shutdown()
 
+    o50, o99 = percentiles(solo_uncached)
     u50, u99 = percentiles(uncached)
     s50, s99 = percentiles(sequential)
     c50, c99 = percentiles(cached)
     cache = metrics["embedding_cache"]
     print(f"{args.clients} clients, {args.images} images {args.width}x{args.height}, "
           f"{args.annotations} earlier annotations per task, gunicorn -w 1 --threads {args.clients}")
+    print(f"uncached clicks, 1 client:  n={len(solo_uncached):4d}  p50 {o50:8.1f} ms  p99 {o99:8.1f} ms")
     print(f"uncached clicks, {args.clients} clients: n={len(uncached):4d}  p50 {u50:8.1f} ms  p99 {u99:8.1f} ms  "
           f"({len(uncached) / uncached_wall:.2f} clicks/s)")
     print(f"cached clicks, 1 client:  n={len(sequential):4d}  p50 {s50:8.1f} ms  p99 {s99:8.1f} ms")
     print(f"cached clicks, {args.clients} clients: n={len(cached):4d}  p50 {c50:8.1f} ms  p99 {c99:8.1f} ms  "
           f"({len(cached) / cached_wall:.2f} clicks/s)")
-    print(f"cache speed-up: uncached p50 / cached p50 = {u50 / s50:.1f}x (1 client), {u50 / c50:.1f}x "
+    print(f"cache speed-up: uncached p50 / cached p50 = {o50 / s50:.1f}x (1 client), {u50 / c50:.1f}x "
           f"({args.clients} clients)")
     print(f"server embedding cache: {cache['items']} items, {cache['bytes'] / 2**20:.0f} MiB, "
           f"{cache['hits']} hits, {cache['misses']} misses; encoder ran {metrics['counters'].get('embeddings.encoded')} times")
