@@ -55,7 +55,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--basic-auth-pass", help="overrides BASIC_AUTH_PASS")
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    return parser.parse_args(argv)
+    parser.add_argument("-d", "--debug", action="store_true", help="log at DEBUG level")
+    # label-studio-ml's template takes more options (--kwargs, --model-dir, --check): accept and ignore
+    # them, so `label-studio-ml start labelstudio_backend` runs this file unchanged.
+    args, ignored = parser.parse_known_args(argv)
+    if ignored:
+        print(f"ignoring options this backend does not use: {' '.join(ignored)}", file=sys.stderr)
+    if args.debug:
+        args.log_level = "DEBUG"
+    return args
 
 
 def serve(host: str = "127.0.0.1", port: int = 9090, env_overrides: Optional[dict] = None,

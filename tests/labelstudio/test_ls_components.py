@@ -305,3 +305,40 @@ def test_non_interactive_automatic_masks_one_result_per_mask(make_backend, memor
     assert [decode_brush(item).sum() for item in first["result"]] == [600, 16]
     assert first["score"] == pytest.approx(0.8)
     assert second == {"result": [], "score": 0.0, "model_version": backend.model_version}
+
+
+def test_wsgi_script_serves_as_label_studio_ml_runs_it(vit_t_checkpoint, tmp_path):
+    """`python labelstudio_backend/_wsgi.py --host H --port P` (what `label-studio-ml start` runs)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    script = Path(__file__).resolve().parents[2] / "labelstudio_backend" / "_wsgi.py"
+    env = dict(os.environ, MOBILESAM_CHECKPOINT=str(vit_t_checkpoint), MOBILESAM_EMBEDDING_DIR="off")
+    log = tmp_path / "server.log"
+    with open(log, "wb") as log_file:
+        server = subprocess.Popen([sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port),
+                                   "--model-dir", "/ignored"], env=env, cwd=tmp_path,
+                                  stdout=log_file, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                health = requests.get(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        assert server.poll() is None, log.read_text()
+        assert health.status_code == 200 and health.json()["status"] == "UP"
+        versions = requests.get(f"http://127.0.0.1:{port}/versions", timeout=5).json()["versions"]
+        assert versions[0].startswith("mobilesam-vit_t-")
+    finally:
+        server.terminate()
+        server.wait(30)
