@@ -189,7 +189,7 @@ class MobileSamBackend:
             return self._empty_prediction()
 
     def _automatic_masks(self, task: dict, label_config: str, project: str) -> dict:
-        from mobilesam import SamAutomaticMaskGenerator  # noqa: F401 - optional core feature
+        from mobilesam import SamAutomaticMaskGenerator  # optional core feature: ImportError -> empty result
 
         target = parse_label_config(label_config).target(None, self.settings.output)
         url = self._image_url(task, target)
