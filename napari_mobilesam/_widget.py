@@ -550,7 +550,7 @@ class MobileSamWidget(Container):
             from mobilesam.mask_outputs import records_to_label_image
 
             generator = SamAutomaticMaskGenerator(segmenter.predictor.model, points_per_side=points_per_side)
-            records = generator.generate(segmenter.slice_rgb(z))
+            records = generator.generate(segmenter.slice_rgb(z), progress=progress, cancel=cancel)
             return records_to_label_image(records, shape=info.spatial_shape[-2:])
 
         def show(labels):
