@@ -113,6 +113,10 @@ class MobileSamWidget(Container):
 
         self.points_per_side = SpinBox(label="Points per side", value=32, min=4, max=128,
                                        tooltip="Grid of point prompts for 'Segment everything'")
+        self.everything_iou = FloatSpinBox(label="Min predicted IoU", value=0.88, min=0.0, max=1.0, step=0.01,
+                                           tooltip="Masks whose predicted IoU is lower are dropped")
+        self.everything_stability = FloatSpinBox(label="Min stability", value=0.95, min=0.0, max=1.0, step=0.01,
+                                                 tooltip="Masks that change under small threshold shifts are dropped")
         self.everything_button = PushButton(text="Segment everything (image / current slice)")
 
         self.status = Label(label="Status", value="ready")
@@ -126,7 +130,8 @@ class MobileSamWidget(Container):
             self.key_help,
             _heading("Volumes (Z, Y, X)"), self.iou_threshold, self.projection,
             _row(self.volume_button, self.all_objects_button), self.cache_dir, self.precompute_button,
-            _heading("Segment everything"), self.points_per_side, self.everything_button,
+            _heading("Segment everything"), self.points_per_side, self.everything_iou,
+            self.everything_stability, self.everything_button,
             self.status, self.cancel_button,
         ])
         self.image.changed.connect(self._on_image_changed)
@@ -543,13 +548,14 @@ class MobileSamWidget(Container):
             self._notify("error", f"MobileSAM: {exc}")
             return
         z = current_slice(self.viewer, image_layer) if info.is_volume else 0
-        points_per_side = self.points_per_side.value
+        settings = {"points_per_side": self.points_per_side.value, "pred_iou_thresh": self.everything_iou.value,
+                    "stability_score_thresh": self.everything_stability.value}
 
         def generate(segmenter, progress, cancel):
             from mobilesam import SamAutomaticMaskGenerator
             from mobilesam.mask_outputs import records_to_label_image
 
-            generator = SamAutomaticMaskGenerator(segmenter.predictor.model, points_per_side=points_per_side)
+            generator = SamAutomaticMaskGenerator(segmenter.predictor.model, **settings)
             records = generator.generate(segmenter.slice_rgb(z), progress=progress, cancel=cancel)
             return records_to_label_image(records, shape=info.spatial_shape[-2:])
 
@@ -564,7 +570,7 @@ class MobileSamWidget(Container):
             target = layer.data[z] if info.is_volume else layer.data
             target[...] = labels
             layer.refresh()
-            self._notify("info", f"MobileSAM: {int(labels.max())} objects found")
+            self._notify("info", f"MobileSAM: {len(np.unique(labels[labels > 0]))} objects found")
 
         if not self._refuse_if_busy():
             self._prepare("MobileSAM: segmenting everything", [], then=show, extra=generate)
