@@ -27,7 +27,7 @@ class ImageSegmenter:
 
     is_volume = False
 
-    def __init__(self, predictor, data: np.ndarray, info: ImageInfo) -> None:
+    def __init__(self, predictor, data, info: ImageInfo) -> None:
         self.predictor = predictor
         self.info = info
         self._data = data
@@ -70,15 +70,16 @@ class VolumeSegmenter(ImageSegmenter):
 
     is_volume = True
 
-    def __init__(self, predictor, data: np.ndarray, info: ImageInfo, cache_dir=None,
-                 model_id: Optional[str] = None) -> None:
+    def __init__(self, predictor, data, info: ImageInfo, cache_dir=None, model_id: Optional[str] = None) -> None:
+        """data: the layer's array as napari holds it (numpy, dask, zarr: slices are read on demand).
+        model_id: identity of the weights for the disk cache; None = a fingerprint of the model's weights."""
         from mobilesam.volume import VolumeEmbeddings
 
         super().__init__(predictor, data, info)
         self.embeddings = VolumeEmbeddings(data, predictor, axis=0, cache_dir=cache_dir, model_id=model_id)
 
     def has_embedding(self, z: int) -> bool:
-        return self.embeddings.is_computed(z)
+        return self.embeddings.is_cached(z)
 
     def compute_embeddings(self, slices: Iterable[int], progress: ProgressFn = None, cancel=None) -> None:
         todo = [z for z in slices if not self.has_embedding(z)]
@@ -98,4 +99,4 @@ class VolumeSegmenter(ImageSegmenter):
         self.embeddings.set_slice(z)
 
     def slice_rgb(self, z: int) -> np.ndarray:
-        return self.embeddings.slice_rgb(z)
+        return self.embeddings.slice_image(z)

@@ -23,6 +23,8 @@ from qtpy.QtCore import QTimer
 import mobilesam
 from mobilesam.errors import Cancelled, MissingWeightsError, MobileSamError
 
+from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS
+
 from ._layers import (CHANNEL_CHOICES, NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
                       ensure_prompt_layers, point_label_mode, read_boxes, read_points, set_point_label_mode)
 from ._prompts import GroupedPrompts, PlanePrompt, group_prompts
@@ -99,10 +101,11 @@ class MobileSamWidget(Container):
         self.clear_button = PushButton(text=f"Clear [{KEYS['clear']}]")
         self.key_help = Label(label="Keys", value=KEY_HELP)
 
-        self.iou_threshold = FloatSpinBox(label="Stop below IoU", value=0.5, min=0.0, max=1.0, step=0.05,
-                                          tooltip="Propagation stops at the first slice whose predicted IoU is lower")
-        self.projection = ComboBox(label="Projection", choices=("mask", "box", "points"), value="mask",
-                                   tooltip="What each slice passes on to the next one as its prompt")
+        self.iou_threshold = FloatSpinBox(
+            label="Stop below IoU", value=DEFAULT_IOU_THRESHOLD, min=0.0, max=1.0, step=0.05,
+            tooltip="Propagation of an object stops where its mask overlaps the previous slice's less than this")
+        self.projection = ComboBox(label="Projection", choices=PROJECTIONS, value=DEFAULT_PROJECTION,
+                                   tooltip="How each slice's mask prompts the next slice (see mobilesam.volume)")
         self.volume_button = PushButton(text="Segment volume",
                                         tooltip="Propagate the current object from its prompted slices through z")
         self.all_objects_button = PushButton(text="All objects",
@@ -284,7 +287,7 @@ class MobileSamWidget(Container):
                 model = mobilesam.load_model(None if checkpoint else model_type, checkpoint or None)
                 predictor = mobilesam.SamPredictor(model)
             if segmenter is None:
-                segmenter = make_segmenter(predictor, np.asarray(data), info, cache_dir, _model_id(model_key))
+                segmenter = make_segmenter(predictor, data, info, cache_dir, _model_id(predictor, model_key))
             segmenter.compute_embeddings(slices, progress=progress, cancel=cancel)
             result = extra(segmenter, progress, cancel) if extra is not None else None
             return predictor, segmenter, result
@@ -504,17 +507,20 @@ class MobileSamWidget(Container):
         except LayerError as exc:
             self._notify("error", f"MobileSAM: {exc}")
             return
-        objects = {obj: _slice_prompts(by_slice) for obj, by_slice in self._object_prompts.items() if by_slice}
-        if not objects:
+        ids = [obj for obj, by_slice in sorted(self._object_prompts.items()) if by_slice]
+        if not ids:
             self._notify("warning", "MobileSAM: commit at least one object (with its prompts) first")
             return
         from mobilesam.volume import segment_objects
 
+        objects = [_slice_prompts(self._object_prompts[obj]) for obj in ids]
+        label_of = np.array([0, *ids], dtype=np.int32)  # the core numbers objects 1..N in list order
         iou, projection = self.iou_threshold.value, self.projection.value
 
         def propagate(segmenter, progress, cancel):
-            return segment_objects(segmenter.embeddings, objects, iou_threshold=iou, projection=projection,
-                                   progress=progress, cancel=cancel)
+            labels = segment_objects(segmenter.embeddings, objects, iou_threshold=iou, projection=projection,
+                                     progress=progress, cancel=cancel)
+            return label_of[labels]
 
         def show(labels):
             target = layers.objects.data
@@ -584,7 +590,7 @@ def _row(*widgets) -> Container:
     return Container(widgets=widgets, layout="horizontal", labels=False)
 
 
-def make_segmenter(predictor, data: np.ndarray, info, cache_dir: Optional[str], model_id: str):
+def make_segmenter(predictor, data, info, cache_dir: Optional[str], model_id: Optional[str]):
     if info.is_volume:
         return VolumeSegmenter(predictor, data, info, cache_dir=cache_dir, model_id=model_id)
     return ImageSegmenter(predictor, data, info)
@@ -600,9 +606,14 @@ def _slice_prompts(by_slice: dict[int, PlanePrompt]) -> list:
     return out
 
 
-def _model_id(model_key: tuple[str, str]) -> str:
+def _model_id(predictor, model_key: tuple[str, str]) -> Optional[str]:
+    """Identity of the weights for the embedding cache. None lets the core fingerprint the model's
+    weights (so a cache is never shared by different weights); a predictor without a `model`
+    (a custom or stand-in one) is identified by the widget's model setting."""
+    if getattr(predictor, "model", None) is not None:
+        return None
     model_type, checkpoint = model_key
-    return f"{model_type}:{checkpoint}" if checkpoint else model_type
+    return f"{model_type}-{checkpoint}" if checkpoint else model_type
 
 
 def _key_handler(action: Callable[[], None]) -> Callable:
