@@ -1,0 +1,316 @@
+"""`VolumeEmbeddings`: lazy, cached per-slice image embeddings of a 3-D volume.
+
+A volume (Z, Y, X) or (Z, Y, X, C) may be a numpy array, a memmap, a dask or zarr array: anything
+with `shape`, `dtype` and numpy-style indexing. Only the slices that are asked for are read, so a
+volume larger than memory works. Each slice is encoded once by the predictor's image encoder the
+first time it is needed; the embedding (a `mobilesam.EmbeddingState`, 4 MB for the (1, 256, 64, 64)
+features) is kept in a bounded least-recently-used cache in memory and, with `cache_dir`, in a zarr
+store on disk, so reopening the same data with the same model encodes nothing.
+
+Disk cache keys. The store holds one group per model identity (`model_id`, e.g.
+`model_fingerprint("vit_t", "mobile_sam.pt")` = model type + sha256 of the checkpoint file, plus
+the encoder input size) and, inside it, one array per slice named by the sha256 of the exact
+(H, W, 3) uint8 image fed to the encoder. The image hash covers the slice data *and* the intensity
+normalisation and channel handling, so changed data, a changed contrast range or a changed model
+can never be served a stale embedding; an array is only read back if it was completely written.
+
+Intensity normalisation goes through `mobilesam.image.to_rgb_uint8` with one (low, high) range
+computed by `mobilesam.image.intensity_range` from a sample of slices, so contrast is the same
+on every slice (per-slice stretching would make the object look different from slice to slice).
+uint8 volumes are passed through unchanged, exactly as 2-D uint8 images are.
+"""
+
+import hashlib
+import os
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled, MobileSamError
+from ..image import intensity_range, to_rgb_uint8
+from ..predictor import EmbeddingState
+
+ProgressCallback = Callable[[int, int], None]
+INTENSITY_SAMPLE_SLICES = 16  # slices read to estimate the volume's intensity range
+INTENSITY_SAMPLE_VALUES = 2_000_000
+
+
+def model_fingerprint(model_type: str, checkpoint_path: Union[str, os.PathLike]) -> str:
+    """Identity of a model for embedding caches: "<model_type>-<sha256 of the checkpoint file>".
+
+    Two checkpoints with different bytes never share cached embeddings.
+    """
+    from ..weights import sha256sum
+
+    return f"{model_type}-{sha256sum(checkpoint_path)}"
+
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """Identity of an in-memory model: sha256 over its state dict (names, shapes, dtypes, values).
+
+    Used when no `model_id` is given, so a cache is never shared by models with other weights.
+    Costs one pass over the weights (about 0.1 s for vit_t).
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return f"weights-{digest.hexdigest()}"
+
+
+class VolumeEmbeddings:
+    """Per-slice embeddings of a volume, computed on first use and cached.
+
+    volume: array-like (Z, Y, X) or (Z, Y, X, C) (any axis order: see `axis`, `channel_axis`).
+    predictor: a `mobilesam.SamPredictor` (or anything with set_image / get_embedding_state /
+        set_embedding / predict); encoding a slice replaces the predictor's current image.
+    axis: the axis slices are taken along (default 0). The other spatial axes, in their order,
+        are the slice's rows and columns.
+    channel_axis: axis of channels for 4-D volumes (default: the last axis).
+    cache_dir: folder of an on-disk zarr store of embeddings (created if missing), or None.
+    max_in_memory: how many slice embeddings the in-memory LRU keeps (each 4 MB).
+    model_id: identity of the model for the disk cache keys, e.g. `model_fingerprint(...)`;
+        when None and `cache_dir` is set, it is computed from the model's weights.
+    value_range: (low, high) intensities mapped to 0..255; default: computed once per volume.
+
+    The data are assumed not to change while this object is alive; make a new one if they do
+    (the disk cache, keyed by the slice content, stays valid for unchanged slices).
+    Counters `encoder_calls`, `disk_hits` and `memory_hits` tell where embeddings came from.
+    """
+
+    def __init__(self, volume, predictor, axis: int = 0, channel_axis: Optional[int] = None,
+                 cache_dir: Optional[Union[str, Path]] = None, max_in_memory: int = 16,
+                 model_id: Optional[str] = None,
+                 value_range: Optional[tuple[float, float]] = None) -> None:
+        shape = tuple(int(s) for s in getattr(volume, "shape", ()))
+        if len(shape) not in (3, 4):
+            raise ValueError(f"a volume must be (Z, Y, X) or (Z, Y, X, C); got shape {shape}")
+        ndim = len(shape)
+        self.axis = _normalize_axis(axis, ndim, "axis")
+        self.channel_axis = None
+        if ndim == 4:
+            self.channel_axis = _normalize_axis(-1 if channel_axis is None else channel_axis, ndim, "channel_axis")
+            if self.channel_axis == self.axis:
+                raise ValueError(f"axis and channel_axis are both {axis}; slices need a different axis")
+        elif channel_axis is not None:
+            raise ValueError(f"channel_axis={channel_axis} given, but the volume {shape} is 3-D (no channels)")
+        if max_in_memory < 1:
+            raise ValueError(f"max_in_memory must be at least 1, got {max_in_memory}")
+        if min(shape) == 0:
+            raise ValueError(f"volume of shape {shape} is empty")
+
+        self.volume = volume
+        self.predictor = predictor
+        self.max_in_memory = int(max_in_memory)
+        self.volume_shape = shape
+        # Spatial axes in volume order; the slicing axis is one of them.
+        self.spatial_axes = tuple(a for a in range(ndim) if a != self.channel_axis)
+        self.slice_axes = tuple(a for a in self.spatial_axes if a != self.axis)
+        self._slice_channel_axis = (None if self.channel_axis is None
+                                    else [a for a in range(ndim) if a != self.axis].index(self.channel_axis))
+        self.value_range = value_range if value_range is not None else self._volume_intensity_range()
+
+        self.encoder_calls = self.disk_hits = self.memory_hits = 0
+        self._memory: "OrderedDict[int, EmbeddingState]" = OrderedDict()
+        self._hashes: dict[int, str] = {}
+        self._lock = threading.RLock()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.model_id = model_id
+        self._store = None
+        if self.cache_dir is not None:
+            if self.model_id is None:
+                self.model_id = weights_fingerprint(predictor.model)
+            self._store = _EmbeddingStore(self.cache_dir, self._model_key())
+
+    # ---- geometry -------------------------------------------------------------------------
+    @property
+    def num_slices(self) -> int:
+        return self.volume_shape[self.axis]
+
+    @property
+    def slice_shape(self) -> tuple[int, int]:
+        """(H, W) of one slice: the sizes of the other two spatial axes, in volume order."""
+        return tuple(self.volume_shape[a] for a in self.slice_axes)
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        """Shape of the volume without its channel axis: the shape of propagation results."""
+        return tuple(self.volume_shape[a] for a in self.spatial_axes)
+
+    @property
+    def slicing_axis_in_result(self) -> int:
+        """Position of the slicing axis in `spatial_shape` (0 for (Z, Y, X) sliced along Z)."""
+        return self.spatial_axes.index(self.axis)
+
+    # ---- slices ---------------------------------------------------------------------------
+    def read_slice(self, z: int) -> np.ndarray:
+        """Raw data of slice z as numpy: (H, W) or (H, W, C)/(C, H, W) as stored; reads only that slice."""
+        z = self._check_index(z)
+        index = [slice(None)] * len(self.volume_shape)
+        index[self.axis] = z
+        return np.asarray(self.volume[tuple(index)])
+
+    def slice_image(self, z: int) -> np.ndarray:
+        """Slice z as the (H, W, 3) uint8 RGB image the encoder sees (volume-wide contrast)."""
+        return to_rgb_uint8(self.read_slice(z), channel_axis=self._slice_channel_axis,
+                            value_range=self.value_range)
+
+    # ---- embeddings -----------------------------------------------------------------------
+    def get(self, z: int) -> EmbeddingState:
+        """The embedding of slice z: from memory, else from the disk cache, else encoded now."""
+        z = self._check_index(z)
+        with self._lock:
+            state = self._memory.get(z)
+            if state is not None:
+                self._memory.move_to_end(z)
+                self.memory_hits += 1
+                return state
+            state = self._load_or_encode(z)
+            self._remember(z, state)
+            return state
+
+    def set_slice(self, z: int) -> None:
+        """Make slice z the predictor's current image (via `predictor.set_embedding`)."""
+        with self._lock:
+            self.predictor.set_embedding(self.get(z))
+
+    def is_cached(self, z: int) -> bool:
+        """Whether slice z's embedding is available without running the encoder."""
+        z = self._check_index(z)
+        with self._lock:
+            if z in self._memory:
+                return True
+            return self._store is not None and self._store.contains(self._slice_hash(z))
+
+    def embed_all(self, progress: Optional[ProgressCallback] = None,
+                  cancel: Optional[threading.Event] = None) -> int:
+        """Compute every slice's embedding not cached yet; returns how many were encoded.
+
+        With `cache_dir` they all land on disk; without it only the last `max_in_memory` stay.
+        progress(done, total) is called after each slice; setting `cancel` raises `Cancelled`
+        (slices finished so far stay cached).
+        """
+        total = self.num_slices
+        before = self.encoder_calls
+        for z in range(total):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"embedding stopped after {z} of {total} slices")
+            with self._lock:
+                if z not in self._memory:
+                    self._remember(z, self._load_or_encode(z))
+            if progress is not None:
+                progress(z + 1, total)
+        return self.encoder_calls - before
+
+    @property
+    def in_memory(self) -> tuple[int, ...]:
+        """Slices whose embeddings are in the in-memory LRU, oldest first."""
+        return tuple(self._memory)
+
+    def __repr__(self) -> str:
+        return (f"VolumeEmbeddings(shape={self.volume_shape}, axis={self.axis}, slices={self.num_slices}, "
+                f"in_memory={len(self._memory)}/{self.max_in_memory}, cache_dir={self.cache_dir})")
+
+    # ---- internals ------------------------------------------------------------------------
+    def _check_index(self, z) -> int:
+        if isinstance(z, (bool, np.bool_)) or not isinstance(z, (int, np.integer)):
+            raise TypeError(f"slice index must be an integer, got {z!r}")
+        z = int(z)
+        if not 0 <= z < self.num_slices:
+            raise IndexError(f"slice {z} is outside the volume (slices 0..{self.num_slices - 1} along axis {self.axis})")
+        return z
+
+    def _volume_intensity_range(self) -> Optional[tuple[float, float]]:
+        dtype = np.dtype(self.volume.dtype)
+        if dtype in (np.uint8, np.bool_):
+            return None  # passed through as 2-D uint8 images are
+        n = self.num_slices
+        picks = np.unique(np.linspace(0, n - 1, min(n, INTENSITY_SAMPLE_SLICES)).round().astype(int))
+        per_slice = INTENSITY_SAMPLE_VALUES // len(picks)
+        samples = []
+        for z in picks:
+            flat = self.read_slice(int(z)).reshape(-1)
+            samples.append(flat[:: flat.size // per_slice + 1])
+        return intensity_range(np.concatenate(samples))
+
+    def _slice_hash(self, z: int, image: Optional[np.ndarray] = None) -> str:
+        digest = self._hashes.get(z)
+        if digest is None:
+            image = self.slice_image(z) if image is None else image
+            digest = hashlib.sha256(repr(image.shape).encode() + image.tobytes()).hexdigest()
+            self._hashes[z] = digest
+        return digest
+
+    def _load_or_encode(self, z: int) -> EmbeddingState:
+        image = None
+        if self._store is not None:
+            image = self.slice_image(z)
+            state = self._store.load(self._slice_hash(z, image))
+            if state is not None:
+                self.disk_hits += 1
+                return state
+        if image is None:
+            image = self.slice_image(z)
+        self.predictor.set_image(image)
+        self.encoder_calls += 1
+        state = self.predictor.get_embedding_state()
+        if self._store is not None:
+            self._store.save(self._slice_hash(z, image), state)
+        return state
+
+    def _remember(self, z: int, state: EmbeddingState) -> None:
+        self._memory[z] = state
+        self._memory.move_to_end(z)
+        while len(self._memory) > self.max_in_memory:
+            self._memory.popitem(last=False)
+
+    def _model_key(self) -> str:
+        model = getattr(self.predictor, "model", None)
+        img_size = getattr(getattr(model, "image_encoder", None), "img_size", None)
+        key = re.sub(r"[^A-Za-z0-9_.-]", "_", str(self.model_id))
+        return f"{key}-in{img_size}" if img_size else key
+
+
+class _EmbeddingStore:
+    """A zarr group of slice embeddings for one model: one (256, 64, 64) float32 array per slice hash."""
+
+    def __init__(self, root: Path, model_key: str) -> None:
+        try:
+            import zarr
+        except ImportError:
+            raise MobileSamError("an embedding cache on disk needs zarr: pip install 'napari-mobilesam[volume]'") from None
+        root.mkdir(parents=True, exist_ok=True)
+        self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
+
+    def contains(self, name: str) -> bool:
+        return name in self._group and bool(self._group[name].attrs.get("complete", False))
+
+    def load(self, name: str) -> Optional[EmbeddingState]:
+        if not self.contains(name):
+            return None
+        array = self._group[name]
+        features = torch.from_numpy(np.asarray(array[...], dtype=np.float32))[None]
+        attrs = array.attrs
+        return EmbeddingState(features, tuple(attrs["original_size"]), tuple(attrs["input_size"]))
+
+    def save(self, name: str, state: EmbeddingState) -> None:
+        data = state.features.detach().cpu().numpy().astype(np.float32)[0]
+        create = getattr(self._group, "create_array", None) or self._group.create_dataset  # zarr 3 / zarr 2
+        array = create(name, shape=data.shape, dtype="float32", chunks=data.shape, overwrite=True)
+        array[...] = data
+        # Written last: a crash mid-write leaves an array without it, which is never read back.
+        array.attrs.update({"original_size": list(state.original_size), "input_size": list(state.input_size),
+                            "complete": True})
+
+
+def _normalize_axis(axis: int, ndim: int, name: str) -> int:
+    if not -ndim <= int(axis) < ndim:
+        raise ValueError(f"{name}={axis} is out of range for a {ndim}-D volume")
+    return int(axis) % ndim

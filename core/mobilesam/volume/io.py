@@ -1,0 +1,133 @@
+"""Reading volumes and writing label volumes, keeping voxel spacing.
+
+`read_volume(path)` returns (array, spacing) with the array in (Z, Y, X) order (channels, if any,
+last for NIfTI, as stored for TIFF) and spacing (dz, dy, dx) in the file's units:
+- TIFF stacks through tifffile: memory-mapped when the file allows it, else read lazily through
+  tifffile's zarr store, so a stack larger than memory is never loaded whole. Spacing from the
+  ImageJ `spacing` entry (z) and the X/YResolution tags.
+- NIfTI (.nii, .nii.gz) through nibabel: the voxel array (i, j, k) is returned as a lazy dask
+  array transposed to (k, j, i) = (Z, Y, X), and the zooms reversed to (dz, dy, dx).
+`write_labels(path, labels, spacing)` writes a label volume atomically as TIFF (ImageJ-style
+spacing metadata) or NIfTI.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+PathLike = Union[str, os.PathLike]
+TIFF_SUFFIXES = (".tif", ".tiff")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+Spacing = tuple[float, float, float]
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
+
+
+def read_volume(path: PathLike) -> tuple[object, Spacing]:
+    """Open a TIFF stack or NIfTI file lazily: (array-like in (Z, Y, X[, C]) order, (dz, dy, dx))."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"volume {path} does not exist")
+    suffix = _suffix(path)
+    try:
+        if suffix in TIFF_SUFFIXES:
+            return _read_tiff(path)
+        if suffix in NIFTI_SUFFIXES:
+            return _read_nifti(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"could not read volume {path}: {exc}") from None
+    raise ValueError(f"volume {path} must be a TIFF stack (.tif, .tiff) or NIfTI (.nii, .nii.gz)")
+
+
+def _read_tiff(path: Path) -> tuple[object, Spacing]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        spacing = _tiff_spacing(tif)
+        series = tif.series[0]
+        if series.ndim < 3:
+            raise ValueError(f"it holds one 2-D image of shape {series.shape}, not a stack")
+    try:
+        data = tifffile.memmap(path)  # uncompressed, contiguous: no copy at all
+    except ValueError:
+        import zarr
+
+        data = zarr.open(tifffile.imread(path, aszarr=True), mode="r")  # compressed: read by chunk
+    return data, spacing
+
+
+def _tiff_spacing(tif) -> Spacing:
+    dz = dy = dx = 1.0
+    meta = tif.imagej_metadata or {}
+    if meta.get("spacing"):
+        dz = float(meta["spacing"])
+    tags = tif.pages[0].tags
+    for name, set_value in (("XResolution", "x"), ("YResolution", "y")):
+        tag = tags.get(name)
+        if tag is None:
+            continue
+        num, den = tag.value
+        if num and den and (num, den) != (1, 1):
+            size = den / num  # resolution is pixels per unit
+            dx, dy = (size, dy) if set_value == "x" else (dx, size)
+    return (dz, dy, dx)
+
+
+def _read_nifti(path: Path) -> tuple[object, Spacing]:
+    import dask.array as da
+    import nibabel as nib
+
+    image = nib.load(str(path))
+    proxy = image.dataobj
+    if len(proxy.shape) < 3:
+        raise ValueError(f"it holds {len(proxy.shape)}-D data of shape {proxy.shape}, not a volume")
+    # One chunk per k-slice: reading slice z touches only that slice of the file.
+    chunks = (proxy.shape[0], proxy.shape[1], 1) + tuple(proxy.shape[3:])
+    data = da.from_array(proxy, chunks=chunks, asarray=True)
+    order = (2, 1, 0) + tuple(range(3, data.ndim))
+    zooms = image.header.get_zooms()[:3]
+    return data.transpose(order), (float(zooms[2]), float(zooms[1]), float(zooms[0]))
+
+
+def write_labels(path: PathLike, labels: np.ndarray, spacing: Optional[Spacing] = None) -> Path:
+    """Write a (Z, Y, X) label volume as TIFF or NIfTI atomically (temp file, then rename).
+
+    Labels are stored in the smallest unsigned type that holds them; spacing (dz, dy, dx) is kept.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    if suffix not in TIFF_SUFFIXES + NIFTI_SUFFIXES:
+        raise ValueError(f"output {path} must end in .tif, .tiff, .nii or .nii.gz")
+    labels = np.asarray(labels)
+    top = int(labels.max()) if labels.size else 0
+    dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
+    labels = labels.astype(dtype)
+    spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        if suffix in TIFF_SUFFIXES:
+            import tifffile
+
+            kwargs = {}
+            if dtype != np.uint32:  # ImageJ hyperstacks hold 8/16-bit data
+                kwargs = dict(imagej=True, resolution=(1.0 / spacing[2], 1.0 / spacing[1]),
+                              metadata={"spacing": spacing[0], "axes": "ZYX"})
+            tifffile.imwrite(tmp, labels, compression="zlib", **kwargs)
+        else:
+            import nibabel as nib
+
+            affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
+            nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), affine), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
