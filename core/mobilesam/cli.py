@@ -8,6 +8,7 @@ import sys
 from typing import Optional, Sequence
 
 from .errors import MobileSamError
+from .runtime import configure_allocator
 
 # module name in mobilesam.commands -> the subcommands it registers
 COMMAND_MODULES = (
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # Before any model is built: keeps torch's large buffers in the heap (~2x faster encoder on glibc).
+    configure_allocator()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
