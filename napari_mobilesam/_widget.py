@@ -114,7 +114,7 @@ class MobileSamWidget(Container):
                                   tooltip="Folder where slice embeddings are saved and loaded from")
         self.precompute_button = PushButton(text="Precompute volume embeddings")
 
-        self.points_per_side = SpinBox(label="Points per side", value=32, min=4, max=128,
+        self.points_per_side = SpinBox(label="Points per side", value=32, min=1, max=128,
                                        tooltip="Grid of point prompts for 'Segment everything'")
         self.everything_iou = FloatSpinBox(label="Min predicted IoU", value=0.88, min=0.0, max=1.0, step=0.01,
                                            tooltip="Masks whose predicted IoU is lower are dropped")

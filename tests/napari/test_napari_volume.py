@@ -43,6 +43,12 @@ def test_prompts_on_a_slice_segment_that_slice(plugin_widget, qtbot):
     wait_idle(qtbot, widget)
     assert not current.data[1].any() and current.data[3].any()
 
+    # The slice shown by the viewer (used by "segment everything") is found through world coordinates.
+    from napari_mobilesam._layers import current_slice
+
+    viewer.dims.set_point(0, 22.0)
+    assert current_slice(viewer, viewer.layers["vol"]) == 3
+
     # Commit writes the object into the 3D committed labels.
     widget.commit()
     objects = viewer.layers["vol objects"].data
@@ -160,7 +166,7 @@ def test_segment_everything_fills_a_labels_layer(plugin_widget, qtbot, vit_t_che
     image = sample_image[:96, :128]
     viewer.add_image(image, name="rgb")
     widget.checkpoint.value = str(vit_t_checkpoint)
-    widget.points_per_side.value = 4
+    widget.points_per_side.value = 2
     # Random weights: predicted IoUs and stability are arbitrary, so keep every mask.
     widget.everything_iou.value = 0.0
     widget.everything_stability.value = 0.0
@@ -168,7 +174,7 @@ def test_segment_everything_fills_a_labels_layer(plugin_widget, qtbot, vit_t_che
     wait_idle(qtbot, widget, timeout=120_000)
     assert not [m for m in widget.messages if m[0] == "error"], widget.messages
     layer = viewer.layers["rgb everything"]
-    generator = mobilesam.SamAutomaticMaskGenerator(widget._predictor.model, points_per_side=4, pred_iou_thresh=0.0,
+    generator = mobilesam.SamAutomaticMaskGenerator(widget._predictor.model, points_per_side=2, pred_iou_thresh=0.0,
                                                     stability_score_thresh=0.0)
     expected = records_to_label_image(generator.generate(image), shape=(96, 128))
     assert layer.data.shape == (96, 128) and expected.max() > 0
