@@ -138,3 +138,14 @@ def test_real_model_segments_rgb_image(plugin_widget, qtbot, vit_t_checkpoint, s
     current = viewer.layers["rgb current object"]
     assert current.data.shape == (240, 320) and tuple(current.scale) == (2.0, 2.0)
     np.testing.assert_array_equal(current.data > 0, masks[int(np.argmax(scores))])
+
+
+def test_widget_applies_the_core_allocator_settings(make_napari_viewer, monkeypatch):
+    import mobilesam.runtime
+
+    calls = []
+    real = mobilesam.runtime.configure_allocator
+    monkeypatch.setattr(mobilesam.runtime, "configure_allocator", lambda: calls.append(1) or real())
+    viewer = make_napari_viewer()
+    viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
+    assert calls == [1]
