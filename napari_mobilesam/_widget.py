@@ -22,7 +22,6 @@ from qtpy.QtCore import QTimer
 
 import mobilesam
 from mobilesam.errors import Cancelled, MissingWeightsError, MobileSamError
-
 from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS
 
 from ._layers import (CHANNEL_CHOICES, NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
@@ -36,7 +35,8 @@ logger = logging.getLogger(__name__)
 MODEL_TYPES = ("vit_t", "vit_b", "vit_l", "vit_h")
 CANDIDATES = ("best", "1", "2", "3")
 
-# Keys chosen to not collide with napari's own bindings on Points/Shapes layers and the viewer.
+# Keys free in napari's own bindings for Points and Shapes layers (where prompting happens) and
+# the viewer; they are bound on the viewer and on the prompt layers.
 KEYS = {
     "segment": "Shift-S",
     "commit": "C",
@@ -85,7 +85,8 @@ class MobileSamWidget(Container):
         self.model_type = ComboBox(label="Model", choices=MODEL_TYPES, value="vit_t",
                                    tooltip="vit_t is MobileSAM (fast); vit_b/l/h are the original SAM models")
         self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", value="",
-                                   tooltip="Optional weights file; empty = the official weights from the cache "
+                                   tooltip="Optional weights file (its architecture is read from the file); "
+                                           "empty = the official weights of the chosen model from the cache "
                                            "folder (downloaded on first use)")
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
         self.channels = ComboBox(label="Channels", choices=CHANNEL_CHOICES, value="auto",
@@ -271,8 +272,12 @@ class MobileSamWidget(Container):
                  ) -> None:
         """In a worker: load the model, build the segmenter, encode `slices`, run `extra(segmenter, progress,
         cancel)`; then call `then(result_of_extra)` in the GUI thread."""
-        image_layer = self._image_layer()
-        info = self._describe(image_layer)
+        try:
+            image_layer = self._image_layer()
+            info = self._describe(image_layer)
+        except LayerError as exc:
+            self._notify("error", f"MobileSAM: {exc}")
+            return
         model_key = self._wanted_model_key()
         cache_dir = str(self.cache_dir.value) if self.cache_dir.value and str(self.cache_dir.value) != "." else None
         segmenter_key = (id(image_layer), info, model_key, cache_dir)
@@ -304,6 +309,9 @@ class MobileSamWidget(Container):
 
         def failed(exc):
             self._end_task()
+            # Prompts added meanwhile stay in their layer; they are segmented on the next change or
+            # Segment press (retrying at once would repeat e.g. a missing-weights error forever).
+            self._pending_segment = False
             self._report_error(exc)
 
         self._start_task(BackgroundTask(work, description, on_done=done, on_error=failed))

@@ -1,6 +1,8 @@
 """Prompting in 2D through a real napari viewer: points/boxes -> current object, candidates, keys,
 commit and clear. A stand-in predictor makes the expected masks exact."""
 
+import threading
+
 import numpy as np
 from napari.layers import Labels, Points, Shapes
 from standins import DiskPredictor, disk, wait_idle
@@ -41,7 +43,7 @@ def test_points_in_world_coordinates_segment_the_right_pixels(plugin_widget, qtb
     current = viewer.layers["img current object"].data
     np.testing.assert_array_equal(current > 0, disk((60, 80), (20, 30), 5))  # 'best' = radius 5
     assert len(predictor.encoded_images) == 1
-    assert predictor.encode_threads[0] is not __import__("threading").main_thread()
+    assert predictor.encode_threads[0] is not threading.main_thread()
     # uint16 input reaches the predictor as RGB uint8 of the same size.
     assert predictor.encoded_images[0].shape == (60, 80, 3) and predictor.encoded_images[0].dtype == np.uint8
     np.testing.assert_allclose(image.scale, viewer.layers["img current object"].scale)
