@@ -34,9 +34,21 @@ class EmbeddingState:
 
 
 class SamPredictor:
-    def __init__(self, sam_model: Sam) -> None:
+    """backend "torch" (default) runs the model itself; "onnx" runs the encoder and decoder with
+    onnxruntime (`mobilesam.onnx.OnnxBackend`; options such as onnx_dir and precision go in
+    **backend_options). Both give the same API and outputs within 1e-3."""
+
+    def __init__(self, sam_model: Sam, backend: str = "torch", **backend_options) -> None:
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
+        self.backend = backend
+        self._runtime = None
+        if backend == "onnx":
+            from .onnx.predictor import OnnxBackend
+
+            self._runtime = OnnxBackend(sam_model, **backend_options)
+        elif backend != "torch" or backend_options:
+            raise ValueError(f"backend must be 'torch' or 'onnx' (options only for onnx), not {backend!r}")
         self.reset_image()
 
     @property
@@ -71,7 +83,8 @@ class SamPredictor:
         self.reset_image()
         self.original_size = tuple(int(s) for s in original_image_size)
         self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
-        self.features = self.model.image_encoder(self.model.preprocess(transformed_image))
+        image = self.model.preprocess(transformed_image)
+        self.features = self._runtime.encode(image) if self._runtime else self.model.image_encoder(image)
         self.is_image_set = True
 
     def get_embedding_state(self) -> EmbeddingState:
@@ -164,6 +177,8 @@ class SamPredictor:
 
     def decode(self, points, boxes, mask_input, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder on the current embedding: low-res logits and IoU predictions."""
+        if self._runtime:
+            return self._runtime.decode(self.features, points, boxes, mask_input, multimask_output)
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         return self.model.mask_decoder(
             image_embeddings=self.features,

@@ -1,0 +1,155 @@
+"""Export a `Sam` to two ONNX models: the image encoder, and prompt encoder + mask decoder.
+
+Decoder inputs (the convention of segment-anything's ONNX export, so existing clients work):
+  image_embeddings (1, 256, 64, 64) float32
+  point_coords     (B, N, 2) float32, (x, y) in model-input pixels (after `apply_coords`)
+  point_labels     (B, N) float32: 1 foreground, 0 background, 2 box top-left, 3 box bottom-right,
+                   -1 padding (add one (0, 0) point labelled -1 when there is no box)
+  mask_input       (B or 1, 1, 256, 256) float32 low-res logits of a previous prediction
+  has_mask_input   (1,) float32: 1 to use mask_input, 0 to ignore it
+Outputs: low_res_masks (B, 4, 256, 256) and iou_predictions (B, 4); index 0 is the single-mask
+output, 1..3 the multimask candidates (the caller slices, as `MaskDecoder.forward` does).
+"""
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+
+from ..modeling import Sam
+
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+FINGERPRINT_FILE = "weights.sha256"
+# The encoder needs opset 18 with torch's TorchScript exporter (earlier opsets lack what its
+# LayerNorm/attention lowering emits); the decoder uses the same for one runtime requirement.
+OPSET = 18
+
+
+class EncoderOnnx(nn.Module):
+    """(1, 3, S, S) normalised, padded image -> (1, 256, S/16, S/16) embedding."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.image_encoder = model.image_encoder
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(image)
+
+
+class PromptDecoderOnnx(nn.Module):
+    """Prompt encoder + mask decoder with box corners and padding expressed as point labels.
+
+    Uses the same modules and the same order of operations as `PromptEncoder` and
+    `MaskDecoder.predict_masks`, so its outputs equal the torch path's.
+    """
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.prompt_encoder = model.prompt_encoder
+        self.mask_decoder = model.mask_decoder
+
+    def _embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        emb = pe.pe_layer.forward_with_coords(coords + 0.5, pe.input_image_size)
+        labels = labels[..., None]
+        emb = torch.where(labels == -1, pe.not_a_point_embed.weight, emb)
+        # Adding exact zeros for the other labels keeps each sum identical to the torch path.
+        for i, point_embedding in enumerate(pe.point_embeddings):
+            emb = emb + torch.where(labels == i, point_embedding.weight, 0.0)
+        return emb
+
+    def _embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor, batch: int) -> torch.Tensor:
+        pe = self.prompt_encoder
+        masked = pe.mask_downscaling(mask_input) * has_mask_input
+        dense = masked + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return dense.expand(batch, -1, -1, -1)
+
+    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
+                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse = self._embed_points(point_coords, point_labels)
+        dense = self._embed_mask(mask_input, has_mask_input, point_coords.shape[0])
+        return self.mask_decoder.predict_masks(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """SHA-256 of the model's parameters and buffers, to tell whether exported files are stale."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> None:
+    tmp = path.with_name(path.name + ".part")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
+        # dynamo=False: torch 2.14's default (dynamo) exporter fails on SAM's decoder.
+        torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    os.replace(tmp, path)  # never leave a half-written model under the final name
+
+
+def export_onnx(model: Sam, out_dir: Union[str, os.PathLike], encoder: bool = True, decoder: bool = True
+                ) -> tuple[Path, Path]:
+    """Write `encoder.onnx` and `decoder.onnx` (and a weights fingerprint) into `out_dir`.
+
+    The model is exported in eval mode and left in the mode it was in.
+    Returns (encoder_path, decoder_path).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder_path, decoder_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if encoder:
+                size = model.image_encoder.img_size
+                _export(EncoderOnnx(model), (torch.zeros(1, 3, size, size),), encoder_path,
+                        ["image"], ["image_embeddings"], None)
+            if decoder:
+                pe = model.prompt_encoder
+                h, w = pe.image_embedding_size
+                dummy = (
+                    torch.randn(1, pe.embed_dim, h, w),
+                    torch.tensor([[[100.0, 200.0], [0.0, 0.0]]]),
+                    torch.tensor([[1.0, -1.0]]),
+                    torch.zeros(1, 1, *pe.mask_input_size),
+                    torch.zeros(1),
+                )
+                _export(PromptDecoderOnnx(model), dummy, decoder_path,
+                        ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+                        ["low_res_masks", "iou_predictions"],
+                        {"point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"},
+                         "mask_input": {0: "mask_batch"},
+                         "low_res_masks": {0: "batch"}, "iou_predictions": {0: "batch"}})
+    finally:
+        model.train(was_training)
+    if encoder and decoder:  # the fingerprint vouches for both files
+        _write_text(out_dir / FINGERPRINT_FILE, weights_fingerprint(model))
+    return encoder_path, decoder_path
+
+
+def quantize_onnx(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> Path:
+    """Dynamic int8 quantisation of an exported model's MatMul/Gemm weights (activations stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst = Path(dst)
+    tmp = dst.with_name(dst.name + ".part")
+    quantize_dynamic(str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+    os.replace(tmp, dst)
+    return dst
+
+
+def _write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
