@@ -203,9 +203,10 @@ def test_read_volume_tiff_and_nifti_keep_spacing(tmp_path):
     back, back_spacing = read_volume(out)
     assert np.array_equal(np.asarray(back), (vol > 2000) * 3) and back_spacing == pytest.approx((3.0, 0.9, 0.8))
 
-    with pytest.raises(ValueError, match="not a stack"):
-        tifffile.imwrite(tmp_path / "flat.tif", vol[0])
-        read_volume(tmp_path / "flat.tif")
+    for name, image in (("flat.tif", vol[0]), ("rgb.tif", np.zeros((32, 32, 3), np.uint8))):
+        tifffile.imwrite(tmp_path / name, image)
+        with pytest.raises(ValueError, match="not a stack"):
+            read_volume(tmp_path / name)
     with pytest.raises(ValueError, match="must be a TIFF stack"):
         (tmp_path / "x.png").write_bytes(b"")
         read_volume(tmp_path / "x.png")

@@ -51,7 +51,10 @@ def _read_tiff(path: Path) -> tuple[object, Spacing]:
     with tifffile.TiffFile(path) as tif:
         spacing = _tiff_spacing(tif)
         series = tif.series[0]
-        if series.ndim < 3:
+        # Trailing S: interleaved samples (RGB) of one 2-D image. A leading S is how tifffile reads a
+        # plain 3- or 4-plane stack written without metadata, so that counts as slices.
+        planes = series.ndim - series.axes.endswith("S")
+        if planes < 3:
             raise ValueError(f"it holds one 2-D image of shape {series.shape}, not a stack")
     try:
         data = tifffile.memmap(path)  # uncompressed, contiguous: no copy at all

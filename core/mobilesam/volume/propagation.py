@@ -35,15 +35,14 @@ or a stand-in predictor in tests, works.
 
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from ..errors import Cancelled
-from .embeddings import VolumeEmbeddings
+from .embeddings import ProgressCallback, VolumeEmbeddings
 
-ProgressCallback = Callable[[int, int], None]
 PROJECTIONS = ("box", "mask", "box_and_mask", "points", "single_point")
 DEFAULT_PROJECTION = "box"
 # Consecutive cross-sections of a smooth object overlap well (IoU > 0.5 except right at its tips);
