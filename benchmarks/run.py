@@ -1,0 +1,383 @@
+"""Speed and memory of MobileSAM on this machine: the reference vs ours (torch) vs ours (ONNX Runtime).
+
+One command, one process, one image, the same weights for every side:
+
+    .venv/bin/python benchmarks/run.py                 # random weights, 1024x768 image
+    .venv/bin/python benchmarks/run.py --checkpoint mobile_sam.pt --image photo.jpg --repeats 7
+
+Prints a Markdown table of medians (encoder per image, decoder per click for a point and for a
+box, segment-everything per image), each with its ratio to the reference measured in the same
+run, plus peak RSS, parameter counts and the output differences against the reference.
+
+Fair comparison: every side runs in this process under the same allocator settings
+(`mobilesam.runtime.configure_allocator()` is applied first unless --no-allocator-tuning), and
+sides are interleaved repeat by repeat so a busy machine slows them alike. The ONNX export
+happens before any timing. Peak RSS is the exception to "one process": the resident-set
+high-water mark of a process only grows, so each side's single-image inference (load, encode,
+one click) runs in its own fresh child process to measure it.
+"""
+
+import argparse
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+SIDES = ("reference", "ours torch", "ours onnx")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", help="vit_t weights (default: seeded random weights in the official format)")
+    p.add_argument("--image", help="RGB image (default: the packaged sample, resized to --size)")
+    p.add_argument("--size", default="1024x768", help="WxH of the default image (default 1024x768)")
+    p.add_argument("--repeats", type=int, default=5, help="encoder repeats per side (median reported)")
+    p.add_argument("--clicks", type=int, default=20, help="clicks per prompt kind per side")
+    p.add_argument("--points-per-side", type=int, default=32, help="segment-everything grid (SAM's default 32)")
+    p.add_argument("--everything-repeats", type=int, default=1)
+    p.add_argument("--no-everything", action="store_true", help="skip segment-everything")
+    p.add_argument("--int8", action="store_true", help="also time ONNX int8 and measure its mask IoU vs fp32")
+    p.add_argument("--no-allocator-tuning", action="store_true", help="leave glibc malloc at its defaults")
+    p.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads (default: usable CPUs)")
+    p.add_argument("--output", type=Path, help="also write the Markdown report here")
+    return p.parse_args(argv)
+
+
+# ---------------------------------------------------------------- setup
+
+def load_image(args) -> np.ndarray:
+    from PIL import Image
+
+    if args.image:
+        return np.asarray(Image.open(args.image).convert("RGB"))
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    sample = Path(__import__("mobilesam").__file__).parent / "data" / "sample_coins.png"
+    return np.asarray(Image.open(sample).convert("RGB").resize((w, h), Image.BILINEAR))
+
+
+def checkpoint_path(args, tmp: Path) -> str:
+    if args.checkpoint:
+        return args.checkpoint
+    import mobile_sam
+
+    torch.manual_seed(0)
+    path = tmp / "random_vit_t.pt"
+    torch.save(mobile_sam.sam_model_registry["vit_t"]().state_dict(), path)
+    return str(path)
+
+
+def build_predictors(checkpoint: str, onnx_dir: Path, int8: bool, threads):
+    import mobile_sam
+
+    import mobilesam
+
+    reference_model = mobile_sam.sam_model_registry["vit_t"]()
+    reference_model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    reference_model.eval()
+    ours = mobilesam.build_sam("vit_t", checkpoint).eval()
+    predictors = {
+        "reference": mobile_sam.SamPredictor(reference_model),
+        "ours torch": mobilesam.SamPredictor(ours),
+        "ours onnx": mobilesam.SamPredictor(ours, backend="onnx", onnx_dir=onnx_dir, num_threads=threads),
+    }
+    if int8:
+        predictors["ours onnx int8"] = mobilesam.SamPredictor(ours, backend="onnx", onnx_dir=onnx_dir,
+                                                              precision="int8", num_threads=threads)
+    return predictors
+
+
+def parameter_counts(predictors) -> dict:
+    counts = {}
+    for side in ("reference", "ours torch"):
+        model = predictors[side].model
+        counts[side] = {part: sum(p.numel() for p in getattr(model, part).parameters())
+                        for part in ("image_encoder", "prompt_encoder", "mask_decoder")}
+        counts[side]["total"] = sum(p.numel() for p in model.parameters())
+    return counts
+
+
+# ---------------------------------------------------------------- timing
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def click_prompts(image_shape, count, seed=0):
+    h, w = image_shape[:2]
+    rng = np.random.default_rng(seed)
+    points = rng.uniform([0.1 * w, 0.1 * h], [0.9 * w, 0.9 * h], size=(count, 2))
+    sizes = rng.uniform(0.1, 0.4, size=(count, 2)) * [w, h]
+    boxes = np.concatenate([points - sizes / 2, points + sizes / 2], axis=1).clip(0, [w, h, w, h])
+    return points, boxes
+
+
+def time_encoder(predictors, image, repeats):
+    times = {side: [] for side in predictors}
+    for _ in range(repeats):
+        for side, predictor in predictors.items():  # interleaved: machine load hits all sides alike
+            times[side].append(timed(lambda: predictor.set_image(image)))
+    return times
+
+
+def time_clicks(predictors, image, clicks):
+    points, boxes = click_prompts(image.shape, clicks)
+    times = {side: {"point": [], "box": []} for side in predictors}
+    for point, box in zip(points, boxes):
+        for side, predictor in predictors.items():
+            times[side]["point"].append(timed(lambda: predictor.predict(point[None], np.array([1]))))
+            times[side]["box"].append(timed(lambda: predictor.predict(box=box, multimask_output=False)))
+    return times
+
+
+def time_everything(predictors, image, points_per_side, repeats):
+    import mobile_sam
+
+    import mobilesam
+
+    if not hasattr(mobilesam, "SamAutomaticMaskGenerator"):
+        return {}, {}
+    generators = {}
+    for side, predictor in predictors.items():
+        if side == "reference":
+            generators[side] = mobile_sam.SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side)
+        else:
+            generator = mobilesam.SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side)
+            generator.predictor = predictor  # same backend as the side being measured
+            generators[side] = generator
+    times, counts = {side: [] for side in generators}, {}
+    for _ in range(repeats):
+        for side, generator in generators.items():
+            result = []
+            times[side].append(timed(lambda: result.extend(generator.generate(image))))
+            counts[side] = len(result)
+    return times, counts
+
+
+# ---------------------------------------------------------------- accuracy
+
+def differences(predictors, image) -> dict:
+    """max |diff| of embedding and low-res logits against the reference, and mask IoU."""
+    point, box = click_prompts(image.shape, 1, seed=1)
+    reference = predictors["reference"]
+    reference.set_image(image)
+    ref_out = [reference.predict(point, np.array([1])), reference.predict(box=box[0], multimask_output=False)]
+    report = {}
+    for side, predictor in predictors.items():
+        if side == "reference":
+            continue
+        predictor.set_image(image)
+        out = [predictor.predict(point, np.array([1])), predictor.predict(box=box[0], multimask_output=False)]
+        report[side] = {
+            "embedding": float((predictor.features - reference.features).abs().max()),
+            "logits": max(float(np.abs(o[2] - r[2]).max()) for o, r in zip(out, ref_out)),
+            "mask_iou": min(_iou(o[0], r[0]) for o, r in zip(out, ref_out)),
+        }
+    return report
+
+
+def _iou(a, b) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+# ---------------------------------------------------------------- peak RSS (fresh child per side)
+
+def _rss_child(side, checkpoint, onnx_dir, image, tune, threads, queue):
+    from mobilesam.runtime import configure_allocator, configure_threads
+
+    if tune:
+        configure_allocator()
+    configure_threads(threads)
+    predictors = build_predictors_for_side(side, checkpoint, onnx_dir, threads)
+    predictors.set_image(image)
+    predictors.predict(np.array([[image.shape[1] // 2, image.shape[0] // 2]]), np.array([1]))
+    queue.put(_high_water_rss())
+
+
+def _high_water_rss() -> int:
+    """Peak resident set of this process in bytes. VmHWM belongs to the process's own address
+    space; ru_maxrss would also count the parent's peak inherited through fork."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def build_predictors_for_side(side, checkpoint, onnx_dir, threads):
+    import mobilesam
+
+    if side == "reference":
+        import mobile_sam
+
+        model = mobile_sam.sam_model_registry["vit_t"]()
+        model.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+        return mobile_sam.SamPredictor(model.eval())
+    model = mobilesam.build_sam("vit_t", checkpoint).eval()
+    if side == "ours torch":
+        return mobilesam.SamPredictor(model)
+    return mobilesam.SamPredictor(model, backend="onnx", onnx_dir=onnx_dir, num_threads=threads)
+
+
+def peak_rss(checkpoint, onnx_dir, image, tune, threads) -> dict:
+    ctx = multiprocessing.get_context("spawn")
+    result = {}
+    for side in SIDES:
+        queue = ctx.Queue()
+        child = ctx.Process(target=_rss_child, args=(side, checkpoint, onnx_dir, image, tune, threads, queue))
+        child.start()
+        child.join()  # the queue holds one int, so the child can exit before it is read
+        if child.exitcode != 0:
+            raise RuntimeError(f"peak-RSS child for {side!r} failed (exit code {child.exitcode})")
+        result[side] = queue.get(timeout=10)
+    return result
+
+
+# ---------------------------------------------------------------- report
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+
+    return (f"{cpu}, {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable), "
+            f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"onnxruntime {onnxruntime.__version__}")
+
+
+def _ms(values) -> float:
+    return statistics.median(values) * 1000
+
+
+def report(image, args, allocator, enc, clicks, everything, everything_counts, rss, params, diffs) -> str:
+    sides = list(enc)
+    rows = [("encoder (ms / image)", {s: _ms(enc[s]) for s in sides}),
+            ("decoder, point click (ms)", {s: _ms(clicks[s]["point"]) for s in sides}),
+            ("decoder, box click (ms)", {s: _ms(clicks[s]["box"]) for s in sides})]
+    if everything:
+        rows.append((f"segment everything, {args.points_per_side}x{args.points_per_side} points (ms)",
+                     {s: _ms(everything[s]) for s in everything}))
+    else:
+        rows.append(("segment everything (ms)", {}))
+    header = "| | " + " | ".join(sides) + " |"
+    lines = [header, "|" + "---|" * (len(sides) + 1)]
+    for name, values in rows:
+        ref = values.get("reference")
+        cells = []
+        for s in sides:
+            if s not in values:
+                cells.append("n/a")
+            elif s == "reference":
+                cells.append(f"{values[s]:.0f}" if values[s] >= 100 else f"{values[s]:.1f}")
+            else:
+                v = values[s]
+                cells.append(f"{v:.0f} ({v / ref:.2f}x)" if v >= 100 else f"{v:.1f} ({v / ref:.2f}x)")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if rss:
+        ref = rss["reference"]
+        lines.append("| peak RSS, one image + one click (MB) | " + " | ".join(
+            (f"{rss[s] / 1e6:.0f}" + ("" if s == "reference" else f" ({rss[s] / ref:.2f}x)")) if s in rss else "n/a"
+            for s in sides) + " |")
+    lines.append("| max abs diff vs reference: embedding / logits | - | " + " | ".join(
+        f"{diffs[s]['embedding']:.1e} / {diffs[s]['logits']:.1e}" for s in sides[1:]) + " |")
+    lines.append("| min mask IoU vs reference (point, box) | - | " + " | ".join(
+        f"{diffs[s]['mask_iou']:.4f}" for s in sides[1:]) + " |")
+    if everything_counts:
+        lines.append("| masks found by segment everything | " + " | ".join(
+            str(everything_counts.get(s, "n/a")) for s in sides) + " |")
+    p_ref, p_ours = params["reference"], params["ours torch"]
+    out = [
+        f"Image {image.shape[1]}x{image.shape[0]}; medians of {args.repeats} encoder runs, {args.clicks} clicks "
+        f"per kind, {args.everything_repeats} segment-everything run(s); ratios are to the reference in the same run.",
+        f"Machine: {machine()}.",
+        f"Allocator: {allocator}. Threads: torch {torch.get_num_threads()}.",
+        "",
+        *lines,
+        "",
+        f"Parameters (reference / ours): image encoder {p_ref['image_encoder']:,} / {p_ours['image_encoder']:,}; "
+        f"prompt encoder {p_ref['prompt_encoder']:,} / {p_ours['prompt_encoder']:,}; "
+        f"mask decoder {p_ref['mask_decoder']:,} / {p_ours['mask_decoder']:,}; total {p_ref['total']:,} / {p_ours['total']:,}.",
+    ]
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from mobilesam.runtime import configure_allocator, configure_threads
+
+    allocator = "glibc defaults (--no-allocator-tuning)"
+    if not args.no_allocator_tuning:
+        status = configure_allocator()
+        allocator = f"mobilesam.runtime.configure_allocator(): {status.reason}"
+    threads = configure_threads(args.threads)
+    image = load_image(args)
+    with tempfile.TemporaryDirectory(prefix="mobilesam-bench-") as tmp:
+        tmp = Path(tmp)
+        checkpoint = checkpoint_path(args, tmp)
+        print("exporting ONNX models and building predictors ...", file=sys.stderr, flush=True)
+        predictors = build_predictors(checkpoint, tmp / "onnx", args.int8, threads)
+        params = parameter_counts(predictors)
+        with torch.inference_mode():
+            for predictor in predictors.values():  # warm-up: first-call costs are not per-image costs
+                predictor.set_image(image)
+                predictor.predict(np.array([[10, 10]]), np.array([1]))
+            print("encoder ...", file=sys.stderr, flush=True)
+            enc = time_encoder(predictors, image, args.repeats)
+            print("clicks ...", file=sys.stderr, flush=True)
+            clicks = time_clicks(predictors, image, args.clicks)
+            diffs = differences(predictors, image)
+            everything, everything_counts = {}, {}
+            if not args.no_everything:
+                print("segment everything ...", file=sys.stderr, flush=True)
+                everything, everything_counts = time_everything(predictors, image, args.points_per_side,
+                                                                args.everything_repeats)
+        if args.int8:
+            diffs["ours onnx int8"]["mask_iou_vs_fp32"] = _int8_vs_fp32(predictors, image)
+        print("peak RSS (fresh process per side) ...", file=sys.stderr, flush=True)
+        rss = peak_rss(checkpoint, tmp / "onnx", image, not args.no_allocator_tuning, threads)
+    text = report(image, args, allocator, enc, clicks, everything, everything_counts, rss, params, diffs)
+    if args.int8:
+        text += (f"\n\nONNX int8 (dynamic quantisation) vs ONNX fp32: mean mask IoU "
+                 f"{diffs['ours onnx int8']['mask_iou_vs_fp32']:.4f} over {args.clicks} point and box clicks.")
+    print(text)
+    if args.output:
+        args.output.write_text(text + "\n")
+    return 0
+
+
+def _int8_vs_fp32(predictors, image) -> float:
+    fp32, int8 = predictors["ours onnx"], predictors["ours onnx int8"]
+    fp32.set_image(image)
+    int8.set_image(image)
+    points, boxes = click_prompts(image.shape, 20, seed=2)
+    ious = []
+    for point, box in zip(points, boxes):
+        for kwargs in (dict(point_coords=point[None], point_labels=np.array([1])), dict(box=box)):
+            ious.append(_iou(fp32.predict(**kwargs, multimask_output=False)[0],
+                             int8.predict(**kwargs, multimask_output=False)[0]))
+    return float(np.mean(ious))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
