@@ -58,8 +58,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--projection", default="box")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench_volume_") as tmp:  # 64 x 4 MB of cached embeddings
+        run(args, Path(tmp))
 
-    work = Path(tempfile.mkdtemp(prefix="bench_volume_"))
+
+def run(args: argparse.Namespace, work: Path) -> None:
     checkpoint = args.checkpoint or save_random_checkpoint(work / "random_vit_t.pt", "vit_t", seed=0)
     model = mobilesam.load_model(None, checkpoint, device=args.device, allow_download=False)
     predictor = mobilesam.SamPredictor(model)
