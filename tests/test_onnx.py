@@ -159,6 +159,12 @@ def test_int8_runs_close_to_fp32(predictors, small_model, onnx_dir):
     assert np.corrcoef(low_q.ravel(), low_f.ravel())[0, 1] > 0.9
 
 
+def test_missing_onnxruntime_is_a_clear_error(small_model, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # makes the import fail
+    with pytest.raises(mobilesam.MobileSamError, match="pip install"):
+        mobilesam.SamPredictor(small_model, backend="onnx")
+
+
 def test_bad_options_are_clear_errors(small_model):
     with pytest.raises(ValueError, match="backend"):
         mobilesam.SamPredictor(small_model, backend="tensorrt")

@@ -12,6 +12,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..errors import MobileSamError
 from ..modeling import Sam
 from ..predictor import SamPredictor
 from ..runtime import usable_cpus
@@ -32,8 +33,12 @@ class OnnxBackend:
 
     def __init__(self, model: Sam, onnx_dir: Union[str, os.PathLike, None] = None, precision: str = "fp32",
                  num_threads: Optional[int] = None) -> None:
-        import onnxruntime as ort
-
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise MobileSamError(
+                "backend='onnx' needs onnxruntime and onnx: pip install 'napari-mobilesam[onnx]'"
+            ) from exc
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self._tmp = None
