@@ -1,0 +1,47 @@
+"""`mobilesam evaluate --model A.pt --reference B.pt --images DIR`: the MobileSAM paper's mIoU measure."""
+
+import argparse
+import json
+from pathlib import Path
+
+from ..cli import UsageError
+from .distill import check_image_size, progress_bar
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="mIoU of a model's masks against a reference model's, plus speed and size",
+        description="For objects of the reference model's masks, prompt both models with a random point inside "
+                    "the object (or its box) and report the mean IoU of the model's masks against the "
+                    "reference's, with image-encoder time and parameter counts side by side.")
+    p.add_argument("--model", required=True, metavar="A.pt", help="model to evaluate (e.g. a distilled student)")
+    p.add_argument("--reference", required=True, metavar="B.pt", help="reference model (e.g. the teacher)")
+    p.add_argument("--images", required=True, metavar="DIR")
+    p.add_argument("--prompt", choices=("point", "box"), default="point")
+    p.add_argument("--n", type=int, default=16, help="objects per image (default 16)")
+    p.add_argument("--image-size", type=int, default=1024, help="model input size (default 1024)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--json", metavar="OUT.json", help="also write the results (with per-object IoUs) here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..distill.data import atomic_write_bytes
+    from ..distill.evaluate import evaluate
+
+    check_image_size(args.image_size)
+    if args.n < 1:
+        raise UsageError("--n must be at least 1")
+    with progress_bar("evaluate", "image") as (progress, _):
+        result = evaluate(args.model, args.reference, args.images, args.prompt, args.n, args.image_size,
+                          args.seed, args.device, progress=progress)
+    print(f"{args.prompt} prompts, {result.objects} objects in {result.images} images: mIoU {result.miou:.4f}")
+    print(f"{'':10} {'type':6} {'encoder params':>15} {'total params':>13} {'encode ms':>10}")
+    for label, report in (("model", result.model), ("reference", result.reference)):
+        print(f"{label:10} {report.model_type:6} {report.encoder_params:>15,} {report.total_params:>13,} "
+              f"{report.encode_ms:>10.1f}")
+    if args.json:
+        data = (json.dumps(result.as_dict(), indent=2) + "\n").encode()
+        atomic_write_bytes(Path(args.json), lambda tmp: Path(tmp).write_bytes(data))
+    return 0

@@ -1,0 +1,137 @@
+"""`evaluate`: the MobileSAM paper's measure of a distilled model against its reference.
+
+For objects found by the reference model (its best mask for each point of a grid, duplicates
+dropped), prompt both models with a random point inside the object (or the object's box) and
+report the mean IoU of the model's masks against the reference's, plus encoder speed and size.
+"""
+
+import math
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from ..build_sam import build_sam, detect_model_type, read_state_dict
+from ..errors import Cancelled, CheckpointError
+from ..image import to_rgb_uint8
+from ..io import read_image
+from ..predictor import SamPredictor
+from .data import list_images
+
+PathLike = Union[str, os.PathLike]
+PROMPTS = ("point", "box")
+DUPLICATE_IOU = 0.9  # reference masks this similar to an earlier one are the same object
+
+
+@dataclass
+class ModelReport:
+    checkpoint: str
+    model_type: str
+    encoder_params: int
+    total_params: int
+    encode_ms: float = math.nan  # mean image-encoder time per image (first image excluded as warm-up)
+
+
+@dataclass
+class EvaluationResult:
+    prompt: str
+    images: int
+    objects: int
+    miou: float
+    model: ModelReport
+    reference: ModelReport
+    ious: list[float] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_for_evaluation(path: PathLike, image_size: int, device: str) -> tuple[SamPredictor, ModelReport]:
+    model_type = detect_model_type(read_state_dict(path))
+    if model_type is None:
+        raise CheckpointError(f"checkpoint {path} is not a SAM/MobileSAM checkpoint")
+    model = build_sam(model_type, path, image_size=image_size).to(device)
+    report = ModelReport(str(path), model_type, sum(p.numel() for p in model.image_encoder.parameters()),
+                         sum(p.numel() for p in model.parameters()))
+    return SamPredictor(model), report
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def best_mask(predictor: SamPredictor, **prompt) -> np.ndarray:
+    """The mask with the highest predicted IoU (point prompts are ambiguous: ask for 3)."""
+    masks, scores, _ = predictor.predict(multimask_output="point_coords" in prompt, **prompt)
+    return masks[int(np.argmax(scores))]
+
+
+def reference_objects(reference: SamPredictor, height: int, width: int, n: int,
+                      rng: np.random.Generator) -> list[np.ndarray]:
+    """Up to `n` distinct non-empty reference masks from a shuffled grid of single-point prompts."""
+    side = max(2, math.ceil(math.sqrt(4 * n)))
+    ys, xs = np.meshgrid((np.arange(side) + 0.5) * height / side, (np.arange(side) + 0.5) * width / side,
+                         indexing="ij")
+    grid = np.stack([xs.ravel(), ys.ravel()], axis=1)[rng.permutation(side * side)]
+    objects: list[np.ndarray] = []
+    for point in grid:
+        mask = best_mask(reference, point_coords=point[None], point_labels=np.array([1]))
+        if mask.any() and not mask.all() and all(mask_iou(mask, o) < DUPLICATE_IOU for o in objects):
+            objects.append(mask)
+            if len(objects) == n:
+                break
+    return objects
+
+
+def object_prompt(mask: np.ndarray, prompt: str, rng: np.random.Generator) -> dict:
+    ys, xs = np.nonzero(mask)
+    if prompt == "box":
+        return {"box": np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=np.float64)}
+    i = rng.integers(len(xs))
+    return {"point_coords": np.array([[xs[i] + 0.5, ys[i] + 0.5]]), "point_labels": np.array([1])}
+
+
+def timed_set_image(predictor: SamPredictor, image: np.ndarray) -> float:
+    start = time.perf_counter()
+    predictor.set_image(image)
+    if predictor.device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 1000
+
+
+def evaluate(model: PathLike, reference: PathLike, image_dir: PathLike, prompt: str = "point", n: int = 16,
+             image_size: int = 1024, seed: int = 0, device: Optional[str] = None,
+             progress: Optional[Callable[[int, int], None]] = None,
+             cancel: Optional[threading.Event] = None) -> EvaluationResult:
+    """mIoU of `model`'s masks against `reference`'s on up to `n` reference objects per image."""
+    if prompt not in PROMPTS:
+        raise ValueError(f"prompt must be one of {', '.join(PROMPTS)}, not {prompt!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    names = list_images(image_dir)
+    student, student_report = load_for_evaluation(model, image_size, device)
+    teacher, teacher_report = load_for_evaluation(reference, image_size, device)
+    rng = np.random.default_rng(seed)
+    ious: list[float] = []
+    times: dict[str, list[float]] = {"model": [], "reference": []}
+    for done, name in enumerate(names):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("evaluation cancelled")
+        image = to_rgb_uint8(read_image(Path(image_dir) / name))
+        times["reference"].append(timed_set_image(teacher, image))
+        times["model"].append(timed_set_image(student, image))
+        for mask in reference_objects(teacher, *image.shape[:2], n, rng):
+            prompt_args = object_prompt(mask, prompt, rng)
+            ious.append(mask_iou(best_mask(student, **prompt_args), best_mask(teacher, **prompt_args)))
+        if progress:
+            progress(done + 1, len(names))
+    for report, key in ((student_report, "model"), (teacher_report, "reference")):
+        measured = times[key][1:] or times[key]
+        report.encode_ms = float(np.mean(measured))
+    return EvaluationResult(prompt, len(names), len(ious), float(np.mean(ious)) if ious else math.nan,
+                            student_report, teacher_report, ious)

@@ -1,0 +1,324 @@
+"""Train a TinyViT student to reproduce a teacher's stored image embeddings (decoupled distillation).
+
+In the spirit of nanoGPT's train.py: the whole configuration is `TrainConfig` right below, and
+`train` is one readable loop. The same code runs on one CPU, one GPU, or many GPUs/nodes:
+
+    mobilesam distill train --images DIR --embeddings EMB --out RUN
+    torchrun --nproc_per_node 8 -m mobilesam distill train --images DIR --embeddings EMB --out RUN
+
+Under torchrun each process trains a DistributedDataParallel replica on its share of every batch
+(NCCL on CUDA, gloo on CPU). Rerunning the same command in RUN resumes exactly where the last
+checkpoint left off: the same batches, learning rates and optimizer state as an uninterrupted run,
+hence the same weights bit for bit wherever the kernels are deterministic (on CPU: one intra-op
+thread, OMP_NUM_THREADS=1; multi-threaded CPU and CUDA kernels may round differently, ~1e-8).
+"""
+
+import csv
+import math
+import os
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..build_sam import build_sam
+from ..errors import Cancelled, MobileSamError
+from .data import DistillDataset, EmbeddingStore, atomic_write_bytes, collate, list_images
+
+
+@dataclass
+class TrainConfig:
+    images: str                          # image folder given to embed-teacher
+    embeddings: str                      # embed-teacher's output folder
+    out: str                             # run folder: ckpt.pt, metrics.csv
+    epochs: int = 8
+    batch_size: int = 8                  # global batch, split evenly across processes
+    lr: float = 1e-3                     # peak learning rate (AdamW)
+    min_lr_ratio: float = 0.01           # cosine decays to lr * min_lr_ratio
+    warmup_steps: Optional[int] = None   # linear warmup; None: 5% of all steps
+    weight_decay: float = 0.05           # on weight matrices/kernels only, not on biases and norms
+    grad_clip: float = 1.0               # max global gradient norm; 0 disables
+    val_fraction: float = 0.1            # images held out to measure validation MSE
+    seed: int = 0                        # student init, train/val split and batch order
+    init: Optional[str] = None           # start from a mobile_sam.pt-layout checkpoint's encoder
+    device: Optional[str] = None         # default: cuda if available, else cpu
+    amp: bool = True                     # mixed precision (CUDA only: bf16 if supported, else fp16)
+    num_workers: int = 2                 # data-loading worker processes per training process
+    eval_interval: int = 100             # steps between validation MSE measurements
+    log_interval: int = 10               # steps between training-loss rows in metrics.csv
+    checkpoint_interval: int = 500       # steps between checkpoints
+    stop_after: Optional[int] = None     # stop (with a checkpoint) after this many steps, resume later
+
+
+# Settings that define the training trajectory: a resumed run must not change them.
+TRAJECTORY_KEYS = ("epochs", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip",
+                   "val_fraction", "seed", "init")
+CHECKPOINT_NAME = "ckpt.pt"
+METRICS_NAME = "metrics.csv"
+METRICS_FIELDS = ("step", "epoch", "lr", "train_loss", "val_mse", "elapsed_s")
+
+
+def learning_rate(step: int, config: TrainConfig, max_steps: int, warmup: int) -> float:
+    """Linear warmup to `lr`, then cosine decay to `lr * min_lr_ratio` at `max_steps`."""
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, max_steps - warmup)
+    min_lr = config.lr * config.min_lr_ratio
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))) * (config.lr - min_lr)
+
+
+def split_train_val(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """A seeded, reproducible hold-out of round(val_fraction * n) images (at least 1 when asked for)."""
+    n_val = min(len(names) - 1, max(1, round(val_fraction * len(names)))) if val_fraction > 0 else 0
+    order = torch.randperm(len(names), generator=torch.Generator().manual_seed(seed)).tolist()
+    val = sorted(names[i] for i in order[:n_val])
+    return [name for name in names if name not in set(val)], val
+
+
+class StepBatchSampler:
+    """Index batches for steps start..max_steps-1: this process's share of the global batch.
+
+    Epoch e is the seeded permutation (seed, e) cut into global batches (last partial one
+    dropped), so any step's batch is known without replaying the ones before: exact resume.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int, start: int, stop: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world, self.start, self.stop = rank, world, start, stop
+        self.steps_per_epoch = n // batch_size
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)).tolist()
+
+    def __iter__(self):
+        epoch, order = None, None
+        for step in range(self.start, self.stop):
+            if step // self.steps_per_epoch != epoch:
+                epoch = step // self.steps_per_epoch
+                order = self.epoch_order(epoch)
+            first = (step % self.steps_per_epoch) * self.batch_size
+            yield order[first:first + self.batch_size][self.rank::self.world]
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+
+def parameter_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay weight matrices and conv kernels; not biases, norms or attention biases (as nanoGPT)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def validation_mse(encoder, preprocess, loader, device, distributed: bool, autocast) -> float:
+    """Mean squared error per embedding element over this process's validation images, all processes summed."""
+    was_training = encoder.training
+    encoder.eval()
+    totals = torch.zeros(2, dtype=torch.float64, device=device)
+    for images, targets in loader:
+        batch = torch.stack([preprocess(image.to(device)) for image in images])
+        with autocast:
+            prediction = encoder(batch)
+        totals[0] += (prediction.float() - targets.to(device)).pow(2).sum().double()
+        totals[1] += targets.numel()
+    if distributed:
+        dist.all_reduce(totals)
+    encoder.train(was_training)
+    return (totals[0] / totals[1]).item() if totals[1] > 0 else float("nan")
+
+
+def read_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
+    changed = [f"{k} ({saved['config'].get(k)!r} -> {getattr(config, k)!r})" for k in TRAJECTORY_KEYS
+               if saved["config"].get(k) != getattr(config, k)]
+    if changed:
+        raise MobileSamError(f"{path} was trained with other settings: {', '.join(changed)}; "
+                             "use the same ones to resume, or a new --out folder")
+
+
+class MetricsLog:
+    """metrics.csv, appended row by row; on resume, rows past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int) -> None:
+        self.path = path
+        rows = []
+        if resume_step > 0 and path.is_file():
+            with open(path, newline="") as f:
+                rows = [row for row in csv.DictReader(f) if int(row["step"]) < resume_step]
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, METRICS_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, **row) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, METRICS_FIELDS).writerow(row)
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """metrics.csv rows with numbers parsed (empty cells become None)."""
+    with open(Path(run_dir) / METRICS_NAME, newline="") as f:
+        return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def train(config: TrainConfig, progress: Optional[Callable[[int, int], None]] = None,
+          cancel: Optional[threading.Event] = None, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) training; returns {"step", "max_steps", "val_mse", "initial_val_mse", "checkpoint"}.
+
+    Under torchrun (RANK set) this joins the process group; only rank 0 writes files and reports.
+    """
+    distributed = "RANK" in os.environ
+    if distributed:
+        use_cuda = torch.cuda.is_available() and config.device != "cpu"
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu")
+        if use_cuda:
+            torch.cuda.set_device(device)
+    else:
+        rank, world = 0, 1
+        device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        return _train(config, rank, world, device, distributed, progress if rank == 0 else None, cancel,
+                      log if rank == 0 else (lambda message: None))
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def _train(config, rank, world, device, distributed, progress, cancel, log) -> dict:
+    master = rank == 0
+    out = Path(config.out)
+    ckpt_path = out / CHECKPOINT_NAME
+
+    # -- data: every image needs its teacher embedding; a seeded hold-out measures validation MSE
+    store = EmbeddingStore(config.embeddings)
+    manifest = store.manifest()
+    image_size = int(manifest["image_size"])
+    names = list_images(config.images)
+    missing = [name for name in names if not store.has(name)]
+    if missing:
+        raise MobileSamError(f"{len(missing)} of {len(names)} images have no teacher embedding in {store.root} "
+                             f"(e.g. {missing[0]}); finish `mobilesam distill embed-teacher` first")
+    train_names, val_names = split_train_val(names, config.val_fraction, config.seed)
+    if config.batch_size % world:
+        raise MobileSamError(f"batch size {config.batch_size} must be a multiple of the {world} processes")
+    steps_per_epoch = len(train_names) // config.batch_size
+    if steps_per_epoch == 0:
+        raise MobileSamError(f"batch size {config.batch_size} is larger than the {len(train_names)} training images")
+    max_steps = config.epochs * steps_per_epoch
+    warmup = config.warmup_steps if config.warmup_steps is not None else max_steps // 20
+
+    # -- student: a TinyViT at the teacher's input size (optionally from a checkpoint's encoder)
+    torch.manual_seed(config.seed)
+    student = build_sam("vit_t", config.init, image_size=image_size).to(device)
+    encoder = student.image_encoder.train()
+    # TinyViT's classification head is kept for the official layout but unused for embeddings;
+    # frozen, it gets no gradient and DDP does not wait for one.
+    for unused in (encoder.norm_head, encoder.head):
+        unused.requires_grad_(False)
+    optimizer = torch.optim.AdamW(parameter_groups(encoder, config.weight_decay), lr=config.lr,
+                                  betas=(0.9, 0.999), fused=device.type == "cuda")
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if use_amp else nullcontext()
+
+    # -- resume: weights, optimizer, scaler and step from the last checkpoint
+    step = 0
+    if ckpt_path.is_file():
+        saved = read_checkpoint(ckpt_path)
+        check_resumable(saved, config, ckpt_path)
+        encoder.load_state_dict(saved["encoder"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"])
+        step = int(saved["step"])
+        log(f"resuming {out} at step {step}/{max_steps}")
+    model = DistributedDataParallel(encoder) if distributed else encoder
+
+    loader_options = dict(num_workers=config.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
+    train_loader = torch.utils.data.DataLoader(
+        DistillDataset(config.images, store, train_names, image_size),
+        batch_sampler=StepBatchSampler(len(train_names), config.batch_size, config.seed, rank, world, step, max_steps),
+        **loader_options)
+    val_loader = torch.utils.data.DataLoader(
+        DistillDataset(config.images, store, val_names[rank::world], image_size),
+        batch_size=max(1, config.batch_size // world), **loader_options)
+
+    def save_checkpoint() -> None:
+        if not master:
+            return
+        state = {"encoder": encoder.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                 "rng": torch.get_rng_state(), "step": step, "max_steps": max_steps, "image_size": image_size,
+                 "config": asdict(config), "teacher": manifest["teacher"], "val_images": val_names}
+        atomic_write_bytes(ckpt_path, lambda tmp: torch.save(state, tmp))
+
+    if master:
+        out.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsLog(out / METRICS_NAME, step)
+        log(f"{len(train_names)} training / {len(val_names)} validation images at {image_size} px, "
+            f"{max_steps} steps of {config.batch_size} on {world} process(es), {device}")
+    started = time.time()
+    val_mse = initial_val_mse = None
+
+    def evaluate() -> float:
+        mse = validation_mse(model, student.preprocess, val_loader, device, distributed, autocast)
+        if master:
+            metrics.write(step=step, epoch=step // steps_per_epoch, lr="", train_loss="", val_mse=f"{mse:.6g}",
+                          elapsed_s=f"{time.time() - started:.1f}")
+            log(f"step {step}: validation MSE {mse:.4g}")
+        return mse
+
+    if progress:
+        progress(step, max_steps)
+    batches = iter(train_loader)
+    while True:
+        if step % config.eval_interval == 0 or step == max_steps:
+            val_mse = evaluate()
+            if step == 0:
+                initial_val_mse = val_mse
+        if step >= max_steps or (config.stop_after is not None and step >= config.stop_after):
+            break
+        if cancel is not None and cancel.is_set():
+            save_checkpoint()
+            raise Cancelled(f"training cancelled at step {step}; rerun to resume")
+
+        lr = learning_rate(step, config, max_steps, warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, targets = next(batches)
+        batch = torch.stack([student.preprocess(image.to(device, non_blocking=True)) for image in images])
+        with autocast:
+            prediction = model(batch)
+        loss = (prediction.float() - targets.to(device, non_blocking=True)).pow(2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+
+        if master and (step % config.log_interval == 0 or step == max_steps):
+            metrics.write(step=step, epoch=(step - 1) // steps_per_epoch, lr=f"{lr:.6g}",
+                          train_loss=f"{loss.item():.6g}", val_mse="", elapsed_s=f"{time.time() - started:.1f}")
+        if step % config.checkpoint_interval == 0:
+            save_checkpoint()
+        if progress:
+            progress(step, max_steps)
+
+    save_checkpoint()
+    return {"step": step, "max_steps": max_steps, "val_mse": val_mse, "initial_val_mse": initial_val_mse,
+            "checkpoint": str(ckpt_path)}
