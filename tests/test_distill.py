@@ -216,3 +216,21 @@ def test_clear_errors(teacher_set, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         cli("distill", "embed-teacher", "--images", images, "--out", tmp_path / "e", "--image-size", 100)
     assert exc.value.code == 2
+
+
+def test_coupled_mode_trains_through_frozen_decoder(teacher_set, tmp_path):
+    """--mode coupled: mask loss through the teacher's frozen prompt encoder + mask decoder."""
+    _, images, teacher, embeddings = teacher_set
+    run = tmp_path / "coupled"
+    assert cli(*train_args(images, embeddings, run, "--epochs", 1, "--mode", "coupled",
+                           "--points-per-image", 2, "--eval-interval", 3)) == 0
+    ckpt = torch.load(run / "ckpt.pt", weights_only=True)
+    assert ckpt["config"]["mode"] == "coupled" and ckpt["step"] == 3
+    with open(run / "metrics.csv", newline="") as f:
+        losses = [float(row["train_loss"]) for row in csv.DictReader(f) if row["train_loss"]]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and all(loss > 0 for loss in losses)
+    torch.manual_seed(0)  # the student's initial weights (--seed 0)
+    initial = mobilesam.build_sam("vit_t", image_size=SIZE).image_encoder.state_dict()
+    assert not torch.equal(initial["neck.0.weight"], ckpt["encoder"]["neck.0.weight"])
+    assert cli("distill", "export", run, "-o", tmp_path / "coupled.pt") == 0
+    mobilesam.build_sam("vit_t", tmp_path / "coupled.pt", image_size=SIZE)

@@ -65,6 +65,13 @@ def register(subparsers) -> None:
     t.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                    help="stop with a checkpoint after this many steps (e.g. to fit a time-limited job); "
                         "rerun without it to go on")
+    t.add_argument("--mode", choices=("decoupled", "coupled"), default="decoupled",
+                   help="decoupled: MSE on embeddings (the paper's method); coupled: mask loss through the "
+                        "frozen prompt encoder + mask decoder, for the paper's comparison")
+    t.add_argument("--decoder", metavar="CHECKPOINT", help="coupled mode: SAM checkpoint with the decoder to "
+                                                             "train through (default: the teacher's)")
+    t.add_argument("--points-per-image", type=int, default=defaults.points_per_image,
+                   help="coupled mode: random point prompts per image and step")
     t.set_defaults(func=run_train)
 
     x = steps.add_parser("export", help="write student + teacher decoder as an official mobile_sam.pt",
@@ -121,7 +128,8 @@ def run_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, grad_clip=args.grad_clip, val_fraction=args.val_fraction, seed=args.seed,
         init=args.init, device=args.device, amp=not args.no_amp, num_workers=args.num_workers,
         eval_interval=args.eval_interval, log_interval=args.log_interval,
-        checkpoint_interval=args.checkpoint_interval, stop_after=args.stop_after)
+        checkpoint_interval=args.checkpoint_interval, stop_after=args.stop_after, mode=args.mode,
+        decoder=args.decoder, points_per_image=args.points_per_image)
     master = int(os.environ.get("RANK", 0)) == 0
     with progress_bar("distill", "step", enabled=master) as (progress, bar):
         result = train(config, progress=progress, log=bar.write)

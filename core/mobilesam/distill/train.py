@@ -54,11 +54,15 @@ class TrainConfig:
     log_interval: int = 10               # steps between training-loss rows in metrics.csv
     checkpoint_interval: int = 500       # steps between checkpoints
     stop_after: Optional[int] = None     # stop (with a checkpoint) after this many steps, resume later
+    mode: str = "decoupled"              # "coupled": mask loss through the frozen prompt encoder + mask decoder
+    decoder: Optional[str] = None        # coupled mode: SAM checkpoint of that decoder (default: the teacher's)
+    points_per_image: int = 4            # coupled mode: random point prompts per image and step
 
 
 # Settings that define the training trajectory: a resumed run must not change them.
 TRAJECTORY_KEYS = ("epochs", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip",
-                   "val_fraction", "seed", "init")
+                   "val_fraction", "seed", "init", "mode", "decoder", "points_per_image")
+MODES = ("decoupled", "coupled")
 CHECKPOINT_NAME = "ckpt.pt"
 METRICS_NAME = "metrics.csv"
 METRICS_FIELDS = ("step", "epoch", "lr", "train_loss", "val_mse", "elapsed_s")
@@ -132,6 +136,39 @@ def validation_mse(encoder, preprocess, loader, device, distributed: bool, autoc
         dist.all_reduce(totals)
     encoder.train(was_training)
     return (totals[0] / totals[1]).item() if totals[1] > 0 else float("nan")
+
+
+def load_frozen_decoder(student, path) -> None:
+    """Coupled mode: the prompt encoder and mask decoder of `path`, frozen (only the encoder learns)."""
+    from ..build_sam import read_state_dict
+    from .export import DECODER_PREFIXES
+
+    state = {k: v for k, v in read_state_dict(path).items() if k.startswith(DECODER_PREFIXES)}
+    student.load_state_dict({**student.state_dict(), **state}, strict=True)
+    for module in (student.prompt_encoder, student.mask_decoder):
+        module.requires_grad_(False).eval()
+
+
+def coupled_mask_loss(student, prediction: torch.Tensor, targets: torch.Tensor, input_sizes: list[tuple[int, int]],
+                      points_per_image: int, generator: torch.Generator) -> torch.Tensor:
+    """Mask loss of the paper's coupled setting: the decoder's masks from the student's
+    embeddings (B, 256, E, E) against its masks from the teacher's, for random single-point prompts
+    inside each image (model-input coordinates); binary cross-entropy + dice on the low-res logits."""
+    losses = []
+    image_pe = student.prompt_encoder.get_dense_pe()
+    for i, (h, w) in enumerate(input_sizes):
+        coords = torch.rand(points_per_image, 1, 2, generator=generator) * torch.tensor([w, h])
+        labels = torch.ones(points_per_image, 1, dtype=torch.int)
+        sparse, dense = student.prompt_encoder((coords.to(prediction.device), labels.to(prediction.device)), None, None)
+        logits, _ = student.mask_decoder(prediction[i:i + 1].float(), image_pe, sparse, dense, False)
+        with torch.no_grad():
+            teacher_logits, _ = student.mask_decoder(targets[i:i + 1], image_pe, sparse, dense, False)
+        target = (teacher_logits > 0).float()
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+        probs = logits.sigmoid().flatten(1)
+        dice = 1 - (2 * (probs * target.flatten(1)).sum(1) + 1) / (probs.sum(1) + target.flatten(1).sum(1) + 1)
+        losses.append(bce + dice.mean())
+    return torch.stack(losses).mean()
 
 
 def read_checkpoint(path: Path) -> dict:
@@ -217,11 +254,15 @@ def _train(config, rank, world, device, distributed, progress, cancel, log) -> d
     if steps_per_epoch == 0:
         raise MobileSamError(f"batch size {config.batch_size} is larger than the {len(train_names)} training images")
     max_steps = config.epochs * steps_per_epoch
+    if config.mode not in MODES:
+        raise MobileSamError(f"mode must be one of {', '.join(MODES)}, not {config.mode!r}")
     warmup = config.warmup_steps if config.warmup_steps is not None else max_steps // 20
 
     # -- student: a TinyViT at the teacher's input size (optionally from a checkpoint's encoder)
     torch.manual_seed(config.seed)
     student = build_sam("vit_t", config.init, image_size=image_size).to(device)
+    if config.mode == "coupled":
+        load_frozen_decoder(student, config.decoder or manifest["teacher"]["checkpoint"])
     encoder = student.image_encoder.train()
     # TinyViT's classification head is kept for the official layout but unused for embeddings;
     # frozen, it gets no gradient and DDP does not wait for one.
@@ -301,7 +342,14 @@ def _train(config, rank, world, device, distributed, progress, cancel, log) -> d
         batch = torch.stack([student.preprocess(image.to(device, non_blocking=True)) for image in images])
         with autocast:
             prediction = model(batch)
-        loss = (prediction.float() - targets.to(device, non_blocking=True)).pow(2).mean()
+        targets = targets.to(device, non_blocking=True)
+        if config.mode == "coupled":
+            # a generator per step (not the global RNG) keeps the prompts identical on resume
+            prompts = torch.Generator().manual_seed(config.seed * 1_000_003 + step + 1)
+            loss = coupled_mask_loss(student, prediction, targets, [tuple(im.shape[-2:]) for im in images],
+                                     config.points_per_image, prompts)
+        else:
+            loss = (prediction.float() - targets).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.grad_clip > 0:
