@@ -12,6 +12,7 @@ from .build_sam import (
     build_sam_vit_t,
     sam_model_registry,
 )
+from .automatic_mask_generator import SamAutomaticMaskGenerator
 from .errors import Cancelled, CheckpointError, MissingWeightsError, MobileSamError
 from .predictor import EmbeddingState, SamPredictor
 
@@ -19,7 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "build_sam", "build_sam_vit_t", "build_sam_vit_b", "build_sam_vit_l", "build_sam_vit_h",
-    "sam_model_registry", "SamPredictor", "EmbeddingState",
+    "sam_model_registry", "SamPredictor", "EmbeddingState", "SamAutomaticMaskGenerator",
     "CheckpointError", "MissingWeightsError", "MobileSamError", "Cancelled", "load_model",
 ]
 

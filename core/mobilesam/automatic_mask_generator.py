@@ -1,0 +1,322 @@
+"""`SamAutomaticMaskGenerator`: "segment everything", a drop-in for segment_anything's.
+
+A grid of single-point prompts is decoded over the image (and optionally over overlapping
+crops); masks with a low predicted IoU or an unstable threshold are dropped, duplicates are
+removed by box NMS, and one record per remaining mask is returned.
+
+The records equal the official ones (same masks, same order, same scores), but the work is
+ordered differently so that little is spent on masks that are thrown away:
+
+* the predicted-IoU filter runs on the low-resolution (256x256) logits, before upsampling;
+* only survivors are upsampled to full resolution (the official code upsamples every mask);
+* masks are kept as packed bits and run-length encoded only after NMS, for the masks returned
+  (the official code encodes every candidate and deep-copies the run lengths batch after batch);
+* NMS, boxes and stability scores are vectorised.
+"""
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from .amg_utils import (
+    box_nms,
+    box_xyxy_to_xywh,
+    build_all_layer_point_grids,
+    chunks,
+    generate_crop_boxes,
+    is_box_near_crop_edge,
+    mask_to_coco_rle,
+    mask_to_uncompressed_rle,
+    masks_to_boxes,
+    remove_small_regions,
+    stability_scores,
+    uncrop_boxes_xyxy,
+    uncrop_mask,
+    uncrop_points,
+)
+from .errors import Cancelled
+from .modeling import Sam
+from .predictor import SamPredictor
+
+OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass
+class _Candidates:
+    """Masks that passed the filters so far, as parallel arrays in the order of the records.
+
+    masks: per mask, (h, ceil(w / 8)) uint8 packed bits of the crop-frame mask, or an (H, W)
+    bool image-frame mask once replaced by small-region cleanup. boxes: (N, 4) int64 XYXY,
+    iou / stability: (N,) float32, points: (N, 2) float64, crop_boxes: (N, 4) int64.
+    """
+
+    masks: list = field(default_factory=list)
+    boxes: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 4), dtype=torch.int64))
+    iou: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    stability: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    points: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 2), dtype=torch.float64))
+    crop_boxes: torch.Tensor = field(default_factory=lambda: torch.zeros((0, 4), dtype=torch.int64))
+
+    def __len__(self) -> int:
+        return len(self.masks)
+
+    def select(self, index: torch.Tensor) -> "_Candidates":
+        """The candidates at `index` (int64 indices, in that order)."""
+        return _Candidates([self.masks[i] for i in index.tolist()], self.boxes[index], self.iou[index],
+                           self.stability[index], self.points[index], self.crop_boxes[index])
+
+    @staticmethod
+    def concat(parts: list["_Candidates"]) -> "_Candidates":
+        if not parts:
+            return _Candidates()
+        return _Candidates(
+            [m for p in parts for m in p.masks],
+            torch.cat([p.boxes for p in parts]), torch.cat([p.iou for p in parts]),
+            torch.cat([p.stability for p in parts]), torch.cat([p.points for p in parts]),
+            torch.cat([p.crop_boxes for p in parts]),
+        )
+
+
+class SamAutomaticMaskGenerator:
+    # Masks upsampled to full resolution at once: bounds memory at ~4 MB per mask in flight.
+    upsample_chunk = 32
+
+    def __init__(
+        self,
+        model: Sam,
+        points_per_side: Optional[int] = 32,
+        points_per_batch: int = 64,
+        pred_iou_thresh: float = 0.88,
+        stability_score_thresh: float = 0.95,
+        stability_score_offset: float = 1.0,
+        box_nms_thresh: float = 0.7,
+        crop_n_layers: int = 0,
+        crop_nms_thresh: float = 0.7,
+        crop_overlap_ratio: float = 512 / 1500,
+        crop_n_points_downscale_factor: int = 1,
+        point_grids: Optional[list[np.ndarray]] = None,
+        min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
+    ) -> None:
+        """Masks for everything in an image, from a grid of point prompts.
+
+        model: the SAM / MobileSAM model.
+        points_per_side: grid points along each side (points_per_side**2 prompts); None when
+            `point_grids` is given instead.
+        points_per_batch: prompts decoded together (memory vs. speed).
+        pred_iou_thresh: keep masks whose predicted IoU is above this (0 disables).
+        stability_score_thresh: keep masks whose stability score is at least this (0 disables).
+        stability_score_offset: logit offset around the mask threshold for the stability score.
+        box_nms_thresh: box IoU above which a lower-scoring mask of the same crop is a duplicate.
+        crop_n_layers: extra layers of crops; layer i has (2**i)**2 crops.
+        crop_nms_thresh: box IoU for removing duplicates between crops (smaller crops win).
+        crop_overlap_ratio: overlap of first-layer crops as a fraction of the image's short side.
+        crop_n_points_downscale_factor: layer i uses points_per_side / factor**i points a side.
+        point_grids: explicit (N, 2) grids in [0, 1] (x, y), one per crop layer.
+        min_mask_region_area: if > 0, fill holes and drop islands smaller than this many pixels.
+        output_mode: "binary_mask" ((H, W) bool), "uncompressed_rle" or "coco_rle".
+        """
+        if (points_per_side is None) == (point_grids is None):
+            raise ValueError("give exactly one of points_per_side or point_grids")
+        if output_mode not in OUTPUT_MODES:
+            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, not {output_mode!r}")
+        if points_per_batch < 1:
+            raise ValueError(f"points_per_batch must be at least 1, got {points_per_batch}")
+        if points_per_side is not None:
+            if points_per_side < 1:
+                raise ValueError(f"points_per_side must be at least 1, got {points_per_side}")
+            self.point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers,
+                                                           crop_n_points_downscale_factor)
+        else:
+            self.point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
+        if len(self.point_grids) < crop_n_layers + 1:
+            raise ValueError(f"{crop_n_layers} crop layers need {crop_n_layers + 1} point grids, "
+                             f"got {len(self.point_grids)}")
+
+        self.predictor = SamPredictor(model)
+        self.points_per_batch = points_per_batch
+        self.pred_iou_thresh = pred_iou_thresh
+        self.stability_score_thresh = stability_score_thresh
+        self.stability_score_offset = stability_score_offset
+        self.box_nms_thresh = box_nms_thresh
+        self.crop_n_layers = crop_n_layers
+        self.crop_nms_thresh = crop_nms_thresh
+        self.crop_overlap_ratio = crop_overlap_ratio
+        self.crop_n_points_downscale_factor = crop_n_points_downscale_factor
+        self.min_mask_region_area = min_mask_region_area
+        self.output_mode = output_mode
+
+    def generate(self, image: np.ndarray, progress: Optional[ProgressCallback] = None,
+                 cancel: Optional[threading.Event] = None) -> list[dict[str, Any]]:
+        """Records for the masks of everything in an (H, W, 3) uint8 RGB image.
+
+        Each record has: segmentation ((H, W) bool, or an RLE dict per `output_mode`),
+        area (int, pixels), bbox ([x, y, w, h] ints), predicted_iou (float),
+        point_coords ([[x, y]], the prompt in image pixels), stability_score (float),
+        crop_box ([x, y, w, h] of the crop the mask came from).
+        progress(done, total) is called after each decoded batch; setting `cancel` stops the
+        work with `mobilesam.errors.Cancelled`.
+        """
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"generate needs an (H, W, 3) uint8 RGB image, got shape {image.shape} "
+                             f"dtype {image.dtype}; convert other images with mobilesam.image.to_rgb_uint8")
+        with torch.inference_mode():
+            candidates = self._generate_masks(image, progress, cancel)
+            if self.min_mask_region_area > 0:
+                candidates = self._clean_small_regions(candidates, image.shape[:2])
+            return [self._record(candidates, i, image.shape[:2]) for i in range(len(candidates))]
+
+    # --- mask generation --------------------------------------------------------------------------
+
+    def _generate_masks(self, image: np.ndarray, progress: Optional[ProgressCallback],
+                        cancel: Optional[threading.Event]) -> _Candidates:
+        image_size = image.shape[:2]
+        crop_boxes, layers = generate_crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)
+        # One unit of progress per crop encoding and per decoded batch.
+        total = sum(1 + -(-len(self.point_grids[layer]) // self.points_per_batch) for layer in layers)
+        ticker = _Ticker(total, progress, cancel)
+        ticker.check()
+        parts = [self._process_crop(image, box, layer, ticker) for box, layer in zip(crop_boxes, layers)]
+        candidates = _Candidates.concat(parts)
+        if len(crop_boxes) > 1 and len(candidates):
+            # Prefer masks from smaller crops (official score: 1 / crop area, float32).
+            x0, y0, x1, y1 = candidates.crop_boxes.unbind(1)
+            keep = box_nms(candidates.boxes, 1 / ((x1 - x0) * (y1 - y0)), self.crop_nms_thresh)
+            candidates = candidates.select(keep)
+        return candidates
+
+    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int,
+                      ticker: "_Ticker") -> _Candidates:
+        x0, y0, x1, y1 = crop_box
+        crop = image[y0:y1, x0:x1, :]
+        crop_size = crop.shape[:2]
+        self.predictor.set_image(crop)
+        ticker.tick()
+
+        points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
+        parts = []
+        for batch in chunks(len(points), self.points_per_batch):
+            parts.append(self._process_batch(points[batch], crop_size, crop_box, image.shape[:2]))
+            ticker.tick()
+        self.predictor.reset_image()
+        candidates = _Candidates.concat(parts)
+
+        keep = box_nms(candidates.boxes, candidates.iou, self.box_nms_thresh)  # duplicates in this crop
+        candidates = candidates.select(keep)
+        candidates.boxes = uncrop_boxes_xyxy(candidates.boxes, crop_box)
+        candidates.points = uncrop_points(candidates.points, crop_box)
+        return candidates
+
+    def _process_batch(self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int],
+                       image_size: tuple[int, int]) -> _Candidates:
+        """Decode (B, 2) crop-frame points; keep the masks that pass every per-mask filter."""
+        model, predictor = self.predictor.model, self.predictor
+        # float64 coordinates, as the official code passes them to the prompt encoder.
+        coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), device=predictor.device)
+        labels = torch.ones(len(coords), dtype=torch.int, device=predictor.device)
+        low_res, iou = predictor.decode((coords[:, None, :], labels[:, None]), None, None, multimask_output=True)
+        n_masks = low_res.shape[1]
+        low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
+        point_of_mask = torch.as_tensor(points).repeat_interleave(n_masks, dim=0)
+
+        # The predicted IoU does not depend on resolution: filter before upsampling.
+        index = torch.arange(len(iou), device=iou.device)
+        if self.pred_iou_thresh > 0.0:
+            index = index[iou > self.pred_iou_thresh]
+
+        parts = []
+        for part in chunks(len(index), self.upsample_chunk):
+            chosen = index[part]
+            logits = model.postprocess_masks(low_res[chosen][:, None], predictor.input_size, crop_size)[:, 0]
+            stability = stability_scores(logits, model.mask_threshold, self.stability_score_offset)
+            if self.stability_score_thresh > 0.0:
+                stable = stability >= self.stability_score_thresh
+                chosen, logits, stability = chosen[stable], logits[stable], stability[stable]
+            masks = logits > model.mask_threshold
+            del logits
+            boxes = masks_to_boxes(masks)
+            inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]])
+            masks = masks[inside].cpu().numpy()
+            chosen = chosen[inside]
+            parts.append(_Candidates(
+                masks=list(np.packbits(masks, axis=-1)),
+                boxes=boxes[inside].cpu(),
+                iou=iou[chosen].float().cpu(),
+                stability=stability[inside].cpu(),
+                points=point_of_mask[chosen.cpu()],
+                crop_boxes=torch.tensor([crop_box], dtype=torch.int64).expand(len(masks), 4),
+            ))
+        return _Candidates.concat(parts)
+
+    # --- small regions ----------------------------------------------------------------------------
+
+    def _clean_small_regions(self, candidates: _Candidates, image_size: tuple[int, int]) -> _Candidates:
+        """Fill small holes and drop small islands, then NMS again preferring untouched masks."""
+        if not len(candidates):
+            return candidates
+        masks, unchanged = [], []
+        for i in range(len(candidates)):
+            mask = self._full_mask(candidates, i, image_size)
+            mask, holes_changed = remove_small_regions(mask, self.min_mask_region_area, "holes")
+            mask, islands_changed = remove_small_regions(mask, self.min_mask_region_area, "islands")
+            masks.append(mask)
+            unchanged.append(float(not (holes_changed or islands_changed)))
+        boxes = masks_to_boxes(torch.from_numpy(np.stack(masks)))
+        keep = box_nms(boxes, torch.tensor(unchanged), max(self.box_nms_thresh, self.crop_nms_thresh))
+        for i in keep.tolist():
+            if not unchanged[i]:
+                candidates.masks[i] = masks[i]
+                candidates.boxes[i] = boxes[i]
+        return candidates.select(keep)
+
+    # --- records ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _full_mask(candidates: _Candidates, i: int, image_size: tuple[int, int]) -> np.ndarray:
+        """(H, W) bool mask of candidate i in the image frame."""
+        mask = candidates.masks[i]
+        if mask.dtype == np.bool_:
+            return mask
+        x0, y0, x1, y1 = candidates.crop_boxes[i].tolist()
+        crop_mask = np.unpackbits(mask, axis=-1, count=x1 - x0).view(bool)
+        return uncrop_mask(crop_mask, [x0, y0, x1, y1], image_size)
+
+    def _record(self, candidates: _Candidates, i: int, image_size: tuple[int, int]) -> dict[str, Any]:
+        mask = self._full_mask(candidates, i, image_size)
+        if self.output_mode == "binary_mask":
+            segmentation = mask
+        elif self.output_mode == "uncompressed_rle":
+            segmentation = mask_to_uncompressed_rle(mask)
+        else:
+            segmentation = mask_to_coco_rle(mask)
+        return {
+            "segmentation": segmentation,
+            "area": int(np.count_nonzero(mask)),
+            "bbox": box_xyxy_to_xywh(candidates.boxes[i]),
+            "predicted_iou": candidates.iou[i].item(),
+            "point_coords": [candidates.points[i].tolist()],
+            "stability_score": candidates.stability[i].item(),
+            "crop_box": box_xyxy_to_xywh(candidates.crop_boxes[i]),
+        }
+
+
+class _Ticker:
+    """Counts finished units of work for a progress callback and honours a cancel event."""
+
+    def __init__(self, total: int, progress: Optional[ProgressCallback], cancel: Optional[threading.Event]):
+        self.total, self.done, self.progress, self.cancel = total, 0, progress, cancel
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("automatic mask generation was cancelled")
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        self.check()
