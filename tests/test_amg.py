@@ -90,7 +90,7 @@ def structured_pair(encoder_seed: int = 0, seed: int = 0, img_size: int = 256):
     with torch.no_grad():
         for conv in (reference.mask_decoder.output_upscaling[0], reference.mask_decoder.output_upscaling[3]):
             conv.weight[:] = conv.weight[:, :, :1, :1]
-    ours = mobilesam.build_sam("vit_t", image_size=img_size)
+    ours = mobilesam.build_sam("vit_t", image_size=img_size, exact=True)
     ours.image_encoder = ColourEncoder(img_size)
     ours.load_state_dict(reference.state_dict())  # strict: every weight comes from the reference
     return reference, ours.eval()
@@ -167,7 +167,7 @@ def random_vit_t(tmp_path_factory):
     reference = mobile_sam.sam_model_registry["vit_t"]().eval()
     path = tmp_path_factory.mktemp("amg") / "vit_t.pt"
     torch.save(reference.state_dict(), path)
-    return reference, mobilesam.build_sam("vit_t", path)
+    return reference, mobilesam.build_sam("vit_t", path, exact=True)
 
 
 # Random-weight masks all span the image, so NMS is off (1.0) or it would keep one of them.
@@ -230,7 +230,7 @@ def test_random_vit_b_equals_segment_anything():
                                  iou_head_hidden_dim=256,
                                  transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)),
     ).eval()
-    ours = mobilesam.build_sam("vit_b", image_size=size)
+    ours = mobilesam.build_sam("vit_b", image_size=size, exact=True)
     ours.load_state_dict(reference.state_dict())
     image = blobs_image(160, 120)
     expected = ReferenceGenerator(reference, **RANDOM_SETTINGS).generate(image)

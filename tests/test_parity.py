@@ -4,6 +4,8 @@ The reference implementations (`mobile_sam` from mobilesam-mirror for vit_t, Met
 `segment_anything` for vit_b) are used only as oracles. Their random-initialised state dicts are
 saved in the official checkpoint format and loaded through our `build_sam` with strict=True.
 Each case prints its measured max |diff| (run with -s to see them).
+(`build_sam(..., exact=True)`: the official order of operations; the default fast path is
+compared with a tolerance in tests/test_fast_path.py.)
 """
 
 import numpy as np
@@ -35,7 +37,7 @@ class Pair:
         path = tmp_path / f"{model_type}.pth"
         torch.save(reference.state_dict(), path)
         self.ref = ref_predictor_cls(reference)
-        self.ours = mobilesam.SamPredictor(mobilesam.build_sam(model_type, path))
+        self.ours = mobilesam.SamPredictor(mobilesam.build_sam(model_type, path, exact=True))
         self.ref.set_image(image)
         self.ours.set_image(image)
 
@@ -195,7 +197,7 @@ def test_sam_forward_batched_images_match(tmp_path):
     torch.manual_seed(3)
     reference = mobile_sam.sam_model_registry["vit_t"]().eval()
     torch.save(reference.state_dict(), tmp_path / "t.pt")
-    ours = mobilesam.build_sam("vit_t", tmp_path / "t.pt")
+    ours = mobilesam.build_sam("vit_t", tmp_path / "t.pt", exact=True)
     resize = mobilesam.transforms.ResizeLongestSide(1024)
     batch = []
     for shape, box in (((200, 300), [20, 30, 150, 160]), ((310, 170), [5, 40, 160, 300])):

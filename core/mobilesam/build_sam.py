@@ -34,8 +34,11 @@ def build_image_encoder(model_type: str, image_size: int = 1024) -> torch.nn.Mod
 
 
 def build_sam(model_type: str = "vit_t", checkpoint: Optional[Union[str, os.PathLike]] = None,
-              image_size: int = 1024) -> Sam:
+              image_size: int = 1024, exact: bool = False) -> Sam:
     """Build a SAM model; `checkpoint` is a path to an official-format state dict or None.
+
+    `exact=True` runs the official order of operations (bit-identical to segment_anything /
+    mobile_sam); the default fast path differs from it by float rounding only (see `Sam.set_exact`).
 
     `image_size` other than 1024 is for training/testing small models (distillation); official
     checkpoints need 1024.
@@ -62,6 +65,7 @@ def build_sam(model_type: str = "vit_t", checkpoint: Optional[Union[str, os.Path
         ),
     )
     sam.eval()
+    sam.set_exact(exact)
     if checkpoint is not None:
         load_checkpoint(sam, checkpoint, model_type)
     return sam

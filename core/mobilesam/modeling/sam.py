@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import FastPath
 from .mask_decoder import MaskDecoder
 from .prompt_encoder import PromptEncoder
 
@@ -25,6 +26,18 @@ class Sam(nn.Module):
         self.mask_decoder = mask_decoder
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+
+    def set_exact(self, exact: bool = True) -> "Sam":
+        """exact=True: the official order of operations everywhere (bit-identical outputs);
+        False (the default): the fast inference path (differences of float rounding only)."""
+        for module in self.modules():
+            if isinstance(module, FastPath):
+                module.exact = exact
+        return self
+
+    @property
+    def exact(self) -> bool:
+        return any(isinstance(m, FastPath) and m.exact for m in self.modules())
 
     @property
     def device(self) -> torch.device:
