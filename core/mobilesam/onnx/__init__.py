@@ -10,9 +10,13 @@
 
 onnx/onnxruntime are optional dependencies (`pip install napari-mobilesam[onnx]`); they are
 imported only when this path is used.
+
+Front-ends keep exported models in `default_onnx_dir(model_type)` (under the weights cache dir),
+so only the first start exports; concurrent processes using one folder take turns on a file lock.
 """
 
 from .export import DECODER_FILE, ENCODER_FILE, export_onnx, quantize_onnx
-from .predictor import OnnxBackend, OnnxSamPredictor
+from .predictor import BACKENDS, PRECISIONS, OnnxBackend, OnnxSamPredictor, default_onnx_dir
 
-__all__ = ["export_onnx", "quantize_onnx", "OnnxSamPredictor", "OnnxBackend", "ENCODER_FILE", "DECODER_FILE"]
+__all__ = ["export_onnx", "quantize_onnx", "OnnxSamPredictor", "OnnxBackend", "ENCODER_FILE", "DECODER_FILE",
+           "default_onnx_dir", "BACKENDS", "PRECISIONS"]

@@ -6,19 +6,42 @@ with the torch path, so only the two networks change backend.
 
 import os
 import tempfile
+import threading
+import weakref
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import torch
+from filelock import FileLock
 
 from ..errors import MobileSamError
 from ..modeling import Sam
 from ..predictor import SamPredictor
 from ..runtime import usable_cpus
+from ..weights import cache_dir
 from .export import DECODER_FILE, ENCODER_FILE, FINGERPRINT_FILE, export_onnx, quantize_onnx, weights_fingerprint
 
+BACKENDS = ("torch", "onnx")
 PRECISIONS = ("fp32", "int8")
+INSTALL_HINT = "pip install 'napari-mobilesam[onnx]'"
+LOCK_FILE = ".export.lock"
+
+# Sessions by (model file, its mtime and size, threads): predictors of the same exported model
+# (e.g. a server's encoder and decoder predictors) share one copy of the weights. Weak, so a
+# session is freed with the last predictor using it. `InferenceSession.run` is thread-safe.
+_sessions: "weakref.WeakValueDictionary[tuple, object]" = weakref.WeakValueDictionary()
+_sessions_lock = threading.Lock()
+
+
+def default_onnx_dir(model_type: str) -> Path:
+    """Where front-ends keep the exported models of `model_type`: `<cache dir>/onnx/<model_type>`,
+    next to the downloaded weights (`MOBILESAM_HOME`, else the platform cache dir). One folder per
+    architecture; other weights of the same architecture replace its files (fingerprint check)."""
+    if not model_type or os.sep in model_type or "/" in model_type:
+        raise ValueError(f"model_type must be a name such as 'vit_t', not {model_type!r}")
+    return cache_dir() / "onnx" / model_type
 
 
 class OnnxBackend:
@@ -36,41 +59,46 @@ class OnnxBackend:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise MobileSamError(
-                "backend='onnx' needs onnxruntime and onnx: pip install 'napari-mobilesam[onnx]'"
-            ) from exc
+            raise MobileSamError(f"backend='onnx' needs onnxruntime and onnx: {INSTALL_HINT}") from exc
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self._tmp = None
         if onnx_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="mobilesam-onnx-")
             onnx_dir = self._tmp.name
-        encoder_path, decoder_path = self._ensure_exported(model, Path(onnx_dir), precision)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = num_threads or usable_cpus()
-        providers = ["CPUExecutionProvider"]
-        self.encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
-        self.decoder = ort.InferenceSession(str(decoder_path), options, providers=providers)
+        onnx_dir = Path(onnx_dir)
+        threads = num_threads or usable_cpus()
+        # Processes (server workers) and threads sharing the folder take turns: one exports while
+        # the others wait, then find fresh files; nobody opens a model another is replacing.
+        with _export_lock(onnx_dir):
+            encoder_path, decoder_path = self._ensure_exported(model, onnx_dir, precision)
+            self.encoder = _session(ort, encoder_path, threads)
+            self.decoder = _session(ort, decoder_path, threads)
         self.mask_input_size = model.prompt_encoder.mask_input_size
         self.precision = precision
 
     @staticmethod
     def _ensure_exported(model: Sam, onnx_dir: Path, precision: str) -> tuple[Path, Path]:
+        """Paths of the models for `precision`, exporting (and quantising) what is missing or stale.
+        Call with the folder's export lock held."""
         fingerprint = weights_fingerprint(model)
         encoder, decoder = onnx_dir / ENCODER_FILE, onnx_dir / DECODER_FILE
+        quantized = [path.with_name(path.stem + ".int8.onnx") for path in (encoder, decoder)]
         stamp = onnx_dir / FINGERPRINT_FILE
         fresh = encoder.exists() and decoder.exists() and stamp.exists() and stamp.read_text().strip() == fingerprint
         if not fresh:
+            _require_exporter()
+            # The stamp goes first and comes back last (export_onnx writes it after both models), so
+            # an export cut short never vouches for files of other weights; int8 copies of the old
+            # weights go too.
+            for path in (stamp, *quantized):
+                path.unlink(missing_ok=True)
             export_onnx(model, onnx_dir)
         if precision == "fp32":
             return encoder, decoder
-        quantized = []
-        for path in (encoder, decoder):
-            target = path.with_name(path.stem + ".int8.onnx")
-            if not fresh or not target.exists():
+        for path, target in zip((encoder, decoder), quantized):
+            if not target.exists():
                 quantize_onnx(path, target)
-            quantized.append(target)
         return quantized[0], quantized[1]
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
@@ -115,6 +143,40 @@ class OnnxBackend:
         if not coords:
             return np.zeros((batch, 0, 2), np.float32), np.zeros((batch, 0), np.float32)
         return np.concatenate(coords, axis=1), np.concatenate(labels, axis=1)
+
+
+def _export_lock(onnx_dir: Path):
+    """An inter-process lock on `onnx_dir` (created if needed); none for a read-only folder, where
+    nothing can be exported anyway."""
+    try:
+        onnx_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MobileSamError(f"cannot create the ONNX model folder {onnx_dir}: {exc}") from None
+    if not os.access(onnx_dir, os.W_OK):
+        return nullcontext()
+    return FileLock(str(onnx_dir / LOCK_FILE))
+
+
+def _require_exporter() -> None:
+    try:
+        import onnx  # noqa: F401 - torch.onnx.export needs it
+    except ImportError as exc:
+        raise MobileSamError(f"exporting the model to ONNX needs the onnx package: {INSTALL_HINT}") from exc
+
+
+def _session(ort, path: Path, threads: int):
+    """An onnxruntime CPU session for `path`, shared with other predictors of the same file."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, threads)
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is None:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = threads
+            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            _sessions[key] = session
+        return session
 
 
 def _numpy(x) -> np.ndarray:
