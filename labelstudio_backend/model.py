@@ -7,7 +7,8 @@ in a background thread so /health answers at once. Image embeddings are cached (
 disk) by (image URL, model version), so a second click on an image costs only the mask decoder.
 Two predictors share the one model: the encoder's and the decoder's, each behind its own lock,
 so a slow first click on one image never holds up quick clicks on another, and concurrent
-requests never see each other's embedding.
+requests never see each other's embedding. With `MOBILESAM_BACKEND=onnx` both run on ONNX Runtime
+(the core's `SamPredictor(backend="onnx")`, sharing one exported model and its sessions).
 """
 
 import hashlib
@@ -47,6 +48,8 @@ def model_version_for(settings: Settings) -> str:
         stat = Path(checkpoint).stat()
         digest = hashlib.sha256(f"{Path(checkpoint).name}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
         name += f"-{digest[:8]}"
+    if settings.backend == "onnx" and settings.onnx_precision == "int8":
+        name += "-int8"  # its embeddings differ from the float models' (fp32 ONNX matches torch within 1e-3)
     return name
 
 
@@ -107,7 +110,8 @@ class MobileSamBackend:
 
             model = self._model_loader()
             model.eval()
-            encoder, decoder = mobilesam.SamPredictor(model), mobilesam.SamPredictor(model)
+            options = self._predictor_options(model)
+            encoder, decoder = mobilesam.SamPredictor(model, **options), mobilesam.SamPredictor(model, **options)
         except BaseException as exc:  # noqa: BLE001 - report any failure through /health and /predict
             logger.exception("loading the MobileSAM model failed")
             with self._state_lock:
@@ -119,6 +123,20 @@ class MobileSamBackend:
             self._model_state = "ready"
         self._model_ready.set()
         logger.info("model %s loaded in %.1f s", self.model_version, time.perf_counter() - started)
+
+    def _predictor_options(self, model) -> dict:
+        """`SamPredictor` keyword arguments for MOBILESAM_BACKEND (ONNX: exported on first start)."""
+        if self.settings.backend == "torch":
+            return {}
+        onnx_dir = self.settings.onnx_dir
+        if onnx_dir is None:
+            from mobilesam.build_sam import detect_model_type
+            from mobilesam.onnx import default_onnx_dir
+
+            onnx_dir = default_onnx_dir(self.settings.model_type or detect_model_type(model.state_dict()) or "vit_t")
+        logger.info("ONNX Runtime backend (%s): models in %s (exported if missing or stale)",
+                    self.settings.onnx_precision, onnx_dir)
+        return {"backend": "onnx", "onnx_dir": onnx_dir, "precision": self.settings.onnx_precision}
 
     def model_status(self) -> dict:
         with self._state_lock:

@@ -18,12 +18,17 @@
 | `MOBILESAM_POLYGON_TOLERANCE` | polygon simplification, pixels | 1.0 |
 | `MOBILESAM_AUTO_MASKS` | non-interactive /predict returns automatic masks instead of an empty result | 0 |
 | `MOBILESAM_LOAD_TIMEOUT` | seconds a prediction waits for the model to finish loading | 90 |
+| `MOBILESAM_BACKEND` | `torch`, or `onnx` to run the encoder and decoder with ONNX Runtime | torch |
+| `MOBILESAM_ONNX_DIR` | exported ONNX models (exported there on first start, reused while the weights match) | `<weights cache>/onnx/<model type>` |
+| `MOBILESAM_ONNX_PRECISION` | `fp32`, or `int8` (smaller, faster on some CPUs, less accurate) | fp32 |
 """
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
+
+from mobilesam.onnx import BACKENDS, PRECISIONS as ONNX_PRECISIONS
 
 OUTPUT_MODES = ("auto", "brush", "polygon")
 
@@ -53,6 +58,9 @@ class Settings:
     polygon_tolerance: float = 1.0
     auto_masks: bool = False
     load_timeout: float = 90.0
+    backend: str = "torch"
+    onnx_dir: Optional[Path] = None  # None: mobilesam.onnx.default_onnx_dir(model type)
+    onnx_precision: str = "fp32"
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -63,6 +71,7 @@ class Settings:
             embedding_path = None
         else:
             embedding_path = Path(embedding_dir).expanduser() if embedding_dir else _default_embedding_dir()
+        onnx_dir = env.get("MOBILESAM_ONNX_DIR", "").strip()
         settings = cls(
             model_type=env.get("MOBILESAM_MODEL_TYPE") or None,
             checkpoint=env.get("MOBILESAM_CHECKPOINT") or None,
@@ -81,6 +90,9 @@ class Settings:
             polygon_tolerance=_float(env, "MOBILESAM_POLYGON_TOLERANCE", 1.0),
             auto_masks=_flag(env, "MOBILESAM_AUTO_MASKS", False),
             load_timeout=_float(env, "MOBILESAM_LOAD_TIMEOUT", 90.0),
+            backend=env.get("MOBILESAM_BACKEND", "").strip().lower() or "torch",
+            onnx_dir=Path(onnx_dir).expanduser() if onnx_dir else None,
+            onnx_precision=env.get("MOBILESAM_ONNX_PRECISION", "").strip().lower() or "fp32",
         )
         settings.validate()
         return settings
@@ -94,6 +106,11 @@ class Settings:
             raise ValueError("MOBILESAM_CACHE_SIZE and MOBILESAM_CACHE_MAX_MB must be at least 1")
         if self.max_image_pixels < 1:
             raise ValueError("MOBILESAM_MAX_IMAGE_PIXELS must be positive")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"MOBILESAM_BACKEND must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
+        if self.onnx_precision not in ONNX_PRECISIONS:
+            raise ValueError(f"MOBILESAM_ONNX_PRECISION must be one of {', '.join(ONNX_PRECISIONS)}, "
+                             f"not {self.onnx_precision!r}")
 
     @property
     def basic_auth(self) -> Optional[tuple[str, str]]:
