@@ -30,14 +30,14 @@ def _reference_registry(model_type):
 class Pair:
     """A reference predictor and ours, on the same weights and image."""
 
-    def __init__(self, model_type, tmp_path, image, seed=0):
+    def __init__(self, model_type, tmp_path, image, seed=0, exact=True):
         registry, ref_predictor_cls = _reference_registry(model_type)
         torch.manual_seed(seed)
         reference = registry[model_type]().eval()
         path = tmp_path / f"{model_type}.pth"
         torch.save(reference.state_dict(), path)
         self.ref = ref_predictor_cls(reference)
-        self.ours = mobilesam.SamPredictor(mobilesam.build_sam(model_type, path, exact=True))
+        self.ours = mobilesam.SamPredictor(mobilesam.build_sam(model_type, path, exact=exact))
         self.ref.set_image(image)
         self.ours.set_image(image)
 

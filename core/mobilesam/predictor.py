@@ -180,13 +180,30 @@ class SamPredictor:
         if self._runtime:
             return self._runtime.decode(self.features, points, boxes, mask_input, multimask_output)
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        return self.model.mask_decoder(
+        decoder = self.model.mask_decoder
+        image_pe = self._dense_pe()
+        image_cache = None
+        if decoder.use_fast_path() and mask_input is None:
+            # Without a mask prompt the decoder's first layer sees the same image for every
+            # click: prepare it once per image (see modeling/fast_decoder.py).
+            if self._decoder_cache is None:
+                self._decoder_cache = decoder.prepare_image(self.features, image_pe, dense)
+            image_cache = self._decoder_cache
+        return decoder(
             image_embeddings=self.features,
-            image_pe=self.model.prompt_encoder.get_dense_pe(),
+            image_pe=image_pe,
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
+            image_cache=image_cache,
         )
+
+    def _dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's positional encoding of the embedding grid, computed once per image
+        (it depends on the model only; recomputing it is ~1 ms of sin/cos per click)."""
+        if self._image_pe is None:
+            self._image_pe = self.model.prompt_encoder.get_dense_pe()
+        return self._image_pe
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image embedding, (1, 256, 64, 64)."""
@@ -196,6 +213,8 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features = None
+        self._decoder_cache = None  # per-image first-layer tensors of the fast decoder path
+        self._image_pe = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size = None
         self.input_size = None

@@ -1,14 +1,17 @@
 """SAM's mask decoder: tokens + image embedding -> low-res mask logits and IoU predictions."""
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LayerNorm2d
+from . import fast_decoder
+from .common import FastPath, LayerNorm2d
 from .transformer import TwoWayTransformer
 
 
-class MaskDecoder(nn.Module):
+class MaskDecoder(FastPath, nn.Module):
     def __init__(self, *, transformer_dim: int, transformer: TwoWayTransformer, num_multimask_outputs: int = 3,
                  iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
         super().__init__()
@@ -31,24 +34,59 @@ class MaskDecoder(nn.Module):
         self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
 
     def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                dense_prompt_embeddings: torch.Tensor, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                dense_prompt_embeddings: torch.Tensor, multimask_output: bool,
+                image_cache: Optional[fast_decoder.ImageCache] = None) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings (1 or B, C, h, w); sparse (B, N, C); dense (B, C, h, w).
 
         Returns masks (B, 3 or 1, 4h, 4w) logits and iou predictions (B, 3 or 1). Mask 0 is the
-        single-mask output; 1..3 are the multimask candidates.
+        single-mask output; 1..3 are the multimask candidates. `image_cache` (fast path only):
+        `prepare_image` of this image embedding and dense embedding, to reuse across prompts.
         """
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        if self.use_fast_path():
+            return self.predict_masks_fast(image_embeddings, image_pe, sparse_prompt_embeddings,
+                                           dense_prompt_embeddings, keep, image_cache)
         masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
                                              dense_prompt_embeddings)
-        keep = slice(1, None) if multimask_output else slice(0, 1)
         return masks[:, keep], iou_pred[:, keep]
+
+    def prepare_image(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                      dense_prompt_embeddings: torch.Tensor) -> fast_decoder.ImageCache:
+        """The per-image part of the fast path (see `fast_decoder`), to compute once per image."""
+        dense = dense_prompt_embeddings
+        if dense.shape[0] > 1 and dense.stride(0) == 0:  # the same no-mask embedding for every prompt
+            dense = dense[:1]
+        return fast_decoder.prepare_image(self.transformer, image_embeddings + dense, image_pe)
+
+    def predict_masks_fast(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                           sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                           keep: slice, image_cache: Optional[fast_decoder.ImageCache] = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`predict_masks` rearranged for speed (`fast_decoder`), computing only the `keep` masks."""
+        if image_cache is None:
+            image_cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
+        tokens = self._tokens(sparse_prompt_embeddings)
+        hs, keys = fast_decoder.transformer_forward(self.transformer, image_cache, tokens)
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        chosen = range(self.num_mask_tokens)[keep]
+        hyper_in = torch.stack(
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in chosen], dim=1
+        )
+        masks = fast_decoder.upscale_masks(self, keys, hyper_in, image_embeddings.shape[-2:])
+        return masks, self.iou_prediction_head(hs[:, 0, :])[:, keep]
+
+    def _tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
+        """Output tokens (IoU, masks) followed by the prompt tokens: (B, 1 + 4 + N, C)."""
+        B = sparse_prompt_embeddings.shape[0]
+        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
+        return torch.cat((output_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings), dim=1)
 
     def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
                       sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """All num_mask_tokens masks (B, 4, 4h, 4w) and their IoU predictions (B, 4)."""
         B = sparse_prompt_embeddings.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
-        tokens = torch.cat((output_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings), dim=1)
+        tokens = self._tokens(sparse_prompt_embeddings)
 
         # One image embedding serves a whole batch of prompts: broadcast instead of copying.
         src = image_embeddings + dense_prompt_embeddings

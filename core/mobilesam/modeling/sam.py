@@ -73,6 +73,8 @@ class Sam(nn.Module):
         """Low-res logits (B, C, 256, 256) -> logits (B, C, H0, W0) in the original image frame."""
         masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
+        if tuple(masks.shape[-2:]) == tuple(original_size):
+            return masks  # bilinear resampling to the same size is the identity: skip the copy
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,188 @@
+"""The mask decoder's fast inference path: the same function as `MaskDecoder.predict_masks`,
+rearranged so that a click costs a fraction of the official arithmetic.
+
+Shapes: L = h*w image tokens (4096), C = 256 channels, d = C / downsample (128) attention width,
+H heads of width dh = d / H, N prompt tokens (output tokens + points, ~7), B prompts in a batch.
+
+Three rearrangements, all exact in real arithmetic (outputs differ by float rounding, ~1e-6):
+
+1. Per-image cache. Without a mask prompt the first layer's image side (keys, values and the
+   image->token queries) depends on the image only, so `prepare_image` computes it once per image
+   and every click (and every prompt of a segment-everything batch) reuses it; the official
+   decoder recomputes it for each click and copies the embedding once per prompt.
+2. Attention with few tokens on one side. Projecting 4096 image tokens (L*C*d multiply-adds per
+   projection) is the expensive part; when H*N < d it is cheaper to move the projection onto the
+   tokens: q.(W x + b) = (W^T q).x + q.b, and sum_j p_j (W x_j + b) = W (sum_j p_j x_j) + b because
+   softmax weights sum to one. The constant q.b shifts a softmax row and drops out.
+3. Mask upscaling as two GEMMs. A 2x2 stride-2 transposed convolution is one matrix product per
+   input pixel; computed in token layout it needs no NCHW round trip, and the masks come out in
+   blocked pixel order, reordered once at the end (only for the masks actually returned).
+"""
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .transformer import Attention, TwoWayTransformer
+
+
+@dataclass
+class ImageCache:
+    """Decoder inputs that depend on the image only (batch b0 = 1, or B with per-prompt masks).
+
+    src: (b0, L, C) image embedding + dense prompt embedding; pe: (L, C) positional encoding.
+    k0, v0: (b0, H, L, dh) first layer token->image keys and values.
+    q0: (b0, L, d) first layer image->token queries.
+    """
+
+    src: torch.Tensor
+    pe: torch.Tensor
+    k0: torch.Tensor
+    v0: torch.Tensor
+    q0: torch.Tensor
+
+
+def prepare_image(transformer: TwoWayTransformer, src: torch.Tensor, pe: torch.Tensor) -> ImageCache:
+    """src (b0, C, h, w), pe (1, C, h, w) -> the per-image part of the first layer."""
+    src = src.flatten(2).transpose(1, 2).contiguous()
+    pe = pe.flatten(2).transpose(1, 2)[0].contiguous()
+    layer = transformer.layers[0]
+    keys_pe = src + pe
+    t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
+    return ImageCache(
+        src=src,
+        pe=pe,
+        k0=t2i._split_heads(t2i.k_proj(keys_pe)),
+        v0=t2i._split_heads(t2i.v_proj(src)),
+        q0=i2t.q_proj(keys_pe),
+    )
+
+
+def transformer_forward(transformer: TwoWayTransformer, cache: ImageCache, tokens: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """As `TwoWayTransformer.forward`: tokens (B, N, C) -> tokens (B, N, C), keys (B, L, C)."""
+    queries, keys, pe = tokens, cache.src, cache.pe
+    for i, layer in enumerate(transformer.layers):
+        if layer.skip_first_layer_pe:
+            queries = layer.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + tokens
+            queries = queries + layer.self_attn(q=q, k=q, v=queries)
+        queries = layer.norm1(queries)
+
+        if i == 0:
+            attn = _token_to_image_cached(layer.cross_attn_token_to_image, queries + tokens, cache.k0, cache.v0)
+        else:
+            keys_pe = keys + pe
+            attn = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys)
+        queries = layer.norm2(queries + attn)
+        queries = layer.norm3(queries + layer.mlp(queries))
+
+        i2t = layer.cross_attn_image_to_token
+        if i == 0:
+            attn = _image_to_token(i2t, None, cache.q0, queries + tokens, queries)
+        else:
+            attn = _image_to_token(i2t, keys_pe, None, queries + tokens, queries)
+        keys = layer.norm4(keys + attn)
+    attn = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
+    return transformer.norm_final_attn(queries + attn), keys
+
+
+def _head_weights(linear: torch.nn.Linear, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A projection's weight (H, dh, C) and bias (H, dh) per head."""
+    out_dim, in_dim = linear.weight.shape
+    return linear.weight.view(heads, out_dim // heads, in_dim), linear.bias.view(heads, out_dim // heads)
+
+
+def _token_to_image_cached(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Tokens q (B, N, C) attend to projected image keys/values k, v (b0, H, L, dh)."""
+    B, N, _ = q.shape
+    q = attn._split_heads(attn.q_proj(q))  # (B, H, N, dh)
+    if k.shape[0] == 1 and B > 1:  # one image for every prompt: one product per head
+        H, dh = q.shape[1], q.shape[3]
+        q = q.transpose(0, 1).reshape(H, B * N, dh)
+        logits = torch.bmm(q, k[0].transpose(1, 2)) / math.sqrt(dh)
+        out = torch.bmm(torch.softmax(logits, dim=-1), v[0])  # (H, B*N, dh)
+        out = out.view(H, B, N, dh).permute(1, 2, 0, 3).reshape(B, N, H * dh)
+    else:
+        logits = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        out = (torch.softmax(logits, dim=-1) @ v).transpose(1, 2).reshape(B, N, -1)
+    return attn.out_proj(out)
+
+
+def _token_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Tokens q (B, N, C) attend to image tokens k (keys + pe) and v (keys), both (B, L, C)."""
+    B, N, C = q.shape
+    H = attn.num_heads
+    d = attn.q_proj.out_features
+    if H * N >= d:  # many prompt points: projecting the image is the cheaper order
+        return attn(q=q, k=k, v=v)
+    dh = d // H
+    qh = attn._split_heads(attn.q_proj(q))  # (B, H, N, dh)
+    wk, _ = _head_weights(attn.k_proj, H)
+    wv, bv = _head_weights(attn.v_proj, H)
+    # logits = q.(Wk x + bk) = (Wk^T q).x + const; the constant cancels in the softmax.
+    qk = torch.einsum("bhnd,hdc->bhnc", qh, wk).reshape(B, H * N, C)
+    logits = torch.bmm(qk, k.transpose(1, 2)) / math.sqrt(dh)  # (B, H*N, L)
+    # sum_j p_j (Wv x_j + bv) = Wv (sum_j p_j x_j) + bv, since each softmax row sums to one.
+    pooled = torch.bmm(torch.softmax(logits, dim=-1), v).view(B, H, N, C)
+    out = torch.einsum("bhnc,hdc->bnhd", pooled, wv) + bv
+    return attn.out_proj(out.reshape(B, N, d))
+
+
+def _image_to_token(attn: Attention, image_q: Optional[torch.Tensor], projected_q: Optional[torch.Tensor],
+                    k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Image tokens attend to the prompt tokens: -> (B, L, C).
+
+    Pass either image_q (B, L, C), the unprojected queries, or projected_q (b0, L, d), already
+    through q_proj (the per-image cache). k (B, N, C) tokens + pe, v (B, N, C) tokens.
+    """
+    B, N, C = k.shape
+    H = attn.num_heads
+    d = attn.q_proj.out_features
+    dh = d // H
+    kh = attn._split_heads(attn.k_proj(k)) / math.sqrt(dh)  # (B, H, N, dh), scale folded in
+    vh = attn._split_heads(attn.v_proj(v))
+    # out_proj applied to the N token values first: sum_n p_n Wo_h v_n = sum_n p_n (Wo_h v_n).
+    wo = attn.out_proj.weight.view(C, H, dh)
+    values = torch.einsum("bhnd,chd->bhnc", vh, wo).reshape(B, H * N, C)
+    # Block-diagonal keys (B, d, H*N): head h's queries only meet head h's keys.
+    block_keys = torch.zeros(B, H, dh, H, N, dtype=k.dtype, device=k.device)
+    idx = torch.arange(H, device=k.device)
+    block_keys[:, idx, :, idx, :] = kh.transpose(-2, -1).transpose(0, 1)
+    block_keys = block_keys.view(B, d, H * N)
+    if projected_q is not None:
+        if projected_q.shape[0] == 1 and B > 1:  # one GEMM for every prompt's logits
+            logits = (projected_q[0] @ block_keys.transpose(0, 1).reshape(d, B * H * N)).view(-1, B, H * N)
+            logits = logits.transpose(0, 1)  # (B, L, H*N), a strided view
+        else:
+            logits = torch.bmm(projected_q.expand(B, -1, -1), block_keys)
+    else:
+        # (x Wq^T + bq) K = x (Wq^T K) + bq K: the query projection folded into the keys.
+        wq, bq = attn.q_proj.weight, attn.q_proj.bias
+        logits = torch.bmm(image_q, wq.t() @ block_keys) + (bq @ block_keys)[:, None, :]
+    L = logits.shape[1]
+    probs = torch.softmax(logits.reshape(B, L, H, N), dim=-1).view(B, L, H * N)
+    return torch.bmm(probs, values) + attn.out_proj.bias
+
+
+def upscale_masks(decoder, keys: torch.Tensor, hyper_in: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`output_upscaling` + hypernetwork product: keys (B, L, C), hyper_in (B, M, C/8) -> (B, M, 4h, 4w)."""
+    convt1, norm, _, convt2, _ = decoder.output_upscaling
+    B, L, C = keys.shape
+    h, w = size
+    c1, c2 = convt1.out_channels, convt2.out_channels
+    # ConvTranspose2d weight (in, out, 2, 2) -> (in, 2*2*out): rows of sub-pixel (dy, dx, channel).
+    w1 = convt1.weight.permute(0, 2, 3, 1).reshape(C, 4 * c1)
+    x = (keys.reshape(B * L, C) @ w1).view(B * L * 4, c1) + convt1.bias
+    x = F.gelu(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    w2 = convt2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+    x = F.gelu((x @ w2).view(B, L * 16, c2) + convt2.bias)
+    masks = torch.bmm(x, hyper_in.transpose(1, 2))  # (B, 16L, M) in blocked pixel order
+    # Blocked order (y, x, dy1, dx1, dy2, dx2) -> pixel (4y + 2dy1 + dy2, 4x + 2dx1 + dx2).
+    M = masks.shape[-1]
+    masks = masks.view(B, h, w, 2, 2, 2, 2, M).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(B, M, 4 * h, 4 * w)

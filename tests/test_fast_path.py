@@ -1,0 +1,101 @@
+"""The default fast path against the official code: same weights and inputs, outputs within 1e-4.
+
+`build_sam(..., exact=False)` (the default) folds, reorders and caches arithmetic (see
+modeling/fast_decoder.py and the encoder's fast path); these tests bound what that costs in
+accuracy against the reference implementations, and check the fast path is really what runs.
+Binary masks may differ only where a logit is within float rounding of the threshold.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import mobilesam
+from test_parity import Pair, _image, _max_diff
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    # vit_t only: vit_b/l/h share the decoder (and run it through the same fast path), and their
+    # encoders have no fast path; a ViT-B pair would add a minute of encoding to CI for nothing.
+    return Pair("vit_t", tmp_path_factory.mktemp("vit_t"), _image(300, 451), exact=False)
+
+
+def _assert_close(ours, ref, what):
+    masks, iou, low = ours
+    ref_masks, ref_iou, ref_low = ref
+    diff = max(_max_diff(low, ref_low), _max_diff(iou, ref_iou))
+    print(f"{what}: max |diff| logits/iou {diff:.2e}")
+    assert diff <= TOL, f"{what}: max |diff| {diff:.2e} > {TOL}"
+    disagree = masks != ref_masks
+    # A flipped pixel is only allowed where the upsampled logit sits at the threshold.
+    assert disagree.sum() <= max(1, 1e-4 * masks.size), f"{what}: {disagree.sum()} mask pixels differ"
+
+
+def test_fast_path_is_the_default():
+    model = mobilesam.build_sam("vit_t", image_size=256)
+    assert not model.exact and model.mask_decoder.use_fast_path()
+    assert model.set_exact(True).exact and not model.mask_decoder.use_fast_path()
+    model.set_exact(False).train()
+    assert not model.mask_decoder.use_fast_path(), "training must run the official arithmetic"
+
+
+def test_image_embeddings_close(pair):
+    diff = _max_diff(pair.ours.features, pair.ref.features)
+    print(f"embedding max |diff| {diff:.2e}")
+    assert diff <= TOL
+
+
+PROMPTS = {
+    "point": dict(point_coords=np.array([[120.0, 90.0]]), point_labels=np.array([1])),
+    "points": dict(point_coords=np.array([[120.0, 90.0], [40.0, 200.0], [10.0, 10.0]]),
+                   point_labels=np.array([1, 0, 1])),
+    "box": dict(box=np.array([30.0, 40.0, 200.0, 220.0])),
+    "box+points": dict(box=np.array([30.0, 40.0, 200.0, 220.0]), point_coords=np.array([[100.0, 100.0]]),
+                       point_labels=np.array([0])),
+    # 20 points: 8 heads x 26 tokens > 128, the decoder's other order of attention arithmetic.
+    "many points": dict(point_coords=np.random.default_rng(0).uniform(0, 240, (20, 2)),
+                        point_labels=np.arange(20) % 2),
+}
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_predict_close(pair, prompt, multimask):
+    kwargs = dict(PROMPTS[prompt], multimask_output=multimask)
+    _assert_close(pair.ours.predict(**kwargs), pair.ref.predict(**kwargs), prompt)
+
+
+def test_clicks_reuse_the_image_cache(pair):
+    pair.ours.predict(**PROMPTS["point"])
+    cache = pair.ours._decoder_cache
+    assert cache is not None
+    _assert_close(pair.ours.predict(**PROMPTS["box"]), pair.ref.predict(**PROMPTS["box"]), "second click")
+    assert pair.ours._decoder_cache is cache
+
+
+def test_mask_input_close(pair):
+    first = pair.ref.predict(**PROMPTS["point"])
+    mask_input = first[2][np.argmax(first[1])][None]
+    kwargs = dict(PROMPTS["point"], mask_input=mask_input)
+    _assert_close(pair.ours.predict(**kwargs), pair.ref.predict(**kwargs), "mask input")
+
+
+def test_batched_prompts_close(pair):
+    """A segment-everything style batch: 16 single points, and 3 boxes, through predict_torch."""
+    rng = np.random.default_rng(3)
+    h, w = pair.ours.original_size
+    points = rng.uniform(0, [w, h], (16, 2))
+    coords = torch.as_tensor(pair.ours.transform.apply_coords(points, (h, w)), dtype=torch.float)[:, None]
+    labels = torch.ones(16, 1, dtype=torch.int)
+    boxes = torch.as_tensor(pair.ours.transform.apply_boxes(np.array(
+        [[10, 10, 100, 100], [50, 60, 200, 240], [0, 0, w, h]]), (h, w)), dtype=torch.float)
+    for args in ((coords, labels, None), (None, None, boxes)):
+        ours = [t.numpy() for t in pair.ours.predict_torch(*args, return_logits=False)]
+        ref = [t.numpy() for t in pair.ref.predict_torch(*args, return_logits=False)]
+        for o, r in zip(ours, ref):
+            assert o.shape == r.shape
+        assert _max_diff(ours[2], ref[2]) <= TOL and _max_diff(ours[1], ref[1]) <= TOL
+        assert (ours[0] != ref[0]).mean() <= 1e-4
