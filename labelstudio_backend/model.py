@@ -130,10 +130,9 @@ class MobileSamBackend:
             return {}
         onnx_dir = self.settings.onnx_dir
         if onnx_dir is None:
-            from mobilesam.build_sam import detect_model_type
             from mobilesam.onnx import default_onnx_dir
 
-            onnx_dir = default_onnx_dir(self.settings.model_type or detect_model_type(model.state_dict()) or "vit_t")
+            onnx_dir = default_onnx_dir(self.settings.model_type or model)
         logger.info("ONNX Runtime backend (%s): models in %s (exported if missing or stale)",
                     self.settings.onnx_precision, onnx_dir)
         return {"backend": "onnx", "onnx_dir": onnx_dir, "precision": self.settings.onnx_precision}

@@ -1,6 +1,6 @@
 """The MobileSAM dock widget: prompts in napari layers -> masks from the core.
 
-Layout: model (type / checkpoint), image layer, interactive prompting (candidates, commit,
+Layout: model (type / checkpoint / backend), image layer, interactive prompting (candidates, commit,
 clear), volume tools (propagation, embedding cache), "segment everything", and a task row with
 a cancel button. Slow work (loading the model, encoding slices, propagation, automatic masks)
 runs in a napari thread worker (`BackgroundTask`); decoding prompts is fast and runs here.
@@ -11,6 +11,7 @@ segments everything.
 """
 
 import logging
+import os
 from typing import Callable, Optional
 
 import numpy as np
@@ -22,6 +23,7 @@ from qtpy.QtCore import QTimer
 
 import mobilesam
 from mobilesam.errors import Cancelled, MissingWeightsError, MobileSamError
+from mobilesam.onnx import BACKENDS
 from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS
 
 from ._layers import (CHANNEL_CHOICES, NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_TYPES = ("vit_t", "vit_b", "vit_l", "vit_h")
 CANDIDATES = ("best", "1", "2", "3")
+BACKEND_ENV = "MOBILESAM_BACKEND"  # the Backend choice's initial value, as for the Label Studio backend
 
 # Keys free in napari's own bindings for Points and Shapes layers (where prompting happens) and
 # the viewer; they are bound on the viewer and on the prompt layers.
@@ -73,6 +76,7 @@ class MobileSamWidget(Container):
         self._object_prompts: dict[int, dict[int, PlanePrompt]] = {}  # committed id -> slice prompts
 
         self._build()
+        self._apply_backend_default()
         self._bind_keys()
         _configure_runtime()
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -88,6 +92,10 @@ class MobileSamWidget(Container):
                                    tooltip="Optional weights file (its architecture is read from the file); "
                                            "empty = the official weights of the chosen model from the cache "
                                            "folder (downloaded on first use)")
+        self.backend = ComboBox(label="Backend", choices=BACKENDS, value="torch",
+                                tooltip="torch runs the model itself; onnx runs it with ONNX Runtime (needs "
+                                        "napari-mobilesam[onnx]; the first use exports the model to the cache "
+                                        f"folder). Default from ${BACKEND_ENV}")
         self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
         self.channels = ComboBox(label="Channels", choices=CHANNEL_CHOICES, value="auto",
                                  tooltip="auto: RGB layers have channels last, other 3-D layers are volumes (Z, Y, X)")
@@ -127,7 +135,7 @@ class MobileSamWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
 
         self.extend([
-            _heading("Model and image"), self.model_type, self.checkpoint, self.image, self.channels,
+            _heading("Model and image"), self.model_type, self.checkpoint, self.backend, self.image, self.channels,
             _heading("Prompts (click points, draw boxes)"), self.auto_segment, self.candidate, self.scores,
             self.point_mode,
             _row(self.segment_button, self.toggle_button), _row(self.commit_button, self.clear_button),
@@ -142,6 +150,7 @@ class MobileSamWidget(Container):
         self.channels.changed.connect(self._on_image_changed)
         self.model_type.changed.connect(self._on_model_changed)
         self.checkpoint.changed.connect(self._on_model_changed)
+        self.backend.changed.connect(self._on_model_changed)
         self.candidate.changed.connect(self._repaint_candidates)
         self.segment_button.changed.connect(lambda: self.segment_prompts())
         self.toggle_button.changed.connect(lambda: self.toggle_point_label())
@@ -152,6 +161,14 @@ class MobileSamWidget(Container):
         self.precompute_button.changed.connect(lambda: self.precompute_embeddings())
         self.everything_button.changed.connect(lambda: self.segment_everything())
         self.cancel_button.changed.connect(lambda: self.cancel())
+
+    def _apply_backend_default(self) -> None:
+        value = os.environ.get(BACKEND_ENV, "").strip().lower()
+        if value in BACKENDS:
+            self.backend.value = value
+        elif value:
+            self._notify("warning", f"MobileSAM: {BACKEND_ENV} must be one of {', '.join(BACKENDS)}, "
+                                    f"not {value!r}; using {self.backend.value}")
 
     def _bind_keys(self) -> None:
         actions = {
@@ -256,11 +273,12 @@ class MobileSamWidget(Container):
             self.viewer.layers.selection.active = self._layers.points
 
     # ---------------------------------------------------------------- model and embeddings
-    def _wanted_model_key(self) -> tuple[str, str]:
+    def _wanted_model_key(self) -> tuple[str, str, str]:
+        """(model type, checkpoint path or "", backend)."""
         path = str(self.checkpoint.value) if self.checkpoint.value else ""
         if path in ("", "."):
             path = ""
-        return self.model_type.value, path
+        return self.model_type.value, path, self.backend.value
 
     def use_predictor(self, predictor) -> None:
         """Use this predictor (e.g. one already built, or a stand-in) for the current model setting."""
@@ -283,14 +301,17 @@ class MobileSamWidget(Container):
         segmenter_key = (id(image_layer), info, model_key, cache_dir)
         predictor = self._predictor if self._model_key == model_key else None
         segmenter = self._segmenter if (predictor is not None and self._segmenter_key == segmenter_key) else None
+        # Only the backend changed: the loaded weights serve the new predictor too.
+        same_weights = self._model_key is not None and self._model_key[:2] == model_key[:2]
+        model = getattr(self._predictor, "model", None) if same_weights else None
+        if predictor is None and model_key[2] == "onnx":
+            description += " (ONNX Runtime; the first use exports the model)"
         data = image_layer.data
 
         def work(progress, cancel):
             nonlocal predictor, segmenter
             if predictor is None:
-                model_type, checkpoint = model_key
-                model = mobilesam.load_model(None if checkpoint else model_type, checkpoint or None)
-                predictor = mobilesam.SamPredictor(model)
+                predictor = build_predictor(model_key, model)
             if segmenter is None:
                 segmenter = make_segmenter(predictor, data, info, cache_dir, _model_id(predictor, model_key))
             segmenter.compute_embeddings(slices, progress=progress, cancel=cancel)
@@ -313,8 +334,18 @@ class MobileSamWidget(Container):
             # Segment press (retrying at once would repeat e.g. a missing-weights error forever).
             self._pending_segment = False
             self._report_error(exc)
+            if isinstance(exc, BackendUnavailable):
+                self._restore_backend()
 
         self._start_task(BackgroundTask(work, description, on_done=done, on_error=failed))
+
+    def _restore_backend(self) -> None:
+        """Go back to the backend of the last working predictor (torch if none worked yet); its
+        prompts are segmented again by the model-change handler."""
+        previous = self._model_key[2] if self._model_key is not None else "torch"
+        if self.backend.value != previous:
+            self._notify("info", f"MobileSAM: backend set back to {previous}")
+            self.backend.value = previous
 
     def _start_task(self, task: BackgroundTask) -> None:
         self._task = task
@@ -598,6 +629,26 @@ def _row(*widgets) -> Container:
     return Container(widgets=widgets, layout="horizontal", labels=False)
 
 
+class BackendUnavailable(MobileSamError):
+    """The chosen backend could not be started for a model that loaded fine (e.g. no onnxruntime)."""
+
+
+def build_predictor(model_key: tuple[str, str, str], model=None):
+    """A `SamPredictor` for (model type, checkpoint, backend), loading the weights unless `model` is
+    given. Slow (loading, ONNX export on first use): call it in a worker thread."""
+    model_type, checkpoint, backend = model_key
+    if model is None:
+        model = mobilesam.load_model(None if checkpoint else model_type, checkpoint or None)
+    if backend == "torch":
+        return mobilesam.SamPredictor(model)
+    from mobilesam.onnx import default_onnx_dir
+
+    try:
+        return mobilesam.SamPredictor(model, backend=backend, onnx_dir=default_onnx_dir(model))
+    except Exception as exc:  # noqa: BLE001 - any failure leaves the previous backend in use
+        raise BackendUnavailable(f"the {backend} backend could not be started: {exc}") from exc
+
+
 def make_segmenter(predictor, data, info, cache_dir: Optional[str], model_id: Optional[str]):
     if info.is_volume:
         return VolumeSegmenter(predictor, data, info, cache_dir=cache_dir, model_id=model_id)
@@ -620,7 +671,7 @@ def _model_id(predictor, model_key: tuple[str, str]) -> Optional[str]:
     (a custom or stand-in one) is identified by the widget's model setting."""
     if getattr(predictor, "model", None) is not None:
         return None
-    model_type, checkpoint = model_key
+    model_type, checkpoint = model_key[:2]
     return f"{model_type}-{checkpoint}" if checkpoint else model_type
 
 

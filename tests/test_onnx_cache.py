@@ -92,6 +92,13 @@ def test_default_dir_is_under_the_weights_cache(monkeypatch, tmp_path):
         default_onnx_dir("../vit_t")
 
 
+def test_default_dir_of_a_model_reads_its_architecture(small_model, monkeypatch, tmp_path):
+    monkeypatch.setenv("MOBILESAM_HOME", str(tmp_path))
+    assert default_onnx_dir(small_model) == tmp_path / "onnx" / "vit_t"
+    vit_b = mobilesam.build_sam("vit_b", image_size=64)  # small: only its weights' names and shapes count
+    assert default_onnx_dir(vit_b) == tmp_path / "onnx" / "vit_b"
+
+
 def test_concurrent_users_export_once_and_share_sessions(concurrent_start, small_model):
     folder, backends, exports, errors = concurrent_start
     assert not errors, errors

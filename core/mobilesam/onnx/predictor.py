@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from ..build_sam import detect_model_type
 from ..errors import MobileSamError
 from ..modeling import Sam
 from ..predictor import SamPredictor
@@ -35,10 +36,13 @@ _sessions: "weakref.WeakValueDictionary[tuple, object]" = weakref.WeakValueDicti
 _sessions_lock = threading.Lock()
 
 
-def default_onnx_dir(model_type: str) -> Path:
-    """Where front-ends keep the exported models of `model_type`: `<cache dir>/onnx/<model_type>`,
-    next to the downloaded weights (`MOBILESAM_HOME`, else the platform cache dir). One folder per
-    architecture; other weights of the same architecture replace its files (fingerprint check)."""
+def default_onnx_dir(model_type: Union[str, Sam]) -> Path:
+    """Where front-ends keep the exported models of `model_type` (a name, or a `Sam` whose
+    architecture is read from its weights): `<cache dir>/onnx/<model_type>`, next to the downloaded
+    weights (`MOBILESAM_HOME`, else the platform cache dir). One folder per architecture; other
+    weights of the same architecture replace its files (fingerprint check)."""
+    if isinstance(model_type, Sam):
+        model_type = detect_model_type(model_type.state_dict()) or "vit_t"
     if not model_type or os.sep in model_type or "/" in model_type:
         raise ValueError(f"model_type must be a name such as 'vit_t', not {model_type!r}")
     return cache_dir() / "onnx" / model_type
