@@ -34,6 +34,9 @@ LOCK_FILE = ".export.lock"
 # session is freed with the last predictor using it. `InferenceSession.run` is thread-safe.
 _sessions: "weakref.WeakValueDictionary[tuple, object]" = weakref.WeakValueDictionary()
 _sessions_lock = threading.Lock()
+# torch.onnx.export keeps global state: two exports in one process must not overlap, even into
+# different folders (the folder's file lock covers only same-folder users).
+_torch_export_lock = threading.Lock()
 
 
 def default_onnx_dir(model_type: Union[str, Sam]) -> Path:
@@ -97,7 +100,8 @@ class OnnxBackend:
             # weights go too.
             for path in (stamp, *quantized):
                 path.unlink(missing_ok=True)
-            export_onnx(model, onnx_dir)
+            with _torch_export_lock:
+                export_onnx(model, onnx_dir)
         if precision == "fp32":
             return encoder, decoder
         for path, target in zip((encoder, decoder), quantized):
