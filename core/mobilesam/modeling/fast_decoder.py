@@ -36,19 +36,28 @@ class ImageCache:
     src: (b0, L, C) image embedding + dense prompt embedding; pe: (L, C) positional encoding.
     k0, v0: (b0, H, L, dh) first layer token->image keys and values.
     q0: (b0, L, d) first layer image->token queries.
+    The projections are None when prepared for a single use: projecting the image once costs
+    more than the prompt-side arithmetic that replaces it (see `_token_to_image`).
     """
 
     src: torch.Tensor
     pe: torch.Tensor
-    k0: torch.Tensor
-    v0: torch.Tensor
-    q0: torch.Tensor
+    k0: Optional[torch.Tensor] = None
+    v0: Optional[torch.Tensor] = None
+    q0: Optional[torch.Tensor] = None
 
 
-def prepare_image(transformer: TwoWayTransformer, src: torch.Tensor, pe: torch.Tensor) -> ImageCache:
-    """src (b0, C, h, w), pe (1, C, h, w) -> the per-image part of the first layer."""
+def prepare_image(transformer: TwoWayTransformer, src: torch.Tensor, pe: torch.Tensor,
+                  project: bool = True) -> ImageCache:
+    """src (b0, C, h, w), pe (1, C, h, w) -> the per-image part of the first layer.
+
+    project=True precomputes the first layer's image projections, for an image that will see many
+    prompts; False only lays out the tensors (one-off calls, ONNX export).
+    """
     src = src.flatten(2).transpose(1, 2).contiguous()
     pe = pe.flatten(2).transpose(1, 2)[0].contiguous()
+    if not project:
+        return ImageCache(src=src, pe=pe)
     layer = transformer.layers[0]
     keys_pe = src + pe
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
@@ -73,7 +82,8 @@ def transformer_forward(transformer: TwoWayTransformer, cache: ImageCache, token
             queries = queries + layer.self_attn(q=q, k=q, v=queries)
         queries = layer.norm1(queries)
 
-        if i == 0:
+        cached = i == 0 and cache.k0 is not None
+        if cached:
             attn = _token_to_image_cached(layer.cross_attn_token_to_image, queries + tokens, cache.k0, cache.v0)
         else:
             keys_pe = keys + pe
@@ -82,11 +92,11 @@ def transformer_forward(transformer: TwoWayTransformer, cache: ImageCache, token
         queries = layer.norm3(queries + layer.mlp(queries))
 
         i2t = layer.cross_attn_image_to_token
-        if i == 0:
-            attn = _image_to_token(i2t, None, cache.q0, queries + tokens, queries)
+        if cached:
+            keys = _image_to_token(i2t, None, cache.q0, queries + tokens, queries, residual=keys)
         else:
-            attn = _image_to_token(i2t, keys_pe, None, queries + tokens, queries)
-        keys = layer.norm4(keys + attn)
+            keys = _image_to_token(i2t, keys_pe, None, queries + tokens, queries, residual=keys)
+        keys = layer.norm4(keys)
     attn = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
     return transformer.norm_final_attn(queries + attn), keys
 
@@ -95,6 +105,15 @@ def _head_weights(linear: torch.nn.Linear, heads: int) -> tuple[torch.Tensor, to
     """A projection's weight (H, dh, C) and bias (H, dh) per head."""
     out_dim, in_dim = linear.weight.shape
     return linear.weight.view(heads, out_dim // heads, in_dim), linear.bias.view(heads, out_dim // heads)
+
+
+def _image_matmul(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """a (B, M, K) @ x (b0, K, L) with b0 = 1 or B: one image shared by a batch of prompts is one
+    GEMM (B*M, K) @ (K, L) rather than B copies of the image."""
+    B, M, K = a.shape
+    if x.shape[0] == 1 and B > 1:
+        return (a.reshape(B * M, K) @ x[0]).view(B, M, -1)
+    return torch.matmul(a, x)
 
 
 def _token_to_image_cached(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -114,7 +133,7 @@ def _token_to_image_cached(attn: Attention, q: torch.Tensor, k: torch.Tensor, v:
 
 
 def _token_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Tokens q (B, N, C) attend to image tokens k (keys + pe) and v (keys), both (B, L, C)."""
+    """Tokens q (B, N, C) attend to image tokens k (keys + pe) and v (keys), both (b0, L, C)."""
     B, N, C = q.shape
     H = attn.num_heads
     d = attn.q_proj.out_features
@@ -125,20 +144,23 @@ def _token_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
     wk, _ = _head_weights(attn.k_proj, H)
     wv, bv = _head_weights(attn.v_proj, H)
     # logits = q.(Wk x + bk) = (Wk^T q).x + const; the constant cancels in the softmax.
-    qk = torch.einsum("bhnd,hdc->bhnc", qh, wk).reshape(B, H * N, C)
-    logits = torch.bmm(qk, k.transpose(1, 2)) / math.sqrt(dh)  # (B, H*N, L)
+    qk = torch.matmul(qh, wk).reshape(B, H * N, C)
+    logits = _image_matmul(qk, k.transpose(1, 2)) / math.sqrt(dh)  # (B, H*N, L)
     # sum_j p_j (Wv x_j + bv) = Wv (sum_j p_j x_j) + bv, since each softmax row sums to one.
-    pooled = torch.bmm(torch.softmax(logits, dim=-1), v).view(B, H, N, C)
-    out = torch.einsum("bhnc,hdc->bnhd", pooled, wv) + bv
+    pooled = _image_matmul(torch.softmax(logits, dim=-1), v).view(B, H, N, C)
+    out = torch.matmul(pooled, wv.transpose(1, 2)).transpose(1, 2) + bv  # (B, N, H, dh)
     return attn.out_proj(out.reshape(B, N, d))
 
 
 def _image_to_token(attn: Attention, image_q: Optional[torch.Tensor], projected_q: Optional[torch.Tensor],
-                    k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Image tokens attend to the prompt tokens: -> (B, L, C).
+                    k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Image tokens attend to the prompt tokens: -> residual + attention output, (B, L, C).
 
     Pass either image_q (B, L, C), the unprojected queries, or projected_q (b0, L, d), already
-    through q_proj (the per-image cache). k (B, N, C) tokens + pe, v (B, N, C) tokens.
+    through q_proj (the per-image cache). k (B, N, C) tokens + pe, v (B, N, C) tokens;
+    residual (b0 or B, L, C) the image tokens the output is added to.
+    Logits are laid out (B, H*N, L) so the softmax over each head's N tokens runs across the long,
+    contiguous L axis (a softmax along a last axis of ~7 is ten times slower).
     """
     B, N, C = k.shape
     H = attn.num_heads
@@ -148,25 +170,21 @@ def _image_to_token(attn: Attention, image_q: Optional[torch.Tensor], projected_
     vh = attn._split_heads(attn.v_proj(v))
     # out_proj applied to the N token values first: sum_n p_n Wo_h v_n = sum_n p_n (Wo_h v_n).
     wo = attn.out_proj.weight.view(C, H, dh)
-    values = torch.einsum("bhnd,chd->bhnc", vh, wo).reshape(B, H * N, C)
-    # Block-diagonal keys (B, d, H*N): head h's queries only meet head h's keys.
-    block_keys = torch.zeros(B, H, dh, H, N, dtype=k.dtype, device=k.device)
-    idx = torch.arange(H, device=k.device)
-    block_keys[:, idx, :, idx, :] = kh.transpose(-2, -1).transpose(0, 1)
-    block_keys = block_keys.view(B, d, H * N)
+    # Each row of probabilities sums to H (one per head), so out_proj's bias rides on the values.
+    values = (torch.matmul(vh, wo.permute(1, 2, 0)) + attn.out_proj.bias / H).reshape(B, H * N, C)
+    # Block-diagonal keys (B, H*N, d): head h's keys only meet head h's query features.
+    # (built by multiplying with the identity: exact, and exportable to ONNX unlike index_put)
+    eye = torch.eye(H, dtype=k.dtype, device=k.device)
+    block_keys = (kh[:, :, :, None, :] * eye[None, :, None, :, None]).reshape(B, H * N, d)
     if projected_q is not None:
-        if projected_q.shape[0] == 1 and B > 1:  # one GEMM for every prompt's logits
-            logits = (projected_q[0] @ block_keys.transpose(0, 1).reshape(d, B * H * N)).view(-1, B, H * N)
-            logits = logits.transpose(0, 1)  # (B, L, H*N), a strided view
-        else:
-            logits = torch.bmm(projected_q.expand(B, -1, -1), block_keys)
+        logits = _image_matmul(block_keys, projected_q.transpose(1, 2))
     else:
-        # (x Wq^T + bq) K = x (Wq^T K) + bq K: the query projection folded into the keys.
+        # K (x Wq^T + bq)^T = (K Wq) x^T + K bq: the query projection folded into the keys.
         wq, bq = attn.q_proj.weight, attn.q_proj.bias
-        logits = torch.bmm(image_q, wq.t() @ block_keys) + (bq @ block_keys)[:, None, :]
-    L = logits.shape[1]
-    probs = torch.softmax(logits.reshape(B, L, H, N), dim=-1).view(B, L, H * N)
-    return torch.bmm(probs, values) + attn.out_proj.bias
+        logits = _image_matmul(block_keys @ wq, image_q.transpose(1, 2)) + (block_keys @ bq)[..., None]
+    L = logits.shape[-1]
+    probs = torch.softmax(logits.view(B, H, N, L), dim=2).view(B, H * N, L)
+    return torch.baddbmm(residual.expand(B, L, C), probs.transpose(1, 2), values)
 
 
 def upscale_masks(decoder, keys: torch.Tensor, hyper_in: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

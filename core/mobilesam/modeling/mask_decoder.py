@@ -51,12 +51,13 @@ class MaskDecoder(FastPath, nn.Module):
         return masks[:, keep], iou_pred[:, keep]
 
     def prepare_image(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                      dense_prompt_embeddings: torch.Tensor) -> fast_decoder.ImageCache:
-        """The per-image part of the fast path (see `fast_decoder`), to compute once per image."""
+                      dense_prompt_embeddings: torch.Tensor, project: bool = True) -> fast_decoder.ImageCache:
+        """The per-image part of the fast path (see `fast_decoder`), to compute once per image
+        (project=True) or to lay out for a single call (False)."""
         dense = dense_prompt_embeddings
         if dense.shape[0] > 1 and dense.stride(0) == 0:  # the same no-mask embedding for every prompt
             dense = dense[:1]
-        return fast_decoder.prepare_image(self.transformer, image_embeddings + dense, image_pe)
+        return fast_decoder.prepare_image(self.transformer, image_embeddings + dense, image_pe, project)
 
     def predict_masks_fast(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
                            sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
@@ -64,7 +65,7 @@ class MaskDecoder(FastPath, nn.Module):
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """`predict_masks` rearranged for speed (`fast_decoder`), computing only the `keep` masks."""
         if image_cache is None:
-            image_cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings)
+            image_cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings, project=False)
         tokens = self._tokens(sparse_prompt_embeddings)
         hs, keys = fast_decoder.transformer_forward(self.transformer, image_cache, tokens)
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]

@@ -45,8 +45,9 @@ class EncoderOnnx(nn.Module):
 class PromptDecoderOnnx(nn.Module):
     """Prompt encoder + mask decoder with box corners and padding expressed as point labels.
 
-    Uses the same modules and the same order of operations as `PromptEncoder` and
-    `MaskDecoder.predict_masks`, so its outputs equal the torch path's.
+    Uses the same modules as `PromptEncoder` and the mask decoder's path the model is set to
+    (`MaskDecoder.predict_masks_fast`, or `predict_masks` for an exact model), so its outputs
+    equal the torch path's up to float rounding.
     """
 
     def __init__(self, model: Sam) -> None:
@@ -64,17 +65,22 @@ class PromptDecoderOnnx(nn.Module):
             emb = emb + torch.where(labels == i, point_embedding.weight, 0.0)
         return emb
 
-    def _embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor, batch: int) -> torch.Tensor:
+    def _embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        """(mask batch, C, h, w): one dense embedding shared by every prompt unless masks differ."""
         pe = self.prompt_encoder
         masked = pe.mask_downscaling(mask_input) * has_mask_input
-        dense = masked + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        return dense.expand(batch, -1, -1, -1)
+        return masked + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
     def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
                 mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sparse = self._embed_points(point_coords, point_labels)
-        dense = self._embed_mask(mask_input, has_mask_input, point_coords.shape[0])
-        return self.mask_decoder.predict_masks(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense)
+        dense = self._embed_mask(mask_input, has_mask_input)
+        decoder = self.mask_decoder
+        if decoder.use_fast_path():  # the model's own choice: exact models export the official arithmetic
+            return decoder.predict_masks_fast(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense,
+                                              keep=slice(None))
+        return decoder.predict_masks(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse,
+                                     dense.expand(point_coords.shape[0], -1, -1, -1))
 
 
 def weights_fingerprint(model: nn.Module) -> str:
