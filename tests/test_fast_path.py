@@ -99,3 +99,18 @@ def test_batched_prompts_close(pair):
             assert o.shape == r.shape
         assert _max_diff(ours[2], ref[2]) <= TOL and _max_diff(ours[1], ref[1]) <= TOL
         assert (ours[0] != ref[0]).mean() <= 1e-4
+
+
+@pytest.mark.parametrize("input_size,original_size", [
+    ((768, 1024), (768, 1024)),    # second resampling is the identity
+    ((681, 1024), (300, 451)),     # downsampled to the original
+    ((1024, 17), (3000, 50)),      # upsampled, extreme aspect ratio
+    ((1024, 1024), (1024, 1024)),
+])
+def test_postprocess_masks_close(input_size, original_size):
+    model = mobilesam.build_sam("vit_t", image_size=1024)
+    low = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 4
+    fast = model.postprocess_masks(low, input_size, original_size)
+    exact = model.set_exact(True).postprocess_masks(low, input_size, original_size)
+    assert fast.shape == exact.shape == (2, 3, *original_size)
+    assert _max_diff(fast, exact) <= 1e-5

@@ -8,13 +8,14 @@ from torch import nn
 
 from .common import FastPath
 from .mask_decoder import MaskDecoder
+from .mask_resize import postprocess_logits
 from .prompt_encoder import PromptEncoder
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-class Sam(nn.Module):
+class Sam(FastPath, nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
 
@@ -34,10 +35,6 @@ class Sam(nn.Module):
             if isinstance(module, FastPath):
                 module.exact = exact
         return self
-
-    @property
-    def exact(self) -> bool:
-        return any(isinstance(m, FastPath) and m.exact for m in self.modules())
 
     @property
     def device(self) -> torch.device:
@@ -71,6 +68,8 @@ class Sam(nn.Module):
     def postprocess_masks(self, masks: torch.Tensor, input_size: tuple[int, ...],
                           original_size: tuple[int, ...]) -> torch.Tensor:
         """Low-res logits (B, C, 256, 256) -> logits (B, C, H0, W0) in the original image frame."""
+        if self.use_fast_path():  # same result, without materialising the padded 1024 x 1024 masks
+            return postprocess_logits(masks, self.img_size, input_size, original_size)
         masks = F.interpolate(masks, (self.img_size, self.img_size), mode="bilinear", align_corners=False)
         masks = masks[..., : input_size[0], : input_size[1]]
         if tuple(masks.shape[-2:]) == tuple(original_size):
