@@ -195,10 +195,10 @@ def upscale_masks(decoder, keys: torch.Tensor, hyper_in: torch.Tensor, size: tup
     c1, c2 = convt1.out_channels, convt2.out_channels
     # ConvTranspose2d weight (in, out, 2, 2) -> (in, 2*2*out): rows of sub-pixel (dy, dx, channel).
     w1 = convt1.weight.permute(0, 2, 3, 1).reshape(C, 4 * c1)
-    x = (keys.reshape(B * L, C) @ w1).view(B * L * 4, c1) + convt1.bias
+    x = torch.addmm(convt1.bias.repeat(4), keys.reshape(B * L, C), w1).view(B * L * 4, c1)
     x = F.gelu(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
     w2 = convt2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    x = F.gelu((x @ w2).view(B, L * 16, c2) + convt2.bias)
+    x = F.gelu(torch.addmm(convt2.bias.repeat(4), x, w2).view(B, L * 16, c2))
     masks = torch.bmm(x, hyper_in.transpose(1, 2))  # (B, 16L, M) in blocked pixel order
     # Blocked order (y, x, dy1, dx1, dy2, dx2) -> pixel (4y + 2dy1 + dy2, 4x + 2dx1 + dx2).
     M = masks.shape[-1]
