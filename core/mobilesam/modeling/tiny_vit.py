@@ -7,18 +7,69 @@ only (MobileSAM keeps stride 16 overall instead of TinyViT's 32), and a SAM-styl
 
 The classification head (`norm_head`, `head`) is unused but kept: the official `mobile_sam.pt`
 carries its weights, and strict loading needs the same keys.
+
+Two implementations (see `FastPath`): `exact` runs the official order of operations, so the
+embeddings equal the reference bit for bit; the default fast path (eval only) is the same function
+rearranged for CPU inference, differing by float rounding only:
+- every Conv2dBN runs as one convolution with the BatchNorm folded into its weights (recomputed
+  from the current parameters on each call, so never stale), in channels-last layout, with the
+  following GELU or residual add fused into oneDNN's kernel where torch offers it;
+- tokens stay (B, H*W, C) contiguous, which is channels-last (B, C, H, W): the local conv and the
+  patch merging read them without transposes;
+- window attention runs LayerNorm and qkv on the unpadded tokens (a zero padding token's qkv is a
+  constant), adds the qkv bias while copying the tokens into their windows (one pass; no pad or
+  transpose copies), folds the softmax scale into the q weights, and runs torch's fused
+  attention kernel with the relative-position bias as its mask; the output goes back to the token
+  grid in one copy, and the projection and the residual add share one pass;
+- the neck runs its LayerNorms over the contiguous channel axis.
 """
 
 import itertools
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import conv_neck
+from .common import FastPath, conv_neck
+
+# oneDNN's fused convolution (conv + GELU, conv + add) as torch's inductor uses it for CPU inference.
+_FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
 
 
-class Conv2dBN(nn.Sequential):
+def _fast(module: FastPath) -> bool:
+    """Whether `module` runs its fast path now: eval mode, not exact, and not being traced (the
+    ONNX export traces the exact code: fused oneDNN kernels and in-place window copies do not
+    export)."""
+    return module.use_fast_path() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+
+
+def _no_autograd(*tensors: torch.Tensor) -> bool:
+    """True when no graph is being recorded for these tensors (in-place and fused kernels are safe)."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU, in place when nothing records a graph (`x` must be a temporary)."""
+    return torch.ops.aten.gelu_(x) if _no_autograd(x) else F.gelu(x)
+
+
+def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _tokens_as_image(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, H*W, C) contiguous tokens -> the same memory as a channels-last (B, C, H, W) tensor."""
+    return x.view(x.shape[0], H, W, x.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _image_as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C), free when `x` is channels-last."""
+    B, C = x.shape[:2]
+    return x.permute(0, 2, 3, 1).reshape(B, -1, C)
+
+
+class Conv2dBN(FastPath, nn.Sequential):
     """Conv (no bias) followed by BatchNorm; state-dict keys `c.*` and `bn.*`."""
 
     def __init__(self, in_ch: int, out_ch: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1,
@@ -30,9 +81,46 @@ class Conv2dBN(nn.Sequential):
         nn.init.constant_(bn.bias, 0)
         self.add_module("bn", bn)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fused(x) if _fast(self) else super().forward(x)
 
-class PatchEmbed(nn.Module):
-    """Two stride-2 3x3 convs: (B, 3, S, S) -> (B, C, S/4, S/4)."""
+    def folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conv's weight and bias with the eval-mode BatchNorm folded in.
+
+        Computed from the current parameters and running statistics on every call (a few
+        microseconds), so loading new weights or training can never leave it stale.
+        """
+        bn = self.bn
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        return self.c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
+    def fused(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """Eval-mode `GELU?(bn(c(x)) + residual?)` as one convolution, channels-last in and out.
+
+        x (B, C_in, H, W) and residual (B, C_out, H', W'), ideally channels-last already.
+        """
+        weight, bias = self.folded()
+        c = self.c
+        x = _to_channels_last(x)
+        if _FUSED_CONV and x.device.type == "cpu" and x.dtype == torch.float32 and _no_autograd(x, weight):
+            weight = _to_channels_last(weight)
+            if residual is not None:
+                y = torch.ops.mkldnn._convolution_pointwise.binary(
+                    x, _to_channels_last(residual), weight, bias, c.padding, c.stride, c.dilation, c.groups,
+                    "add", None, None, [], None)
+                return _gelu(y) if gelu else y
+            # oneDNN fuses GELU (algorithm "none": the exact erf form) into the convolution.
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, weight, bias, c.padding, c.stride, c.dilation, c.groups,
+                "gelu" if gelu else "none", [], "none" if gelu else "")
+        y = F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
+        if residual is not None:
+            y = y + residual
+        return _gelu(y) if gelu else y
+
+
+class PatchEmbed(FastPath, nn.Module):
+    """Two stride-2 3x3 convs: (B, 3, S, S) -> (B, C, S/4, S/4) (channels-last on the fast path)."""
 
     def __init__(self, in_chans: int, embed_dim: int) -> None:
         super().__init__()
@@ -43,10 +131,12 @@ class PatchEmbed(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fast(self):
+            return self.seq[2].fused(self.seq[0].fused(x, gelu=True))
         return self.seq(x)
 
 
-class MBConv(nn.Module):
+class MBConv(FastPath, nn.Module):
     """Inverted residual block (expand 1x1, depthwise 3x3, project 1x1) on (B, C, H, W)."""
 
     def __init__(self, dim: int, expand_ratio: float) -> None:
@@ -60,11 +150,14 @@ class MBConv(nn.Module):
         self.act3 = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fast(self):
+            y = self.conv2.fused(self.conv1.fused(x, gelu=True), gelu=True)
+            return self.conv3.fused(y, gelu=True, residual=x)
         y = self.act2(self.conv2(self.act1(self.conv1(x))))
         return self.act3(self.conv3(y) + x)
 
 
-class PatchMerging(nn.Module):
+class PatchMerging(FastPath, nn.Module):
     """(B, C, H, W) or (B, H*W, C) -> (B, H'*W', C_out), with H' = H/stride."""
 
     def __init__(self, input_resolution: tuple[int, int], dim: int, out_dim: int, stride: int) -> None:
@@ -76,6 +169,11 @@ class PatchMerging(nn.Module):
         self.conv3 = Conv2dBN(out_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fast(self):
+            if x.ndim == 3:
+                x = _tokens_as_image(x.contiguous(), *self.input_resolution)
+            x = self.conv2.fused(self.conv1.fused(x, gelu=True), gelu=True)
+            return _image_as_tokens(self.conv3.fused(x))
         if x.ndim == 3:
             H, W = self.input_resolution
             x = x.view(x.shape[0], H, W, -1).permute(0, 3, 1, 2)
@@ -111,6 +209,11 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(self.norm(x))))
+
+    def fast_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """`x + self(x)` for inference, the residual add sharing fc2's pass; x (B, N, C) contiguous."""
+        hidden = _gelu(self.fc1(self.norm(x)))
+        return _add_linear(x, hidden, self.fc2)
 
 
 class Attention(nn.Module):
@@ -149,8 +252,42 @@ class Attention(nn.Module):
         x = attn.softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
+    def fast_windows_residual(self, x: torch.Tensor, H: int, W: int, window_size: int) -> torch.Tensor:
+        """`x + attention` over window_size^2 windows of the (H, W) token grid, for inference.
 
-class TinyViTBlock(nn.Module):
+        x (B, H*W, C) contiguous -> (B, H*W, C). Same function as zero-padding the grid at the
+        bottom/right to whole windows, attending within each window and cropping, but LayerNorm
+        and qkv run on the H*W real tokens only: a zero token's LayerNorm is the norm's bias, so
+        every padding token has the same qkv, which fills the padded window slots.
+        """
+        B, L, C = x.shape
+        heads, key_dim, ws = self.num_heads, self.key_dim, window_size
+        # The softmax scale goes into the q rows of the qkv projection (per head: q, k, v).
+        qkv_scale = x.new_tensor([self.scale, 1.0, 1.0]).view(1, 3, 1, 1)
+        weight = (self.qkv.weight.view(heads, 3, key_dim, C) * qkv_scale).view(3 * C, C)
+        bias = (self.qkv.bias.view(heads, 3, key_dim) * qkv_scale[..., 0]).view(3 * C)
+        # The bias is added by the copy into the windows below (saving a pass over qkv).
+        qkv = F.linear(self.norm(x), weight).view(B, H, W, 3 * C)
+        pad_qkv = F.linear(self.norm.bias, weight, bias)
+
+        nH, nW = -(-H // ws), -(-W // ws)
+        windows = x.new_empty(B * nH * nW, ws * ws, 3 * C)
+        _scatter_to_windows(qkv, windows.view(B, nH, nW, ws, ws, 3 * C).transpose(2, 3), bias, pad_qkv)
+        # Strided (windows, heads, ws * ws, key_dim) views: the attention kernel reads them in
+        # place, and whole-token rows make the copy above fast.
+        q, k, v = windows.view(B * nH * nW, ws * ws, heads, 3, key_dim).transpose(1, 2).unbind(3)
+
+        # torch's fused CPU attention keeps each window's scores in cache; the bias needs its
+        # 4-D (1, heads, N, N) form for that kernel (a 3-D one takes a much slower path).
+        bias = self.attention_biases[:, self.attention_bias_idxs].unsqueeze(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+        out = out.reshape(B, nH, nW, heads, ws, ws, key_dim)  # a view (the kernel writes it contiguous)
+        grid = x.new_empty(B, H, W, heads, key_dim)
+        _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), grid)
+        return _add_linear(x, grid.view(B, L, C), self.proj)
+
+
+class TinyViTBlock(FastPath, nn.Module):
     """Window attention, depthwise local conv, feed-forward; on (B, H*W, C)."""
 
     def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int,
@@ -163,6 +300,8 @@ class TinyViTBlock(nn.Module):
         self.local_conv = Conv2dBN(dim, dim, ks=local_conv_size, pad=local_conv_size // 2, groups=dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fast(self):
+            return self.forward_fast(x)
         H, W = self.input_resolution
         B, L, C = x.shape
         ws = self.window_size
@@ -183,6 +322,14 @@ class TinyViTBlock(nn.Module):
         x = self.local_conv(x.transpose(1, 2).reshape(B, C, H, W)).view(B, C, L).transpose(1, 2)
         return x + self.mlp(x)
 
+    def forward_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: the tokens stay (B, H*W, C) contiguous, which the local conv reads as a
+        channels-last image."""
+        H, W = self.input_resolution
+        x = self.attn.fast_windows_residual(x.contiguous(), H, W, self.window_size)
+        x = _image_as_tokens(self.local_conv.fused(_tokens_as_image(x, H, W)))
+        return self.mlp.fast_residual(x)
+
 
 class BasicLayer(nn.Module):
     """An attention stage: TinyViT blocks, then optional patch merging."""
@@ -201,7 +348,7 @@ class BasicLayer(nn.Module):
         return x if self.downsample is None else self.downsample(x)
 
 
-class TinyViT(nn.Module):
+class TinyViT(FastPath, nn.Module):
     def __init__(
         self,
         img_size: int = 1024,
@@ -246,7 +393,81 @@ class TinyViT(nn.Module):
             x = layer(x)
         B, _, C = x.shape
         s = self.embedding_size
+        if _fast(self):
+            return self.neck_fast(x.contiguous().view(B, s, s, C))
         return self.neck(x.view(B, s, s, C).permute(0, 3, 1, 2))
+
+    def neck_fast(self, x: torch.Tensor) -> torch.Tensor:
+        """The neck on (B, s, s, C) channels-last tokens: its LayerNorm2d is a LayerNorm over the
+        contiguous last axis. Returns (B, 256, s, s) contiguous."""
+        conv1, norm1, conv2, norm2 = self.neck
+        x = F.linear(x, conv1.weight.flatten(1))
+        x = F.layer_norm(x, x.shape[-1:], norm1.weight, norm1.bias, norm1.eps)
+        x = F.conv2d(x.permute(0, 3, 1, 2), conv2.weight, None, conv2.stride, conv2.padding)
+        x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], norm2.weight, norm2.bias, norm2.eps)
+        return x.permute(0, 3, 1, 2).contiguous()
+
+
+def _add_linear(x: torch.Tensor, inputs: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """`x + linear(inputs)` with the add folded into the matrix product's accumulation.
+
+    x (B, N, C_out), inputs (B, N, C_in) -> (B, N, C_out), a new tensor.
+    """
+    out = x + linear.bias
+    if not _no_autograd(out, inputs, linear.weight):
+        return out + F.linear(inputs, linear.weight)
+    out.view(-1, out.shape[-1]).addmm_(inputs.reshape(-1, inputs.shape[-1]), linear.weight.t())
+    return out
+
+
+def _window_parts(n: int, ws: int) -> list[tuple[slice, tuple[int, ...], tuple]]:
+    """Split an image axis of length n into whole windows and the partial last window: for each
+    part, (slice of the image axis, its shape as window dims, index into (window, in-window))."""
+    full, rest = divmod(n, ws)
+    parts = []
+    if full:
+        parts.append((slice(0, full * ws), (full, ws), (slice(0, full), slice(None))))
+    if rest:
+        parts.append((slice(full * ws, n), (rest,), (full, slice(0, rest))))
+    return parts
+
+
+def _paired_parts(image: torch.Tensor, windows: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Views of the same tokens in image (B, H, W, *E) and windows (B, nH, ws, nW, ws, *E) layout,
+    as a few pairs of equally shaped views (the image need not be a whole number of windows).
+
+    A generator on purpose: with autograd on, a view must be taken after the previous in-place
+    copy into its base, or autograd sees a stale view.
+    """
+    B, H, W, *rest = image.shape
+    ws = windows.shape[2]
+    for rows, row_shape, row_index in _window_parts(H, ws):
+        for cols, col_shape, col_index in _window_parts(W, ws):
+            part = image[:, rows, cols].view(B, *row_shape, *col_shape, *rest)
+            yield part, windows[(slice(None), *row_index, *col_index)]
+
+
+def _scatter_to_windows(image: torch.Tensor, windows: torch.Tensor, bias: torch.Tensor, fill: torch.Tensor) -> None:
+    """Write image + bias (B, H, W, *E) into windows (B, nH, ws, nW, ws, *E), a view of the
+    window buffer; window slots beyond the image (bottom/right padding) get `fill` (E)."""
+    fused = _no_autograd(image, bias)  # out= cannot record a graph
+    for part, slots in _paired_parts(image, windows):
+        if fused:
+            torch.add(part, bias, out=slots)
+        else:
+            slots.copy_(part + bias)
+    ws = windows.shape[2]
+    H, W = image.shape[1:3]
+    if H % ws:
+        windows[:, -1, H % ws :] = fill
+    if W % ws:
+        windows[:, :, :, -1, W % ws :] = fill
+
+
+def _gather_from_windows(windows: torch.Tensor, image: torch.Tensor) -> None:
+    """Copy windows (B, nH, ws, nW, ws, *E) into image (B, H, W, *E), dropping the padding."""
+    for part, slots in _paired_parts(image, windows):
+        part.copy_(slots)
 
 
 def _init_weights(m: nn.Module) -> None:

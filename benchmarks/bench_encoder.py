@@ -1,0 +1,104 @@
+"""Image encoder speed: the reference `mobile_sam` vit_t vs ours (fast, the default) vs ours (exact).
+
+One command, one process, the same seeded random weights on every side:
+
+    .venv/bin/python benchmarks/bench_encoder.py             # 1024x1024, 5 repeats
+    .venv/bin/python benchmarks/bench_encoder.py --repeats 9 --profile
+
+The allocator is tuned first (`mobilesam.runtime.configure_allocator()`) so every side runs under
+the same malloc settings, and the sides are interleaved repeat by repeat (ref, exact, fast, ref,
+...), so a machine that other work slows down slows them alike: trust the ratios, not the
+absolute milliseconds. Prints the median and best time per side, their ratios to the reference and the
+largest absolute difference of the embeddings against the reference. `--profile` adds a
+torch.profiler table of the fast path's operators.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+warnings.filterwarnings("ignore")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeats", type=int, default=5, help="timed passes per side (median reported)")
+    p.add_argument("--image-size", type=int, default=1024)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: usable CPUs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", action="store_true", help="print the fast path's operator profile")
+    return p.parse_args(argv)
+
+
+def build_sides(seed: int, tmp: Path) -> dict:
+    import mobile_sam
+
+    import mobilesam
+
+    torch.manual_seed(seed)
+    reference = mobile_sam.sam_model_registry["vit_t"]().eval()
+    path = tmp / "vit_t.pt"
+    torch.save(reference.state_dict(), path)
+    return {
+        "reference": reference.image_encoder,
+        "ours exact": mobilesam.build_sam("vit_t", str(path), exact=True).eval().image_encoder,
+        "ours fast": mobilesam.build_sam("vit_t", str(path)).eval().image_encoder,
+    }
+
+
+def time_once(encoder, image: torch.Tensor) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    out = encoder(image)
+    return time.perf_counter() - start, out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from mobilesam.runtime import configure_allocator, configure_threads
+
+    allocator = configure_allocator()
+    threads = configure_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        sides = build_sides(args.seed, Path(tmp))
+    torch.manual_seed(args.seed + 1)
+    image = torch.randn(1, 3, args.image_size, args.image_size)
+    times = {name: [] for name in sides}
+    outputs = {}
+    with torch.inference_mode():
+        for name, encoder in sides.items():  # warm-up: first-call allocations, oneDNN primitives
+            outputs[name] = encoder(image)
+        for _ in range(args.repeats):
+            for name, encoder in sides.items():
+                seconds, outputs[name] = time_once(encoder, image)
+                times[name].append(seconds)
+
+    ref_ms = statistics.median(times["reference"]) * 1e3
+    print(f"torch {torch.__version__}, {threads} threads, allocator: {allocator.reason}, "
+          f"input (1, 3, {args.image_size}, {args.image_size}), {args.repeats} interleaved repeats")
+    if os.environ.get("BENCH_DEBUG"):
+        print({k: [round(t * 1e3) for t in v] for k, v in times.items()})
+    ref_best = min(times["reference"]) * 1e3
+    print(f"{'side':<12} {'median ms':>10} {'ratio to ref':>13} {'best ms':>8} {'ratio':>6} {'max |diff| vs ref':>18}")
+    for name, samples in times.items():
+        ms, best = statistics.median(samples) * 1e3, min(samples) * 1e3
+        diff = (outputs[name] - outputs["reference"]).abs().max().item()
+        print(f"{name:<12} {ms:>10.1f} {ms / ref_ms:>13.3f} {best:>8.1f} {best / ref_best:>6.3f} {diff:>18.3g}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+            sides["ours fast"](image)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
