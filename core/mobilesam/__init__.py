@@ -4,17 +4,44 @@ Drop-in for segment_anything: `build_sam`, `sam_model_registry`, `SamPredictor`,
 `SamAutomaticMaskGenerator`.
 """
 
-from .build_sam import (
-    build_sam,
-    build_sam_vit_b,
-    build_sam_vit_h,
-    build_sam_vit_l,
-    build_sam_vit_t,
-    sam_model_registry,
-)
-from .automatic_mask_generator import SamAutomaticMaskGenerator
-from .errors import Cancelled, CheckpointError, MissingWeightsError, MobileSamError
-from .predictor import EmbeddingState, SamPredictor
+import importlib
+import sys
+import types
+
+# Attributes load on first use (PEP 562), so `import mobilesam` stays light and the torch-free
+# ONNX predictor (`mobilesam.onnx.standalone`) never pulls in torch.
+_LAZY = {
+    "build_sam": "build_sam", "build_sam_vit_b": "build_sam", "build_sam_vit_h": "build_sam",
+    "build_sam_vit_l": "build_sam", "build_sam_vit_t": "build_sam", "sam_model_registry": "build_sam",
+    "SamAutomaticMaskGenerator": "automatic_mask_generator",
+    "Cancelled": "errors", "CheckpointError": "errors", "MissingWeightsError": "errors", "MobileSamError": "errors",
+    "EmbeddingState": "predictor", "SamPredictor": "predictor",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name, value):
+        # The import system binds every loaded submodule as an attribute of the package; where a
+        # submodule is named after the function it defines (build_sam), the function keeps the name.
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == name:
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __version__ = "0.1.0"
 
@@ -33,7 +60,7 @@ def load_model(model_type=None, checkpoint=None, device=None, allow_download=Tru
     """
     import torch
 
-    from .build_sam import detect_model_type, read_state_dict
+    from .build_sam import build_sam, detect_model_type, read_state_dict
     from .weights import resolve_checkpoint
 
     path = resolve_checkpoint(model_type or "vit_t", checkpoint, allow_download=allow_download)

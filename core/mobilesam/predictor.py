@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .modeling import Sam
-from .transforms import ResizeLongestSide
+from .transforms import ResizeLongestSide, model_input_prompts
 
 
 @dataclass(frozen=True)
@@ -123,31 +123,16 @@ class SamPredictor:
         C is 3 with multimask_output, else 1.
         """
         self._require_image()
+        coords, labels, box, mask_input = model_input_prompts(self.transform, self.original_size, point_coords,
+                                                              point_labels, box, mask_input)
         coords_torch = labels_torch = box_torch = mask_torch = None
-        if point_coords is not None:
-            if point_labels is None:
-                raise ValueError("point_labels must be supplied if point_coords is supplied.")
-            point_coords = np.asarray(point_coords)
-            point_labels = np.asarray(point_labels)
-            if point_coords.ndim != 2 or point_coords.shape[1] != 2 or len(point_labels) != len(point_coords):
-                raise ValueError(
-                    f"point_coords must be (N, 2) with N labels; got {point_coords.shape} and {point_labels.shape}"
-                )
-            coords = self.transform.apply_coords(point_coords, self.original_size)
-            coords_torch = torch.as_tensor(coords, dtype=torch.float, device=self.device)[None]
-            labels_torch = torch.as_tensor(point_labels, dtype=torch.int, device=self.device)[None]
+        if coords is not None:
+            coords_torch = torch.as_tensor(coords, dtype=torch.float, device=self.device)
+            labels_torch = torch.as_tensor(labels, dtype=torch.int, device=self.device)
         if box is not None:
-            box = np.asarray(box)
-            if box.size != 4:
-                raise ValueError(f"box must have 4 numbers (x0, y0, x1, y1), got shape {box.shape}")
-            box_torch = torch.as_tensor(self.transform.apply_boxes(box, self.original_size),
-                                        dtype=torch.float, device=self.device)[None, :]
-            box_torch = box_torch.reshape(1, 4)
+            box_torch = torch.as_tensor(box, dtype=torch.float, device=self.device)
         if mask_input is not None:
             mask_torch = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)
-            if mask_torch.ndim == 2:
-                mask_torch = mask_torch[None]
-            mask_torch = mask_torch[None]
         masks, iou, low_res = self.predict_torch(coords_torch, labels_torch, box_torch, mask_torch,
                                                  multimask_output, return_logits=return_logits)
         return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()

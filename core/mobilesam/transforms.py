@@ -1,11 +1,49 @@
-"""Resizing to the model's input: longest side to `target_length`, as SAM's ResizeLongestSide."""
+"""Resizing to the model's input: longest side to `target_length`, as SAM's ResizeLongestSide.
+
+torch is imported only by the `*_torch` methods, so the torch-free ONNX predictor can use the
+numpy ones.
+"""
+
+from __future__ import annotations
 
 from copy import deepcopy
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
+
+# SAM's pixel normalisation (RGB, 0-255 scale).
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+
+def model_input_prompts(transform: "ResizeLongestSide", original_size: tuple[int, ...], point_coords=None,
+                        point_labels=None, box=None, mask_input=None):
+    """Check `SamPredictor.predict`'s prompts and map them to model-input coordinates, batch of one:
+    coords (1, N, 2) float64, labels (1, N), box (1, 4), mask_input (1, 1, h, w); None when absent."""
+    coords = labels = None
+    if point_coords is not None:
+        if point_labels is None:
+            raise ValueError("point_labels must be supplied if point_coords is supplied.")
+        point_coords, point_labels = np.asarray(point_coords), np.asarray(point_labels)
+        if point_coords.ndim != 2 or point_coords.shape[1] != 2 or len(point_labels) != len(point_coords):
+            raise ValueError(
+                f"point_coords must be (N, 2) with N labels; got {point_coords.shape} and {point_labels.shape}"
+            )
+        coords = transform.apply_coords(point_coords, original_size)[None]
+        labels = point_labels[None]
+    if box is not None:
+        box = np.asarray(box)
+        if box.size != 4:
+            raise ValueError(f"box must have 4 numbers (x0, y0, x1, y1), got shape {box.shape}")
+        box = transform.apply_boxes(box, original_size).reshape(1, 4)
+    if mask_input is not None:
+        mask_input = np.asarray(mask_input, dtype=np.float32)
+        mask_input = (mask_input[None] if mask_input.ndim == 2 else mask_input)[None]
+    return coords, labels, box, mask_input
 
 
 class ResizeLongestSide:
@@ -34,12 +72,16 @@ class ResizeLongestSide:
 
     def apply_image_torch(self, image: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) float -> resized with antialiased bilinear interpolation."""
+        import torch.nn.functional as F
+
         h, w = self.get_preprocess_shape(image.shape[2], image.shape[3], self.target_length)
         return F.interpolate(image, (h, w), mode="bilinear", align_corners=False, antialias=True)
 
     def apply_coords_torch(self, coords: torch.Tensor, original_size: tuple[int, ...]) -> torch.Tensor:
         old_h, old_w = original_size
         new_h, new_w = self.get_preprocess_shape(old_h, old_w, self.target_length)
+        import torch
+
         coords = coords.clone().to(torch.float)
         coords[..., 0] = coords[..., 0] * (new_w / old_w)
         coords[..., 1] = coords[..., 1] * (new_h / old_h)

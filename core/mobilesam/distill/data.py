@@ -17,7 +17,7 @@ import torch
 from ..errors import MobileSamError
 from ..image import to_rgb_uint8
 from ..io import read_image
-from ..modeling.sam import PIXEL_MEAN, PIXEL_STD
+from ..transforms import PIXEL_MEAN, PIXEL_STD
 from ..transforms import ResizeLongestSide
 
 PathLike = Union[str, os.PathLike]

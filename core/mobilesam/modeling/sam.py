@@ -6,13 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..postprocess import postprocess_logits
+from ..transforms import PIXEL_MEAN, PIXEL_STD
 from .common import FastPath
 from .mask_decoder import MaskDecoder
-from .mask_resize import postprocess_logits
 from .prompt_encoder import PromptEncoder
-
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
 
 
 class Sam(FastPath, nn.Module):

@@ -11,12 +11,31 @@
 onnx/onnxruntime are optional dependencies (`pip install napari-mobilesam[onnx]`); they are
 imported only when this path is used.
 
+- `StandalonePredictor(onnx_dir)`: the same predict API on exported models with onnxruntime and
+  numpy only; torch is never imported (a server or script that only runs inference needs ~1/4 of
+  the memory: see benchmarks/run.py).
+
 Front-ends keep exported models in `default_onnx_dir(model_type)` (under the weights cache dir),
 so only the first start exports; concurrent processes using one folder take turns on a file lock.
 """
 
-from .export import DECODER_FILE, ENCODER_FILE, export_onnx, quantize_onnx
-from .predictor import BACKENDS, PRECISIONS, OnnxBackend, OnnxSamPredictor, default_onnx_dir
+import importlib
+
+# Loaded on first use: `mobilesam.onnx.standalone` runs exported models without torch, which the
+# exporter and the torch-backed predictor need.
+_LAZY = {"DECODER_FILE": "layout", "ENCODER_FILE": "layout", "export_onnx": "export", "quantize_onnx": "export",
+         "BACKENDS": "predictor", "PRECISIONS": "predictor", "OnnxBackend": "predictor",
+         "OnnxSamPredictor": "predictor", "default_onnx_dir": "predictor",
+         "StandalonePredictor": "standalone"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["export_onnx", "quantize_onnx", "OnnxSamPredictor", "OnnxBackend", "ENCODER_FILE", "DECODER_FILE",
-           "default_onnx_dir", "BACKENDS", "PRECISIONS"]
+           "default_onnx_dir", "BACKENDS", "PRECISIONS", "StandalonePredictor"]

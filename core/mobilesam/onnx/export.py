@@ -22,10 +22,8 @@ import torch
 from torch import nn
 
 from ..modeling import Sam
+from .layout import DECODER_FILE, ENCODER_FILE, FINGERPRINT_FILE  # noqa: F401 (re-exported)
 
-ENCODER_FILE = "encoder.onnx"
-DECODER_FILE = "decoder.onnx"
-FINGERPRINT_FILE = "weights.sha256"
 # The encoder needs opset 18 with torch's TorchScript exporter (earlier opsets lack what its
 # LayerNorm/attention lowering emits); the decoder uses the same for one runtime requirement.
 OPSET = 18

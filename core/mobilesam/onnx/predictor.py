@@ -22,7 +22,8 @@ from ..modeling import Sam
 from ..predictor import SamPredictor
 from ..runtime import usable_cpus
 from ..weights import cache_dir
-from .export import DECODER_FILE, ENCODER_FILE, FINGERPRINT_FILE, export_onnx, quantize_onnx, weights_fingerprint
+from .export import export_onnx, quantize_onnx, weights_fingerprint
+from .layout import DECODER_FILE, ENCODER_FILE, FINGERPRINT_FILE, decoder_prompt_inputs
 
 BACKENDS = ("torch", "onnx")
 PRECISIONS = ("fp32", "int8")
@@ -135,22 +136,8 @@ class OnnxBackend:
 
     @staticmethod
     def _point_inputs(points, boxes) -> tuple[np.ndarray, np.ndarray]:
-        """Points, then box corners labelled 2 and 3; without a box one padding point labelled -1,
-        as the torch prompt encoder adds its "not a point" token."""
-        coords, labels = [], []
-        if points is not None:
-            coords.append(_numpy(points[0]).astype(np.float32))
-            labels.append(_numpy(points[1]).astype(np.float32))
-        batch = coords[0].shape[0] if coords else (len(boxes) if boxes is not None else 1)
-        if boxes is not None:
-            coords.append(_numpy(boxes).astype(np.float32).reshape(-1, 2, 2))
-            labels.append(np.tile(np.array([[2, 3]], np.float32), (batch, 1)))
-        elif points is not None:
-            coords.append(np.zeros((batch, 1, 2), np.float32))
-            labels.append(-np.ones((batch, 1), np.float32))
-        if not coords:
-            return np.zeros((batch, 0, 2), np.float32), np.zeros((batch, 0), np.float32)
-        return np.concatenate(coords, axis=1), np.concatenate(labels, axis=1)
+        coords, labels = (None, None) if points is None else (_numpy(points[0]), _numpy(points[1]))
+        return decoder_prompt_inputs(coords, labels, None if boxes is None else _numpy(boxes))
 
 
 def _export_lock(onnx_dir: Path):

@@ -1,0 +1,31 @@
+"""What an exported model folder holds and what its decoder takes; numpy only (no torch), shared
+by the exporter, the torch-backed `OnnxBackend` and the torch-free `StandalonePredictor`."""
+
+from typing import Optional
+
+import numpy as np
+
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+FINGERPRINT_FILE = "weights.sha256"
+
+
+def decoder_prompt_inputs(coords: Optional[np.ndarray], labels: Optional[np.ndarray], boxes: Optional[np.ndarray]
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """Decoder `point_coords` (B, N, 2) and `point_labels` (B, N) from model-input points
+    (B, n, 2) / labels (B, n) and boxes (B, 4): points, then box corners labelled 2 and 3; without
+    a box one padding point labelled -1, as the torch prompt encoder adds its "not a point" token."""
+    parts_c, parts_l = [], []
+    if coords is not None:
+        parts_c.append(np.asarray(coords, np.float32))
+        parts_l.append(np.asarray(labels, np.float32))
+    batch = parts_c[0].shape[0] if parts_c else (len(boxes) if boxes is not None else 1)
+    if boxes is not None:
+        parts_c.append(np.asarray(boxes, np.float32).reshape(-1, 2, 2))
+        parts_l.append(np.tile(np.array([[2, 3]], np.float32), (batch, 1)))
+    elif coords is not None:
+        parts_c.append(np.zeros((batch, 1, 2), np.float32))
+        parts_l.append(-np.ones((batch, 1), np.float32))
+    if not parts_c:
+        return np.zeros((batch, 0, 2), np.float32), np.zeros((batch, 0), np.float32)
+    return np.concatenate(parts_c, axis=1), np.concatenate(parts_l, axis=1)

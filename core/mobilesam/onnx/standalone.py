@@ -1,0 +1,108 @@
+"""`StandalonePredictor`: `SamPredictor.set_image` / `predict` on exported ONNX models, with
+onnxruntime and numpy only.
+
+torch is never imported, which is what makes it small: importing torch alone costs ~500 MB of
+resident memory here, more than the whole model at work. Export once where torch is installed
+(`mobilesam export-onnx DIR`, or any torch-backed ONNX predictor, which fills
+`default_onnx_dir`), then serve or script from the folder. Pre- and postprocessing follow the
+torch predictor's (PIL resize, normalise, pad; `mobilesam.postprocess`), so outputs agree with
+it within float rounding (see tests/test_onnx_standalone.py).
+"""
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+
+from ..errors import MobileSamError
+from ..postprocess import postprocess_logits
+from ..runtime import usable_cpus
+from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide, model_input_prompts
+from .layout import DECODER_FILE, ENCODER_FILE, decoder_prompt_inputs
+
+MASK_THRESHOLD = 0.0
+
+
+class StandalonePredictor:
+    """onnx_dir: a folder written by `export_onnx`; precision "fp32" or "int8" (the `.int8.onnx`
+    files a torch-backed int8 predictor writes next to the fp32 ones)."""
+
+    image_format = "RGB"
+    mask_threshold = MASK_THRESHOLD
+
+    def __init__(self, onnx_dir: Union[str, os.PathLike], precision: str = "fp32",
+                 num_threads: Optional[int] = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise MobileSamError("StandalonePredictor needs onnxruntime: pip install 'napari-mobilesam[onnx]'") from exc
+        suffix = {"fp32": ".onnx", "int8": ".int8.onnx"}.get(precision)
+        if suffix is None:
+            raise ValueError(f"precision must be 'fp32' or 'int8', not {precision!r}")
+        paths = [Path(onnx_dir) / name.replace(".onnx", suffix) for name in (ENCODER_FILE, DECODER_FILE)]
+        missing = [str(p) for p in paths if not p.is_file()]
+        if missing:
+            raise MobileSamError(
+                f"no exported {precision} model in {onnx_dir} (missing {', '.join(missing)}): "
+                "export one with `mobilesam export-onnx DIR`"
+            )
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = num_threads or usable_cpus()
+        self.encoder = ort.InferenceSession(str(paths[0]), options, providers=["CPUExecutionProvider"])
+        self.decoder = ort.InferenceSession(str(paths[1]), options, providers=["CPUExecutionProvider"])
+        self.img_size = int(self.encoder.get_inputs()[0].shape[-1])
+        self.transform = ResizeLongestSide(self.img_size)
+        self._mean = np.asarray(PIXEL_MEAN, np.float32)
+        self._std = np.asarray(PIXEL_STD, np.float32)
+        self.reset_image()
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        """Encode an (H, W, 3) uint8 image in `image_format` ("RGB" or "BGR")."""
+        if image_format not in ("RGB", "BGR"):
+            raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"set_image needs an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}; "
+                "convert other images with mobilesam.image.to_rgb_uint8"
+            )
+        if image_format != self.image_format:
+            image = image[..., ::-1]
+        resized = self.transform.apply_image(image)
+        h, w = resized.shape[:2]
+        padded = np.zeros((1, 3, self.img_size, self.img_size), np.float32)
+        padded[0, :, :h, :w] = ((resized - self._mean) / self._std).transpose(2, 0, 1)
+        (self.features,) = self.encoder.run(None, {"image": padded})
+        self.original_size, self.input_size = tuple(image.shape[:2]), (h, w)
+        self.is_image_set = True
+
+    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
+                multimask_output: bool = True, return_logits: bool = False
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """As `SamPredictor.predict`: masks (C, H, W) bool (or logits), IoU predictions (C,),
+        low-res logits (C, 256, 256)."""
+        if not self.is_image_set:
+            raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
+        coords, labels, box, mask_input = model_input_prompts(self.transform, self.original_size, point_coords,
+                                                              point_labels, box, mask_input)
+        coords, labels = decoder_prompt_inputs(coords, labels, box)
+        has_mask = np.array([0.0 if mask_input is None else 1.0], np.float32)
+        if mask_input is None:
+            mask_input = np.zeros((1, 1, self.img_size // 4, self.img_size // 4), np.float32)
+        low_res, iou = self.decoder.run(None, {
+            "image_embeddings": self.features, "point_coords": coords, "point_labels": labels,
+            "mask_input": mask_input, "has_mask_input": has_mask,
+        })
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        low_res, iou = low_res[:, keep], iou[:, keep]
+        masks = postprocess_logits(low_res, self.img_size, self.input_size, self.original_size)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return masks[0], iou[0], low_res[0]
+
+    def reset_image(self) -> None:
+        self.is_image_set = False
+        self.features = None
+        self.original_size = self.input_size = None
