@@ -108,14 +108,16 @@ def test_fast_is_the_default_and_matches_reference_at_1024(tmp_path):
     assert _max_diff(got, expected) > 0  # really the rearranged code, not the official one
 
 
-@pytest.mark.parametrize("image_size", [224, 256])
-def test_fast_matches_exact_at_small_sizes(image_size):
+@pytest.mark.parametrize("image_size, batch", [(224, 1), (256, 2)])
+def test_fast_matches_exact_at_small_sizes(image_size, batch):
     # 256: every attention stage pads its windows; 224: no padding, and stage 2 is one window.
     exact = _ours(image_size, seed=image_size, exact=True)
     fast = _copy(exact, exact=False)
-    image = _image(image_size)
+    image = torch.cat([_image(image_size, seed) for seed in range(batch)])
     with torch.inference_mode():
-        assert 0 < _max_diff(fast(image), exact(image)) <= TOL
+        expected, got = exact(image), fast(image)
+    assert got.shape == (batch, 256, image_size // 16, image_size // 16)
+    assert 0 < _max_diff(got, expected) <= TOL
 
 
 def test_fast_path_without_inference_mode_keeps_gradients(small_exact):

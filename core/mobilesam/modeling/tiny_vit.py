@@ -38,10 +38,12 @@ _FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn,
 
 
 def _fast(module: FastPath) -> bool:
-    """Whether `module` runs its fast path now: eval mode, not exact, and not being traced (the
-    ONNX export traces the exact code: fused oneDNN kernels and in-place window copies do not
-    export)."""
-    return module.use_fast_path() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+    """Whether `module` runs its fast path now: eval mode, not exact, and not being traced or
+    compiled (the ONNX export traces the exact code: fused oneDNN kernels and in-place window
+    copies do not export, and a compiler does its own fusion)."""
+    return module.use_fast_path() and not (
+        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+    )
 
 
 def _no_autograd(*tensors: torch.Tensor) -> bool:
