@@ -234,6 +234,37 @@ def build_predictors_for_side(side, checkpoint, onnx_dir, threads):
     return mobilesam.SamPredictor(model, backend="onnx", onnx_dir=onnx_dir, num_threads=threads)
 
 
+STANDALONE_RSS_SCRIPT = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from mobilesam.runtime import configure_allocator
+from mobilesam.onnx.standalone import StandalonePredictor
+if {tune}:
+    configure_allocator()
+image = np.load({image!r})
+p = StandalonePredictor({onnx_dir!r}, num_threads={threads!r})
+p.set_image(image)
+p.predict(np.array([[image.shape[1] // 2, image.shape[0] // 2]]), np.array([1]))
+assert "torch" not in sys.modules
+hwm = [l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmHWM:")][0]
+print(json.dumps(int(hwm.split()[1]) * 1024))
+"""
+
+
+def standalone_peak_rss(onnx_dir, image, tune, threads, tmp: Path) -> int:
+    """Peak RSS of the torch-free ONNX predictor (`mobilesam.onnx.standalone`) in a fresh
+    interpreter: a spawned child would re-import this script, and with it torch."""
+    import json
+    import subprocess
+
+    np.save(tmp / "image.npy", image)
+    script = STANDALONE_RSS_SCRIPT.format(tune=tune, image=str(tmp / "image.npy"), onnx_dir=str(onnx_dir),
+                                          threads=threads)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def peak_rss(checkpoint, onnx_dir, image, tune, threads) -> dict:
     ctx = multiprocessing.get_context("spawn")
     result = {}
@@ -299,6 +330,10 @@ def report(image, args, allocator, enc, clicks, everything, everything_counts, r
         lines.append("| peak RSS, one image + one click (MB) | " + " | ".join(
             (f"{rss[s] / 1e6:.0f}" + ("" if s == "reference" else f" ({rss[s] / ref:.2f}x)")) if s in rss else "n/a"
             for s in sides) + " |")
+    if "ours onnx, no torch" in rss:
+        lines.append(f"| peak RSS, torch-free ONNX predictor (`mobilesam.onnx.StandalonePredictor`) (MB) | - | - | "
+                     f"{rss['ours onnx, no torch'] / 1e6:.0f} ({rss['ours onnx, no torch'] / rss['reference']:.2f}x) |"
+                     + " - |" * (len(sides) - 3))
     lines.append("| max abs diff vs reference: embedding / logits | - | " + " | ".join(
         f"{diffs[s]['embedding']:.1e} / {diffs[s]['logits']:.1e}" for s in sides[1:]) + " |")
     lines.append("| min mask IoU vs reference (point, box) | - | " + " | ".join(
@@ -356,6 +391,8 @@ def main(argv=None) -> int:
             diffs["ours onnx int8"]["mask_iou_vs_fp32"] = _int8_vs_fp32(predictors, image)
         print("peak RSS (fresh process per side) ...", file=sys.stderr, flush=True)
         rss = peak_rss(checkpoint, tmp / "onnx", image, not args.no_allocator_tuning, threads)
+        rss["ours onnx, no torch"] = standalone_peak_rss(tmp / "onnx", image, not args.no_allocator_tuning,
+                                                         threads, tmp)
     text = report(image, args, allocator, enc, clicks, everything, everything_counts, rss, params, diffs)
     if args.int8:
         text += (f"\n\nONNX int8 (dynamic quantisation) vs ONNX fp32: mean mask IoU "

@@ -1,5 +1,5 @@
-"""What an exported model folder holds and what its decoder takes; numpy only (no torch), shared
-by the exporter, the torch-backed `OnnxBackend` and the torch-free `StandalonePredictor`."""
+"""What an exported model folder holds, how it is run and what its decoder takes; numpy only (no
+torch), shared by the exporter, the torch-backed `OnnxBackend` and the torch-free `StandalonePredictor`."""
 
 from typing import Optional
 
@@ -8,6 +8,19 @@ import numpy as np
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 FINGERPRINT_FILE = "weights.sha256"
+
+
+def cpu_session(ort, path, threads: int, spinning: bool = False):
+    """An onnxruntime CPU session with full graph optimisation and `threads` intra-op threads.
+
+    Spinning is off: by default onnxruntime's idle workers busy-wait after every run, which takes
+    the cores from whatever runs next (torch postprocessing, the napari GUI, the next request) and
+    made a torch click that followed an onnx one several times slower in benchmarks/run.py."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def decoder_prompt_inputs(coords: Optional[np.ndarray], labels: Optional[np.ndarray], boxes: Optional[np.ndarray]

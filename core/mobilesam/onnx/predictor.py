@@ -23,7 +23,7 @@ from ..predictor import SamPredictor
 from ..runtime import usable_cpus
 from ..weights import cache_dir
 from .export import export_onnx, quantize_onnx, weights_fingerprint
-from .layout import DECODER_FILE, ENCODER_FILE, FINGERPRINT_FILE, decoder_prompt_inputs
+from .layout import DECODER_FILE, ENCODER_FILE, FINGERPRINT_FILE, cpu_session, decoder_prompt_inputs
 
 BACKENDS = ("torch", "onnx")
 PRECISIONS = ("fp32", "int8")
@@ -166,10 +166,7 @@ def _session(ort, path: Path, threads: int):
     with _sessions_lock:
         session = _sessions.get(key)
         if session is None:
-            options = ort.SessionOptions()
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            options.intra_op_num_threads = threads
-            session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            session = cpu_session(ort, path, threads)
             _sessions[key] = session
         return session
 

@@ -19,7 +19,7 @@ from ..errors import MobileSamError
 from ..postprocess import postprocess_logits
 from ..runtime import usable_cpus
 from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide, model_input_prompts
-from .layout import DECODER_FILE, ENCODER_FILE, decoder_prompt_inputs
+from .layout import DECODER_FILE, ENCODER_FILE, cpu_session, decoder_prompt_inputs
 
 MASK_THRESHOLD = 0.0
 
@@ -47,11 +47,8 @@ class StandalonePredictor:
                 f"no exported {precision} model in {onnx_dir} (missing {', '.join(missing)}): "
                 "export one with `mobilesam export-onnx DIR`"
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = num_threads or usable_cpus()
-        self.encoder = ort.InferenceSession(str(paths[0]), options, providers=["CPUExecutionProvider"])
-        self.decoder = ort.InferenceSession(str(paths[1]), options, providers=["CPUExecutionProvider"])
+        threads = num_threads or usable_cpus()
+        self.encoder, self.decoder = (cpu_session(ort, path, threads) for path in paths)
         self.img_size = int(self.encoder.get_inputs()[0].shape[-1])
         self.transform = ResizeLongestSide(self.img_size)
         self._mean = np.asarray(PIXEL_MEAN, np.float32)
