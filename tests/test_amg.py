@@ -398,3 +398,20 @@ def test_cli_everything_rejects_bad_output(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["everything", "sample", "-o", "x.tif", "--points-per-side", "0"])
     assert not (tmp_path / "labels.jpg").exists()
+
+
+def test_fast_path_records_equal_reference_with_iou_filtering():
+    """The default fast path (only masks passing pred_iou_thresh are upscaled) gives the official
+    records; the threshold is set to the median predicted IoU so the filter really rejects masks."""
+    encoder_seed, settings = STRUCTURED_CASES["no crops"]
+    reference, ours = structured_pair(encoder_seed)
+    image = blobs_image()
+    everything = SamAutomaticMaskGenerator(ours, **settings).generate(image)
+    settings = dict(settings, pred_iou_thresh=float(np.median([r["predicted_iou"] for r in everything])))
+    expected = reference_generators()["mobile_sam"](reference, **settings).generate(image)
+    ours.set_exact(False)
+    records = SamAutomaticMaskGenerator(ours, **settings).generate(image)
+    diff = assert_records_equal(records, expected)
+    print(f"\n[fast path, pred_iou_thresh={settings['pred_iou_thresh']:.3f}] {len(records)} of "
+          f"{len(everything)} records equal; score max|diff| = {diff:.3g}")
+    assert 3 <= len(records) < len(everything)

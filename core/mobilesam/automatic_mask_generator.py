@@ -219,15 +219,12 @@ class SamAutomaticMaskGenerator:
         # float64 coordinates, as the official code passes them to the prompt encoder.
         coords = torch.as_tensor(predictor.transform.apply_coords(points, crop_size), device=predictor.device)
         labels = torch.ones(len(coords), dtype=torch.int, device=predictor.device)
-        low_res, iou = predictor.decode((coords[:, None, :], labels[:, None]), None, None, multimask_output=True)
-        n_masks = low_res.shape[1]
-        low_res, iou = low_res.flatten(0, 1), iou.flatten(0, 1)
-        point_of_mask = torch.as_tensor(points).repeat_interleave(n_masks, dim=0)
-
-        # The predicted IoU does not depend on resolution: filter before upsampling.
+        # The predicted IoU does not depend on the masks: filter before upscaling and upsampling.
+        min_iou = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
+        low_res, iou, flat = predictor.decode_confident((coords[:, None, :], labels[:, None]), None, None,
+                                                        multimask_output=True, min_iou=min_iou)
+        point_of_mask = torch.as_tensor(points)[flat.cpu() // model.mask_decoder.num_multimask_outputs]
         index = torch.arange(len(iou), device=iou.device)
-        if self.pred_iou_thresh > 0.0:
-            index = index[iou > self.pred_iou_thresh]
 
         parts = []
         for part in chunks(len(index), self.upsample_chunk):

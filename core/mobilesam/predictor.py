@@ -164,6 +164,24 @@ class SamPredictor:
         """Prompt encoder + mask decoder on the current embedding: low-res logits and IoU predictions."""
         if self._runtime:
             return self._runtime.decode(self.features, points, boxes, mask_input, multimask_output)
+        return self.model.mask_decoder(**self._decoder_inputs(points, boxes, mask_input),
+                                       multimask_output=multimask_output)
+
+    def decode_confident(self, points, boxes, mask_input, multimask_output: bool, min_iou: Optional[float]
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As `decode`, keeping only masks with predicted IoU > min_iou (all when None): low-res
+        logits (K, 256, 256), IoU predictions (K,) and positions (K,) in the flattened (B, C)
+        output. The torch fast path skips upscaling the rejected masks."""
+        threshold = float("-inf") if min_iou is None else min_iou
+        if self._runtime:
+            low_res, iou = self.decode(points, boxes, mask_input, multimask_output)
+            index = torch.nonzero(iou.flatten() > threshold).flatten()
+            return low_res.flatten(0, 1)[index], iou.flatten()[index], index
+        return self.model.mask_decoder.predict_confident_masks(
+            **self._decoder_inputs(points, boxes, mask_input), multimask_output=multimask_output, min_iou=threshold)
+
+    def _decoder_inputs(self, points, boxes, mask_input) -> dict:
+        """The mask decoder's inputs for these prompts on the current embedding."""
         sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         decoder = self.model.mask_decoder
         image_pe = self._dense_pe()
@@ -174,14 +192,8 @@ class SamPredictor:
             if self._decoder_cache is None:
                 self._decoder_cache = decoder.prepare_image(self.features, image_pe, dense)
             image_cache = self._decoder_cache
-        return decoder(
-            image_embeddings=self.features,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-            image_cache=image_cache,
-        )
+        return dict(image_embeddings=self.features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
+                    dense_prompt_embeddings=dense, image_cache=image_cache)
 
     def _dense_pe(self) -> torch.Tensor:
         """The prompt encoder's positional encoding of the embedding grid, computed once per image

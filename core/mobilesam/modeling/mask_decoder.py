@@ -68,13 +68,47 @@ class MaskDecoder(FastPath, nn.Module):
             image_cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings, project=False)
         tokens = self._tokens(sparse_prompt_embeddings)
         hs, keys = fast_decoder.transformer_forward(self.transformer, image_cache, tokens)
-        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
-        chosen = range(self.num_mask_tokens)[keep]
-        hyper_in = torch.stack(
-            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in chosen], dim=1
-        )
-        masks = fast_decoder.upscale_masks(self, keys, hyper_in, image_embeddings.shape[-2:])
+        masks = fast_decoder.upscale_masks(self, keys, self._hyper_in(hs, keep), image_embeddings.shape[-2:])
         return masks, self.iou_prediction_head(hs[:, 0, :])[:, keep]
+
+    def predict_confident_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
+                                sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
+                                multimask_output: bool, min_iou: float,
+                                image_cache: Optional[fast_decoder.ImageCache] = None
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Only the masks whose predicted IoU exceeds `min_iou`, as filtering `forward`'s output would.
+
+        Returns low-res logits (K, 4h, 4w), their IoU predictions (K,) and their positions (K,) in
+        the flattened (B, 3 or 1) output, ascending. The IoU comes from the transformer alone, so the
+        fast path upscales only the prompts with a mask to keep (segment everything keeps a few).
+        """
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        if not self.use_fast_path():
+            masks, iou = self(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
+                              multimask_output)
+            index = torch.nonzero(iou.flatten() > min_iou).flatten()
+            return masks.flatten(0, 1)[index], iou.flatten()[index], index
+        if image_cache is None:
+            image_cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings, project=False)
+        hs, keys = fast_decoder.transformer_forward(self.transformer, image_cache,
+                                                    self._tokens(sparse_prompt_embeddings))
+        iou = self.iou_prediction_head(hs[:, 0, :])[:, keep]
+        per_prompt = iou.shape[1]
+        index = torch.nonzero(iou.flatten() > min_iou).flatten()
+        prompt = index // per_prompt
+        prompts = torch.unique(prompt)  # sorted
+        masks = fast_decoder.upscale_masks(self, keys[prompts], self._hyper_in(hs[prompts], keep),
+                                           image_embeddings.shape[-2:])
+        masks = masks[torch.searchsorted(prompts, prompt), index % per_prompt]
+        return masks, iou.flatten()[index], index
+
+    def _hyper_in(self, hs: torch.Tensor, keep: slice) -> torch.Tensor:
+        """Hypernetwork outputs (B, M, C/8) of the `keep` mask tokens of transformer output hs."""
+        mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
+        return torch.stack(
+            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(self.num_mask_tokens)[keep]],
+            dim=1,
+        )
 
     def _tokens(self, sparse_prompt_embeddings: torch.Tensor) -> torch.Tensor:
         """Output tokens (IoU, masks) followed by the prompt tokens: (B, 1 + 4 + N, C)."""
