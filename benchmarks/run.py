@@ -45,6 +45,9 @@ def parse_args(argv=None):
     p.add_argument("--clicks", type=int, default=20, help="clicks per prompt kind per side")
     p.add_argument("--points-per-side", type=int, default=32, help="segment-everything grid (SAM's default 32)")
     p.add_argument("--everything-repeats", type=int, default=1)
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88,
+                   help="segment-everything pred_iou_thresh for every side (default SAM's 0.88; random weights "
+                        "predict low IoUs, so 0 makes every mask go through upscaling and filtering)")
     p.add_argument("--no-everything", action="store_true", help="skip segment-everything")
     p.add_argument("--int8", action="store_true", help="also time ONNX int8 and measure its mask IoU vs fp32")
     p.add_argument("--no-allocator-tuning", action="store_true", help="leave glibc malloc at its defaults")
@@ -141,7 +144,7 @@ def time_clicks(predictors, image, clicks):
     return times
 
 
-def time_everything(predictors, image, points_per_side, repeats):
+def time_everything(predictors, image, points_per_side, repeats, pred_iou_thresh):
     import mobile_sam
 
     import mobilesam
@@ -151,9 +154,11 @@ def time_everything(predictors, image, points_per_side, repeats):
     generators = {}
     for side, predictor in predictors.items():
         if side == "reference":
-            generators[side] = mobile_sam.SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side)
+            generators[side] = mobile_sam.SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side,
+                                                                    pred_iou_thresh=pred_iou_thresh)
         else:
-            generator = mobilesam.SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side)
+            generator = mobilesam.SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side,
+                                                            pred_iou_thresh=pred_iou_thresh)
             generator.predictor = predictor  # same backend as the side being measured
             generators[side] = generator
     times, counts = {side: [] for side in generators}, {}
@@ -307,7 +312,8 @@ def report(image, args, allocator, enc, clicks, everything, everything_counts, r
             ("decoder, point click (ms)", {s: _ms(clicks[s]["point"]) for s in sides}),
             ("decoder, box click (ms)", {s: _ms(clicks[s]["box"]) for s in sides})]
     if everything:
-        rows.append((f"segment everything, {args.points_per_side}x{args.points_per_side} points (ms)",
+        rows.append((f"segment everything, {args.points_per_side}x{args.points_per_side} points, "
+                     f"pred_iou_thresh {args.pred_iou_thresh:g} (ms)",
                      {s: _ms(everything[s]) for s in everything}))
     else:
         rows.append(("segment everything (ms)", {}))
@@ -386,7 +392,7 @@ def main(argv=None) -> int:
             if not args.no_everything:
                 print("segment everything ...", file=sys.stderr, flush=True)
                 everything, everything_counts = time_everything(predictors, image, args.points_per_side,
-                                                                args.everything_repeats)
+                                                                args.everything_repeats, args.pred_iou_thresh)
         if args.int8:
             diffs["ours onnx int8"]["mask_iou_vs_fp32"] = _int8_vs_fp32(predictors, image)
         print("peak RSS (fresh process per side) ...", file=sys.stderr, flush=True)
