@@ -4,9 +4,10 @@ Drop-in for segment_anything: `build_sam`, `sam_model_registry`, `SamPredictor`,
 `SamAutomaticMaskGenerator`.
 """
 
-import importlib
 import sys
 import types
+
+from ._lazy import lazy_attributes
 
 # Attributes load on first use (PEP 562), so `import mobilesam` stays light and the torch-free
 # ONNX predictor (`mobilesam.onnx.standalone`) never pulls in torch.
@@ -19,12 +20,7 @@ _LAZY = {
 }
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 def __dir__():

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .modeling import Sam
-from .transforms import ResizeLongestSide, model_input_prompts
+from .transforms import ResizeLongestSide, model_input_prompts, rgb_image
 
 
 @dataclass(frozen=True)
@@ -57,16 +57,7 @@ class SamPredictor:
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Encode an (H, W, 3) uint8 image in `image_format` ("RGB" or "BGR")."""
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"set_image needs an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}; "
-                "convert other images with mobilesam.to_rgb_uint8"
-            )
-        if image_format != self.model.image_format:
-            image = image[..., ::-1]
+        image = rgb_image(image, image_format)  # SAM models take RGB (`Sam.image_format`)
         resized = self.transform.apply_image(image)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         self.set_torch_image(tensor, image.shape[:2])

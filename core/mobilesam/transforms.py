@@ -20,6 +20,19 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+def rgb_image(image: np.ndarray, image_format: str) -> np.ndarray:
+    """Check `set_image`'s input, an (H, W, 3) uint8 image in `image_format`, and return it as RGB."""
+    if image_format not in ("RGB", "BGR"):
+        raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(
+            f"set_image needs an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}; "
+            "convert other images with mobilesam.image.to_rgb_uint8"
+        )
+    return image[..., ::-1] if image_format == "BGR" else image
+
+
 def model_input_prompts(transform: "ResizeLongestSide", original_size: tuple[int, ...], point_coords=None,
                         point_labels=None, box=None, mask_input=None):
     """Check `SamPredictor.predict`'s prompts and map them to model-input coordinates, batch of one:

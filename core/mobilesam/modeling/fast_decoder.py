@@ -75,13 +75,7 @@ def transformer_forward(transformer: TwoWayTransformer, cache: ImageCache, token
     """As `TwoWayTransformer.forward`: tokens (B, N, C) -> tokens (B, N, C), keys (B, L, C)."""
     queries, keys, pe = tokens, cache.src, cache.pe
     for i, layer in enumerate(transformer.layers):
-        if layer.skip_first_layer_pe:
-            queries = layer.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + tokens
-            queries = queries + layer.self_attn(q=q, k=q, v=queries)
-        queries = layer.norm1(queries)
-
+        queries = layer.token_self_attention(queries, tokens)
         cached = i == 0 and cache.k0 is not None
         if cached:
             attn = _token_to_image_cached(layer.cross_attn_token_to_image, queries + tokens, cache.k0, cache.v0)

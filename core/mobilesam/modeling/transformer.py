@@ -53,19 +53,23 @@ class TwoWayAttentionBlock(nn.Module):
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.skip_first_layer_pe:
-            queries = self.self_attn(q=queries, k=queries, v=queries)
-        else:
-            q = queries + query_pe
-            queries = queries + self.self_attn(q=q, k=q, v=queries)
-        queries = self.norm1(queries)
-
+        queries = self.token_self_attention(queries, query_pe)
         k = keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys))
         queries = self.norm3(queries + self.mlp(queries))
 
         attn = self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries)
         return queries, self.norm4(keys + attn)
+
+
+    def token_self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
+        """The block's first step, on the prompt tokens only (shared with the fast decoder path)."""
+        if self.skip_first_layer_pe:
+            queries = self.self_attn(q=queries, k=queries, v=queries)
+        else:
+            q = queries + query_pe
+            queries = queries + self.self_attn(q=q, k=q, v=queries)
+        return self.norm1(queries)
 
 
 class Attention(nn.Module):

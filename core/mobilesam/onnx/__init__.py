@@ -19,7 +19,7 @@ Front-ends keep exported models in `default_onnx_dir(model_type)` (under the wei
 so only the first start exports; concurrent processes using one folder take turns on a file lock.
 """
 
-import importlib
+from .._lazy import lazy_attributes
 
 # Loaded on first use: `mobilesam.onnx.standalone` runs exported models without torch, which the
 # exporter and the torch-backed predictor need.
@@ -29,12 +29,7 @@ _LAZY = {"DECODER_FILE": "layout", "ENCODER_FILE": "layout", "export_onnx": "exp
          "StandalonePredictor": "standalone"}
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = ["export_onnx", "quantize_onnx", "OnnxSamPredictor", "OnnxBackend", "ENCODER_FILE", "DECODER_FILE",

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import MobileSamError
 from ..postprocess import postprocess_logits
 from ..runtime import usable_cpus
-from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide, model_input_prompts
+from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide, model_input_prompts, rgb_image
 from .layout import DECODER_FILE, ENCODER_FILE, cpu_session, decoder_prompt_inputs
 
 MASK_THRESHOLD = 0.0
@@ -57,16 +57,7 @@ class StandalonePredictor:
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Encode an (H, W, 3) uint8 image in `image_format` ("RGB" or "BGR")."""
-        if image_format not in ("RGB", "BGR"):
-            raise ValueError(f"image_format must be 'RGB' or 'BGR', not {image_format!r}")
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"set_image needs an (H, W, 3) uint8 image, got shape {image.shape} dtype {image.dtype}; "
-                "convert other images with mobilesam.image.to_rgb_uint8"
-            )
-        if image_format != self.image_format:
-            image = image[..., ::-1]
+        image = rgb_image(image, image_format)
         resized = self.transform.apply_image(image)
         h, w = resized.shape[:2]
         padded = np.zeros((1, 3, self.img_size, self.img_size), np.float32)
