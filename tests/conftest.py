@@ -27,3 +27,14 @@ def sample_image():
     img = np.stack([xx * 0.5, yy * 0.8, (xx + yy) * 0.3], axis=-1)
     img[(yy - 120) ** 2 + (xx - 160) ** 2 < 50**2] = 230
     return img.astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    """A 256-pixel vit_t with random weights, for tests that export or encode many times (ONNX)."""
+    import torch
+
+    import mobilesam
+
+    torch.manual_seed(11)
+    return mobilesam.build_sam("vit_t", image_size=256).eval()

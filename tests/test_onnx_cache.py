@@ -17,14 +17,6 @@ IMAGE_SIZE = 256
 
 
 @pytest.fixture(scope="module")
-def small_model():
-    import torch
-
-    torch.manual_seed(11)
-    return mobilesam.build_sam("vit_t", image_size=IMAGE_SIZE).eval()
-
-
-@pytest.fixture(scope="module")
 def other_model():
     import torch
 

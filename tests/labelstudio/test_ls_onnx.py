@@ -9,18 +9,7 @@ from ls_requests import decode_brush, keypoint, predict_body, rectangle
 
 A = "/data/upload/1/a.png"  # 48 x 64
 B = "/data/upload/1/b.png"  # 60 x 40
-IMAGE_SIZE = 256
 TOL = 1e-3
-
-
-@pytest.fixture(scope="module")
-def small_model():
-    import torch
-
-    import mobilesam
-
-    torch.manual_seed(21)
-    return mobilesam.build_sam("vit_t", image_size=IMAGE_SIZE).eval()
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,6 @@ import numpy as np
 import pytest
 from standins import wait_idle
 
-IMAGE_SIZE = 256
-
-
-@pytest.fixture(scope="module")
-def small_model():
-    import torch
-
-    import mobilesam
-
-    torch.manual_seed(31)
-    return mobilesam.build_sam("vit_t", image_size=IMAGE_SIZE).eval()
-
 
 @pytest.fixture(scope="module")
 def mobilesam_home(tmp_path_factory):
