@@ -114,3 +114,45 @@ def test_postprocess_masks_close(input_size, original_size):
     exact = model.set_exact(True).postprocess_masks(low, input_size, original_size)
     assert fast.shape == exact.shape == (2, 3, *original_size)
     assert _max_diff(fast, exact) <= 1e-5
+
+
+def _fast_and_exact(image_size=256, seed=5):
+    torch.manual_seed(seed)
+    fast = mobilesam.build_sam("vit_t", image_size=image_size)
+    exact = mobilesam.build_sam("vit_t", image_size=image_size, exact=True)
+    exact.load_state_dict(fast.state_dict())
+    return fast, exact
+
+
+def test_sam_forward_fast_matches_exact():
+    """`Sam.forward` (no per-image cache, several images, points and boxes) on the fast path."""
+    fast, exact = _fast_and_exact()
+    rng = np.random.default_rng(0)
+    batch = [
+        {"image": torch.as_tensor(rng.integers(0, 255, (3, 256, 192)), dtype=torch.float), "original_size": (300, 225),
+         "point_coords": torch.tensor([[[50.0, 60.0], [100.0, 30.0]]]), "point_labels": torch.tensor([[1, 0]])},
+        {"image": torch.as_tensor(rng.integers(0, 255, (3, 170, 256)), dtype=torch.float), "original_size": (170, 256),
+         "boxes": torch.tensor([[10.0, 10.0, 120.0, 90.0], [0.0, 0.0, 255.0, 169.0]])},
+    ]
+    for ours, ref in zip(fast(batch, multimask_output=True), exact(batch, multimask_output=True)):
+        assert _max_diff(ours["low_res_logits"], ref["low_res_logits"]) <= TOL
+        assert _max_diff(ours["iou_predictions"], ref["iou_predictions"]) <= TOL
+        assert (ours["masks"] != ref["masks"]).float().mean() <= 1e-4
+
+
+def test_batched_mask_inputs_fast_matches_exact():
+    """A batch of prompts each with its own mask input: the per-prompt (uncached) image side."""
+    fast, exact = _fast_and_exact()
+    predictors = [mobilesam.SamPredictor(m) for m in (fast, exact)]
+    image = _image(200, 160)
+    boxes = torch.tensor([[10.0, 20.0, 120.0, 150.0], [40.0, 10.0, 90.0, 60.0], [0.0, 0.0, 159.0, 199.0]])
+    masks_in = torch.randn(3, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    outputs = []
+    for predictor in predictors:
+        predictor.set_image(image)
+        model_boxes = predictor.transform.apply_boxes_torch(boxes, predictor.original_size)
+        outputs.append(predictor.predict_torch(None, None, model_boxes, masks_in, multimask_output=False,
+                                               return_logits=True))
+    (logits, iou, low), (ref_logits, ref_iou, ref_low) = outputs
+    assert logits.shape == ref_logits.shape == (3, 1, 200, 160)
+    assert max(_max_diff(low, ref_low), _max_diff(iou, ref_iou), _max_diff(logits, ref_logits)) <= TOL
