@@ -151,6 +151,7 @@ class SamPredictor:
             masks = masks > self.model.mask_threshold
         return masks, iou, low_res
 
+    @torch.inference_mode()
     def decode(self, points, boxes, mask_input, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder on the current embedding: low-res logits and IoU predictions."""
         if self._runtime:
@@ -158,6 +159,7 @@ class SamPredictor:
         return self.model.mask_decoder(**self._decoder_inputs(points, boxes, mask_input),
                                        multimask_output=multimask_output)
 
+    @torch.inference_mode()
     def decode_confident(self, points, boxes, mask_input, multimask_output: bool, min_iou: Optional[float]
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As `decode`, keeping only masks with predicted IoU > min_iou (all when None): low-res
