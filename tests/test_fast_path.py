@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import mobilesam
+from mobilesam import EmbeddingState
 from test_parity import Pair, _image, _max_diff
 
 TOL = 1e-4
@@ -69,11 +70,22 @@ def test_predict_close(pair, prompt, multimask):
 
 
 def test_clicks_reuse_the_image_cache(pair):
-    pair.ours.predict(**PROMPTS["point"])
-    cache = pair.ours._decoder_cache
+    """The first click on an image runs uncached (cheaper once); later clicks share one cache, which
+    survives restoring the same embedding state, as front-ends do before each click."""
+    ours = pair.ours
+    state = ours.get_embedding_state()
+    ours.set_embedding(state)
+    assert ours._decoder_cache is None
+    _assert_close(ours.predict(**PROMPTS["point"]), pair.ref.predict(**PROMPTS["point"]), "first click")
+    assert ours._decoder_cache is None
+    _assert_close(ours.predict(**PROMPTS["box"]), pair.ref.predict(**PROMPTS["box"]), "second click")
+    cache = ours._decoder_cache
     assert cache is not None
-    _assert_close(pair.ours.predict(**PROMPTS["box"]), pair.ref.predict(**PROMPTS["box"]), "second click")
-    assert pair.ours._decoder_cache is cache
+    ours.set_embedding(state)
+    _assert_close(ours.predict(**PROMPTS["points"]), pair.ref.predict(**PROMPTS["points"]), "third click")
+    assert ours._decoder_cache is cache
+    ours.set_embedding(EmbeddingState(state.features.clone(), state.original_size, state.input_size))
+    assert ours._decoder_cache is None  # another state object: no assumption that it is the same image
 
 
 def test_mask_input_close(pair):

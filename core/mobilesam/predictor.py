@@ -84,7 +84,12 @@ class SamPredictor:
         return EmbeddingState(self.features.detach().cpu(), self.original_size, self.input_size)
 
     def set_embedding(self, state: EmbeddingState) -> None:
-        """Restore a state from `get_embedding_state` instead of encoding the image again."""
+        """Restore a state from `get_embedding_state` instead of encoding the image again.
+
+        Restoring the state that is already current (front-ends do so before every click) keeps
+        the decoder's per-image cache."""
+        if self.is_image_set and state is self._state:
+            return
         expected = (self.model.prompt_encoder.embed_dim, *self.model.prompt_encoder.image_embedding_size)
         features = torch.as_tensor(state.features)
         if features.ndim == 3:
@@ -96,6 +101,7 @@ class SamPredictor:
         self.original_size = tuple(int(s) for s in state.original_size)
         self.input_size = tuple(int(s) for s in state.input_size)
         self.is_image_set = True
+        self._state = state
 
     def predict(
         self,
@@ -181,9 +187,11 @@ class SamPredictor:
         image_cache = None
         if decoder.use_fast_path() and mask_input is None:
             # Without a mask prompt the decoder's first layer sees the same image for every
-            # click: prepare it once per image (see modeling/fast_decoder.py).
-            if self._decoder_cache is None:
+            # click: prepare it once per image (see modeling/fast_decoder.py), from the second
+            # decode on, since for a single click the uncached arithmetic is cheaper.
+            if self._decoder_cache is None and self._uncached_decodes >= 1:
                 self._decoder_cache = decoder.prepare_image(self.features, image_pe, dense)
+            self._uncached_decodes += self._decoder_cache is None
             image_cache = self._decoder_cache
         return dict(image_embeddings=self.features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
                     dense_prompt_embeddings=dense, image_cache=image_cache)
@@ -204,6 +212,8 @@ class SamPredictor:
         self.is_image_set = False
         self.features = None
         self._decoder_cache = None  # per-image first-layer tensors of the fast decoder path
+        self._uncached_decodes = 0
+        self._state = None  # the EmbeddingState last restored, if that is the current image
         self._image_pe = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size = None
