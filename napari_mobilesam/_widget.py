@@ -286,16 +286,23 @@ class MobileSamWidget(Container):
         self._model_key = self._wanted_model_key()
         self._segmenter = None
 
+    def _current_image(self):
+        """(image layer, its description), or None after telling the user why there is none."""
+        try:
+            image_layer = self._image_layer()
+            return image_layer, self._describe(image_layer)
+        except LayerError as exc:
+            self._notify("error", f"MobileSAM: {exc}")
+            return None
+
     def _prepare(self, description: str, slices: list[int], then: Callable, extra: Optional[Callable] = None,
                  ) -> None:
         """In a worker: load the model, build the segmenter, encode `slices`, run `extra(segmenter, progress,
         cancel)`; then call `then(result_of_extra)` in the GUI thread."""
-        try:
-            image_layer = self._image_layer()
-            info = self._describe(image_layer)
-        except LayerError as exc:
-            self._notify("error", f"MobileSAM: {exc}")
+        current = self._current_image()
+        if current is None:
             return
+        image_layer, info = current
         model_key = self._wanted_model_key()
         cache_dir = str(self.cache_dir.value) if self.cache_dir.value and str(self.cache_dir.value) != "." else None
         segmenter_key = (id(image_layer), info, model_key, cache_dir)
@@ -586,12 +593,10 @@ class MobileSamWidget(Container):
     # ---------------------------------------------------------------- everything
     def segment_everything(self) -> None:
         """Automatic masks for the current 2D image or slice, into '<image> everything' Labels."""
-        try:
-            image_layer = self._image_layer()
-            info = self._describe(image_layer)
-        except LayerError as exc:
-            self._notify("error", f"MobileSAM: {exc}")
+        current = self._current_image()
+        if current is None:
             return
+        image_layer, info = current
         z = current_slice(self.viewer, image_layer) if info.is_volume else 0
         settings = {"points_per_side": self.points_per_side.value, "pred_iou_thresh": self.everything_iou.value,
                     "stability_score_thresh": self.everything_stability.value}

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .modeling import Sam
+from .modeling.mask_decoder import select_confident
 from .transforms import ResizeLongestSide, model_input_prompts, rgb_image
 
 
@@ -173,9 +174,7 @@ class SamPredictor:
         output. The torch fast path skips upscaling the rejected masks."""
         threshold = float("-inf") if min_iou is None else min_iou
         if self._runtime:
-            low_res, iou = self.decode(points, boxes, mask_input, multimask_output)
-            index = torch.nonzero(iou.flatten() > threshold).flatten()
-            return low_res.flatten(0, 1)[index], iou.flatten()[index], index
+            return select_confident(*self.decode(points, boxes, mask_input, multimask_output), threshold)
         return self.model.mask_decoder.predict_confident_masks(
             **self._decoder_inputs(points, boxes, mask_input), multimask_output=multimask_output, min_iou=threshold)
 

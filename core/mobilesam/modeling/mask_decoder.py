@@ -86,8 +86,7 @@ class MaskDecoder(FastPath, nn.Module):
         if not self.use_fast_path():
             masks, iou = self(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
                               multimask_output)
-            index = torch.nonzero(iou.flatten() > min_iou).flatten()
-            return masks.flatten(0, 1)[index], iou.flatten()[index], index
+            return select_confident(masks, iou, min_iou)
         if image_cache is None:
             image_cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings, project=False)
         hs, keys = fast_decoder.transformer_forward(self.transformer, image_cache,
@@ -141,6 +140,13 @@ class MaskDecoder(FastPath, nn.Module):
         b, c, h, w = upscaled.shape
         masks = (hyper_in @ upscaled.view(b, c, h * w)).view(b, -1, h, w)
         return masks, self.iou_prediction_head(iou_token_out)
+
+
+def select_confident(masks: torch.Tensor, iou: torch.Tensor, min_iou: float
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """masks (B, C, h, w), iou (B, C) -> the masks with iou > min_iou: (K, h, w), (K,), flat positions (K,)."""
+    index = torch.nonzero(iou.flatten() > min_iou).flatten()
+    return masks.flatten(0, 1)[index], iou.flatten()[index], index
 
 
 class MLP(nn.Module):
