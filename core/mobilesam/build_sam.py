@@ -12,25 +12,14 @@ from typing import Callable, Optional, Union
 import torch
 
 from .errors import CheckpointError
-from .modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TinyViT, TwoWayTransformer
+from .model_zoo import MODEL_TYPES, MODEL_VARIANTS, VIT_CONFIGS, get_variant
+from .modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 PROMPT_EMBED_DIM = 256
 
-# (embed_dim, depth, num_heads, global attention blocks)
-VIT_CONFIGS = {
-    "vit_b": (768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": (1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": (1280, 32, 16, (7, 15, 23, 31)),
-}
-MODEL_TYPES = ("vit_t", "vit_b", "vit_l", "vit_h")
-
 
 def build_image_encoder(model_type: str, image_size: int = 1024) -> torch.nn.Module:
-    if model_type == "vit_t":
-        return TinyViT(img_size=image_size)
-    embed_dim, depth, num_heads, global_attn = VIT_CONFIGS[model_type]
-    return ImageEncoderViT(img_size=image_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                           global_attn_indexes=global_attn)
+    return get_variant(model_type).build_encoder(image_size)
 
 
 def build_sam(model_type: str = "vit_t", checkpoint: Optional[Union[str, os.PathLike]] = None,
@@ -43,10 +32,7 @@ def build_sam(model_type: str = "vit_t", checkpoint: Optional[Union[str, os.Path
     `image_size` other than 1024 is for training/testing small models (distillation); official
     checkpoints need 1024.
     """
-    if model_type == "default":
-        model_type = "vit_h"
-    if model_type not in MODEL_TYPES:
-        raise ValueError(f"unknown model type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")
+    model_type = get_variant(model_type).name  # "default" -> vit_h; unknown names raise
     embedding_size = image_size // 16
     sam = Sam(
         image_encoder=build_image_encoder(model_type, image_size),
@@ -88,16 +74,20 @@ def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
             "or not a PyTorch checkpoint"
         ) from None
     if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
+        for key in ("model", "state_dict", "model_state"):  # model_state: micro-sam / torch_em training format
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
+        if obj and all(isinstance(k, str) and k.startswith("sam.") for k in obj):
+            obj = {k[len("sam."):]: v for k, v in obj.items()}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} holds no state dict of tensors")
     return obj
 
 
 def detect_model_type(state_dict: dict[str, torch.Tensor]) -> Optional[str]:
-    """Which architecture a SAM state dict belongs to, or None if it is not a SAM checkpoint."""
+    """Which architecture (key layout: vit_t, vit_b, vit_l, vit_h) a SAM state dict belongs to, or
+    None if it is not a SAM checkpoint. Variants sharing a layout (vit_t, tinysam, vit_t_lm, ...)
+    cannot be told apart by their keys."""
     if "image_encoder.layers.0.blocks.0.conv1.c.weight" in state_dict:
         return "vit_t"
     pos = state_dict.get("image_encoder.pos_embed")
@@ -111,10 +101,16 @@ def detect_model_type(state_dict: dict[str, torch.Tensor]) -> Optional[str]:
 def load_checkpoint(sam: Sam, path: Union[str, os.PathLike], model_type: str) -> None:
     state_dict = read_state_dict(path)
     found = detect_model_type(state_dict)
+    if found is None and "out_conv.weight" in state_dict:
+        raise CheckpointError(f"checkpoint {path} is a micro-sam instance segmentation decoder, not a SAM model; "
+                              f"you asked for {model_type} (pass it as the decoder checkpoint)")
     if found is None:
         raise CheckpointError(f"checkpoint {path} is not a SAM/MobileSAM checkpoint (no image encoder weights)")
-    if found != model_type:
-        raise CheckpointError(f"checkpoint {path} is {found}, you asked for {model_type}")
+    wanted = get_variant(model_type)
+    if found != wanted.architecture:
+        asked = model_type if model_type == wanted.architecture else f"{model_type} (a {wanted.architecture} model)"
+        raise CheckpointError(f"checkpoint {path} is a {found} model ({MODEL_VARIANTS[found].description}), "
+                              f"you asked for {asked}")
     own = sam.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]

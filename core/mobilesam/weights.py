@@ -9,9 +9,9 @@ from the official URL, checked against its published sha256.
 import hashlib
 import os
 import shutil
+import sys
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -19,34 +19,14 @@ import platformdirs
 from tqdm.auto import tqdm
 
 from .errors import MissingWeightsError
+from .model_zoo import WeightsInfo, all_weights  # noqa: F401  (WeightsInfo re-exported)
 
 
-@dataclass(frozen=True)
-class WeightsInfo:
-    model_type: str
-    filename: str
-    url: str
-    sha256: str
-    size: int  # bytes
+# The registry lives in model_zoo; OFFICIAL_WEIGHTS is every checkpoint it names (models and AIS decoders).
+OFFICIAL_WEIGHTS = all_weights()
 
-
-OFFICIAL_WEIGHTS = {
-    info.model_type: info
-    for info in (
-        WeightsInfo("vit_t", "mobile_sam.pt",
-                    "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
-                    "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f", 40_728_226),
-        WeightsInfo("vit_b", "sam_vit_b_01ec64.pth",
-                    "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
-                    "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912", 375_042_383),
-        WeightsInfo("vit_l", "sam_vit_l_0b3195.pth",
-                    "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
-                    "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622", 1_249_524_607),
-        WeightsInfo("vit_h", "sam_vit_h_4b8939.pth",
-                    "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
-                    "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e", 2_564_550_879),
-    )
-}
+# An upstream without a published size still gets a bound on what a download may write.
+MAX_UNKNOWN_SIZE = 3_000_000_000
 
 PathLike = Union[str, os.PathLike]
 
@@ -79,8 +59,31 @@ def sha256sum(path: PathLike, chunk: int = 1 << 20) -> str:
 
 def manual_install_hint(model_type: str) -> str:
     info = weights_info(model_type)
-    return (f"Download {info.url} ({info.size / 1e6:.0f} MB) by hand and put it at {cached_path(model_type)}, "
+    size = f"{info.size / 1e6:.0f} MB" if info.size else "size unpublished"
+    return (f"Download {info.url} ({size}, licence {info.licence}) by hand and put it at {cached_path(model_type)}, "
             f"or point MOBILESAM_CHECKPOINT (or --checkpoint) at a copy.")
+
+
+def verify_digest(path: PathLike, info: WeightsInfo) -> Optional[str]:
+    """None if `path` matches the digest upstream publishes, else what is wrong. micro-sam publishes
+    xxh128 only (checked with the optional `xxhash` package); TinySAM publishes none (nothing to check,
+    said on stderr with the file's sha256 so a user can compare it with a trusted copy)."""
+    if info.sha256:
+        digest = sha256sum(path)
+        return None if digest == info.sha256 else f"has sha256 {digest}, expected {info.sha256}"
+    if info.xxh128:
+        try:
+            import xxhash
+        except ImportError:
+            return ("could not be verified: its publisher gives an xxh128 digest and the xxhash package "
+                    "is not installed (pip install xxhash)")
+        digest = xxhash.xxh128()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        return None if digest.hexdigest() == info.xxh128 else f"has xxh128 {digest.hexdigest()}, expected {info.xxh128}"
+    print(f"note: {info.filename}: upstream publishes no checksum; its sha256 is {sha256sum(path)}", file=sys.stderr)
+    return None
 
 
 def download(model_type: str, progress: bool = True, force: bool = False, timeout: float = 30.0) -> Path:
@@ -97,10 +100,15 @@ def download(model_type: str, progress: bool = True, force: bool = False, timeou
     part = target.with_name(target.name + ".part")
     try:
         with urllib.request.urlopen(info.url, timeout=timeout) as response, open(part, "wb") as out, tqdm(
-            total=int(response.headers.get("Content-Length") or info.size), unit="B", unit_scale=True,
-            desc=f"Downloading {info.filename}", disable=not progress,
+            total=int(response.headers.get("Content-Length") or info.size or 0) or None, unit="B",
+            unit_scale=True, desc=f"Downloading {info.filename}", disable=not progress,
         ) as bar:
+            limit = 2 * info.size if info.size else MAX_UNKNOWN_SIZE
+            written = 0
             while block := response.read(1 << 20):
+                written += len(block)
+                if written > limit:
+                    raise OSError(f"the server sent more than {limit} bytes")
                 out.write(block)
                 bar.update(len(block))
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
@@ -109,25 +117,25 @@ def download(model_type: str, progress: bool = True, force: bool = False, timeou
             f"could not download the {model_type} weights from {info.url} ({exc}). You may be offline. "
             + manual_install_hint(model_type)
         ) from None
-    digest = sha256sum(part)
-    if digest != info.sha256:
+    problem = verify_digest(part, info)
+    if problem:
         part.unlink(missing_ok=True)
-        raise MissingWeightsError(
-            f"downloaded {info.filename} has sha256 {digest}, expected {info.sha256}; the file was "
-            "discarded. " + manual_install_hint(model_type)
-        )
+        raise MissingWeightsError(f"downloaded {info.filename} {problem}; the file was discarded. "
+                                  + manual_install_hint(model_type))
     shutil.move(part, target)
     return target
 
 
 def resolve_checkpoint(model_type: str = "vit_t", checkpoint: Optional[PathLike] = None,
-                       allow_download: bool = True, progress: bool = True) -> Path:
-    """The checkpoint file to use for `model_type` (see the module docstring for the order)."""
-    explicit = checkpoint or os.environ.get("MOBILESAM_CHECKPOINT")
+                       allow_download: bool = True, progress: bool = True,
+                       env_var: str = "MOBILESAM_CHECKPOINT") -> Path:
+    """The checkpoint file to use for `model_type` (see the module docstring for the order);
+    `env_var` names the environment variable of step 2 (AIS decoders have their own)."""
+    explicit = checkpoint or os.environ.get(env_var)
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            source = "checkpoint" if checkpoint else "MOBILESAM_CHECKPOINT"
+            source = "checkpoint" if checkpoint else env_var
             raise MissingWeightsError(f"{source} points to {path}, which does not exist")
         return path
     cached = cached_path(model_type)
