@@ -2,7 +2,7 @@
 
 | variable | meaning | default |
 |---|---|---|
-| `MOBILESAM_MODEL_TYPE` | vit_t, vit_b, vit_l or vit_h | the checkpoint's architecture, else vit_t |
+| `MOBILESAM_MODEL_TYPE` | a name from `mobilesam weights list` (vit_t, tinysam, vit_t_lm, vit_b, ...) | the checkpoint's architecture, else vit_t |
 | `MOBILESAM_CHECKPOINT` | weights file | the official file in the cache dir (downloaded once) |
 | `MOBILESAM_DEVICE` | torch device | cpu |
 | `MOBILESAM_ALLOW_DOWNLOAD` | download the official weights when none are found | 1 |
@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
+from mobilesam.model_zoo import MODEL_TYPES
 from mobilesam.onnx import BACKENDS, PRECISIONS as ONNX_PRECISIONS
 
 OUTPUT_MODES = ("auto", "brush", "polygon")
@@ -72,8 +73,11 @@ class Settings:
         else:
             embedding_path = Path(embedding_dir).expanduser() if embedding_dir else _default_embedding_dir()
         onnx_dir = env.get("MOBILESAM_ONNX_DIR", "").strip()
+        model_type = env.get("MOBILESAM_MODEL_TYPE") or None
+        if model_type and model_type not in MODEL_TYPES:
+            raise ValueError(f"MOBILESAM_MODEL_TYPE={model_type!r} is not one of {', '.join(MODEL_TYPES)}")
         settings = cls(
-            model_type=env.get("MOBILESAM_MODEL_TYPE") or None,
+            model_type=model_type,
             checkpoint=env.get("MOBILESAM_CHECKPOINT") or None,
             device=env.get("MOBILESAM_DEVICE") or None,
             allow_download=_flag(env, "MOBILESAM_ALLOW_DOWNLOAD", True),

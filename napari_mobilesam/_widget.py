@@ -23,6 +23,7 @@ from qtpy.QtCore import QTimer
 
 import mobilesam
 from mobilesam.errors import Cancelled, MissingWeightsError, MobileSamError
+from mobilesam.model_zoo import MODEL_TYPES
 from mobilesam.onnx import BACKENDS
 from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS
 
@@ -34,7 +35,6 @@ from ._tasks import BackgroundTask
 
 logger = logging.getLogger(__name__)
 
-MODEL_TYPES = ("vit_t", "vit_b", "vit_l", "vit_h")
 CANDIDATES = ("best", "1", "2", "3")
 BACKEND_ENV = "MOBILESAM_BACKEND"  # the Backend choice's initial value, as for the Label Studio backend
 

@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "segment",
     "weights",
     "everything",
+    "ais",
     "volume",
     "distill",
     "evaluate",

@@ -2,7 +2,9 @@
 
 import argparse
 
-from ..build_sam import MODEL_TYPES
+from ..model_zoo import all_weights
+
+WEIGHT_NAMES = tuple(all_weights())  # models and their AIS decoders
 
 
 def register(subparsers) -> None:
@@ -10,11 +12,11 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
     sub.add_parser("list", help="official checkpoints and whether they are cached").set_defaults(func=list_weights)
     d = sub.add_parser("download", help="download and verify a checkpoint into the cache")
-    d.add_argument("model_type", nargs="?", default="vit_t", choices=MODEL_TYPES)
+    d.add_argument("model_type", nargs="?", default="vit_t", choices=WEIGHT_NAMES)
     d.add_argument("--force", action="store_true", help="download again even if cached")
     d.set_defaults(func=download_weights)
     w = sub.add_parser("path", help="print the checkpoint path that would be used")
-    w.add_argument("model_type", nargs="?", default="vit_t", choices=MODEL_TYPES)
+    w.add_argument("model_type", nargs="?", default="vit_t", choices=WEIGHT_NAMES)
     w.set_defaults(func=weights_path)
 
 
@@ -24,7 +26,8 @@ def list_weights(args: argparse.Namespace) -> int:
     print(f"cache dir: {cache_dir()}  (set MOBILESAM_HOME to change it)")
     for info in OFFICIAL_WEIGHTS.values():
         state = "cached" if cached_path(info.model_type).is_file() else "not downloaded"
-        print(f"{info.model_type:6} {info.filename:22} {info.size / 1e6:8.1f} MB  {state:14}  {info.url}")
+        size = f"{info.size / 1e6:8.1f} MB" if info.size else "       ? MB"
+        print(f"{info.model_type:27} {size}  {state:14}  licence: {info.licence}\n{'':29}{info.url}")
     return 0
 
 
