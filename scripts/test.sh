@@ -19,6 +19,8 @@ if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/pip install -q -e ".[all,dev]"
 # micro-sam (test oracle for the AIS decoder) and the parts of its stack it imports, without their deps
 .venv/bin/pip install -q --no-deps micro-sam==1.8.14 torch-em==0.10.9 python-elf==0.9.2 bioimage-cpp==0.10.0
+# EfficientViT-SAM's official code (test oracle); its requirements are torch/torchvision/numpy only
+.venv/bin/pip install -q --no-deps efficientsam==1.0.0
 
 # Label Studio lives in its own virtualenv (its pins clash with ours); the end-to-end tests find it
 # through LABEL_STUDIO_BIN.

@@ -44,7 +44,8 @@ def _fake_official(monkeypatch, url, data):
 
 def test_official_registry_is_complete():
     assert set(weights.OFFICIAL_WEIGHTS) == {"vit_t", "vit_b", "vit_l", "vit_h", "tinysam", "vit_t_lm",
-                                             "vit_t_lm_decoder", "vit_t_em_organelles", "vit_t_em_organelles_decoder"}
+                                             "vit_t_lm_decoder", "vit_t_em_organelles", "vit_t_em_organelles_decoder",
+                                             "efficientvit_sam_l0"}
     for info in weights.OFFICIAL_WEIGHTS.values():
         assert info.url.startswith("https://") and info.licence
         if info.model_type in ("vit_t", "vit_b", "vit_l", "vit_h"):  # Meta / MobileSAM publish sha256 and size

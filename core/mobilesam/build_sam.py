@@ -90,6 +90,8 @@ def detect_model_type(state_dict: dict[str, torch.Tensor]) -> Optional[str]:
     cannot be told apart by their keys."""
     if "image_encoder.layers.0.blocks.0.conv1.c.weight" in state_dict:
         return "vit_t"
+    if "image_encoder.backbone.stages.0.op_list.0.conv.weight" in state_dict:
+        return "efficientvit_sam_l0"
     pos = state_dict.get("image_encoder.pos_embed")
     if pos is not None:
         for name, (embed_dim, *_rest) in VIT_CONFIGS.items():

@@ -30,7 +30,7 @@ class WeightsInfo:
 @dataclass(frozen=True)
 class ModelVariant:
     name: str
-    architecture: str  # key layout: "vit_t" (TinyViT encoder), "vit_b", "vit_l", "vit_h"
+    architecture: str  # key layout: "vit_t" (TinyViT encoder), "vit_b", "vit_l", "vit_h", "efficientvit_sam_l0"
     description: str
     weights: WeightsInfo
     image_size: int = 1024
@@ -43,6 +43,10 @@ class ModelVariant:
         size = image_size or self.image_size
         if self.architecture == "vit_t":
             return TinyViT(img_size=size)
+        if self.architecture == "efficientvit_sam_l0":
+            from .modeling.efficientvit import EfficientViTSamEncoder
+
+            return EfficientViTSamEncoder(img_size=size)
         embed_dim, depth, num_heads, global_attn = VIT_CONFIGS[self.architecture]
         return ImageEncoderViT(img_size=size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                                global_attn_indexes=global_attn)
@@ -78,6 +82,11 @@ MODEL_VARIANTS = {
         ModelVariant("tinysam", "vit_t", "TinySAM (MobileSAM architecture, better-trained weights)", WeightsInfo(
             "tinysam", "tinysam_42.3.pth", "https://github.com/xinghaochen/TinySAM/releases/download/3.0/tinysam_42.3.pth",
             None, None)),
+        ModelVariant("efficientvit_sam_l0", "efficientvit_sam_l0",
+                     "EfficientViT-SAM L0 (512 px EfficientViT encoder, SAM decoder)", WeightsInfo(
+                         "efficientvit_sam_l0", "efficientvit_sam_l0.pt",
+                         "https://huggingface.co/mit-han-lab/efficientvit-sam/resolve/main/efficientvit_sam_l0.pt",
+                         None, None)),
         ModelVariant(
             "vit_t_lm", "vit_t", "micro-sam light microscopy (MobileSAM architecture) + AIS decoder",
             WeightsInfo("vit_t_lm", "vit_t_lm.pt", _MICRO_SAM_URL + "faithful-chicken/1.1/files/vit_t.pt",

@@ -61,11 +61,18 @@ class SamPredictor:
         image = rgb_image(image, image_format)  # SAM models take RGB (`Sam.image_format`)
         resized = self.transform.apply_image(image)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
+        encoder_size = getattr(self.model.image_encoder, "input_size", self.model.img_size)
+        if encoder_size != self.model.img_size:  # EfficientViT-SAM reads 512 px, prompts stay in the 1024 frame
+            small = ResizeLongestSide(encoder_size).apply_image(image)
+            encoder_image = torch.as_tensor(small, device=self.device).permute(2, 0, 1).contiguous()[None]
+            return self.set_torch_image(tensor, image.shape[:2], encoder_image=encoder_image)
         self.set_torch_image(tensor, image.shape[:2])
 
     @torch.inference_mode()
-    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...]) -> None:
-        """Encode a (1, 3, h, w) image already resized so that max(h, w) is the model's input size."""
+    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...],
+                        encoder_image: Optional[torch.Tensor] = None) -> None:
+        """Encode a (1, 3, h, w) image already resized so that max(h, w) is the model's input size
+        (`encoder_image`: the image at the encoder's own, smaller size, for EfficientViT-SAM)."""
         if not (transformed_image.ndim == 4 and transformed_image.shape[1] == 3
                 and max(*transformed_image.shape[2:]) == self.model.img_size):
             raise ValueError(
@@ -75,7 +82,7 @@ class SamPredictor:
         self.reset_image()
         self.original_size = tuple(int(s) for s in original_image_size)
         self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
-        image = self.model.preprocess(transformed_image)
+        image = self.model.preprocess(transformed_image if encoder_image is None else encoder_image)
         self.features = self._runtime.encode(image) if self._runtime else self.model.image_encoder(image)
         self.is_image_set = True
 

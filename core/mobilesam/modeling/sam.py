@@ -78,4 +78,5 @@ class Sam(FastPath, nn.Module):
         """Normalise (3, h, w) or (B, 3, h, w) pixels and zero-pad bottom/right to a square."""
         x = (x - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
-        return F.pad(x, (0, self.img_size - w, 0, self.img_size - h))
+        size = getattr(self.image_encoder, "input_size", self.img_size)  # EfficientViT-SAM: 512
+        return F.pad(x, (0, size - w, 0, size - h))
