@@ -77,3 +77,12 @@ def test_load_model_detects_the_architecture(pair):
     _, _, path = pair
     model = mobilesam.load_model(None, path, allow_download=False)
     assert type(model.image_encoder).__name__ == "EfficientViTSamEncoder"
+
+
+def test_onnx_export_refuses_the_512_px_encoder(pair, tmp_path):
+    from mobilesam.onnx import export_onnx
+
+    _, predictor, _ = pair
+    with pytest.raises(ValueError, match="reads 512 px: use the torch backend"):
+        export_onnx(predictor.model, tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()

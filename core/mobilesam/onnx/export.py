@@ -107,6 +107,11 @@ def export_onnx(model: Sam, out_dir: Union[str, os.PathLike], encoder: bool = Tr
     The model is exported in eval mode and left in the mode it was in.
     Returns (encoder_path, decoder_path).
     """
+    if getattr(model.image_encoder, "input_size", model.image_encoder.img_size) != model.image_encoder.img_size:
+        # The ONNX predictors feed the encoder the prompt-frame image; EfficientViT-SAM reads a smaller one.
+        raise ValueError(f"ONNX export supports encoders that read the {model.image_encoder.img_size} px prompt "
+                         f"frame; {type(model.image_encoder).__name__} reads {model.image_encoder.input_size} px: "
+                         "use the torch backend")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder_path, decoder_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
