@@ -1,0 +1,316 @@
+"""Tiled segment everything: per-tile automatic masks, merged across tile borders, written tile by tile.
+
+Each tile's outer box (interior + halo) goes through a `SamAutomaticMaskGenerator` (or anything
+with `generate(rgb) -> records`); its masks become a label image of the outer box, of which only
+the interior is kept, so an object lying in two tiles' boxes is counted once (duplicates gone).
+An object cut by an interior border appears on both sides; the halo made both tiles see it whole
+enough to give it the same outline at the border, so labels facing each other across the border
+along most of their run are joined (union-find) into one object.
+
+Memory is bounded by the tile: pass 1 writes each tile's local labels (uint16) into a zarr store
+chunked by tile and returns only the tile's four border lines; pass 2 maps local labels to final
+ones tile by tile; a TIFF output is then streamed from the store tile by tile. Tiles are
+independent tasks: with a `dask.distributed` client they run on its workers (a lost worker's
+tiles are simply recomputed: each task writes only its own chunks).
+"""
+
+import hashlib
+import os
+import pickle
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from ..errors import Cancelled, MobileSamError
+from ..mask_outputs import records_to_label_image
+from .grid import TileGrid
+from .source import LazyImage, open_image
+
+ProgressCallback = Callable[[int, int], None]
+BORDER_MATCH = 0.5  # labels touching across a border along this fraction of the shorter run are one object
+TIFF_TILE = 512  # tile side of TIFF output (a multiple of 16, as TIFF requires)
+MAX_LOCAL_LABELS = 65535
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What a worker needs to open the image itself: a path (or picklable array) and how to read it."""
+
+    source: object
+    level: int = 0
+    channel_axis: Optional[int] = None
+    value_range: Optional[tuple[float, float]] = None
+
+    def open(self) -> LazyImage:
+        image = open_image(self.source, level=self.level, channel_axis=self.channel_axis)
+        image._value_range = self.value_range
+        return image
+
+
+@dataclass(frozen=True)
+class TileLabels:
+    """Pass-1 result of one tile: its number of local labels and its interior's border lines
+    (top row, bottom row, left column, right column) of local labels."""
+
+    index: int
+    count: int
+    top: np.ndarray
+    bottom: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+
+def segment_everything_tiled(image, generator_factory: Callable[[], object], output: Union[str, os.PathLike],
+                             tile_shape=1024, halo=128, client=None, level: int = 0,
+                             channel_axis: Optional[int] = None, progress: Optional[ProgressCallback] = None,
+                             cancel: Optional[threading.Event] = None) -> int:
+    """Segment everything in a large image tile by tile into a label image at `output`.
+
+    image: path (TIFF, OME-Zarr folder, PNG...) or array-like (see `open_image`).
+    generator_factory: picklable callable returning the mask generator (called once per process),
+        e.g. `functools.partial(build_generator, "vit_t", checkpoint, points_per_side=32)`.
+    output: .tif/.tiff (uint32, tiled, BigTIFF when large) or .zarr (OME-Zarr, uint32, chunked by tile).
+    client: a `dask.distributed.Client` to run tiles on its workers; None runs them here.
+    progress(done, total) counts tiles of both passes; `cancel` stops with `Cancelled`, leaving no output.
+    Returns the number of objects (labels 1..N).
+    """
+    output = Path(output)
+    suffix = output.suffix.lower()
+    if suffix not in (".tif", ".tiff", ".zarr"):
+        raise ValueError(f"output {output} must end in .tif, .tiff or .zarr")
+    lazy = open_image(image, level=level, channel_axis=channel_axis)
+    spec = ImageSpec(image if isinstance(image, (str, os.PathLike)) else lazy.array, level,
+                     lazy.channel_axis, lazy.intensity_range)
+    grid = TileGrid(lazy.shape, tile_shape, halo)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        store = _create_label_store(work / ("labels.zarr" if suffix != ".zarr" else output.name), grid)
+        total = 2 * len(grid)
+        ticker = _Progress(total, progress, cancel)
+        results = _run_tiles(client, _segment_tile, [(spec, grid, i, generator_factory, store) for i in range(len(grid))],
+                             ticker)
+        lookups, count = _join_across_borders(grid, sorted(results, key=lambda r: r.index))
+        _run_tiles(client, _relabel_tile, [(grid, i, lookups[i], store) for i in range(len(grid))], ticker)
+        if suffix == ".zarr":
+            _write_ome_metadata(store.parent)
+            _replace(store.parent / output.name, output)
+        else:
+            _write_tiff(store, output, count)
+        return count
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def build_generator(model_type: Optional[str], checkpoint, device: Optional[str] = None, **settings):
+    """A `SamAutomaticMaskGenerator` for a checkpoint: a picklable generator factory with functools.partial."""
+    from .. import SamAutomaticMaskGenerator, load_model
+
+    model = load_model(model_type, checkpoint, device=device, allow_download=False)
+    return SamAutomaticMaskGenerator(model, **settings)
+
+
+# ---- pass 1: one tile ---------------------------------------------------------------------------
+
+_GENERATORS: dict = {}  # per process: one generator per factory
+_GENERATORS_LOCK = threading.Lock()
+
+
+def _generator(factory):
+    key = hashlib.sha256(pickle.dumps(factory)).hexdigest()
+    with _GENERATORS_LOCK:
+        if key not in _GENERATORS:
+            _GENERATORS.clear()  # one model per worker at a time
+            _GENERATORS[key] = factory()
+        return _GENERATORS[key]
+
+
+def tile_labels(rgb: np.ndarray, generator) -> np.ndarray:
+    """(h, w) uint16 labels of everything in one (h, w, 3) tile RGB (smaller masks on top)."""
+    records = generator.generate(rgb)
+    labels = records_to_label_image(records, shape=rgb.shape[:2], order="area")
+    return labels
+
+
+def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: Path) -> TileLabels:
+    import zarr
+
+    tile = grid[index]
+    labels = tile_labels(spec.open().read_rgb(tile.outer), _generator(factory))[tile.interior_in_outer()]
+    # Consecutive local labels for the objects present in the interior (masks cut away by it vanish).
+    present, local = np.unique(labels, return_inverse=True)
+    local = local.reshape(labels.shape).astype(np.uint16) + (present[0] != 0)
+    count = len(present) - (present[0] == 0)
+    if count > MAX_LOCAL_LABELS:
+        raise MobileSamError(f"tile {index} has {count} objects, more than {MAX_LOCAL_LABELS}: use smaller tiles")
+    y0, x0, y1, x1 = tile.interior
+    zarr.open_array(str(store), mode="r+")[y0:y1, x0:x1] = local
+    return TileLabels(index, int(count), local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy())
+
+
+# ---- joining across borders ---------------------------------------------------------------------
+
+def _join_across_borders(grid: TileGrid, results: list[TileLabels]) -> tuple[list[np.ndarray], int]:
+    """Per tile, a lookup local label -> final label, and the number of final labels."""
+    offsets = np.cumsum([0] + [r.count for r in results])  # node of (tile, local) = offsets[tile] + local - 1
+    parent = np.arange(offsets[-1])
+
+    def find(node: int) -> int:
+        while parent[node] != node:
+            parent[node] = parent[parent[node]]
+            node = parent[node]
+        return node
+
+    rows, cols = grid.grid_shape
+    for r in results:
+        row, col = divmod(r.index, cols)
+        for other, mine, theirs in ((row * cols + col + 1, r.right, "left") if col + 1 < cols else (None, None, None),
+                                    ((row + 1) * cols + col, r.bottom, "top") if row + 1 < rows else (None, None, None)):
+            if other is None:
+                continue
+            facing = getattr(results[other], theirs)
+            for a, b in _matching_pairs(mine, facing):
+                ra, rb = find(offsets[r.index] + a - 1), find(offsets[other] + b - 1)
+                if ra != rb:
+                    parent[max(ra, rb)] = min(ra, rb)
+    # Final labels in order of first appearance (tile order, then local order): deterministic.
+    final = np.zeros(len(parent), dtype=np.int64)
+    names: dict[int, int] = {}
+    for node in range(len(parent)):
+        final[node] = names.setdefault(find(node), len(names) + 1)
+    lookups = [np.concatenate([[0], final[offsets[i]:offsets[i + 1]]]).astype(np.uint32) for i in range(len(results))]
+    return lookups, len(names)
+
+
+def _matching_pairs(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int]]:
+    """Label pairs facing each other across a border along at least BORDER_MATCH of the shorter run."""
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        return []
+    pairs, contact = np.unique(np.stack([a[both], b[both]]), axis=1, return_counts=True)
+    run_a = np.bincount(a, minlength=int(a.max()) + 1)
+    run_b = np.bincount(b, minlength=int(b.max()) + 1)
+    keep = contact >= BORDER_MATCH * np.minimum(run_a[pairs[0]], run_b[pairs[1]])
+    return [(int(x), int(y)) for x, y in pairs[:, keep].T]
+
+
+# ---- pass 2 and output --------------------------------------------------------------------------
+
+def _relabel_tile(grid: TileGrid, index: int, lookup: np.ndarray, store: Path) -> None:
+    import zarr
+
+    array = zarr.open_array(str(store), mode="r+")
+    y0, x0, y1, x1 = grid[index].interior
+    array[y0:y1, x0:x1] = lookup[np.asarray(array[y0:y1, x0:x1]).astype(np.int64)]
+
+
+def _create_label_store(path: Path, grid: TileGrid) -> Path:
+    import zarr
+
+    group = zarr.open_group(str(path.parent / path.name), mode="w")
+    group.create_array("0", shape=grid.image_shape, chunks=grid.tile_shape, dtype="uint32", fill_value=0)
+    return path / "0"
+
+
+def _write_ome_metadata(group_path: Path) -> None:
+    import zarr
+
+    group = zarr.open_group(str(group_path), mode="r+")
+    axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
+    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets, "name": "labels"}]}
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Move a finished output into place; an older output of the same name is removed only then."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, target)
+
+
+def _write_tiff(store: Path, output: Path, count: int) -> None:
+    import tifffile
+    import zarr
+
+    array = zarr.open_array(str(store), mode="r")
+    h, w = array.shape
+    side = TIFF_TILE
+
+    def tiles():
+        for y in range(0, h, side):
+            for x in range(0, w, side):
+                block = np.zeros((side, side), np.uint32)
+                data = np.asarray(array[y:y + side, x:x + side])
+                block[:data.shape[0], :data.shape[1]] = data
+                yield block
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=output.suffix, dir=output.parent)
+    os.close(fd)
+    try:
+        tifffile.imwrite(tmp, tiles(), shape=(h, w), dtype=np.uint32, tile=(side, side), compression="zlib",
+                         bigtiff=h * w * 4 > 2**31, photometric="minisblack")
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---- running tiles ------------------------------------------------------------------------------
+
+class _Progress:
+    def __init__(self, total: int, progress: Optional[ProgressCallback], cancel: Optional[threading.Event]):
+        self.total, self.done, self.progress, self.cancel = total, 0, progress, cancel
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled(f"tiled segmentation stopped after {self.done} of {self.total} tile steps")
+
+    def tick(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        self.check()
+
+
+def _run_tiles(client, function, arguments: list[tuple], ticker: _Progress) -> list:
+    """function(*args) for each args, here or as tasks on a dask client; results in completion order."""
+    ticker.check()
+    if client is None:
+        results = []
+        for args in arguments:
+            results.append(function(*args))
+            ticker.tick()
+        return results
+    from distributed import as_completed
+
+    futures = [client.submit(function, *args, pure=False) for args in arguments]
+    results = []
+    try:
+        for future in as_completed(futures):
+            results.append(future.result())
+            ticker.tick()
+    except BaseException:
+        client.cancel(futures)
+        raise
+    return results
+
+
+def local_cluster_client(workers: int, threads_per_worker: int = 1):
+    """A `dask.distributed` client on a LocalCluster of `workers` processes (torch one thread each)."""
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
+                           dashboard_address=None, env={"OMP_NUM_THREADS": str(threads_per_worker)})
+    return Client(cluster)
+
+
