@@ -11,7 +11,12 @@
 """
 
 from .embeddings import TiledEmbeddings
-from .everything import build_generator, local_cluster_client, segment_everything_tiled, tile_labels
+from .everything import (
+    build_generator,
+    local_cluster_client,
+    segment_everything_tiled,
+    tile_labels,
+)
 from .grid import Tile, TileGrid, parse_shape
 from .prompts import RegionMask, TiledPredictor
 from .source import LazyImage, open_image
