@@ -11,14 +11,10 @@
 """
 
 from .embeddings import TiledEmbeddings
-from .everything import (
-    build_generator,
-    local_cluster_client,
-    segment_everything_tiled,
-    tile_labels,
-)
+from .everything import build_generator, segment_everything_tiled, tile_labels
 from .grid import Tile, TileGrid, parse_shape
 from .prompts import RegionMask, TiledPredictor
+from .scheduling import local_cluster_client
 from .source import LazyImage, open_image
 
 __all__ = [
