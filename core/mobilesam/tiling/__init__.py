@@ -10,14 +10,15 @@
   written tile by tile, objects joined across borders, optionally on a `dask.distributed` client.
 """
 
-from .embeddings import TiledEmbeddings
+from .embeddings import TiledEmbeddings, build_predictor, embed_tiles
 from .everything import build_generator, segment_everything_tiled, tile_labels
 from .grid import Tile, TileGrid, parse_shape
 from .prompts import RegionMask, TiledPredictor
 from .scheduling import local_cluster_client
-from .source import LazyImage, open_image
+from .source import ImageSpec, LazyImage, open_image
 
 __all__ = [
     "TileGrid", "Tile", "parse_shape", "LazyImage", "open_image", "TiledEmbeddings", "TiledPredictor",
     "RegionMask", "segment_everything_tiled", "build_generator", "tile_labels", "local_cluster_client",
+    "build_predictor", "embed_tiles", "ImageSpec",
 ]

@@ -18,7 +18,8 @@ import numpy as np
 from ..predictor import EmbeddingState
 from ..volume.embeddings import VolumeEmbeddings
 from .grid import Tile, TileGrid
-from .source import LazyImage, open_image
+from .scheduling import Progress, cached_instance, run_tiles
+from .source import ImageSpec, LazyImage, open_image
 
 ProgressCallback = Callable[[int, int], None]
 
@@ -114,3 +115,28 @@ class TiledEmbeddings:
 
 def _index(tile: Union[int, Tile]) -> int:
     return tile.index if isinstance(tile, Tile) else int(tile)
+
+
+def build_predictor(model_type: Optional[str], checkpoint, device: Optional[str] = None):
+    """A `SamPredictor` for a checkpoint: a picklable predictor factory with functools.partial."""
+    from .. import SamPredictor, load_model
+
+    return SamPredictor(load_model(model_type, checkpoint, device=device, allow_download=False))
+
+
+def embed_tiles(image, predictor_factory: Callable[[], object], cache_dir: Union[str, Path], model_id: str,
+                tile_shape=1024, halo=128, client=None, level: int = 0, channel_axis: Optional[int] = None,
+                progress: Optional[ProgressCallback] = None, cancel: Optional[threading.Event] = None) -> tuple[int, int]:
+    """Encode every tile of `image` into the cache folder, one task per tile (on `client`'s dask
+    workers, or here). Cached tiles are skipped. Returns (tiles encoded now, tiles in the image)."""
+    spec = ImageSpec.of(image, level, channel_axis)
+    grid = TileGrid(spec.open().shape, tile_shape, halo)
+    arguments = [(spec, predictor_factory, str(cache_dir), model_id, tile_shape, halo, i) for i in range(len(grid))]
+    encoded = run_tiles(client, _embed_tile, arguments, Progress(len(grid), progress, cancel))
+    return int(sum(encoded)), len(grid)
+
+
+def _embed_tile(spec: ImageSpec, predictor_factory, cache_dir: str, model_id: str, tile_shape, halo, index: int) -> int:
+    embeddings = TiledEmbeddings(spec.open(), cached_instance(predictor_factory), tile_shape, halo,
+                                 cache_dir=cache_dir, max_in_memory=1, model_id=model_id)
+    return embeddings.embed_all([index])

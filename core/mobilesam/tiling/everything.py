@@ -28,26 +28,11 @@ from ..errors import MobileSamError
 from ..mask_outputs import records_to_label_image
 from .grid import TileGrid
 from .scheduling import Progress, cached_instance, run_tiles
-from .source import LazyImage, open_image
+from .source import ImageSpec
 
 BORDER_MATCH = 0.5  # labels touching across a border along this fraction of the shorter run are one object
 TIFF_TILE = 512  # tile side of TIFF output (a multiple of 16, as TIFF requires)
 MAX_LOCAL_LABELS = 65535
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """What a worker needs to open the image itself: a path (or picklable array) and how to read it."""
-
-    source: object
-    level: int = 0
-    channel_axis: Optional[int] = None
-    value_range: Optional[tuple[float, float]] = None
-
-    def open(self) -> LazyImage:
-        image = open_image(self.source, level=self.level, channel_axis=self.channel_axis)
-        image._value_range = self.value_range
-        return image
 
 
 @dataclass(frozen=True)
@@ -81,9 +66,8 @@ def segment_everything_tiled(image, generator_factory: Callable[[], object], out
     suffix = output.suffix.lower()
     if suffix not in (".tif", ".tiff", ".zarr"):
         raise ValueError(f"output {output} must end in .tif, .tiff or .zarr")
-    lazy = open_image(image, level=level, channel_axis=channel_axis)
-    spec = ImageSpec(image if isinstance(image, (str, os.PathLike)) else lazy.array, level,
-                     lazy.channel_axis, lazy.intensity_range)
+    spec = ImageSpec.of(image, level, channel_axis)
+    lazy = spec.open()
     grid = TileGrid(lazy.shape, tile_shape, halo)
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))

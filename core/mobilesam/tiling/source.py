@@ -8,6 +8,7 @@ with one intensity range for the whole image (`LazyImage.intensity_range`), so t
 """
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
@@ -79,6 +80,28 @@ class LazyImage:
 
     def __repr__(self) -> str:
         return f"LazyImage(shape={self.shape}, channels={self.channels}, dtype={self.dtype}, array={type(self.array).__name__})"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What a worker needs to open the image itself: a path (or picklable array) and how to read it."""
+
+    source: object
+    level: int = 0
+    channel_axis: Optional[int] = None
+    value_range: Optional[tuple[float, float]] = None
+
+    @classmethod
+    def of(cls, image, level: int = 0, channel_axis: Optional[int] = None) -> "ImageSpec":
+        """The spec of a path or array-like, with its intensity range fixed (so every worker agrees)."""
+        lazy = open_image(image, level=level, channel_axis=channel_axis)
+        source = image if isinstance(image, (str, os.PathLike)) else lazy.array
+        return cls(source, level, lazy.channel_axis, lazy.intensity_range)
+
+    def open(self) -> LazyImage:
+        image = open_image(self.source, level=self.level, channel_axis=self.channel_axis)
+        image._value_range = self.value_range
+        return image
 
 
 def open_image(source: Union[str, os.PathLike, object], level: int = 0,
