@@ -78,7 +78,8 @@ def segment_everything_tiled(image, generator_factory: Callable[[], object], out
         results = run_tiles(client, _segment_tile, [(spec, grid, i, generator_factory, store) for i in range(len(grid))],
                              ticker)
         lookups, count = _join_across_borders(grid, sorted(results, key=lambda r: r.index))
-        run_tiles(client, _relabel_tile, [(grid, i, lookups[i], store) for i in range(len(grid))], ticker)
+        ticker.total = len(grid) + sum(r.count > 0 for r in results)
+        run_tiles(client, _relabel_tile, [(grid, r.index, lookups[r.index], store) for r in results if r.count], ticker)
         if suffix == ".zarr":
             _write_ome_metadata(store.parent)
             _replace(store.parent, output)
@@ -120,8 +121,9 @@ def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: P
     renumber = np.zeros(int(labels.max()) + 1, dtype=np.uint16)
     renumber[present] = np.arange(1, count + 1)
     local = renumber[labels]
-    y0, x0, y1, x1 = tile.interior
-    zarr.open_array(str(store), mode="r+")[y0:y1, x0:x1] = local
+    if count:  # the store is new and reads 0 where nothing was written
+        y0, x0, y1, x1 = tile.interior
+        zarr.open_array(str(store), mode="r+")[y0:y1, x0:x1] = local
     return TileLabels(index, int(count), local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy())
 
 

@@ -21,7 +21,10 @@ _INSTANCES_LOCK = threading.Lock()
 
 def cached_instance(factory):
     """factory() made once per process (a model per dask worker, not per task); one kept at a time."""
-    key = hashlib.sha256(pickle.dumps(factory)).hexdigest()
+    try:  # equal factories unpickled in a worker are different objects: key by their bytes
+        key = hashlib.sha256(pickle.dumps(factory)).hexdigest()
+    except (pickle.PicklingError, AttributeError, TypeError):  # a local function: only ever used in-process
+        key = id(factory)
     with _INSTANCES_LOCK:
         if key not in _INSTANCES:
             _INSTANCES.clear()  # one model per worker at a time

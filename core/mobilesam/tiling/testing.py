@@ -17,7 +17,8 @@ from ..predictor import EmbeddingState
 
 def foreground(rgb: np.ndarray, background: int = 0) -> np.ndarray:
     """(H, W) bool: pixels whose colour differs from the background grey level."""
-    return (np.asarray(rgb) != background).any(axis=-1)
+    rgb = np.asarray(rgb)
+    return (rgb[..., 0] != background) | (rgb[..., 1] != background) | (rgb[..., 2] != background)
 
 
 class ComponentPredictor:
