@@ -1,8 +1,8 @@
 """Tiled runs of `mobilesam everything` and `mobilesam embed` for large images and folders of them.
 
-    mobilesam everything slide.ome.zarr -o labels.zarr --tile-shape 1024 --halo 128
-    mobilesam everything FOLDER -o LABELS_FOLDER --tile-shape 1024 --scheduler tcp://host:8786
-    mobilesam embed slide.tif --cache DIR --tile-shape 1024 --workers 4
+    mobilesam everything slide.ome.zarr -o labels.zarr --tile-shape 768 --halo 128
+    mobilesam everything FOLDER -o LABELS_FOLDER --tile-shape 768 --scheduler tcp://host:8786
+    mobilesam embed slide.tif --cache DIR --tile-shape 768 --workers 4
 
 Tiles are tasks on `dask.distributed`: a LocalCluster of --workers processes by default
 (--workers 0 runs them in this process), or the cluster at --scheduler ADDRESS.
@@ -21,8 +21,9 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
 def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("large images (tiling; needs napari-mobilesam[volume], dask.distributed)")
     g.add_argument("--tile-shape", metavar="N|ROWS,COLS", default=None,
-                   help="segment / embed tile by tile with this interior size (e.g. 1024); a folder or an "
-                        "OME-Zarr input is always tiled (default 1024 then)")
+                   help="segment / embed tile by tile with this interior size (e.g. 768: with the halo of 128 "
+                        "each tile is exactly the encoder's 1024 px); a folder or an OME-Zarr input is always "
+                        "tiled (768 then)")
     g.add_argument("--halo", metavar="N|ROWS,COLS", default="128", help="context around each tile (128)")
     g.add_argument("--level", type=int, default=0, help="pyramid level of an OME-Zarr / pyramidal TIFF (0)")
     g.add_argument("--workers", type=int, default=2, metavar="N",
@@ -59,10 +60,10 @@ def dask_client(args: argparse.Namespace):
 
 
 def tiling_shapes(args: argparse.Namespace):
-    from ..tiling import parse_shape
+    from ..tiling.grid import DEFAULT_TILE_SHAPE, parse_shape
 
     try:
-        return parse_shape(args.tile_shape or "1024", "--tile-shape"), parse_shape(args.halo, "--halo")
+        return parse_shape(args.tile_shape or DEFAULT_TILE_SHAPE, "--tile-shape"), parse_shape(args.halo, "--halo")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

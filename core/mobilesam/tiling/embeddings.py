@@ -17,7 +17,7 @@ import numpy as np
 
 from ..predictor import EmbeddingState
 from ..volume.embeddings import VolumeEmbeddings
-from .grid import Tile, TileGrid
+from .grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE, Tile, TileGrid
 from .scheduling import Progress, cached_instance, run_tiles
 from .source import ImageSpec, LazyImage, open_image
 
@@ -46,8 +46,8 @@ class TiledEmbeddings:
     cache_dir, model_id, max_in_memory: as for `VolumeEmbeddings` (each tile embedding is 4 MB).
     """
 
-    def __init__(self, image, predictor, tile_shape: Union[int, tuple[int, int]] = 1024,
-                 halo: Union[int, tuple[int, int]] = 128, cache_dir: Optional[Union[str, Path]] = None,
+    def __init__(self, image, predictor, tile_shape: Union[int, tuple[int, int]] = DEFAULT_TILE_SHAPE,
+                 halo: Union[int, tuple[int, int]] = DEFAULT_HALO, cache_dir: Optional[Union[str, Path]] = None,
                  max_in_memory: int = 16, model_id: Optional[str] = None, level: int = 0) -> None:
         self.image = image if isinstance(image, LazyImage) else open_image(image, level=level)
         self.grid = TileGrid(self.image.shape, tile_shape, halo)
@@ -125,8 +125,9 @@ def build_predictor(model_type: Optional[str], checkpoint, device: Optional[str]
 
 
 def embed_tiles(image, predictor_factory: Callable[[], object], cache_dir: Union[str, Path], model_id: str,
-                tile_shape=1024, halo=128, client=None, level: int = 0, channel_axis: Optional[int] = None,
-                progress: Optional[ProgressCallback] = None, cancel: Optional[threading.Event] = None) -> tuple[int, int]:
+                tile_shape=DEFAULT_TILE_SHAPE, halo=DEFAULT_HALO, client=None, level: int = 0,
+                channel_axis: Optional[int] = None, progress: Optional[ProgressCallback] = None,
+                cancel: Optional[threading.Event] = None) -> tuple[int, int]:
     """Encode every tile of `image` into the cache folder, one task per tile (on `client`'s dask
     workers, or here). Cached tiles are skipped. Returns (tiles encoded now, tiles in the image)."""
     spec = ImageSpec.of(image, level, channel_axis)

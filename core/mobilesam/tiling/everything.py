@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import MobileSamError
 from ..mask_outputs import records_to_label_image
-from .grid import TileGrid
+from .grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE, TileGrid
 from .scheduling import Progress, cached_instance, run_tiles
 from .source import ImageSpec
 
@@ -49,7 +49,7 @@ class TileLabels:
 
 
 def segment_everything_tiled(image, generator_factory: Callable[[], object], output: Union[str, os.PathLike],
-                             tile_shape=1024, halo=128, client=None, level: int = 0,
+                             tile_shape=DEFAULT_TILE_SHAPE, halo=DEFAULT_HALO, client=None, level: int = 0,
                              channel_axis: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None,
                              cancel: Optional[threading.Event] = None) -> int:
     """Segment everything in a large image tile by tile into a label image at `output`.

@@ -13,6 +13,9 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 
 Box = tuple[int, int, int, int]  # (y0, x0, y1, x1), half-open, image pixels
+# 768 + 2 * 128 = 1024: each tile's outer box is exactly the encoder's input, never resampled.
+DEFAULT_TILE_SHAPE = 768
+DEFAULT_HALO = 128
 
 
 @dataclass(frozen=True)
