@@ -307,3 +307,12 @@ def test_cli_everything_and_embed_tiled(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["everything", str(tmp_path / "big.tif"), "-o", str(tmp_path / "labels.png"), *common])
     assert "must end in .tif, .tiff or .zarr" in capsys.readouterr().err
+    # A folder of images: one label image each, in the output folder.
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", image, tile=(64, 64))
+    tifffile.imwrite(folder / "b.tif", image[:128, :192])
+    assert main(["everything", str(folder), "-o", str(tmp_path / "out"), *common]) == 0
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.tif", "b.tif"]
+    assert np.array_equal(tifffile.imread(tmp_path / "out" / "a.tif"), tifffile.imread(tmp_path / "labels.tif"))
+    assert tifffile.imread(tmp_path / "out" / "b.tif").shape == (128, 192)
