@@ -73,6 +73,8 @@ class TiledPredictor:
             mask, score = self._decode(tile, points, labels, box, seed)
             rows, cols = tile.interior_in_outer()
             pieces[index] = (mask[rows, cols], score)
+            if len(pieces) >= self.max_tiles:
+                break
             for neighbour in self.grid.neighbours(tile):
                 if neighbour.index not in pieces and neighbour.index not in queue:
                     inner = _inner_pixel(mask, tile, neighbour)
