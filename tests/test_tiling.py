@@ -225,6 +225,21 @@ def test_segment_everything_corner_object_ome_zarr_output_and_cancel(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["labels.zarr"]  # nothing half-written
 
 
+def test_segment_everything_reuses_cached_tile_embeddings(tmp_path):
+    from mobilesam.tiling import embed_tiles
+    from mobilesam.tiling.testing import ComponentGenerator
+
+    image, truths = border_objects()
+    assert embed_tiles(image, ComponentPredictor, tmp_path / "cache", "stand-in", TILE, HALO) == (16, 16)
+    assert embed_tiles(image, ComponentPredictor, tmp_path / "cache", "stand-in", TILE, HALO) == (0, 16)
+    generator = ComponentGenerator(predictor=ComponentPredictor())
+    count = segment_everything_tiled(image, lambda: generator, tmp_path / "labels.tif", TILE, HALO,
+                                     cache_dir=tmp_path / "cache", model_id="stand-in")
+    assert generator.predictor.set_image_calls == 0  # every tile's embedding came from the cache
+    assert count == len(truths)
+    assert_one_label_per_object(tifffile.imread(tmp_path / "labels.tif"), truths)
+
+
 def test_20000_square_ome_zarr_segmented_with_memory_bounded_by_tiles(tmp_path):
     probe = Path(__file__).with_name("tiling_memory_probe.py")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))

@@ -41,7 +41,7 @@ def register(subparsers) -> None:
                    help="fill holes and remove islands smaller than this (0: off)")
     p.add_argument("--channel-axis", type=int, default=None, help="axis of channels in IMAGE, if any")
     add_model_arguments(p)
-    add_tiling_arguments(p)
+    add_tiling_arguments(p, cache=True)
     p.set_defaults(func=run)
 
 

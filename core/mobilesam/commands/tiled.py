@@ -18,8 +18,10 @@ from ..cli import UsageError
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
 
 
-def add_tiling_arguments(parser: argparse.ArgumentParser) -> None:
+def add_tiling_arguments(parser: argparse.ArgumentParser, cache: bool = False) -> None:
     g = parser.add_argument_group("large images (tiling; needs napari-mobilesam[volume], dask.distributed)")
+    if cache:
+        g.add_argument("--cache", metavar="DIR", help="tile embedding cache (see `mobilesam embed --tile-shape`)")
     g.add_argument("--tile-shape", metavar="N|ROWS,COLS", default=None,
                    help="segment / embed tile by tile with this interior size (e.g. 768: with the halo of 128 "
                         "each tile is exactly the encoder's 1024 px); a folder or an OME-Zarr input is always "
@@ -115,7 +117,7 @@ def run_everything_tiled(args: argparse.Namespace) -> int:
         raise UsageError("--json is not available with tiling (the label image is written tile by tile)")
     tile_shape, halo = tiling_shapes(args)
     jobs = image_jobs(args.image, args.output)
-    model_type, checkpoint, _ = checkpoint_and_type(args)
+    model_type, checkpoint, model_id = checkpoint_and_type(args)
     factory = functools.partial(
         build_generator, model_type, checkpoint, args.device, points_per_side=args.points_per_side,
         points_per_batch=args.points_per_batch, pred_iou_thresh=args.pred_iou_thresh,
@@ -126,7 +128,8 @@ def run_everything_tiled(args: argparse.Namespace) -> int:
             bar, update = progress_bar(f"segment everything {Path(source).name}")
             with bar:
                 count = segment_everything_tiled(source, factory, output, tile_shape, halo, client=client,
-                                                 level=args.level, channel_axis=args.channel_axis, progress=update)
+                                                 level=args.level, channel_axis=args.channel_axis, progress=update,
+                                                 cache_dir=args.cache, model_id=model_id)
             print(f"{count} objects -> {output}")
     return 0
 

@@ -14,6 +14,7 @@ independent tasks: with a `dask.distributed` client they run on its workers (a l
 tiles are simply recomputed: each task writes only its own chunks).
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -51,7 +52,8 @@ class TileLabels:
 def segment_everything_tiled(image, generator_factory: Callable[[], object], output: Union[str, os.PathLike],
                              tile_shape=DEFAULT_TILE_SHAPE, halo=DEFAULT_HALO, client=None, level: int = 0,
                              channel_axis: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None,
-                             cancel: Optional[threading.Event] = None) -> int:
+                             cancel: Optional[threading.Event] = None, cache_dir=None,
+                             model_id: Optional[str] = None) -> int:
     """Segment everything in a large image tile by tile into a label image at `output`.
 
     image: path (TIFF, OME-Zarr folder, PNG...) or array-like (see `open_image`).
@@ -60,6 +62,8 @@ def segment_everything_tiled(image, generator_factory: Callable[[], object], out
     output: .tif/.tiff (uint32, tiled, BigTIFF when large) or .zarr (OME-Zarr, uint32, chunked by tile).
     client: a `dask.distributed.Client` to run tiles on its workers; None runs them here.
     progress(done, total) counts tiles of both passes; `cancel` stops with `Cancelled`, leaving no output.
+    cache_dir, model_id: the tile embedding cache of `TiledEmbeddings` / `mobilesam embed --tile-shape`:
+        tiles found there are not encoded again, the others are added (generators without crop layers).
     Returns the number of objects (labels 1..N).
     """
     output = Path(output)
@@ -75,8 +79,9 @@ def segment_everything_tiled(image, generator_factory: Callable[[], object], out
         store = _create_label_store(work / ("labels.zarr" if suffix != ".zarr" else output.name), grid)
         total = 2 * len(grid)
         ticker = Progress(total, progress, cancel)
-        results = run_tiles(client, _segment_tile, [(spec, grid, i, generator_factory, store) for i in range(len(grid))],
-                             ticker)
+        cache = None if cache_dir is None else (str(cache_dir), model_id)
+        results = run_tiles(client, _segment_tile,
+                            [(spec, grid, i, generator_factory, store, cache) for i in range(len(grid))], ticker)
         lookups, count = _join_across_borders(grid, sorted(results, key=lambda r: r.index))
         ticker.total = len(grid) + sum(r.count > 0 for r in results)
         run_tiles(client, _relabel_tile, [(grid, r.index, lookups[r.index], store) for r in results if r.count], ticker)
@@ -107,11 +112,20 @@ def tile_labels(rgb: np.ndarray, generator) -> np.ndarray:
     return labels
 
 
-def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: Path) -> TileLabels:
+def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: Path, cache=None) -> TileLabels:
     import zarr
 
-    tile = grid[index]
-    labels = tile_labels(spec.open().read_rgb(tile.outer), cached_instance(factory))[tile.interior_in_outer()]
+    tile, generator, image = grid[index], cached_instance(factory), spec.open()
+    if cache is not None and getattr(generator, "crop_n_layers", None) == 0:
+        from .embeddings import TiledEmbeddings
+
+        embeddings = TiledEmbeddings(image, generator.predictor, grid.tile_shape, grid.halo, cache_dir=cache[0],
+                                     model_id=cache[1], max_in_memory=1)
+        with _encoded_as(generator.predictor, embeddings.get(index)):
+            labels = tile_labels(embeddings.tile_image(index), generator)
+    else:
+        labels = tile_labels(image.read_rgb(tile.outer), generator)
+    labels = labels[tile.interior_in_outer()]
     # Consecutive local labels for the objects present in the interior (masks cut away by it vanish).
     present = np.flatnonzero(np.bincount(labels.reshape(-1)))  # O(pixels), unlike np.unique's sort
     present = present[present > 0]
@@ -125,6 +139,17 @@ def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: P
         y0, x0, y1, x1 = tile.interior
         zarr.open_array(str(store), mode="r+")[y0:y1, x0:x1] = local
     return TileLabels(index, int(count), local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy())
+
+
+@contextlib.contextmanager
+def _encoded_as(predictor, state):
+    """Within the block, `predictor.set_image` restores `state` (the tile's cached embedding, of the
+    very RGB the generator is given) instead of running the encoder."""
+    predictor.set_image = lambda image, image_format="RGB": predictor.set_embedding(state)
+    try:
+        yield
+    finally:
+        del predictor.set_image  # the class's method again
 
 
 # ---- joining across borders ---------------------------------------------------------------------

@@ -66,10 +66,15 @@ class ComponentPredictor:
 class ComponentGenerator:
     """`SamAutomaticMaskGenerator` stand-in: one record per connected object of the image."""
 
-    def __init__(self, background: int = 0) -> None:
+    def __init__(self, background: int = 0, predictor: Optional[ComponentPredictor] = None) -> None:
         self.background = background
+        self.predictor = predictor  # given: the image goes through its set_image, as SAM's generator does
+        self.crop_n_layers = 0
 
     def generate(self, image: np.ndarray, progress=None, cancel=None) -> list[dict[str, Any]]:
+        if self.predictor is not None:
+            self.predictor.set_image(image)
+            image = self.predictor.image
         components, _ = ndimage.label(foreground(image, self.background))
         records = []
         for i, found in enumerate(ndimage.find_objects(components), start=1):
