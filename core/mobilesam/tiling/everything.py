@@ -212,7 +212,8 @@ def _create_label_store(path: Path, grid: TileGrid) -> Path:
     import zarr
 
     group = zarr.open_group(str(path.parent / path.name), mode="w")
-    group.create_array("0", shape=grid.image_shape, chunks=grid.tile_shape, dtype="uint32", fill_value=0)
+    create = getattr(group, "create_array", None) or group.create_dataset  # zarr 3 / zarr 2
+    create("0", shape=grid.image_shape, chunks=grid.tile_shape, dtype="uint32", fill_value=0)
     return path / "0"
 
 
