@@ -106,10 +106,8 @@ def build_generator(model_type: Optional[str], checkpoint, device: Optional[str]
 # ---- pass 1: one tile ---------------------------------------------------------------------------
 
 def tile_labels(rgb: np.ndarray, generator) -> np.ndarray:
-    """(h, w) uint16 labels of everything in one (h, w, 3) tile RGB (smaller masks on top)."""
-    records = generator.generate(rgb)
-    labels = records_to_label_image(records, shape=rgb.shape[:2], order="area")
-    return labels
+    """(h, w) int32 labels of everything in one (h, w, 3) tile RGB (smaller masks on top)."""
+    return records_to_label_image(generator.generate(rgb), shape=rgb.shape[:2], order="area")
 
 
 def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: Path, cache=None) -> TileLabels:
@@ -168,12 +166,13 @@ def _join_across_borders(grid: TileGrid, results: list[TileLabels]) -> tuple[lis
     rows, cols = grid.grid_shape
     for r in results:
         row, col = divmod(r.index, cols)
-        for other, mine, theirs in ((row * cols + col + 1, r.right, "left") if col + 1 < cols else (None, None, None),
-                                    ((row + 1) * cols + col, r.bottom, "top") if row + 1 < rows else (None, None, None)):
-            if other is None:
-                continue
-            facing = getattr(results[other], theirs)
-            for a, b in _matching_pairs(mine, facing):
+        facing = []  # (neighbour, my border line, its border line facing mine)
+        if col + 1 < cols:
+            facing.append((r.index + 1, r.right, results[r.index + 1].left))
+        if row + 1 < rows:
+            facing.append((r.index + cols, r.bottom, results[r.index + cols].top))
+        for other, mine, theirs in facing:
+            for a, b in _matching_pairs(mine, theirs):
                 ra, rb = find(offsets[r.index] + a - 1), find(offsets[other] + b - 1)
                 if ra != rb:
                     parent[max(ra, rb)] = min(ra, rb)

@@ -24,12 +24,12 @@ def cached_instance(factory):
     try:  # equal factories unpickled in a worker are different objects: key by their bytes
         key = hashlib.sha256(pickle.dumps(factory)).hexdigest()
     except (pickle.PicklingError, AttributeError, TypeError):  # a local function: only ever used in-process
-        key = id(factory)
+        key = id(factory)  # unique while the entry below holds the factory
     with _INSTANCES_LOCK:
         if key not in _INSTANCES:
             _INSTANCES.clear()  # one model per worker at a time
-            _INSTANCES[key] = factory()
-        return _INSTANCES[key]
+            _INSTANCES[key] = (factory, factory())
+        return _INSTANCES[key][1]
 
 
 class Progress:
