@@ -90,3 +90,30 @@ class ComponentGenerator:
 def component_generator(background: int = 0) -> ComponentGenerator:
     """A picklable generator factory for `segment_everything_tiled`."""
     return ComponentGenerator(background)
+
+
+class DyingOnceGenerator(ComponentGenerator):
+    """A `ComponentGenerator` whose process dies (as a lost dask worker does) on its `die_at`-th
+    tile, once per `marker` file: the first process to create the marker exits on the spot."""
+
+    def __init__(self, marker: str, die_at: int = 2) -> None:
+        super().__init__()
+        self.marker, self.die_at, self.calls = marker, die_at, 0
+
+    def generate(self, image: np.ndarray, progress=None, cancel=None) -> list[dict[str, Any]]:
+        import os
+
+        self.calls += 1
+        if self.calls == self.die_at:
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                pass
+            else:
+                os._exit(1)
+        return super().generate(image, progress, cancel)
+
+
+def dying_once_generator(marker: str, die_at: int = 2) -> DyingOnceGenerator:
+    """A picklable generator factory whose first worker dies mid-run (see `DyingOnceGenerator`)."""
+    return DyingOnceGenerator(marker, die_at)
