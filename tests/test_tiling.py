@@ -337,3 +337,10 @@ def test_cli_everything_and_embed_tiled(tmp_path, monkeypatch, capsys):
     assert sorted(os.listdir(tmp_path / "out")) == ["a.tif", "b.tif"]
     assert np.array_equal(tifffile.imread(tmp_path / "out" / "a.tif"), tifffile.imread(tmp_path / "labels.tif"))
     assert tifffile.imread(tmp_path / "out" / "b.tif").shape == (128, 192)
+    capsys.readouterr()
+    assert main(["embed", str(folder), "--cache", str(tmp_path / "cache"), *common]) == 0
+    # a.tif is big.tif again: all its tiles come from the cache. Of b.tif's 2 x 3 tiles, the first
+    # two see exactly the pixels of big.tif's first two (content keys): 4 are encoded.
+    cache = str(tmp_path / "cache")
+    assert capsys.readouterr().out.splitlines() == [f"16 tiles: 0 encoded, 16 already cached -> {cache}",
+                                                    f"6 tiles: 4 encoded, 2 already cached -> {cache}"]

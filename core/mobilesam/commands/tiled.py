@@ -93,13 +93,21 @@ def progress_bar(desc: str):
     return bar, update
 
 
+def folder_images(source: str) -> list[Path]:
+    """The images of a folder (not an OME-Zarr folder), sorted; [] for anything else."""
+    path = Path(source)
+    if not path.is_dir() or path.suffix.lower() == ".zarr":
+        return []
+    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    if not images:
+        raise UsageError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
 def image_jobs(source: str, output: str) -> list[tuple[str, Path]]:
     """(input, output) pairs: one image, or every image of a folder into the output folder."""
-    path = Path(source)
-    if path.is_dir() and path.suffix.lower() != ".zarr":
-        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-        if not images:
-            raise UsageError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    images = folder_images(source)
+    if images:
         out = Path(output)
         if out.suffix:
             raise UsageError(f"for a folder of images, -o must be a folder, not {output}")
@@ -140,10 +148,12 @@ def run_embed_tiled(args: argparse.Namespace) -> int:
     tile_shape, halo = tiling_shapes(args)
     model_type, checkpoint, model_id = checkpoint_and_type(args)
     factory = functools.partial(build_predictor, model_type, checkpoint, args.device)
+    sources = [str(p) for p in folder_images(args.volume)] or [args.volume]
     with dask_client(args) as client:
-        bar, update = progress_bar("embedding tiles")
-        with bar:
-            encoded, total = embed_tiles(args.volume, factory, args.cache, model_id, tile_shape, halo, client=client,
-                                         level=args.level, channel_axis=args.channel_axis, progress=update)
-    print(f"{total} tiles: {encoded} encoded, {total - encoded} already cached -> {args.cache}")
+        for source in sources:
+            bar, update = progress_bar(f"embedding tiles of {Path(source).name}")
+            with bar:
+                encoded, total = embed_tiles(source, factory, args.cache, model_id, tile_shape, halo, client=client,
+                                             level=args.level, channel_axis=args.channel_axis, progress=update)
+            print(f"{total} tiles: {encoded} encoded, {total - encoded} already cached -> {args.cache}")
     return 0
