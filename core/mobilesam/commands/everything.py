@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..cli import UsageError
 from ._common import add_model_arguments, load_model_from_args
+from .tiled import add_tiling_arguments, run_everything_tiled, wants_tiling
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 
@@ -40,6 +41,7 @@ def register(subparsers) -> None:
                    help="fill holes and remove islands smaller than this (0: off)")
     p.add_argument("--channel-axis", type=int, default=None, help="axis of channels in IMAGE, if any")
     add_model_arguments(p)
+    add_tiling_arguments(p, cache=True)
     p.set_defaults(func=run)
 
 
@@ -65,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     from ..io import read_image, write_image
     from ..mask_outputs import records_to_coco_json, records_to_label_image
 
+    if wants_tiling(args, args.image):
+        return run_everything_tiled(args)
     if Path(args.output).suffix.lower() not in LABEL_SUFFIXES:
         raise UsageError(f"output {args.output} must end in .tif, .tiff or .png")
     if args.json is not None and not args.json.lower().endswith(".json"):

@@ -16,6 +16,7 @@ import argparse
 
 from ..cli import UsageError
 from ._common import add_model_arguments
+from .tiled import add_tiling_arguments, run_embed_tiled, wants_tiling
 
 PROMPT_HELP = ("'z=Z:point=X,Y[,LABEL]:box=X0,Y0,X1,Y1:object=K' (x, y in pixels within slice Z; "
                "point and box optional but at least one; point repeatable; object default 1)")
@@ -32,6 +33,7 @@ def register(subparsers) -> None:
     e.add_argument("--cache", required=True, metavar="DIR", help="embedding cache folder (created if missing)")
     add_volume_arguments(e)
     add_model_arguments(e)
+    add_tiling_arguments(e)
     e.set_defaults(func=run_embed)
 
     v = subparsers.add_parser(
@@ -157,6 +159,8 @@ def progress_bar(desc: str):
 def run_embed(args: argparse.Namespace) -> int:
     from ..volume import read_volume
 
+    if wants_tiling(args, args.volume):  # one large 2-D image, embedded tile by tile
+        return run_embed_tiled(args)
     volume, _ = read_volume(args.volume)
     geometry(volume, args.axis, args.channel_axis)
     embeddings = open_embeddings(args, volume)
