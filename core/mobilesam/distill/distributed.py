@@ -3,6 +3,7 @@
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterator, Optional
 
 import torch
@@ -34,13 +35,16 @@ class Processes:
 
 
 @contextmanager
-def process_group(device: Optional[str]) -> Iterator[Processes]:
-    """Under torchrun (RANK set): join the group, one device per local rank. Otherwise rank 0 of 1."""
+def process_group(device: Optional[str], timeout: Optional[timedelta] = None) -> Iterator[Processes]:
+    """Under torchrun (RANK set): join the group, one device per local rank. Otherwise rank 0 of 1.
+
+    timeout: how long a collective (barrier, all-reduce) waits for the slowest process (torch's default if None).
+    """
     if "RANK" not in os.environ:
         yield Processes(0, 1, torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), False)
         return
     use_cuda = torch.cuda.is_available() and device != "cpu"
-    dist.init_process_group("nccl" if use_cuda else "gloo")
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timeout)
     try:
         chosen = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu")
         if use_cuda:

@@ -8,6 +8,7 @@ loses at most the chunks in progress: rerunning recomputes only chunks that are 
 
 import os
 import threading
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -24,6 +25,8 @@ from .sources import open_source
 
 PathLike = Union[str, os.PathLike]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Processes meet only at the start and the end; the last may finish a chunk or two after the first.
+COLLECTIVE_TIMEOUT = timedelta(hours=2)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -85,7 +88,7 @@ def embed_teacher(teacher_type: str, checkpoint: Optional[PathLike], images: Uni
         raise MobileSamError("batch size and chunk size must be at least 1")
     source = open_source(images)
     store = EmbeddingStore(out_dir)
-    with process_group(device) as procs:
+    with process_group(device, COLLECTIVE_TIMEOUT) as procs:
         precision = resolve_precision(precision, procs.device)
         if procs.master:
             manifest = teacher_manifest(teacher_type, checkpoint, image_size, chunk_size)
