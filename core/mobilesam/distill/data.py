@@ -130,7 +130,7 @@ class EmbeddingStore:
         return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith(".")) if folder.is_dir() else []
 
     def save_chunk(self, chunk: str, names: list[str], embeddings: np.ndarray, precision: str) -> None:
-        """embeddings: (n, 256, E, E) float16, row i for names[i]. The index is written last: it marks the chunk done."""
+        """embeddings: (n, 256, E, E) float16, row i for names[i]. The index, written last, marks the chunk done."""
         if embeddings.shape[0] != len(names) or embeddings.dtype != np.float16:
             raise ValueError(f"chunk {chunk}: {len(names)} names but embeddings {embeddings.shape} {embeddings.dtype}")
         if not np.isfinite(embeddings).all():

@@ -163,7 +163,9 @@ def open_source(paths: Union[PathLike, Sequence[PathLike]]) -> Union[ImageFolder
         raise MobileSamError("no images given")
     shards = []
     for path in paths:
-        if path.is_file() and path.name.endswith(".tar"):
+        if path.name.endswith(".tar"):
+            if not path.is_file():
+                raise FileNotFoundError(f"shard {path} does not exist")
             shards.append(path)
         elif path.is_dir() and any(path.glob("*.tar")):
             shards.extend(path.glob("*.tar"))
