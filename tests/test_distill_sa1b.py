@@ -233,6 +233,13 @@ def test_training_from_shards_equals_training_from_folder(sa1b, tmp_path, one_th
         rates = [float(r["images_per_s"]) for r in csv.DictReader(f) if r["images_per_s"]]
     assert len(rates) == 4 and all(rate > 0 for rate in rates)
 
+    # a damaged chunk is an error naming it, never silently wrong embeddings
+    chunk = folder_store / "chunks" / "sa_000002-000001.npy"
+    chunk.write_bytes(chunk.read_bytes()[:-1000])
+    store = EmbeddingStore(folder_store)
+    with pytest.raises(MobileSamError, match="damaged embedding chunk .*sa_000002-000001.npy"):
+        store.load(json.loads(chunk.with_suffix(".json").read_text())["names"][0])
+
 
 def test_sigterm_during_torchrun_training_checkpoints_and_resumes_exactly(sa1b, tmp_path):
     """SIGTERM to every process of a 2-rank gloo run (as a cluster preempting a job step): both ranks stop

@@ -177,7 +177,17 @@ class EmbeddingStore:
             self._arrays, self._pid = {}, os.getpid()
         array = self._arrays.get(chunk)
         if array is None:
-            array = self._arrays[chunk] = np.load(self.chunk_path(chunk, ".npy"), mmap_mode="r")
+            path = self.chunk_path(chunk, ".npy")
+            try:
+                array = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise MobileSamError(f"damaged embedding chunk {path} ({exc}); delete it and its .json and rerun "
+                                     "embed-teacher") from None
+            expected = (len(self.chunk_names(chunk) or []), *self.manifest()["embedding_shape"])
+            if array.shape != expected or array.dtype != np.float16:
+                raise MobileSamError(f"embedding chunk {path} is {array.shape} {array.dtype}, its index and the "
+                                     f"manifest say {expected} float16; delete it and rerun embed-teacher")
+            self._arrays[chunk] = array
         return array
 
     def load(self, name: str) -> torch.Tensor:
