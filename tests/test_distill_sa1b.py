@@ -116,8 +116,8 @@ def chunk_arrays(store: Path) -> dict[str, np.ndarray]:
     return {p.stem: np.load(p) for p in sorted((store / "chunks").glob("*.npy"))}
 
 
-def test_tar_shards_read_in_place(sa1b):
-    root, shards, unpacked, _, _ = sa1b
+def test_tar_shards_read_in_place(sa1b, capsys):
+    root, shards, unpacked, teacher, _ = sa1b
     source = open_source(shards)
     assert isinstance(source, TarShards) and len(source.names) == SHARDS * PER_SHARD
     assert source.names[:2] == ["sa_000000/sa_1.jpg", "sa_000000/sa_2.jpg"]  # "./" dropped
@@ -141,6 +141,11 @@ def test_tar_shards_read_in_place(sa1b):
     (root / "broken.tar").write_bytes(b"not a tar file" * 100)
     with pytest.raises(MobileSamError, match="cannot read tar shard"):
         open_source([root / "broken.tar"])
+    with pytest.raises(FileNotFoundError, match="shard .*sa_000009.tar does not exist"):
+        open_source([shards / "sa_000000.tar", shards / "sa_000009.tar"])
+    assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", teacher, "--images", shards,
+               "--out", root / "emb_bf16", "--precision", "bf16", "--device", "cpu", *EMBED) == 1
+    assert "--precision bf16 needs a CUDA device" in capsys.readouterr().err
 
 
 def run_torchrun(args, env) -> subprocess.Popen:
