@@ -57,7 +57,8 @@ def teacher_set(tmp_path_factory):
     teacher = save_random_checkpoint(root / "teacher.pt", "vit_t", seed=1234, image_size=SIZE)
     embeddings = root / "embeddings"
     assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", teacher,
-               "--images", images, "--out", embeddings, "--image-size", SIZE) == 0
+               "--images", images, "--out", embeddings, "--image-size", SIZE, "--chunk-size", 4,
+               "--num-workers", 0) == 0
     return root, images, teacher, embeddings
 
 
@@ -72,9 +73,16 @@ def test_embed_teacher_manifest_and_resume(teacher_set, capsys):
     assert manifest["teacher"]["model_type"] == "vit_t"
     assert manifest["teacher"]["sha256"] == sha256sum(teacher)
     assert manifest["image_size"] == SIZE and manifest["dtype"] == "float16"
-    assert manifest["preprocessing"]["resize_longest_side"] == SIZE
-    stored = np.load(embeddings / "embeddings" / "img_03.png.npy")
-    assert stored.dtype == np.float16 and stored.shape == (256, 8, 8)
+    assert manifest["preprocessing"]["resize_longest_side"] == SIZE and manifest["chunk_size"] == 4
+    # 16 images -> 4 chunk files of 4 embeddings, each with its index
+    chunk = embeddings / "chunks" / "_root-000000"
+    assert sorted(p.name for p in chunk.parent.iterdir()) == [f"_root-{k:06d}.{s}" for k in range(4)
+                                                              for s in ("json", "npy")]
+    index = json.loads(chunk.with_suffix(".json").read_text())
+    assert index["names"] == [f"img_{i:02d}.png" for i in range(4)] and index["precision"] == "fp32"
+    array = np.load(chunk.with_suffix(".npy"))
+    assert array.dtype == np.float16 and array.shape == (4, 256, 8, 8)
+    stored = array[3]
 
     # the stored embedding is the teacher's, as the predictor computes it
     predictor = mobilesam.SamPredictor(mobilesam.build_sam("vit_t", teacher, image_size=SIZE))
@@ -82,18 +90,19 @@ def test_embed_teacher_manifest_and_resume(teacher_set, capsys):
     expected = predictor.features[0].numpy()
     assert np.abs(stored.astype(np.float32) - expected).max() < 1e-2
 
-    # rerun: nothing recomputed; a deleted file is recomputed identically
-    (embeddings / "embeddings" / "img_03.png.npy").unlink()
+    # rerun: nothing recomputed; a deleted chunk is recomputed identically
+    chunk.with_suffix(".json").unlink()
     capsys.readouterr()
     assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", teacher,
-               "--images", images, "--out", embeddings, "--image-size", SIZE) == 0
-    assert "16 images: 1 embedded, 15 already done" in capsys.readouterr().out
-    assert np.array_equal(np.load(embeddings / "embeddings" / "img_03.png.npy"), stored)
+               "--images", images, "--out", embeddings, "--image-size", SIZE, "--chunk-size", 4,
+               "--num-workers", 0) == 0
+    assert "16 images: 4 embedded, 12 already done (1 of 4 chunks" in capsys.readouterr().out
+    assert np.array_equal(np.load(chunk.with_suffix(".npy")), array)
 
     # another teacher must not be mixed into the same store
     other = save_random_checkpoint(root / "other_teacher.pt", "vit_t", seed=5, image_size=SIZE)
     assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", other,
-               "--images", images, "--out", embeddings, "--image-size", SIZE) == 1
+               "--images", images, "--out", embeddings, "--image-size", SIZE, "--chunk-size", 4) == 1
     assert "another teacher checkpoint" in capsys.readouterr().err
 
 
@@ -105,7 +114,7 @@ def test_vit_b_teacher_embeddings(tmp_path):
                "--images", images, "--out", tmp_path / "emb", "--image-size", SIZE) == 0
     manifest = json.loads((tmp_path / "emb" / "manifest.json").read_text())
     assert manifest["teacher"]["model_type"] == "vit_b" and manifest["embedding_shape"] == [256, 8, 8]
-    assert np.load(tmp_path / "emb" / "embeddings" / "img_01.png.npy").shape == (256, 8, 8)
+    assert np.load(tmp_path / "emb" / "chunks" / "_root-000000.npy").shape == (2, 256, 8, 8)
 
 
 @pytest.fixture

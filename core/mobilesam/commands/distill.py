@@ -1,6 +1,7 @@
 """`mobilesam distill embed-teacher | train | export`: decoupled distillation of a lightweight encoder.
 
     mobilesam distill embed-teacher --teacher vit_h --teacher-checkpoint sam_vit_h.pth --images DIR --out EMB
+    torchrun --nproc_per_node 8 -m mobilesam distill embed-teacher ... --images sa_00000*.tar   # sharded by rank
     mobilesam distill train --images DIR --embeddings EMB --out RUN [--epochs 8] [--batch-size 8] [--lr 1e-3]
     torchrun --nproc_per_node 8 -m mobilesam distill train ...      # DDP, same arguments
     mobilesam distill export RUN [--decoder-from sam_vit_h.pth] -o my_mobile_sam.pt
@@ -22,17 +23,26 @@ def register(subparsers) -> None:
     steps = p.add_subparsers(dest="distill_command", metavar="STEP")
 
     e = steps.add_parser("embed-teacher", help="run the teacher once per image and store its embeddings",
-                         description="Store the teacher's float16 image embedding of every image below --images "
-                                     "in --out, with a manifest. Rerunning skips images already done.")
+                         description="Store the teacher's float16 image embedding of every image of --images "
+                                     "in --out (chunk files of --chunk-size images, with an index and a manifest). "
+                                     "Rerunning skips finished chunks. Under torchrun each process encodes its "
+                                     "share of the chunks.")
     e.add_argument("--teacher", choices=[t for t in MODEL_TYPES], default="vit_h", help="teacher architecture")
     e.add_argument("--teacher-checkpoint", metavar="PATH",
                    help="teacher weights, e.g. sam_vit_h_4b8939.pth or a domain-tuned SAM "
                         "(default: the cached official weights, downloaded on first use)")
-    e.add_argument("--images", required=True, metavar="DIR", help="folder of training images (searched recursively)")
+    e.add_argument("--images", required=True, nargs="+", metavar="PATH", help=IMAGES_HELP)
     e.add_argument("--out", required=True, metavar="EMB_DIR", help="where embeddings and manifest.json go")
     e.add_argument("--image-size", type=int, default=1024,
                    help="model input size (1024 for official-compatible students; smaller for quick trials)")
-    e.add_argument("--device", default=None, help="torch device (default cpu)")
+    e.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu; under "
+                                                       "torchrun one GPU per local rank)")
+    e.add_argument("--batch-size", type=int, default=8, help="images per teacher forward pass (default 8)")
+    e.add_argument("--num-workers", type=int, default=2, help="image-decoding workers per process (default 2)")
+    e.add_argument("--chunk-size", type=int, default=256,
+                   help="images per stored chunk file, the unit of resume (default 256: 512 MiB at 1024 px)")
+    e.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="teacher arithmetic: auto = bf16 (or fp16) autocast on GPU, fp32 on CPU")
     e.add_argument("--no-download", action="store_true", help="never download teacher weights")
     e.set_defaults(func=run_embed_teacher)
 
@@ -40,7 +50,7 @@ def register(subparsers) -> None:
                          description="Train a TinyViT to reproduce the stored embeddings. Rerun the same command "
                                      "to resume from RUN_DIR/ckpt.pt. For several GPUs or nodes start it with "
                                      "torchrun (DistributedDataParallel; gloo on CPU).")
-    t.add_argument("--images", required=True, metavar="DIR")
+    t.add_argument("--images", required=True, nargs="+", metavar="PATH", help="the images given to embed-teacher")
     t.add_argument("--embeddings", required=True, metavar="EMB_DIR")
     t.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoint (ckpt.pt) and metrics.csv go here")
     from ..distill.train import TrainConfig
@@ -86,6 +96,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
+IMAGES_HELP = ("a folder of images (searched recursively), or SA-1B tar shards read without unpacking: "
+               "sa_*.tar files (any subset) or a folder holding them")
+
+
 @contextmanager
 def progress_bar(desc: str, unit: str, enabled: bool = True):
     from tqdm.auto import tqdm
@@ -102,10 +116,19 @@ def run_embed_teacher(args: argparse.Namespace) -> int:
     from ..distill.teacher import embed_teacher
 
     check_image_size(args.image_size)
-    with progress_bar(f"{args.teacher} embeddings", "image") as (progress, _):
+    for name in ("batch_size", "chunk_size"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    master = int(os.environ.get("RANK", 0)) == 0
+    with progress_bar(f"{args.teacher} embeddings", "image", enabled=master) as (progress, _):
         counts = embed_teacher(args.teacher, args.teacher_checkpoint, args.images, args.out, args.image_size,
-                               device=args.device, allow_download=not args.no_download, progress=progress)
-    print(f"{counts['images']} images: {counts['computed']} embedded, {counts['skipped']} already done -> {args.out}")
+                               device=args.device, allow_download=not args.no_download, batch_size=args.batch_size,
+                               num_workers=args.num_workers, chunk_size=args.chunk_size, precision=args.precision,
+                               progress=progress)
+    if master:
+        print(f"{counts['images']} images: {counts['computed']} embedded, {counts['skipped']} already done "
+              f"({counts['computed_chunks']} of {counts['chunks']} chunks computed by {counts['world']} "
+              f"process(es)) -> {args.out}")
     return 0
 
 

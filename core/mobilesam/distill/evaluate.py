@@ -1,8 +1,10 @@
 """`evaluate`: the MobileSAM paper's measure of a distilled model against its reference.
 
-For objects found by the reference model (its best mask for each point of a grid, duplicates
-dropped), prompt both models with a random point inside the object (or the object's box) and
-report the mean IoU of the model's masks against the reference's, plus encoder speed and size.
+For each object, prompt both models with a random point inside it (or its box) and report the
+mean IoU of the model's masks against the reference's, plus encoder speed and size. Objects are
+the image's SA-1B annotations (COCO RLE masks, from a tar shard or an `<image>.json` next to the
+image) where it has them, as in the paper; otherwise the reference model's own masks for a grid
+of points (duplicates dropped).
 """
 
 import math
@@ -10,8 +12,7 @@ import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -19,9 +20,8 @@ import torch
 from ..build_sam import build_sam, detect_model_type, read_state_dict
 from ..errors import Cancelled, CheckpointError
 from ..image import to_rgb_uint8
-from ..io import read_image
 from ..predictor import SamPredictor
-from .data import list_images
+from .sources import annotation_masks, open_source
 
 PathLike = Union[str, os.PathLike]
 PROMPTS = ("point", "box")
@@ -42,6 +42,7 @@ class EvaluationResult:
     prompt: str
     images: int
     objects: int
+    objects_from: str  # "annotations" (SA-1B masks), "reference" (reference model's masks) or "both"
     miou: float
     model: ModelReport
     reference: ModelReport
@@ -105,27 +106,48 @@ def timed_set_image(predictor: SamPredictor, image: np.ndarray) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def evaluate(model: PathLike, reference: PathLike, image_dir: PathLike, prompt: str = "point", n: int = 16,
-             image_size: int = 1024, seed: int = 0, device: Optional[str] = None,
+def annotated_objects(annotations: list[dict], height: int, width: int, n: int, rng: np.random.Generator,
+                      name: str) -> list[np.ndarray]:
+    """Up to `n` non-empty annotation masks, drawn at random."""
+    chosen = [annotations[i] for i in rng.permutation(len(annotations))]
+    masks = [mask for mask in annotation_masks(chosen[:2 * n], height, width, name) if mask.any()]
+    return masks[:n]
+
+
+def evaluate(model: PathLike, reference: PathLike, images: Union[PathLike, Sequence[PathLike]],
+             prompt: str = "point", n: int = 16, image_size: int = 1024, seed: int = 0,
+             device: Optional[str] = None, max_images: Optional[int] = None,
              progress: Optional[Callable[[int, int], None]] = None,
              cancel: Optional[threading.Event] = None) -> EvaluationResult:
-    """mIoU of `model`'s masks against `reference`'s on up to `n` reference objects per image."""
+    """mIoU of `model`'s masks against `reference`'s on up to `n` objects per image.
+
+    images: a folder, or (held-out) SA-1B tar shards; the first `max_images` names (sorted) if given.
+    """
     if prompt not in PROMPTS:
         raise ValueError(f"prompt must be one of {', '.join(PROMPTS)}, not {prompt!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    names = list_images(image_dir)
+    source = open_source(images)
+    names = source.names[:max_images] if max_images else source.names
     student, student_report = load_for_evaluation(model, image_size, device)
     teacher, teacher_report = load_for_evaluation(reference, image_size, device)
     rng = np.random.default_rng(seed)
     ious: list[float] = []
     times: dict[str, list[float]] = {"model": [], "reference": []}
+    origins = set()
     for done, name in enumerate(names):
         if cancel is not None and cancel.is_set():
             raise Cancelled("evaluation cancelled")
-        image = to_rgb_uint8(read_image(Path(image_dir) / name))
+        image = to_rgb_uint8(source.read(name))
+        annotations = source.annotations(name)
         times["reference"].append(timed_set_image(teacher, image))
         times["model"].append(timed_set_image(student, image))
-        for mask in reference_objects(teacher, *image.shape[:2], n, rng):
+        if annotations is not None:
+            origins.add("annotations")
+            objects = annotated_objects(annotations, *image.shape[:2], n, rng, name)
+        else:
+            origins.add("reference")
+            objects = reference_objects(teacher, *image.shape[:2], n, rng)
+        for mask in objects:
             prompt_args = object_prompt(mask, prompt, rng)
             ious.append(mask_iou(best_mask(student, **prompt_args), best_mask(teacher, **prompt_args)))
         if progress:
@@ -133,5 +155,5 @@ def evaluate(model: PathLike, reference: PathLike, image_dir: PathLike, prompt: 
     for report, key in ((student_report, "model"), (teacher_report, "reference")):
         measured = times[key][1:] or times[key]
         report.encode_ms = float(np.mean(measured))
-    return EvaluationResult(prompt, len(names), len(ious), float(np.mean(ious)) if ious else math.nan,
-                            student_report, teacher_report, ious)
+    return EvaluationResult(prompt, len(names), len(ious), "both" if len(origins) > 1 else origins.pop(),
+                            float(np.mean(ious)) if ious else math.nan, student_report, teacher_report, ious)

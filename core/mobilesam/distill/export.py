@@ -9,10 +9,9 @@ import torch
 from ..build_sam import build_sam, read_state_dict
 from ..errors import CheckpointError, MobileSamError
 from .data import atomic_write_bytes
-from .train import CHECKPOINT_NAME, read_checkpoint
+from .layout import CHECKPOINT_NAME, DECODER_PREFIXES, read_checkpoint
 
 PathLike = Union[str, os.PathLike]
-DECODER_PREFIXES = ("prompt_encoder.", "mask_decoder.")
 
 
 def combine_state_dicts(encoder_state: dict[str, torch.Tensor],

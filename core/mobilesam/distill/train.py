@@ -7,34 +7,41 @@ In the spirit of nanoGPT's train.py: the whole configuration is `TrainConfig` ri
     torchrun --nproc_per_node 8 -m mobilesam distill train --images DIR --embeddings EMB --out RUN
 
 Under torchrun each process trains a DistributedDataParallel replica on its share of every batch
-(NCCL on CUDA, gloo on CPU). Rerunning the same command in RUN resumes exactly where the last
-checkpoint left off: the same batches, learning rates and optimizer state as an uninterrupted run,
-hence the same weights bit for bit wherever the kernels are deterministic (on CPU: one intra-op
-thread, OMP_NUM_THREADS=1; multi-threaded CPU and CUDA kernels may round differently, ~1e-8).
+(NCCL on CUDA, gloo on CPU), reading its images (folder or SA-1B tar shards) and embeddings
+(memory-mapped chunks) at random; the batch order is a seeded permutation per epoch, so every
+process knows its share of any step. Rerunning the same command in RUN resumes exactly where the
+last checkpoint left off: the same batches, learning rates and optimizer state as an uninterrupted
+run, hence the same weights bit for bit wherever the kernels are deterministic (on CPU: one
+intra-op thread, OMP_NUM_THREADS=1; multi-threaded CPU and CUDA kernels may round differently,
+~1e-8). SIGTERM (a cluster's preemption notice; torchrun passes it on) makes every process stop
+at the same step and write a checkpoint before exiting.
 """
 
 import csv
 import math
-import os
+import signal
 import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..build_sam import build_sam
+from ..build_sam import build_sam, read_state_dict
 from ..errors import Cancelled, MobileSamError
-from .data import DistillDataset, EmbeddingStore, atomic_write_bytes, collate, list_images
+from .data import DistillDataset, EmbeddingStore, atomic_write_bytes, collate
+from .distributed import process_group
+from .layout import CHECKPOINT_NAME, DECODER_PREFIXES, METRICS_NAME, read_checkpoint
+from .sources import open_source
 
 
 @dataclass
 class TrainConfig:
-    images: str                          # image folder given to embed-teacher
+    images: Union[str, list[str]]        # what embed-teacher read: an image folder, or SA-1B tar shards
     embeddings: str                      # embed-teacher's output folder
     out: str                             # run folder: ckpt.pt, metrics.csv
     epochs: int = 8
@@ -63,9 +70,7 @@ class TrainConfig:
 TRAJECTORY_KEYS = ("epochs", "batch_size", "lr", "min_lr_ratio", "warmup_steps", "weight_decay", "grad_clip",
                    "val_fraction", "seed", "init", "mode", "decoder", "points_per_image")
 MODES = ("decoupled", "coupled")
-CHECKPOINT_NAME = "ckpt.pt"
-METRICS_NAME = "metrics.csv"
-METRICS_FIELDS = ("step", "epoch", "lr", "train_loss", "val_mse", "elapsed_s")
+METRICS_FIELDS = ("step", "epoch", "lr", "train_loss", "val_mse", "elapsed_s", "images_per_s")
 
 
 def learning_rate(step: int, config: TrainConfig, max_steps: int, warmup: int) -> float:
@@ -140,9 +145,6 @@ def validation_mse(encoder, preprocess, loader, device, distributed: bool, autoc
 
 def load_frozen_decoder(student, path) -> None:
     """Coupled mode: the prompt encoder and mask decoder of `path`, frozen (only the encoder learns)."""
-    from ..build_sam import read_state_dict
-    from .export import DECODER_PREFIXES
-
     state = {k: v for k, v in read_state_dict(path).items() if k.startswith(DECODER_PREFIXES)}
     student.load_state_dict({**student.state_dict(), **state}, strict=True)
     for module in (student.prompt_encoder, student.mask_decoder):
@@ -169,10 +171,6 @@ def coupled_mask_loss(student, prediction: torch.Tensor, targets: torch.Tensor, 
         dice = 1 - (2 * (probs * target.flatten(1)).sum(1) + 1) / (probs.sum(1) + target.flatten(1).sum(1) + 1)
         losses.append(bce + dice.mean())
     return torch.stack(losses).mean()
-
-
-def read_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def check_resumable(saved: dict, config: TrainConfig, path: Path) -> None:
@@ -208,29 +206,57 @@ def read_metrics(run_dir) -> list[dict]:
         return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
+class StopRequests:
+    """SIGTERM (preemption) and the caller's cancel event, agreed on by all processes at each step.
+
+    Processes get the signal at slightly different times; each step they take the maximum of their
+    flags (one tiny all-reduce), so all stop after the same step and rank 0's checkpoint fits everyone.
+    """
+
+    def __init__(self, cancel: Optional[threading.Event], distributed: bool, device: torch.device) -> None:
+        self.cancel, self.distributed, self.device = cancel, distributed, device
+        self.signalled = threading.Event()
+        self.previous = None
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            self.previous = signal.signal(signal.SIGTERM, lambda signum, frame: self.signalled.set())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+    def reason(self) -> Optional[str]:
+        """"SIGTERM", "cancelled" or None, the same in every process."""
+        flags = [self.signalled.is_set(), self.cancel is not None and self.cancel.is_set()]
+        if self.distributed:
+            tensor = torch.tensor(flags, dtype=torch.int32, device=self.device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+            flags = tensor.tolist()
+        return "SIGTERM" if flags[0] else "cancelled" if flags[1] else None
+
+
+def ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM to the training process, which stops them after its checkpoint."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def format_duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
+
+
 def train(config: TrainConfig, progress: Optional[Callable[[int, int], None]] = None,
           cancel: Optional[threading.Event] = None, log: Callable[[str], None] = print) -> dict:
     """Run (or resume) training; returns {"step", "max_steps", "val_mse", "initial_val_mse", "checkpoint"}.
 
     Under torchrun (RANK set) this joins the process group; only rank 0 writes files and reports.
+    A SIGTERM or `cancel` writes a checkpoint and raises `Cancelled`.
     """
-    distributed = "RANK" in os.environ
-    if distributed:
-        use_cuda = torch.cuda.is_available() and config.device != "cpu"
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        rank, world = dist.get_rank(), dist.get_world_size()
-        device = torch.device(f"cuda:{int(os.environ['LOCAL_RANK'])}" if use_cuda else "cpu")
-        if use_cuda:
-            torch.cuda.set_device(device)
-    else:
-        rank, world = 0, 1
-        device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        return _train(config, rank, world, device, distributed, progress if rank == 0 else None, cancel,
-                      log if rank == 0 else (lambda message: None))
-    finally:
-        if distributed:
-            dist.destroy_process_group()
+    with process_group(config.device) as procs:
+        return _train(config, procs.rank, procs.world, procs.device, procs.distributed,
+                      progress if procs.master else None, cancel, log if procs.master else (lambda message: None))
 
 
 def _train(config, rank, world, device, distributed, progress, cancel, log) -> dict:
@@ -242,7 +268,8 @@ def _train(config, rank, world, device, distributed, progress, cancel, log) -> d
     store = EmbeddingStore(config.embeddings)
     manifest = store.manifest()
     image_size = int(manifest["image_size"])
-    names = list_images(config.images)
+    source = open_source(config.images)
+    names = source.names
     missing = [name for name in names if not store.has(name)]
     if missing:
         raise MobileSamError(f"{len(missing)} of {len(names)} images have no teacher embedding in {store.root} "
@@ -288,13 +315,14 @@ def _train(config, rank, world, device, distributed, progress, cancel, log) -> d
         log(f"resuming {out} at step {step}/{max_steps}")
     model = DistributedDataParallel(encoder) if distributed else encoder
 
-    loader_options = dict(num_workers=config.num_workers, collate_fn=collate, pin_memory=device.type == "cuda")
+    loader_options = dict(num_workers=config.num_workers, collate_fn=collate, pin_memory=device.type == "cuda",
+                          worker_init_fn=ignore_sigterm)
     train_loader = torch.utils.data.DataLoader(
-        DistillDataset(config.images, store, train_names, image_size),
+        DistillDataset(source, store, train_names, image_size),
         batch_sampler=StepBatchSampler(len(train_names), config.batch_size, config.seed, rank, world, step, max_steps),
         **loader_options)
     val_loader = torch.utils.data.DataLoader(
-        DistillDataset(config.images, store, val_names[rank::world], image_size),
+        DistillDataset(source, store, val_names[rank::world], image_size),
         batch_size=max(1, config.batch_size // world), **loader_options)
 
     def save_checkpoint() -> None:
@@ -308,9 +336,10 @@ def _train(config, rank, world, device, distributed, progress, cancel, log) -> d
     if master:
         out.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(out / METRICS_NAME, step)
-        log(f"{len(train_names)} training / {len(val_names)} validation images at {image_size} px, "
-            f"{max_steps} steps of {config.batch_size} on {world} process(es), {device}")
+        log(f"{len(train_names)} training / {len(val_names)} validation images ({source.describe()}) at "
+            f"{image_size} px, {max_steps} steps of {config.batch_size} on {world} process(es), {device}")
     started = time.time()
+    window = (step, time.perf_counter())  # throughput since the last training-loss row
     val_mse = initial_val_mse = None
 
     def evaluate() -> float:
@@ -321,24 +350,7 @@ def _train(config, rank, world, device, distributed, progress, cancel, log) -> d
             log(f"step {step}: validation MSE {mse:.4g}")
         return mse
 
-    if progress:
-        progress(step, max_steps)
-    batches = iter(train_loader)
-    while True:
-        if step % config.eval_interval == 0 or step == max_steps:
-            val_mse = evaluate()
-            if step == 0:
-                initial_val_mse = val_mse
-        if step >= max_steps or (config.stop_after is not None and step >= config.stop_after):
-            break
-        if cancel is not None and cancel.is_set():
-            save_checkpoint()
-            raise Cancelled(f"training cancelled at step {step}; rerun to resume")
-
-        lr = learning_rate(step, config, max_steps, warmup)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        images, targets = next(batches)
+    def train_step(images: list[torch.Tensor], targets: torch.Tensor, lr: float) -> float:
         batch = torch.stack([student.preprocess(image.to(device, non_blocking=True)) for image in images])
         with autocast:
             prediction = model(batch)
@@ -357,15 +369,52 @@ def _train(config, rank, world, device, distributed, progress, cancel, log) -> d
             torch.nn.utils.clip_grad_norm_(encoder.parameters(), config.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        step += 1
+        return loss.item()
 
-        if master and (step % config.log_interval == 0 or step == max_steps):
-            metrics.write(step=step, epoch=(step - 1) // steps_per_epoch, lr=f"{lr:.6g}",
-                          train_loss=f"{loss.item():.6g}", val_mse="", elapsed_s=f"{time.time() - started:.1f}")
-        if step % config.checkpoint_interval == 0:
-            save_checkpoint()
-        if progress:
-            progress(step, max_steps)
+    def stop(reason: str) -> None:
+        save_checkpoint()
+        raise Cancelled(f"training stopped ({reason}) at step {step}/{max_steps}, checkpoint {ckpt_path} written; "
+                        "rerun the same command to resume")
+
+    if progress:
+        progress(step, max_steps)
+    batches = iter(train_loader)
+    with StopRequests(cancel, distributed, device) as requests:
+        while True:
+            if step % config.eval_interval == 0 or step == max_steps:
+                val_mse = evaluate()
+                if step == 0:
+                    initial_val_mse = val_mse
+            if step >= max_steps or (config.stop_after is not None and step >= config.stop_after):
+                break
+            reason = requests.reason()
+            if reason:
+                stop(reason)
+            lr = learning_rate(step, config, max_steps, warmup)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            try:
+                images, targets = next(batches)
+            except RuntimeError:  # a worker killed by the same preemption: the step has not started yet
+                if requests.signalled.is_set():
+                    stop("SIGTERM")
+                raise
+            loss = train_step(images, targets, lr)
+            step += 1
+
+            if master and (step % config.log_interval == 0 or step == max_steps):
+                now = time.perf_counter()
+                rate = (step - window[0]) * config.batch_size / max(now - window[1], 1e-9)
+                window = (step, now)
+                metrics.write(step=step, epoch=(step - 1) // steps_per_epoch, lr=f"{lr:.6g}",
+                              train_loss=f"{loss:.6g}", val_mse="", elapsed_s=f"{time.time() - started:.1f}",
+                              images_per_s=f"{rate:.3g}")
+                log(f"step {step}/{max_steps} loss {loss:.4g} lr {lr:.3g}: {rate:.3g} images/s, "
+                    f"ETA {format_duration((max_steps - step) * config.batch_size / rate)}")
+            if step % config.checkpoint_interval == 0:
+                save_checkpoint()
+            if progress:
+                progress(step, max_steps)
 
     save_checkpoint()
     return {"step": step, "max_steps": max_steps, "val_mse": val_mse, "initial_val_mse": initial_val_mse,
