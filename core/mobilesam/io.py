@@ -86,6 +86,8 @@ def _is_tiff(source) -> bool:
 
 def _tiff_header_size(source) -> tuple[int, int, int]:
     """(height, width, pixels of the first series without its samples axis) from the TIFF tags."""
+    if hasattr(source, "read"):  # tifffile wants a file object whose name is a path (temporary files' are not)
+        source = _NamedStream(source)
     with tifffile.TiffFile(source) as tif:
         series = tif.series[0]
         shape = dict(zip(series.axes, series.shape))
@@ -96,6 +98,18 @@ def _tiff_header_size(source) -> tuple[int, int, int]:
 def sample_image_path() -> Path:
     """The bundled sample image (scikit-image's `coins`, 303x384 grayscale)."""
     return Path(str(resources.files("mobilesam") / "data" / "sample_coins.png"))
+
+
+class _NamedStream:
+    """A binary file object seen through a string `name` (tifffile splits it like a path)."""
+
+    name = "stream.tif"
+
+    def __init__(self, file) -> None:
+        self._file = file
+
+    def __getattr__(self, attribute):
+        return getattr(self._file, attribute)
 
 
 def read_image(path: PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
