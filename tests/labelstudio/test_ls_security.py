@@ -15,7 +15,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from ls_requests import CONFIG_BRUSH, decode_brush, keypoint, predict_body, rectangle
+from ls_requests import decode_brush, keypoint, predict_body, rectangle
 
 A = "/data/upload/1/a.png"  # 48 x 64
 
