@@ -285,7 +285,8 @@ def main():
         print(f"hostile: {args.hostile_clients} clients x {args.hostile_rounds} rounds, "
               f"{sum(hostile.values())} requests: " + ", ".join(f"{k}: {v}" for k, v in sorted(hostile.items())))
         print(f"/health during the attack: n={len(health)}  p50 {h50:.1f} ms  p99 {h99:.1f} ms  "
-              f"max {max(health) * 1000:.1f} ms; p50 = {h50 / q50:.1f}x /health p50 before the attack ({q50:.1f} ms)")
+              f"max {max(health) * 1000:.1f} ms; p50 = {h50 / q50:.1f}x /health p50 before the attack "
+              f"({q50:.1f} ms)")
         print(f"cached clicks during the attack: p50 {a50:.1f} ms = {a50 / c50:.2f}x phase 3's")
         errors.extend(f"hostile request answered {key}" for key, n in hostile.items() if key.startswith("500"))
     print(f"errors: {len(errors)}")

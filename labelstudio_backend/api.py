@@ -28,6 +28,8 @@ from .model import MobileSamBackend
 
 logger = logging.getLogger(__name__)
 
+MAX_LABEL_CONFIG_CHARS = 1 << 20  # real configs are kilobytes; parsed configs are cached, so bound them
+
 
 def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
     """A Flask app serving `backend` (by default one configured from the environment)."""
@@ -75,7 +77,9 @@ def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
 
     @app.post("/setup")
     def setup():
-        return jsonify(backend.setup_project(_json_body()))
+        body = _json_body()
+        _check_config_size(body.get("schema"), "schema")
+        return jsonify(backend.setup_project(body))
 
     @app.post("/predict")
     def predict():
@@ -89,6 +93,7 @@ def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
         label_config = body.get("label_config") or ""
         if not isinstance(label_config, str):
             raise BadRequest("'label_config' must be a string")
+        _check_config_size(label_config, "label_config")
         predictions = backend.predict(body["tasks"], context=params.get("context"), label_config=label_config,
                                       project=str(body.get("project") or ""), params=params)
         return jsonify(results=predictions)
@@ -141,6 +146,11 @@ def _json_body() -> dict:
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+def _check_config_size(config, name: str) -> None:
+    if isinstance(config, str) and len(config) > MAX_LABEL_CONFIG_CHARS:
+        raise BadRequest(f"'{name}' has {len(config)} characters, more than {MAX_LABEL_CONFIG_CHARS}", status=413)
 
 
 def _check_region_count(context, limit: int) -> None:

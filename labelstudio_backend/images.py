@@ -101,7 +101,7 @@ class FetchPolicy:
 
     def host_allowed(self, host: str, port: int) -> bool:
         for pattern in self.allowed_hosts:
-            name, _, want_port = pattern.lower().partition(":") if not pattern.startswith("[") else (pattern, "", "")
+            name, _, want_port = pattern.lower().partition(":")  # host names and IPv4 addresses
             if want_port and want_port != str(port):
                 continue
             if name == "*" or name == host or (name.startswith("*.") and host.endswith(name[1:])):
@@ -212,6 +212,7 @@ class ImageLoader:
     def download(self, url: str, hostname: str, access_token: str, source: str = "") -> BinaryIO:
         """GET `url` (following checked redirects) into a temporary file, within the policy's bounds."""
         import requests
+        from label_studio_sdk._extensions.label_studio_tools.core.utils.io import is_jwt_well_formed
 
         source = source or url
         trusted = _safe_origin(hostname) if hostname else None
@@ -223,7 +224,7 @@ class ImageLoader:
                 send_token = self._check_url(url, trusted, from_trusted, source)
                 headers = {"User-Agent": "mobilesam-labelstudio-backend"}
                 if send_token and access_token:
-                    scheme = "Bearer" if access_token.count(".") == 2 else "Token"  # JWT or legacy token
+                    scheme = "Bearer" if is_jwt_well_formed(access_token) else "Token"  # as label-studio-sdk
                     headers["Authorization"] = f"{scheme} {access_token}"
                 try:
                     response = session.get(url, headers=headers, stream=True, allow_redirects=False,

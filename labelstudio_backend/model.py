@@ -34,6 +34,7 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 MAX_REFINEMENTS = 256  # previous low-res masks kept for refinement clicks
+MAX_PROJECTS = 1024  # projects whose /setup address and token are kept (oldest forgotten first)
 
 
 def model_version_for(settings: Settings) -> str:
@@ -79,7 +80,7 @@ class MobileSamBackend:
         self._decoder_lock = threading.Lock()
         self._encoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-encoder")
         self._decoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-decoder")
-        self._projects: dict[str, dict] = {}
+        self._projects: "OrderedDict[str, dict]" = OrderedDict()
         self._refinements: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
         self._metrics_lock = threading.Lock()
         self._counters: dict[str, int] = {}
@@ -159,11 +160,18 @@ class MobileSamBackend:
         """Handle /setup: remember where the project's images come from; check its label config."""
         project = str(body.get("project") or "")
         schema = body.get("schema")
+        if schema is not None and not isinstance(schema, str):
+            raise BadRequest(f"'schema' must be the label config as a string, got {type(schema).__name__}")
         info = {"hostname": str(body.get("hostname") or "").rstrip("/"),
-                "access_token": str(body.get("access_token") or ""), "schema": schema}
+                "access_token": str(body.get("access_token") or "")}
+        if len(project) > 256 or len(info["hostname"]) > 2048 or len(info["access_token"]) > 4096:
+            raise BadRequest("/setup: project, hostname or access_token is implausibly long")
         with self._state_lock:
             if project:
                 self._projects[project] = info
+                self._projects.move_to_end(project)
+                while len(self._projects) > MAX_PROJECTS:
+                    self._projects.popitem(last=False)
         if schema:
             parse_label_config(schema).target(None, self.settings.output)  # raises UnsupportedConfig
         self.setup()

@@ -403,14 +403,22 @@ BAD_REQUESTS = [
     ("image url a number", json.dumps(predict_body([keypoint(5, 5, 64, 48)], 5)), 400, "image URL"),
     ("bad label config", json.dumps(dict(predict_body([keypoint(5, 5, 64, 48)], A), label_config="<View")), 422,
      ""),
+    ("label_config of 2 MB", json.dumps(dict(predict_body([keypoint(5, 5, 64, 48)], A),
+                                             label_config="<View>" + " " * (2 << 20) + "</View>")), 413, "characters"),
     ("webhook without action", "{}", 400, "action"),
     ("setup body a list", "[]", 400, "JSON object"),
+    ("setup schema an object", json.dumps({"project": "1.1", "schema": {"View": 1}}), 400, "schema"),
+    ("setup schema of 2 MB", json.dumps({"project": "1.1", "schema": "<View>" + " " * (2 << 20) + "</View>"}),
+     413, "characters"),
+    ("setup hostname of 1 MB", json.dumps({"project": "1.1", "hostname": "http://" + "a" * (1 << 20)}), 400,
+     "implausibly long"),
 ]
+SETUP_CASES = {"setup body a list", "setup schema an object", "setup schema of 2 MB", "setup hostname of 1 MB"}
 
 
 @pytest.mark.parametrize("name, raw, status, words", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
 def test_bad_requests_get_a_clear_4xx(client, name, raw, status, words):
-    path = {"webhook without action": "/webhook", "setup body a list": "/setup"}.get(name, "/predict")
+    path = "/webhook" if name.startswith("webhook") else "/setup" if name in SETUP_CASES else "/predict"
     started = time.perf_counter()
     answer = client.post(path, data=raw, content_type="application/json")
     error = answer.get_json()["error"]
