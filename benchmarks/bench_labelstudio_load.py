@@ -14,6 +14,12 @@ the one encoder).
 Phase 2, cached, one client: K clicks one after another (decoder + RLE, no queueing).
 Phase 3, cached, all clients at once with no pause between clicks: N x K clicks (saturation; the
 decoder is one lock, and label-studio-sdk's RLE encoder is pure Python, so clicks queue).
+Phase 4, hostile (--hostile-clients, default 4, 0 skips it): while the clients of phase 3 click
+again, hostile clients send clicks whose image hangs on a slow host (the image server never answers
+`/data/upload/1/slow*`) and bad requests (5,000 keypoints, JSON nested 100,000 deep, rotation
+Infinity/"abc"/[1], a claimed size of 16000x12000 or 1e6x1e6, a URL on another host), and a prober
+polls /health. Reports the hostile answers by status (a 500 is an error), /health latency
+(p50/p99/max) and cached-click p50 under attack over phase 3's.
 Reports p50/p99 latency of each, the ratio uncached/cached (what the embedding cache buys),
 errors (must be 0; exit status 1 otherwise) and the server's idle, peak and final RSS.
 """
@@ -63,6 +69,8 @@ def start_image_server(files):
 
     @Request.application
     def app(request):
+        if request.path.startswith("/data/upload/1/slow"):
+            time.sleep(60)  # a host that accepts and never answers (bounded by the backend's fetch timeout)
         if request.headers.get("Authorization") != f"Token {TOKEN}":
             return Response("unauthorized", status=401)
         body = files.get(request.path)
@@ -128,6 +136,29 @@ class RssSampler(threading.Thread):
             self.peak = max(self.peak, self.rss())
 
 
+def hostile_bodies(width, height):
+    """(name, raw body) of requests a hostile or broken client sends."""
+    def body(items, url="/data/upload/1/img0.png"):
+        data = json.loads(click_body(url, 1, 10, 10, width, height, [], "h"))
+        if items is not None:
+            data["params"]["context"]["result"] = items
+        return data
+
+    point = json.loads(click_body("x", 1, 10, 10, width, height, [], "h"))["params"]["context"]["result"][0]
+    rect = dict(point, type="rectanglelabels", value={"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0,
+                                                       "rectanglelabels": ["Object"]})
+    cases = [("slow host", json.dumps(body(None, "/data/upload/1/slow{n}.png")))]
+    cases.append(("5000 keypoints", json.dumps(body([dict(point, id=f"k{i}") for i in range(5000)]))))
+    cases.append(("nested 100000 deep", '{"tasks": ' + "[" * 100_000 + "]" * 100_000 + "}"))
+    for rotation in ("Infinity", '"abc"', "[1]"):
+        cases.append((f"rotation {rotation}", json.dumps(body([dict(rect, value=dict(rect["value"], rotation=1234.5))]))
+                      .replace("1234.5", rotation)))
+    for w, h in ((16000, 12000), (10**6, 10**6)):
+        cases.append((f"claimed {w}x{h}", json.dumps(body([dict(point, original_width=w, original_height=h)]))))
+    cases.append(("other host", json.dumps(body(None, "http://127.0.0.1:9/metrics"))))
+    return cases
+
+
 def percentiles(values):
     data = np.asarray(values) * 1000
     return float(np.percentile(data, 50)), float(np.percentile(data, 99))
@@ -142,6 +173,8 @@ def main():
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--annotations", type=int, default=5, help="earlier brush annotations per task")
     parser.add_argument("--checkpoint", help="weights (default: random vit_t weights, written to a temp dir)")
+    parser.add_argument("--hostile-clients", type=int, default=4, help="phase 4's hostile clients (0: no phase 4)")
+    parser.add_argument("--hostile-rounds", type=int, default=2, help="times each hostile client sends every case")
     args = parser.parse_args()
 
     import requests
@@ -213,6 +246,8 @@ def main():
             phase_start = time.perf_counter()
             cached = list(pool.map(lambda job: click(*job), jobs))
             cached_wall = time.perf_counter() - phase_start
+            if args.hostile_clients:
+                attacked, hostile, health = hostile_phase(args, backend, urls, click)
         sampler.stop_event.set()
         sampler.join()
         final_rss = sampler.rss()
@@ -242,10 +277,77 @@ def main():
           f"{cache['hits']} hits, {cache['misses']} misses; encoder ran {metrics['counters'].get('embeddings.encoded')} times")
     print(f"server RSS: idle {idle_rss / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB, "
           f"final {final_rss / 2**20:.0f} MiB")
+    if args.hostile_clients:
+        quiet, health = health
+        h50, h99 = percentiles(health)
+        q50, _ = percentiles(quiet)
+        a50, _ = percentiles(attacked)
+        print(f"hostile: {args.hostile_clients} clients x {args.hostile_rounds} rounds, "
+              f"{sum(hostile.values())} requests: " + ", ".join(f"{k}: {v}" for k, v in sorted(hostile.items())))
+        print(f"/health during the attack: n={len(health)}  p50 {h50:.1f} ms  p99 {h99:.1f} ms  "
+              f"max {max(health) * 1000:.1f} ms; p50 = {h50 / q50:.1f}x /health p50 before the attack "
+              f"({q50:.1f} ms)")
+        print(f"cached clicks during the attack: p50 {a50:.1f} ms = {a50 / c50:.2f}x phase 3's")
+        errors.extend(f"hostile request answered {key}" for key, n in hostile.items() if key.startswith("500"))
     print(f"errors: {len(errors)}")
     for error in errors[:10]:
         print("  " + error)
     return 1 if errors else 0
+
+
+def hostile_phase(args, backend, urls, click):
+    """(cached-click latencies, {"status case": count}, /health latencies) while hostile clients send
+    slow-host clicks and bad requests."""
+    import requests
+
+    cases = hostile_bodies(args.width, args.height)
+    outcomes, health, lock = {}, [], threading.Lock()
+    done = threading.Event()
+
+    def attacker(client):
+        with requests.Session() as http:
+            for round_ in range(args.hostile_rounds):
+                for name, raw in cases:
+                    raw = raw.replace("{n}", f"{client}-{round_}")
+                    try:
+                        status = str(http.post(backend + "/predict", data=raw, timeout=120,
+                                               headers={"Content-Type": "application/json"}).status_code)
+                    except requests.RequestException as exc:
+                        status = type(exc).__name__
+                    with lock:
+                        key = f"{status} {name}"
+                        outcomes[key] = outcomes.get(key, 0) + 1
+
+    def probe_once(http):
+        started = time.perf_counter()
+        try:
+            http.get(backend + "/health", timeout=10).raise_for_status()
+            return time.perf_counter() - started
+        except requests.RequestException:
+            return 10.0
+
+    with requests.Session() as http:  # the same prober before the attack: the reference
+        quiet = [probe_once(http) for _ in range(20)]
+
+    def prober():
+        with requests.Session() as http:
+            while not done.is_set():
+                health.append(probe_once(http))
+                time.sleep(0.1)
+
+    threads = [threading.Thread(target=attacker, args=(i,)) for i in range(args.hostile_clients)]
+    probe = threading.Thread(target=prober)
+    probe.start()
+    for thread in threads:
+        thread.start()
+    with ThreadPoolExecutor(max_workers=max(1, args.clients - args.hostile_clients)) as pool:
+        jobs = [(random.Random(i).choice(urls), 5000 + i) for i in range(args.clients * args.clicks)]
+        attacked = list(pool.map(lambda job: click(*job), jobs))
+    for thread in threads:
+        thread.join()
+    done.set()
+    probe.join()
+    return attacked, outcomes, (quiet, health)
 
 
 if __name__ == "__main__":

@@ -9,8 +9,10 @@ the command-line options below override them.
 """
 
 import argparse
+import errno
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -19,6 +21,7 @@ if __package__ in (None, ""):  # run as a script (label-studio-ml start): make t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from labelstudio_backend.api import create_app  # noqa: E402
+from labelstudio_backend.errors import BackendError  # noqa: E402
 from labelstudio_backend.model import MobileSamBackend  # noqa: E402
 from labelstudio_backend.settings import Settings  # noqa: E402
 
@@ -68,16 +71,23 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def serve(host: str = "127.0.0.1", port: int = 9090, env_overrides: Optional[dict] = None,
           log_level: str = "INFO") -> None:
-    """Build the backend (model loading starts in the background) and serve until interrupted."""
+    """Build the backend (model loading starts in the background) and serve until interrupted.
+
+    The port is taken first: a port in use is a one-line error before any model thread exists.
+    """
     from werkzeug.serving import make_server
 
     _configure_logging(log_level)
     env = dict(os.environ)
     env.update({k: v for k, v in (env_overrides or {}).items() if v is not None})
-    flask_app = build_app(env)
-    server = make_server(host, port, flask_app, threaded=True)
+    listener = listen(host, port)
+    try:
+        flask_app = build_app(env)
+        server = make_server(host, port, flask_app, threaded=True, fd=listener.fileno())
+    finally:
+        listener.close()  # the server holds its own duplicate
     logging.getLogger(__name__).info("MobileSAM ML backend (%s) listening on http://%s:%d",
-                                     flask_app.config["backend"].model_version, host, server.server_port)
+                                     flask_app.config["backend"].model_version, host, server.socket.getsockname()[1])
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -86,13 +96,30 @@ def serve(host: str = "127.0.0.1", port: int = 9090, env_overrides: Optional[dic
         server.server_close()
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port; BackendError saying why not (port in use, unknown address)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family, backlog=128)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise BackendError(f"port {port} on {host} is already in use (another backend or program is "
+                               "listening there): stop it, or choose another port with --port") from None
+        raise BackendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    serve(args.host, args.port, {
-        "MOBILESAM_MODEL_TYPE": args.model_type, "MOBILESAM_CHECKPOINT": args.checkpoint,
-        "BASIC_AUTH_USER": args.basic_auth_user, "BASIC_AUTH_PASS": args.basic_auth_pass,
-    }, args.log_level)
+    try:
+        serve(args.host, args.port, {
+            "MOBILESAM_MODEL_TYPE": args.model_type, "MOBILESAM_CHECKPOINT": args.checkpoint,
+            "BASIC_AUTH_USER": args.basic_auth_user, "BASIC_AUTH_PASS": args.basic_auth_pass,
+        }, args.log_level)
+    except (BackendError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

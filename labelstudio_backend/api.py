@@ -10,7 +10,9 @@
 | `GET /metrics` | counters, cache statistics, latency percentiles |
 
 Every error is JSON `{"status": "error", "error": message}` with a 4xx/5xx status, and is logged;
-the server keeps serving.
+the server keeps serving. Request bodies are bounded (MOBILESAM_MAX_REQUEST_MB: 413), JSON nested
+too deep is a 400, and an interactive request holds at most MOBILESAM_MAX_PROMPT_REGIONS regions (413),
+so no request costs more than a bounded amount of work.
 """
 
 import hmac
@@ -18,7 +20,7 @@ import logging
 import time
 from typing import Optional
 
-from flask import Flask, jsonify, request
+from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import BackendError, BadRequest
@@ -26,12 +28,15 @@ from .model import MobileSamBackend
 
 logger = logging.getLogger(__name__)
 
+MAX_LABEL_CONFIG_CHARS = 1 << 20  # real configs are kilobytes; parsed configs are cached, so bound them
+
 
 def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
     """A Flask app serving `backend` (by default one configured from the environment)."""
     backend = backend or MobileSamBackend()
     app = Flask("labelstudio_backend")
     app.config["backend"] = backend
+    app.config["MAX_CONTENT_LENGTH"] = backend.settings.max_request_bytes
 
     @app.before_request
     def check_basic_auth():
@@ -72,7 +77,9 @@ def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
 
     @app.post("/setup")
     def setup():
-        return jsonify(backend.setup_project(_json_body()))
+        body = _json_body()
+        _check_config_size(body.get("schema"), "schema")
+        return jsonify(backend.setup_project(body))
 
     @app.post("/predict")
     def predict():
@@ -82,9 +89,11 @@ def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise BadRequest("'params' must be an object")
+        _check_region_count(params.get("context"), backend.settings.max_prompt_regions)
         label_config = body.get("label_config") or ""
         if not isinstance(label_config, str):
             raise BadRequest("'label_config' must be a string")
+        _check_config_size(label_config, "label_config")
         predictions = backend.predict(body["tasks"], context=params.get("context"), label_config=label_config,
                                       project=str(body.get("project") or ""), params=params)
         return jsonify(results=predictions)
@@ -124,12 +133,32 @@ def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
 
 
 def _json_body() -> dict:
-    body = request.get_json(force=True, silent=True)  # any Content-Type
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is not None and request.content_length > limit:
+        raise BadRequest(f"the request body has {request.content_length} bytes, more than MOBILESAM_MAX_REQUEST_MB="
+                         f"{limit >> 20}", status=413)
+    try:
+        body = request.get_json(force=True, silent=True)  # any Content-Type
+    except RecursionError:  # json's C parser recurses once per nesting level
+        raise BadRequest("the request body is JSON nested too deep") from None
     if body is None:
         raise BadRequest("the request body is not valid JSON")
     if not isinstance(body, dict):
         raise BadRequest(f"the request body must be a JSON object, got {type(body).__name__}")
     return body
+
+
+def _check_config_size(config, name: str) -> None:
+    if isinstance(config, str) and len(config) > MAX_LABEL_CONFIG_CHARS:
+        raise BadRequest(f"'{name}' has {len(config)} characters, more than {MAX_LABEL_CONFIG_CHARS}", status=413)
+
+
+def _check_region_count(context, limit: int) -> None:
+    """Refuse an interactive request with more than `limit` regions before any of them is parsed."""
+    items = context.get("result") if isinstance(context, dict) else None
+    if isinstance(items, list) and len(items) > limit:
+        raise BadRequest(f"params.context.result has {len(items)} regions, more than MOBILESAM_MAX_PROMPT_REGIONS="
+                         f"{limit} in one request", status=413)
 
 
 def _error(message: str, status: int):

@@ -4,13 +4,16 @@
 and bytes, keyed by (image identity, model id). Concurrent misses for the same key compute once:
 the other requests wait for that result instead of encoding the same image again.
 `EmbeddingStore`: the same states on disk, shared with `mobilesam labelstudio precompute` (another
-process) and surviving restarts; bounded by bytes, oldest files removed first.
+process) and surviving restarts; bounded by bytes, oldest files removed first. Entries are verified
+when read (key, shapes, finite values); a bad one is removed and recomputed. Temporary `.part` files
+left by a killed writer are removed when the store is opened.
 """
 
 import hashlib
 import logging
 import os
 import threading
+import time
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Hashable, Optional
@@ -146,6 +149,26 @@ class EmbeddingStore:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._bytes: Optional[int] = None  # counted lazily: scanning a big directory at import is slow
+        self._remove_stale_parts()
+
+    def _remove_stale_parts(self, min_age_s: float = 60.0) -> None:
+        """Remove `.part` files of writers that are gone: killed mid-write, or older than `min_age_s`
+        (another live process, e.g. precompute, may be writing one right now)."""
+        if not self.directory.is_dir():
+            return
+        now = time.time()
+        for part in self.directory.glob("*/*.part"):
+            try:
+                pid = int(part.name.split(".")[-3])
+            except (IndexError, ValueError):
+                pid = None
+            try:
+                if pid == os.getpid() or (pid is not None and _alive(pid) and now - part.stat().st_mtime < min_age_s):
+                    continue
+                part.unlink()
+                logger.info("removed %s, left by an interrupted write", part)
+            except OSError:
+                continue
 
     def path(self, key: EmbeddingKey) -> Path:
         digest = hashlib.sha256("\n".join(key).encode()).hexdigest()
@@ -165,7 +188,10 @@ class EmbeddingStore:
             data = torch.load(path, map_location="cpu", weights_only=True)
             if tuple(data["key"]) != tuple(key):  # a sha256 collision is unthinkable; a foreign file is not
                 return None
-            return EmbeddingState(data["features"], tuple(data["original_size"]), tuple(data["input_size"]))
+            features = data["features"]
+            if features.ndim != 4 or features.shape[0] != 1 or not bool(features.isfinite().all()):
+                raise ValueError(f"features of shape {tuple(features.shape)} are not a finite (1, C, h, w) embedding")
+            return EmbeddingState(features, tuple(data["original_size"]), tuple(data["input_size"]))
         except Exception as exc:  # noqa: BLE001 - any unreadable file is a cache miss, never an outage
             logger.warning("ignoring unreadable embedding file %s (%s); it is removed", path, exc)
             path.unlink(missing_ok=True)
@@ -203,3 +229,13 @@ class EmbeddingStore:
             path.unlink(missing_ok=True)
             total -= size
         self._bytes = total
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

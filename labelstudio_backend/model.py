@@ -25,7 +25,7 @@ import numpy as np
 
 from .embedding_cache import EmbeddingCache, EmbeddingStore
 from .errors import BadRequest, ModelUnavailable
-from .images import load_task_image
+from .images import FetchPolicy, ImageLoader, ImageTooLargeError
 from .label_config import OutputTarget, parse_label_config
 from .prompts import ClickPrompt, parse_context
 from .results import brush_result, polygon_results, resize_nearest
@@ -34,6 +34,7 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 MAX_REFINEMENTS = 256  # previous low-res masks kept for refinement clicks
+MAX_PROJECTS = 1024  # projects whose /setup address and token are kept (oldest forgotten first)
 
 
 def model_version_for(settings: Settings) -> str:
@@ -61,7 +62,8 @@ class MobileSamBackend:
         self.settings = settings or Settings.from_env()
         self.model_version = model_version_for(self.settings)
         self._model_loader = model_loader or self._load_model
-        self._image_loader = image_loader or load_task_image
+        self._image_loader = image_loader or ImageLoader(FetchPolicy.from_settings(self.settings),
+                                                         self.settings.max_fetches)
         self.cache = EmbeddingCache(self.settings.cache_size, self.settings.cache_max_bytes)
         self.store = (EmbeddingStore(self.settings.embedding_dir, self.settings.embedding_dir_max_bytes)
                       if self.settings.embedding_dir else None)
@@ -78,8 +80,7 @@ class MobileSamBackend:
         self._decoder_lock = threading.Lock()
         self._encoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-encoder")
         self._decoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-decoder")
-        self._projects: dict[str, dict] = {}
-        self._last_project: Optional[dict] = None
+        self._projects: "OrderedDict[str, dict]" = OrderedDict()
         self._refinements: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
         self._metrics_lock = threading.Lock()
         self._counters: dict[str, int] = {}
@@ -159,12 +160,18 @@ class MobileSamBackend:
         """Handle /setup: remember where the project's images come from; check its label config."""
         project = str(body.get("project") or "")
         schema = body.get("schema")
+        if schema is not None and not isinstance(schema, str):
+            raise BadRequest(f"'schema' must be the label config as a string, got {type(schema).__name__}")
         info = {"hostname": str(body.get("hostname") or "").rstrip("/"),
-                "access_token": str(body.get("access_token") or ""), "schema": schema}
+                "access_token": str(body.get("access_token") or "")}
+        if len(project) > 256 or len(info["hostname"]) > 2048 or len(info["access_token"]) > 4096:
+            raise BadRequest("/setup: project, hostname or access_token is implausibly long")
         with self._state_lock:
             if project:
                 self._projects[project] = info
-            self._last_project = info
+                self._projects.move_to_end(project)
+                while len(self._projects) > MAX_PROJECTS:
+                    self._projects.popitem(last=False)
         if schema:
             parse_label_config(schema).target(None, self.settings.output)  # raises UnsupportedConfig
         self.setup()
@@ -228,12 +235,13 @@ class MobileSamBackend:
 
     def _interactive(self, task: dict, context: dict, label_config: str, project: str) -> dict:
         prompt = parse_context(context)
+        self._check_claimed_size(prompt.original_size, None)
         target = parse_label_config(label_config).target(prompt.to_name, self.settings.output)
         url = self._image_url(task, target)
         started = time.perf_counter()
         state, cached = self.embedding(url, project, task.get("id"), prompt.original_size)
+        height, width = self._check_claimed_size(prompt.original_size, state.original_size, url)
         mask, score = self.segment(state, prompt, image_key=url)
-        height, width = prompt.original_size or state.original_size
         mask = resize_nearest(mask, height, width)
         result = self._mask_results(mask, target, prompt.label, prompt.image_rotation)
         elapsed = time.perf_counter() - started
@@ -262,12 +270,30 @@ class MobileSamBackend:
                              f"(the <Image name=\"{target.to_name}\"> tag reads ${target.data_key})")
         return url
 
+    def _check_claimed_size(self, claimed: Optional[tuple[int, int]], real: Optional[tuple[int, int]],
+                            url: str = "") -> tuple[int, int]:
+        """The (H, W) the mask is returned at: the size Label Studio claims, checked before anything of that
+        size is allocated (against the pixel limit, then against the image itself: same aspect, at most
+        twice its sides), else the image's own."""
+        if claimed is None:
+            return real
+        height, width = claimed
+        if height * width > self.settings.max_image_pixels:
+            raise ImageTooLargeError(f"original_width x original_height = {width} x {height} is more than "
+                                     f"MOBILESAM_MAX_IMAGE_PIXELS={self.settings.max_image_pixels}")
+        if real is not None and (not _same_aspect(real, claimed) or height > 2 * real[0] or width > 2 * real[1]):
+            raise BadRequest(f"original_width x original_height = {width} x {height} does not match image {url} "
+                             f"({real[1]} x {real[0]})", status=422)
+        return height, width
+
     def _credentials(self, project: str) -> tuple[str, str]:
-        """Label Studio's address and token: the environment first, else what /setup told us."""
+        """Label Studio's address and token. The operator's LABEL_STUDIO_URL wins, and only it ever gets
+        LABEL_STUDIO_API_KEY; a hostname announced in /setup serves that project alone, with its token."""
         with self._state_lock:
-            info = self._projects.get(str(project)) or self._last_project or {}
-        return (self.settings.label_studio_url or info.get("hostname", ""),
-                self.settings.label_studio_api_key or info.get("access_token", ""))
+            info = self._projects.get(str(project)) or {}
+        if self.settings.label_studio_url:
+            return self.settings.label_studio_url, self.settings.label_studio_api_key or info.get("access_token", "")
+        return info.get("hostname", ""), info.get("access_token", "")
 
     # ----------------------------------------------------------------------------- embeddings
     def embedding(self, url: str, project: str = "", task_id: Optional[int] = None,

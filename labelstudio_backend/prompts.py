@@ -120,7 +120,7 @@ def _box(value: dict, where: str, original_size: Optional[tuple[int, int]]) -> t
     w, h = _number(value, "width", where), _number(value, "height", where)
     if w < 0 or h < 0:
         raise BadRequest(f"{where}: width and height must not be negative, got {w:g} x {h:g}")
-    angle = float(value.get("rotation") or 0.0)
+    angle = _number(value, "rotation", where) if value.get("rotation") is not None else 0.0
     if angle % 360:
         x, y, x1, y1 = _rotated_bounds(x, y, w, h, angle, original_size, where)
     else:
@@ -168,7 +168,7 @@ def _original_size(item: dict, where: str) -> Optional[tuple[int, int]]:
     width, height = item.get("original_width"), item.get("original_height")
     if width is None and height is None:
         return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 1 for v in (width, height)):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 1 <= v < 1e9 for v in (width, height)):
         raise BadRequest(f"{where}: original_width/original_height must be positive numbers, "
                          f"got {width!r} x {height!r}")
     return int(round(height)), int(round(width))

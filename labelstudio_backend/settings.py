@@ -6,8 +6,17 @@
 | `MOBILESAM_CHECKPOINT` | weights file | the official file in the cache dir (downloaded once) |
 | `MOBILESAM_DEVICE` | torch device | cpu |
 | `MOBILESAM_ALLOW_DOWNLOAD` | download the official weights when none are found | 1 |
-| `LABEL_STUDIO_URL` | Label Studio's address, for fetching task images | the `hostname` Label Studio sends to /setup |
-| `LABEL_STUDIO_API_KEY` | token for fetching task images | the `access_token` Label Studio sends to /setup |
+| `LABEL_STUDIO_URL` | Label Studio's address, for fetching task images; wins over the `hostname` a /setup call announces | the `hostname` Label Studio sends to /setup, for that project only |
+| `LABEL_STUDIO_API_KEY` | token for fetching task images, sent only to `LABEL_STUDIO_URL` | the `access_token` Label Studio sends to /setup |
+| `MOBILESAM_ALLOWED_IMAGE_HOSTS` | comma-separated hosts task images may also come from (`host`, `host:port`, `*.domain`, `*`) | none: Label Studio only |
+| `SSRF_PROTECTION_ENABLED`, `USE_DEFAULT_BANNED_SUBNETS`, `USER_ADDITIONAL_BANNED_SUBNETS` | as in Label Studio: refuse images on private/reserved addresses (Label Studio's own excepted) | on, on, none |
+| `VERIFY_SSL` | check TLS certificates of image hosts | 1 |
+| `MOBILESAM_MAX_DOWNLOAD_MB` | largest image file downloaded | 64 |
+| `MOBILESAM_FETCH_TIMEOUT` | seconds to connect, and between two received bytes, of an image download | 5 |
+| `MOBILESAM_FETCH_DEADLINE` | seconds one image download may take in all | 30 |
+| `MOBILESAM_MAX_FETCHES` | image downloads at once; more get 503 (keep it below the server's threads) | 4 |
+| `MOBILESAM_MAX_REQUEST_MB` | largest request body | 64 |
+| `MOBILESAM_MAX_PROMPT_REGIONS` | keypoints and rectangles in one interactive request | 100 |
 | `BASIC_AUTH_USER`, `BASIC_AUTH_PASS` | require HTTP basic auth on every endpoint | off |
 | `MOBILESAM_CACHE_SIZE` | image embeddings kept in memory | 32 |
 | `MOBILESAM_CACHE_MAX_MB` | memory those embeddings may use | 512 |
@@ -23,6 +32,7 @@
 | `MOBILESAM_ONNX_PRECISION` | `fp32`, or `int8` (smaller, faster on some CPUs, less accurate) | fp32 |
 """
 
+import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +40,8 @@ from typing import Mapping, Optional
 
 from mobilesam.model_zoo import MODEL_TYPES
 from mobilesam.onnx import BACKENDS, PRECISIONS as ONNX_PRECISIONS
+
+from .images import DEFAULT_BANNED_SUBNETS
 
 OUTPUT_MODES = ("auto", "brush", "polygon")
 
@@ -62,6 +74,16 @@ class Settings:
     backend: str = "torch"
     onnx_dir: Optional[Path] = None  # None: mobilesam.onnx.default_onnx_dir(model type)
     onnx_precision: str = "fp32"
+    allowed_image_hosts: tuple[str, ...] = ()
+    ssrf_protection: bool = True
+    banned_subnets: tuple[str, ...] = DEFAULT_BANNED_SUBNETS
+    verify_ssl: bool = True
+    max_download_bytes: int = 64 << 20
+    fetch_timeout: float = 5.0
+    fetch_deadline: float = 30.0
+    max_fetches: int = 4
+    max_request_bytes: int = 64 << 20
+    max_prompt_regions: int = 100
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
@@ -97,6 +119,17 @@ class Settings:
             backend=env.get("MOBILESAM_BACKEND", "").strip().lower() or "torch",
             onnx_dir=Path(onnx_dir).expanduser() if onnx_dir else None,
             onnx_precision=env.get("MOBILESAM_ONNX_PRECISION", "").strip().lower() or "fp32",
+            allowed_image_hosts=_list(env, "MOBILESAM_ALLOWED_IMAGE_HOSTS"),
+            ssrf_protection=_flag(env, "SSRF_PROTECTION_ENABLED", True),
+            banned_subnets=((DEFAULT_BANNED_SUBNETS if _flag(env, "USE_DEFAULT_BANNED_SUBNETS", True) else ())
+                            + _list(env, "USER_ADDITIONAL_BANNED_SUBNETS")),
+            verify_ssl=_flag(env, "VERIFY_SSL", True),
+            max_download_bytes=_int(env, "MOBILESAM_MAX_DOWNLOAD_MB", 64) << 20,
+            fetch_timeout=_float(env, "MOBILESAM_FETCH_TIMEOUT", 5.0),
+            fetch_deadline=_float(env, "MOBILESAM_FETCH_DEADLINE", 30.0),
+            max_fetches=_int(env, "MOBILESAM_MAX_FETCHES", 4),
+            max_request_bytes=_int(env, "MOBILESAM_MAX_REQUEST_MB", 64) << 20,
+            max_prompt_regions=_int(env, "MOBILESAM_MAX_PROMPT_REGIONS", 100),
         )
         settings.validate()
         return settings
@@ -110,6 +143,23 @@ class Settings:
             raise ValueError("MOBILESAM_CACHE_SIZE and MOBILESAM_CACHE_MAX_MB must be at least 1")
         if self.max_image_pixels < 1:
             raise ValueError("MOBILESAM_MAX_IMAGE_PIXELS must be positive")
+        if self.label_studio_url and not self.label_studio_url.startswith(("http://", "https://")):
+            raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
+        for name, value in (("MOBILESAM_MAX_DOWNLOAD_MB", self.max_download_bytes),
+                            ("MOBILESAM_MAX_FETCHES", self.max_fetches),
+                            ("MOBILESAM_MAX_REQUEST_MB", self.max_request_bytes),
+                            ("MOBILESAM_MAX_PROMPT_REGIONS", self.max_prompt_regions)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name, value in (("MOBILESAM_FETCH_TIMEOUT", self.fetch_timeout),
+                            ("MOBILESAM_FETCH_DEADLINE", self.fetch_deadline)):
+            if not 0 < value < float("inf"):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+        for subnet in self.banned_subnets:
+            try:
+                ipaddress.ip_network(subnet, strict=False)
+            except ValueError:
+                raise ValueError(f"USER_ADDITIONAL_BANNED_SUBNETS: {subnet!r} is not a network") from None
         if self.backend not in BACKENDS:
             raise ValueError(f"MOBILESAM_BACKEND must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         if self.onnx_precision not in ONNX_PRECISIONS:
@@ -127,6 +177,10 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw) if raw else default
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:

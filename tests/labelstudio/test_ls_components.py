@@ -171,7 +171,14 @@ def test_fetches_uploaded_file_with_token(image_server, ls_images, tmp_path, mon
     np.testing.assert_array_equal(image, ls_images[A])
     assert ("/data/upload/1/a.png", "Token good-token") in seen
 
-    public = load_task_image(f"{url}/public/b.png", url, "good-token", max_pixels=10**6)
+    # Paths other than Label Studio's file paths only on the operator's LABEL_STUDIO_URL (never from a
+    # hostname announced in /setup), and without the token.
+    from labelstudio_backend.images import FetchPolicy, ImageLoader, ImageRefused
+
+    with pytest.raises(ImageRefused, match="not one of Label Studio's file paths"):
+        load_task_image(f"{url}/public/b.png", url, "good-token", max_pixels=10**6)
+    public = ImageLoader(FetchPolicy(label_studio_url=url))(f"{url}/public/b.png", url, "good-token", 10**6)
+    assert ("/public/b.png", None) in seen
     np.testing.assert_array_equal(public, ls_images["/data/upload/1/b.png"])
 
     deep = load_task_image("/data/upload/1/deep.png", url, "good-token", max_pixels=10**6)
