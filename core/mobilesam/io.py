@@ -1,12 +1,11 @@
 """Reading and writing 2-D images and masks for the CLI and front-ends.
 
 TIFF goes through tifffile (keeps 16-bit and float data), everything else through Pillow.
-Writes are atomic: a temporary file in the same folder is renamed into place, so an interrupted
-run never leaves a half-written output behind.
+Writes are atomic (`mobilesam.atomic.atomic_write`): an interrupted run never leaves a half-written
+output behind.
 """
 
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Union
@@ -14,6 +13,8 @@ from typing import Union
 import numpy as np
 import tifffile
 from PIL import Image
+
+from .atomic import atomic_write
 
 PathLike = Union[str, os.PathLike]
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -51,17 +52,10 @@ def write_image(path: PathLike, array: np.ndarray) -> Path:
         raise ValueError(f"output {path} must end in .png, .tif or .tiff")
     if suffix == ".png" and (array.ndim != 2 or array.dtype not in (np.uint8, np.uint16)):
         raise ValueError(f"PNG output needs a 2-D uint8/uint16 image, got {array.shape} {array.dtype}; use .tif")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if suffix == ".png":
             Image.fromarray(array).save(tmp, format="PNG")
         else:
             is_rgb = array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
             tifffile.imwrite(tmp, array, compression="zlib", photometric="rgb" if is_rgb else "minisblack")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

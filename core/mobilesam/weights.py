@@ -8,7 +8,6 @@ from the official URL, checked against its published sha256.
 
 import hashlib
 import os
-import shutil
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Optional, Union
 import platformdirs
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .errors import MissingWeightsError
 
 
@@ -93,30 +93,28 @@ def download(model_type: str, progress: bool = True, force: bool = False, timeou
     target = cached_path(model_type)
     if target.is_file() and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    try:
-        with urllib.request.urlopen(info.url, timeout=timeout) as response, open(part, "wb") as out, tqdm(
-            total=int(response.headers.get("Content-Length") or info.size), unit="B", unit_scale=True,
-            desc=f"Downloading {info.filename}", disable=not progress,
-        ) as bar:
-            while block := response.read(1 << 20):
-                out.write(block)
-                bar.update(len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        part.unlink(missing_ok=True)
-        raise MissingWeightsError(
-            f"could not download the {model_type} weights from {info.url} ({exc}). You may be offline. "
-            + manual_install_hint(model_type)
-        ) from None
-    digest = sha256sum(part)
-    if digest != info.sha256:
-        part.unlink(missing_ok=True)
-        raise MissingWeightsError(
-            f"downloaded {info.filename} has sha256 {digest}, expected {info.sha256}; the file was "
-            "discarded. " + manual_install_hint(model_type)
-        )
-    shutil.move(part, target)
+    # Written under a temp name (removed on failure, or by the next download if this process is
+    # killed) and moved into place only once its hash matches.
+    with atomic_write(target, suffix=".part") as part:
+        try:
+            with urllib.request.urlopen(info.url, timeout=timeout) as response, open(part, "wb") as out, tqdm(
+                total=int(response.headers.get("Content-Length") or info.size), unit="B", unit_scale=True,
+                desc=f"Downloading {info.filename}", disable=not progress,
+            ) as bar:
+                while block := response.read(1 << 20):
+                    out.write(block)
+                    bar.update(len(block))
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise MissingWeightsError(
+                f"could not download the {model_type} weights from {info.url} ({exc}). You may be offline. "
+                + manual_install_hint(model_type)
+            ) from None
+        digest = sha256sum(part)
+        if digest != info.sha256:
+            raise MissingWeightsError(
+                f"downloaded {info.filename} has sha256 {digest}, expected {info.sha256}; the file was "
+                "discarded. " + manual_install_hint(model_type)
+            )
     return target
 
 

@@ -2,8 +2,6 @@
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..cli import UsageError
@@ -104,13 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_json_atomically(path: str, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..atomic import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data))

@@ -7,13 +7,13 @@ Store layout (EMB_DIR):
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..errors import MobileSamError
 from ..image import to_rgb_uint8
 from ..io import read_image
@@ -62,15 +62,8 @@ def preprocessing_description(image_size: int) -> dict:
 
 def atomic_write_bytes(path: Path, write) -> None:
     """Call `write(tmp_path)` then rename into place: no half-written file survives an interruption."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path, suffix=".part") as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class EmbeddingStore:

@@ -12,11 +12,12 @@ spacing metadata) or NIfTI.
 """
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 PathLike = Union[str, os.PathLike]
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -112,10 +113,7 @@ def write_labels(path: PathLike, labels: np.ndarray, spacing: Optional[Spacing] 
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
     labels = labels.astype(dtype)
     spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
@@ -129,8 +127,4 @@ def write_labels(path: PathLike, labels: np.ndarray, spacing: Optional[Spacing] 
 
             affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
             nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), affine), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
