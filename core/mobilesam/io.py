@@ -6,9 +6,10 @@ output behind.
 """
 
 import os
+import zlib
 from importlib import resources
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import tifffile
@@ -40,8 +41,26 @@ def read_image(path: PathLike) -> np.ndarray:
             if im.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGB")
             return np.array(im)
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+    except (OSError, ValueError, EOFError, zlib.error, tifffile.TiffFileError) as exc:
         raise ValueError(f"could not read image {path}: {exc}") from None
+
+
+def read_image_with_channel_axis(path: PathLike) -> tuple[np.ndarray, Optional[int]]:
+    """`read_image`, plus the axis of channels as the file states it, or None if it does not say
+    (2-D images, TIFFs without axes metadata): then `mobilesam.image.to_rgb_uint8` guesses.
+
+    PNG/JPEG keep channels last; a TIFF states them with samples per pixel ("S") or an ImageJ /
+    OME channel axis ("C") in tifffile's axes of the image.
+    """
+    image = read_image(path)
+    if image.ndim != 3:
+        return image, None
+    if str(path) == SAMPLE_NAME or Path(path).suffix.lower() not in TIFF_SUFFIXES:
+        return image, -1
+    with tifffile.TiffFile(path) as tif:
+        axes = tif.series[0].axes
+    stated = [i for i, axis in enumerate(axes) if axis in "SC"]
+    return image, stated[0] if len(axes) == 3 and len(stated) == 1 else None
 
 
 def write_image(path: PathLike, array: np.ndarray) -> Path:

@@ -38,10 +38,15 @@ import torch
 from ..errors import Cancelled, MobileSamError
 from ..image import intensity_range, to_rgb_uint8
 from ..predictor import EmbeddingState
+from .io import READ_ERRORS
 
 ProgressCallback = Callable[[int, int], None]
 INTENSITY_SAMPLE_SLICES = 16  # slices read to estimate the volume's intensity range
 INTENSITY_SAMPLE_VALUES = 2_000_000
+
+
+class VolumeReadError(MobileSamError):
+    """A slice of the volume could not be read (a damaged file)."""
 
 
 def model_fingerprint(model_type: str, checkpoint_path: Union[str, os.PathLike]) -> str:
@@ -159,7 +164,10 @@ class VolumeEmbeddings:
         z = self._check_index(z)
         index = [slice(None)] * len(self.volume_shape)
         index[self.axis] = z
-        return np.asarray(self.volume[tuple(index)])
+        try:
+            return np.asarray(self.volume[tuple(index)])
+        except READ_ERRORS as exc:  # a file damaged after it was opened (a corrupt compressed page)
+            raise VolumeReadError(f"could not read slice {z} (axis {self.axis}) of the volume: {exc}") from None
 
     def slice_image(self, z: int) -> np.ndarray:
         """Slice z as the (H, W, 3) uint8 RGB image the encoder sees (volume-wide contrast)."""

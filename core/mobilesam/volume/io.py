@@ -12,6 +12,7 @@ spacing metadata) or NIfTI.
 """
 
 import os
+import zlib
 from pathlib import Path
 from typing import Optional, Union
 
@@ -35,15 +36,39 @@ def read_volume(path: PathLike) -> tuple[object, Spacing]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"volume {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"volume {path} is not a file")
     suffix = _suffix(path)
+    if suffix not in TIFF_SUFFIXES + NIFTI_SUFFIXES:
+        raise ValueError(f"volume {path} must be a TIFF stack (.tif, .tiff) or NIfTI (.nii, .nii.gz)")
     try:
-        if suffix in TIFF_SUFFIXES:
-            return _read_tiff(path)
-        if suffix in NIFTI_SUFFIXES:
-            return _read_nifti(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"could not read volume {path}: {exc}") from None
-    raise ValueError(f"volume {path} must be a TIFF stack (.tif, .tiff) or NIfTI (.nii, .nii.gz)")
+        data, spacing = _read_tiff(path) if suffix in TIFF_SUFFIXES else _read_nifti(path)
+        # Data are read lazily; reading the last slice now finds a truncated or damaged file
+        # (for .nii.gz this decompresses the file once) before any work is done.
+        np.asarray(data[-1])
+    except READ_ERRORS + _nibabel_errors() as exc:
+        raise ValueError(f"could not read volume {path}: {_problem(exc)}") from None
+    return data, spacing
+
+
+# What tifffile, nibabel, zlib and gzip raise for a damaged file (nibabel's own errors are added
+# by `_nibabel_errors` when it is installed).
+READ_ERRORS = (OSError, ValueError, KeyError, IndexError, EOFError, zlib.error)
+
+
+def _nibabel_errors() -> tuple:
+    try:
+        from nibabel.filebasedimages import ImageFileError
+    except ImportError:
+        return ()
+    return (ImageFileError,)
+
+
+def _problem(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, (EOFError, zlib.error)) or "not enough data" in text:
+        return f"the file is truncated or damaged ({text})"
+    return text
 
 
 def _read_tiff(path: Path) -> tuple[object, Spacing]:
