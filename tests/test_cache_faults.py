@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from mobilesam.atomic import TEMP_MARK, atomic_write, remove_stale_temp_files
+from mobilesam.atomic import TEMP_MARK, _host_tag, atomic_write, remove_stale_temp_files
 from mobilesam.predictor import EmbeddingState
 from mobilesam.volume import VolumeEmbeddings
 
@@ -183,7 +183,7 @@ with atomic_write({target!r}) as tmp:
 def test_temp_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
     target = tmp_path / "out" / "mask.tif"
     core = str(Path(__import__("mobilesam").__file__).parents[1])
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER.format(core=core, target=str(target))])
+    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER.format(core=core, target=str(target))], check=False)
     assert proc.returncode == -9
     (left,) = list(target.parent.iterdir())
     assert TEMP_MARK in left.name and not target.exists()
@@ -238,8 +238,7 @@ def test_weights_download_replaces_a_stale_part_and_never_uses_it(tmp_path, monk
     target.parent.mkdir(parents=True, exist_ok=True)
     # What a killed download of the previous version (fixed name) and of this one leave behind.
     old_part = target.with_name(target.name + ".part")
-    dead_part = target.with_name(f".{target.name}.{TEMP_MARK}-{__import__('mobilesam.atomic', fromlist=['x'])._host_tag()}"
-                                 f"-999999999-0123abcd.part")
+    dead_part = target.with_name(f".{target.name}.{TEMP_MARK}-{_host_tag()}-999999999-0123abcd.part")
     for part in (old_part, dead_part):
         part.write_bytes(payload[:100])
     with pytest.raises(weights.MissingWeightsError):

@@ -5,7 +5,7 @@ shards) goes through here, so an interrupted run never leaves a half-written fil
 final name. The temporary file is in the target's folder (a rename is only atomic within one
 file system) and named `.<name>.mobilesam-tmp-<pid>-<random><suffix>`: if the process is killed
 (kill -9, power loss) before it can remove it, the next write into that folder finds it by name,
-sees that the process that made it is gone, and removes it.
+sees that the process that made it is gone, and removes it (each folder once per process).
 """
 
 import os
@@ -19,6 +19,7 @@ from typing import Iterator, Optional, Union
 PathLike = Union[str, os.PathLike]
 TEMP_MARK = "mobilesam-tmp"
 # .<name>.mobilesam-tmp-<host>-<pid>-<random><suffix>
+_cleaned_folders: set[str] = set()  # folders this process has already cleaned up
 _TEMP_NAME = re.compile(rf"^\..+\.{TEMP_MARK}-(?P<host>[0-9a-f]{{8}})-(?P<pid>\d+)-[0-9a-f]{{8}}")
 
 
@@ -75,7 +76,10 @@ def atomic_write(path: PathLike, suffix: Optional[str] = None) -> Iterator[Path]
     if suffix is None:
         suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(path.parent)
+    folder = str(path.parent.resolve())
+    if folder not in _cleaned_folders:  # once per process: a folder of 10,000 outputs is not rescanned
+        remove_stale_temp_files(folder)
+        _cleaned_folders.add(folder)
     tmp = path.with_name(f".{path.name}.{TEMP_MARK}-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
     try:
         yield tmp

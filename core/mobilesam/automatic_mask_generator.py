@@ -341,7 +341,7 @@ def check_generator_settings(points_per_side, points_per_batch, pred_iou_thresh,
 
     def integer(name, value, low, high=None):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise ValueError(f"{name} must be an integer, got {value!r}")
+            raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004 - one error type for all settings
         if value < low or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
             raise ValueError(f"{name} must be {bounds}, got {value}")

@@ -192,8 +192,14 @@ def run_volume(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..atomic import check_writable_path
-
-    from ..volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS, read_volume, segment_objects, write_labels
+    from ..volume import (
+        DEFAULT_IOU_THRESHOLD,
+        DEFAULT_PROJECTION,
+        PROJECTIONS,
+        read_volume,
+        segment_objects,
+        write_labels,
+    )
 
     if not args.prompt:
         raise UsageError("give at least one --prompt, e.g. --prompt 'z=12:point=140,88'")

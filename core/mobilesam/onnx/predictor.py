@@ -83,7 +83,7 @@ class OnnxBackend:
             encoder_path, decoder_path = self._ensure_exported(model, onnx_dir, precision)
             try:
                 self.encoder, self.decoder = (_session(ort, path, threads) for path in (encoder_path, decoder_path))
-            except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, ... share no base class
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's InvalidProtobuf, Fail, ... share no base class
                 # A damaged cached file (truncated, overwritten) is exported again, once.
                 warnings.warn(f"exported model in {onnx_dir} could not be loaded ({exc}); exporting it again",
                               stacklevel=2)

@@ -311,7 +311,7 @@ class _EmbeddingStore:
         _remove_stale_partials(root / model_key)
         try:
             self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
-        except Exception as exc:  # zarr raises JSON, codec and its own errors for damaged metadata
+        except Exception as exc:  # noqa: BLE001 - zarr raises JSON, codec and its own errors for damaged metadata
             warnings.warn(f"embedding cache {root}: damaged group metadata ({exc}); rewriting it", stacklevel=3)
             for meta in (root / "zarr.json", root / model_key / "zarr.json"):
                 meta.unlink(missing_ok=True)  # entries below stay and are verified one by one
@@ -322,7 +322,7 @@ class _EmbeddingStore:
         try:
             return name in self._group and "sha256" in self._group[name].attrs and bool(
                 self._group[name].attrs.get("complete", False))
-        except Exception:  # damaged metadata: not usable, `load` will say so and recompute
+        except Exception:  # noqa: BLE001 - damaged metadata: not usable, `load` will say so and recompute
             return False
 
     def load(self, name: str, where: str = "") -> Optional[EmbeddingState]:
@@ -341,7 +341,7 @@ class _EmbeddingStore:
                        else "fails its checksum" if _checksum(data) != attrs["sha256"] else None)
             state = EmbeddingState(torch.from_numpy(data)[None], tuple(attrs["original_size"]),
                                    tuple(attrs["input_size"]))
-        except Exception as exc:  # zarr raises codec, JSON, key and OS errors for damaged entries
+        except Exception as exc:  # noqa: BLE001 - zarr raises codec, JSON, key and OS errors for damaged entries
             problem = f"cannot be read ({type(exc).__name__}: {exc})"
         if problem is None:
             return state
@@ -354,7 +354,7 @@ class _EmbeddingStore:
         create = getattr(self._group, "create_array", None) or self._group.create_dataset  # zarr 3 / zarr 2
         try:
             array = create(name, shape=data.shape, dtype="float32", chunks=data.shape, overwrite=True)
-        except Exception:  # the old entry's metadata is too damaged for zarr to delete it
+        except Exception:  # noqa: BLE001 - the old entry's metadata is too damaged for zarr to delete it
             shutil.rmtree(self.root / self._group.path / name, ignore_errors=True)
             array = create(name, shape=data.shape, dtype="float32", chunks=data.shape, overwrite=True)
         array[...] = data
