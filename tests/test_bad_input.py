@@ -255,14 +255,24 @@ def test_tiff_channels_follow_the_metadata_else_a_warned_guess(tmp_path):
     assert read_image_with_channel_axis(tmp_path / "rgb.tif")[1] == 2
 
 
-def test_cli_uses_the_channels_the_tiff_states(tmp_path, capsys):
-    """(5, 64, 80) ImageJ CYX: segmented as a 64x80 image (a point at x=70 is inside it)."""
-    path = tmp_path / "cyx.tif"
-    tifffile.imwrite(path, np.zeros((5, 64, 80), np.uint16), imagej=True, metadata={"axes": "CYX"})
-    with pytest.raises(SystemExit) as exit_info:  # usage error before any model is loaded
-        main(["segment", str(path), "--point", "70,70", "-o", str(tmp_path / "m.png"), "--checkpoint", "/none.pt"])
-    assert exit_info.value.code == 2
-    assert "outside the 80x64 image" in capsys.readouterr().err
+def test_cli_reads_a_64x80_image_with_5_channels_as_such(tmp_path, capsys):
+    """Plain (64, 80, 5) TIFF: segmented as a 64x80 image with a warned guess (it used to become an
+    80x5 image with 64 channels); ImageJ CYX (5, 64, 80): 64x80 from the metadata, no guess."""
+    import warnings
+
+    plain, imagej = tmp_path / "plain.tif", tmp_path / "cyx.tif"
+    tifffile.imwrite(plain, np.zeros((64, 80, 5), np.uint16))
+    tifffile.imwrite(imagej, np.zeros((5, 64, 80), np.uint16), imagej=True, metadata={"axes": "CYX"})
+    for path, guessed in ((plain, 1), (imagej, 0)):
+        argv = ["segment", str(path), "--point", "70,10", "-o", str(tmp_path / "m.png"), "--checkpoint", "/none.pt"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = main(argv)  # the point is inside: it gets as far as looking for the weights
+        assert sum("guessed that axis 2 (5 entries)" in str(w.message) for w in caught) == guessed
+        assert code == 1 and "/none.pt, which does not exist" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            main([*argv[:3], "70,70", *argv[4:]])
+        assert "point (70, 70) is outside the 80x64 image" in capsys.readouterr().err
 
 
 # ---- CLI: negative coordinates, damaged files, impossible paths -----------------------------------
