@@ -164,8 +164,7 @@ def test_coordinate_transform_properties(height, width, target, fx, fy):
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_valid_random_prompts_never_give_nan_scores(small_model, image, data):
-    predictor = mobilesam.SamPredictor(small_model)
-    predictor.set_embedding(_embedding(small_model, image))
+    predictor = _predictor_with_embedding(small_model, image)
     n = data.draw(st.integers(1, 8))
     coords = data.draw(st.lists(st.tuples(st.floats(-50, 250), st.floats(-50, 200)), min_size=n, max_size=n))
     labels = data.draw(st.lists(st.sampled_from([0, 1]), min_size=n, max_size=n))
@@ -174,6 +173,14 @@ def test_valid_random_prompts_never_give_nan_scores(small_model, image, data):
 
 
 _EMBEDDINGS = {}
+_PREDICTORS = {}
+
+
+def _predictor_with_embedding(model, image):
+    if id(model) not in _PREDICTORS:
+        _PREDICTORS[id(model)] = mobilesam.SamPredictor(model)
+        _PREDICTORS[id(model)].set_embedding(_embedding(model, image))
+    return _PREDICTORS[id(model)]
 
 
 def _embedding(model, image):
