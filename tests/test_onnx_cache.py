@@ -154,3 +154,15 @@ def test_missing_onnxruntime_names_the_extra(small_model, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
     with pytest.raises(mobilesam.MobileSamError, match=r"pip install 'napari-mobilesam\[onnx\]'"):
         mobilesam.SamPredictor(small_model, backend="onnx", onnx_dir=default_onnx_dir("vit_t"))
+
+
+def test_damaged_exported_model_is_exported_again(small_model, exported_copy, count_exports):
+    """A model file damaged after a valid export (the stamp still vouches for it) is detected when
+    onnxruntime cannot load it, exported again with a warning, and then works."""
+    path = exported_copy / DECODER_FILE
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])  # truncated; garbage fails onnxruntime's parse the same way
+    with pytest.warns(UserWarning, match="could not be loaded.*exporting it again"):
+        backend = OnnxBackend(small_model, onnx_dir=exported_copy)
+    assert len(count_exports) == 1 and path.read_bytes() != b"" and backend.decoder is not None
+    assert (exported_copy / FINGERPRINT_FILE).read_text().strip() == weights_fingerprint(small_model)

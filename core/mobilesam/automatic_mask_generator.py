@@ -14,6 +14,7 @@ ordered differently so that little is spent on masks that are thrown away:
 * NMS, boxes and stability scores are vectorised.
 """
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -120,6 +121,13 @@ class SamAutomaticMaskGenerator:
         min_mask_region_area: if > 0, fill holes and drop islands smaller than this many pixels.
         output_mode: "binary_mask" ((H, W) bool), "uncompressed_rle" or "coco_rle".
         """
+        check_generator_settings(points_per_side=points_per_side, points_per_batch=points_per_batch,
+                                 pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
+                                 stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
+                                 crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
+                                 crop_overlap_ratio=crop_overlap_ratio,
+                                 crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+                                 min_mask_region_area=min_mask_region_area)
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side or point_grids")
         if output_mode not in OUTPUT_MODES:
@@ -317,3 +325,46 @@ class _Ticker:
         if self.progress is not None:
             self.progress(self.done, self.total)
         self.check()
+
+
+# Limits of `check_generator_settings`: beyond them a run takes hours or cannot fit in memory
+# (points_per_side=100000 asks for 74.5 GiB; crop layer i has 4**i crops, 30 layers ~1e18).
+MAX_POINTS_PER_SIDE = 1024
+MAX_CROP_LAYERS = 4
+
+
+def check_generator_settings(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
+                             stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
+                             crop_overlap_ratio, crop_n_points_downscale_factor, min_mask_region_area) -> None:
+    """Raise ValueError naming the setting if a `SamAutomaticMaskGenerator` setting is out of range
+    (before anything is allocated)."""
+
+    def integer(name, value, low, high=None):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {value!r}")  # noqa: TRY004 - one error type for all settings
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise ValueError(f"{name} must be {bounds}, got {value}")
+
+    def number(name, value, low, high):
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            bounds = " ".join(filter(None, (f"at least {low:g}" if math.isfinite(low) else "",
+                                            f"at most {high:g}" if math.isfinite(high) else "")))
+            raise ValueError(f"{name} must be a finite number {bounds}".rstrip() + f", got {value}")
+
+    if points_per_side is not None:
+        integer("points_per_side", points_per_side, 1, MAX_POINTS_PER_SIDE)
+    integer("points_per_batch", points_per_batch, 1)
+    integer("crop_n_layers", crop_n_layers, 0, MAX_CROP_LAYERS)
+    integer("crop_n_points_downscale_factor", crop_n_points_downscale_factor, 1)
+    number("pred_iou_thresh", pred_iou_thresh, float("-inf"), float("inf"))
+    number("stability_score_thresh", stability_score_thresh, float("-inf"), 1.0)
+    number("stability_score_offset", stability_score_offset, 0.0, float("inf"))
+    number("box_nms_thresh", box_nms_thresh, 0.0, 1.0)
+    number("crop_nms_thresh", crop_nms_thresh, 0.0, 1.0)
+    number("crop_overlap_ratio", crop_overlap_ratio, 0.0, 1.0)
+    number("min_mask_region_area", min_mask_region_area, 0.0, float("inf"))

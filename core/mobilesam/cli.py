@@ -4,7 +4,9 @@ front-end's dependencies are needed only by the subcommand that starts it."""
 
 import argparse
 import importlib
+import re
 import sys
+import zlib
 from typing import Optional, Sequence
 
 from .errors import MobileSamError
@@ -43,11 +45,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Options whose value is a list of coordinates; "-5,3" after them is a value, not an option.
+COORDINATE_OPTIONS = ("--point", "--box", "--prompt")
+_NEGATIVE_VALUE = re.compile(r"^-[\d.]")
+
+
+def join_negative_values(argv: Sequence[str]) -> list[str]:
+    """["--point", "-5,3"] -> ["--point=-5,3"]: argparse takes "-5,3" for an option otherwise."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in COORDINATE_OPTIONS and _NEGATIVE_VALUE.match(arg):
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     # Before any model is built: keeps torch's large buffers in the heap (~2x faster encoder on glibc).
     configure_allocator()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(join_negative_values(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -55,7 +73,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.func(args) or 0)
     except UsageError as exc:
         parser.error(str(exc))  # exits 2 with the usage line
-    except (MobileSamError, ValueError, FileNotFoundError) as exc:
+    except (MobileSamError, ValueError, OSError, EOFError, zlib.error) as exc:
+        # OSError: FileExistsError, NotADirectoryError, PermissionError, ... all name their file.
         print(f"mobilesam {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

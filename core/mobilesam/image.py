@@ -9,10 +9,12 @@ range once with `intensity_range(volume)` and pass it to every slice so contrast
 through z.
 """
 
+import warnings
 from typing import Optional
 
 import numpy as np
 
+MAX_GUESSED_CHANNELS = 4  # an end axis this short is taken for channels without a warning
 MAX_PIXELS = 1 << 28  # 268M pixels (16384 x 16384): larger is almost surely a mistake
 
 
@@ -45,13 +47,31 @@ def rescale_to_uint8(data: np.ndarray, value_range: tuple[float, float]) -> np.n
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+def guess_channel_axis(shape: tuple[int, ...]) -> int:
+    """Channel axis of a 3-D image whose layout nobody stated: 0 or -1, whichever end is short.
+
+    (H, W, <=4) and (<=4, H, W) are taken as they are; otherwise (both ends short, or neither,
+    e.g. (64, 80, 5)) the shorter end is taken, with a warning saying what was guessed.
+    """
+    first, last = shape[0], shape[-1]
+    if last <= MAX_GUESSED_CHANNELS < first:
+        return -1
+    if first <= MAX_GUESSED_CHANNELS < last:
+        return 0
+    axis = -1 if last <= first else 0
+    warnings.warn(f"image of shape {tuple(shape)}: guessed that axis {axis % len(shape)} "
+                  f"({shape[axis]} entries) holds the channels; pass channel_axis to say otherwise",
+                  stacklevel=3)
+    return axis
+
+
 def to_rgb_uint8(image: np.ndarray, channel_axis: Optional[int] = None,
                  value_range: Optional[tuple[float, float]] = None,
                  low: float = 0.5, high: float = 99.5) -> np.ndarray:
     """Convert a 2-D image with 0..N channels to (H, W, 3) uint8.
 
     image: (H, W) grayscale, or (H, W, C) / (C, H, W) with `channel_axis` saying where C is
-        (by default the last axis if it has at most 4 entries, else the first).
+        (by default guessed by `guess_channel_axis`, with a warning when the shape is ambiguous).
     value_range: (low, high) intensities mapped to 0 and 255; computed from the percentiles
         `low`/`high` of the image when None. uint8 images with 3 channels are returned as they are.
     Channels: 1 is repeated to gray RGB, 2 become R and G (B = 0), 3 are used as RGB, 4 or more
@@ -66,7 +86,7 @@ def to_rgb_uint8(image: np.ndarray, channel_axis: Optional[int] = None,
         arr = arr[..., None]
     elif arr.ndim == 3:
         if channel_axis is None:
-            channel_axis = -1 if arr.shape[-1] <= 4 else 0
+            channel_axis = guess_channel_axis(arr.shape)
         arr = np.moveaxis(arr, channel_axis, -1)
     else:
         raise ValueError(

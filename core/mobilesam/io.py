@@ -1,12 +1,12 @@
 """Reading and writing 2-D images and masks for the CLI and front-ends.
 
 TIFF goes through tifffile (keeps 16-bit and float data), everything else through Pillow.
-Writes are atomic: a temporary file in the same folder is renamed into place, so an interrupted
-run never leaves a half-written output behind.
+Writes are atomic (`mobilesam.atomic.atomic_write`): an interrupted run never leaves a half-written
+output behind.
 """
 
 import os
-import tempfile
+import zlib
 from importlib import resources
 from pathlib import Path
 from typing import BinaryIO, Optional, Union
@@ -15,6 +15,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
+from .atomic import atomic_write
 from .errors import MobileSamError
 
 PathLike = Union[str, os.PathLike]
@@ -130,8 +131,26 @@ def read_image(path: PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
             if im.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
                 im = im.convert("RGB")
             return np.array(im)
-    except (OSError, ValueError, tifffile.TiffFileError) as exc:
+    except (OSError, ValueError, EOFError, zlib.error, tifffile.TiffFileError) as exc:
         raise ValueError(f"could not read image {path}: {exc}") from None
+
+
+def read_image_with_channel_axis(path: PathLike) -> tuple[np.ndarray, Optional[int]]:
+    """`read_image`, plus the axis of channels as the file states it, or None if it does not say
+    (2-D images, TIFFs without axes metadata): then `mobilesam.image.to_rgb_uint8` guesses.
+
+    PNG/JPEG keep channels last; a TIFF states them with samples per pixel ("S") or an ImageJ /
+    OME channel axis ("C") in tifffile's axes of the image.
+    """
+    image = read_image(path)
+    if image.ndim != 3:
+        return image, None
+    if str(path) == SAMPLE_NAME or Path(path).suffix.lower() not in TIFF_SUFFIXES:
+        return image, -1
+    with tifffile.TiffFile(path) as tif:
+        axes = tif.series[0].axes
+    stated = [i for i, axis in enumerate(axes) if axis in "SC"]
+    return image, stated[0] if len(axes) == 3 and len(stated) == 1 else None
 
 
 def write_image(path: PathLike, array: np.ndarray) -> Path:
@@ -142,17 +161,10 @@ def write_image(path: PathLike, array: np.ndarray) -> Path:
         raise ValueError(f"output {path} must end in .png, .tif or .tiff")
     if suffix == ".png" and (array.ndim != 2 or array.dtype not in (np.uint8, np.uint16)):
         raise ValueError(f"PNG output needs a 2-D uint8/uint16 image, got {array.shape} {array.dtype}; use .tif")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if suffix == ".png":
             Image.fromarray(array).save(tmp, format="PNG")
         else:
             is_rgb = array.ndim == 3 and array.shape[-1] in (3, 4) and array.dtype == np.uint8
             tifffile.imwrite(tmp, array, compression="zlib", photometric="rgb" if is_rgb else "minisblack")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

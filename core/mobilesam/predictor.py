@@ -104,6 +104,8 @@ class SamPredictor:
             features = features[None]
         if tuple(features.shape[1:]) != expected or features.shape[0] != 1:
             raise ValueError(f"embedding has shape {tuple(features.shape)}, this model needs (1, {expected})")
+        if not torch.isfinite(features).all():  # masks from it would have NaN scores
+            raise ValueError("embedding has values that are not finite numbers (NaN or infinity)")
         self.reset_image()
         self.features = features.to(self.device, torch.float32)
         self.original_size = tuple(int(s) for s in state.original_size)

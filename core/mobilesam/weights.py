@@ -8,7 +8,6 @@ from the official URL, checked against its published sha256.
 
 import hashlib
 import os
-import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from typing import Optional, Union
 import platformdirs
 from tqdm.auto import tqdm
 
+from .atomic import atomic_write
 from .errors import MissingWeightsError
 from .model_zoo import WeightsInfo, all_weights  # noqa: F401  (WeightsInfo re-exported)
 
@@ -96,33 +96,31 @@ def download(model_type: str, progress: bool = True, force: bool = False, timeou
     target = cached_path(model_type)
     if target.is_file() and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    try:
-        with urllib.request.urlopen(info.url, timeout=timeout) as response, open(part, "wb") as out, tqdm(
-            total=int(response.headers.get("Content-Length") or info.size or 0) or None, unit="B",
-            unit_scale=True, desc=f"Downloading {info.filename}", disable=not progress,
-        ) as bar:
-            limit = 2 * info.size if info.size else MAX_UNKNOWN_SIZE
-            written = 0
-            while block := response.read(1 << 20):
-                written += len(block)
-                if written > limit:
-                    raise OSError(f"the server sent more than {limit} bytes")
-                out.write(block)
-                bar.update(len(block))
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        part.unlink(missing_ok=True)
-        raise MissingWeightsError(
-            f"could not download the {model_type} weights from {info.url} ({exc}). You may be offline. "
-            + manual_install_hint(model_type)
-        ) from None
-    problem = verify_digest(part, info)
-    if problem:
-        part.unlink(missing_ok=True)
-        raise MissingWeightsError(f"downloaded {info.filename} {problem}; the file was discarded. "
-                                  + manual_install_hint(model_type))
-    shutil.move(part, target)
+    # Written under a temp name (removed on failure, or by the next download if this process is
+    # killed) and moved into place only once its digest matches.
+    with atomic_write(target, suffix=".part") as part:
+        try:
+            with urllib.request.urlopen(info.url, timeout=timeout) as response, open(part, "wb") as out, tqdm(
+                total=int(response.headers.get("Content-Length") or info.size or 0) or None, unit="B",
+                unit_scale=True, desc=f"Downloading {info.filename}", disable=not progress,
+            ) as bar:
+                limit = 2 * info.size if info.size else MAX_UNKNOWN_SIZE
+                written = 0
+                while block := response.read(1 << 20):
+                    written += len(block)
+                    if written > limit:
+                        raise OSError(f"the server sent more than {limit} bytes")
+                    out.write(block)
+                    bar.update(len(block))
+        except (urllib.error.URLError, OSError, TimeoutError) as exc:
+            raise MissingWeightsError(
+                f"could not download the {model_type} weights from {info.url} ({exc}). You may be offline. "
+                + manual_install_hint(model_type)
+            ) from None
+        problem = verify_digest(part, info)
+        if problem:
+            raise MissingWeightsError(f"downloaded {info.filename} {problem}; the file was discarded. "
+                                      + manual_install_hint(model_type))
     return target
 
 

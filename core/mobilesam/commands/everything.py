@@ -2,8 +2,6 @@
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from ..cli import UsageError
@@ -63,8 +61,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .. import SamAutomaticMaskGenerator
+    from ..atomic import check_writable_path
     from ..image import to_rgb_uint8
-    from ..io import read_image, write_image
+    from ..io import read_image_with_channel_axis, write_image
     from ..mask_outputs import records_to_coco_json, records_to_label_image
 
     if wants_tiling(args, args.image):
@@ -73,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"output {args.output} must end in .tif, .tiff or .png")
     if args.json is not None and not args.json.lower().endswith(".json"):
         raise UsageError(f"--json {args.json} must end in .json")
-    image = to_rgb_uint8(read_image(args.image), channel_axis=args.channel_axis)
+    check_writable_path(args.output)
+    data, stated_axis = read_image_with_channel_axis(args.image)
+    image = to_rgb_uint8(data, channel_axis=stated_axis if args.channel_axis is None else args.channel_axis)
     generator = SamAutomaticMaskGenerator(
         load_model_from_args(args),
         points_per_side=args.points_per_side,
@@ -108,13 +109,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_json_atomically(path: str, data: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".json", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from ..atomic import atomic_write
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data))

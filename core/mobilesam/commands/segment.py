@@ -63,12 +63,15 @@ def check_prompts_inside(points, box, height: int, width: int) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import SamPredictor
+    from ..atomic import check_writable_path
     from ..image import to_rgb_uint8
-    from ..io import read_image, write_image
+    from ..io import read_image_with_channel_axis, write_image
 
     if not args.point and args.box is None:
         raise UsageError("give at least one --point or a --box")
-    image = to_rgb_uint8(read_image(args.image), channel_axis=args.channel_axis)
+    check_writable_path(args.output)
+    data, stated_axis = read_image_with_channel_axis(args.image)
+    image = to_rgb_uint8(data, channel_axis=stated_axis if args.channel_axis is None else args.channel_axis)
     height, width = image.shape[:2]
     check_prompts_inside(args.point, args.box, height, width)
 

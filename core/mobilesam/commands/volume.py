@@ -13,8 +13,10 @@ Several --prompt for one object on different slices fill the volume between them
 """
 
 import argparse
+from pathlib import Path
 
 from ..cli import UsageError
+from ..errors import MobileSamError
 from ._common import add_model_arguments
 from .tiled import add_tiling_arguments, run_embed_tiled, wants_tiling
 
@@ -116,6 +118,8 @@ def open_embeddings(args: argparse.Namespace, volume):
 
     if args.max_in_memory < 1:
         raise UsageError("--max-in-memory must be at least 1")
+    if args.cache and Path(args.cache).exists() and not Path(args.cache).is_dir():
+        raise MobileSamError(f"--cache {args.cache} is a file, not a folder")
     checkpoint = resolve_checkpoint(args.model_type or "vit_t", args.checkpoint, allow_download=not args.no_download)
     model = load_model(args.model_type, checkpoint, device=args.device, allow_download=False)
     model_type = args.model_type or detect_model_type(model.state_dict()) or "vit_t"
@@ -156,6 +160,21 @@ def progress_bar(desc: str):
     return bar, update
 
 
+def naming_the_volume(run):
+    """Errors reading slices during the work name the volume file."""
+
+    def wrapped(args: argparse.Namespace) -> int:
+        from ..volume.embeddings import VolumeReadError
+
+        try:
+            return run(args)
+        except VolumeReadError as exc:
+            raise MobileSamError(f"volume {args.volume}: {exc}") from None
+
+    return wrapped
+
+
+@naming_the_volume
 def run_embed(args: argparse.Namespace) -> int:
     from ..volume import read_volume
 
@@ -172,10 +191,19 @@ def run_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+@naming_the_volume
 def run_volume(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS, read_volume, segment_objects, write_labels
+    from ..atomic import check_writable_path
+    from ..volume import (
+        DEFAULT_IOU_THRESHOLD,
+        DEFAULT_PROJECTION,
+        PROJECTIONS,
+        read_volume,
+        segment_objects,
+        write_labels,
+    )
 
     if not args.prompt:
         raise UsageError("give at least one --prompt, e.g. --prompt 'z=12:point=140,88'")
@@ -185,6 +213,7 @@ def run_volume(args: argparse.Namespace) -> int:
     iou_threshold = DEFAULT_IOU_THRESHOLD if args.iou_threshold is None else args.iou_threshold
     if not 0 <= iou_threshold <= 1:
         raise UsageError(f"--iou-threshold must be between 0 and 1, got {iou_threshold}")
+    check_writable_path(args.output)  # before hours of work, not after
     volume, spacing = read_volume(args.volume)
     num_slices, slice_shape = geometry(volume, args.axis, args.channel_axis)
     for _, prompt in args.prompt:  # before loading any model: a typo costs nothing

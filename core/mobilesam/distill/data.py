@@ -14,13 +14,13 @@ are ~430 chunks of 256 (512 MiB each) instead of 110k small files. Format 1 (one
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 import torch
 
+from ..atomic import atomic_write
 from ..errors import MobileSamError
 from ..image import to_rgb_uint8
 from ..transforms import PIXEL_MEAN, PIXEL_STD
@@ -54,15 +54,8 @@ def preprocessing_description(image_size: int) -> dict:
 
 def atomic_write_bytes(path: Path, write) -> None:
     """Call `write(tmp_path)` then rename into place: no half-written file survives an interruption."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path, suffix=".part") as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def plan_chunks(names: list[str], chunk_size: int) -> dict[str, list[str]]:

@@ -13,7 +13,6 @@ output, 1..3 the multimask candidates (the caller slices, as `MaskDecoder.forwar
 
 import hashlib
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Union
@@ -21,6 +20,7 @@ from typing import Union
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..modeling import Sam
 from .layout import DECODER_FILE, ENCODER_FILE, FINGERPRINT_FILE  # noqa: F401 (re-exported)
 
@@ -91,13 +91,12 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> None:
-    tmp = path.with_name(path.name + ".part")
-    with warnings.catch_warnings():
+    # Never leave a half-written model under the final name.
+    with atomic_write(path, suffix=".part") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
         # dynamo=False: torch 2.14's default (dynamo) exporter fails on SAM's decoder.
         torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
-    os.replace(tmp, path)  # never leave a half-written model under the final name
 
 
 def export_onnx(model: Sam, out_dir: Union[str, os.PathLike], encoder: bool = True, decoder: bool = True
@@ -151,14 +150,11 @@ def quantize_onnx(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) ->
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".part")
-    quantize_dynamic(str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
-    os.replace(tmp, dst)
+    with atomic_write(dst, suffix=".part") as tmp:
+        quantize_dynamic(str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
     return dst
 
 
 def _write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    with atomic_write(path, suffix=".part") as tmp:
+        tmp.write_text(text)

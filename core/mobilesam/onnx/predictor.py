@@ -7,6 +7,7 @@ with the torch path, so only the two networks change backend.
 import os
 import tempfile
 import threading
+import warnings
 import weakref
 from contextlib import nullcontext
 from pathlib import Path
@@ -80,8 +81,16 @@ class OnnxBackend:
         # the others wait, then find fresh files; nobody opens a model another is replacing.
         with _export_lock(onnx_dir):
             encoder_path, decoder_path = self._ensure_exported(model, onnx_dir, precision)
-            self.encoder = _session(ort, encoder_path, threads)
-            self.decoder = _session(ort, decoder_path, threads)
+            try:
+                self.encoder, self.decoder = (_session(ort, path, threads) for path in (encoder_path, decoder_path))
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's InvalidProtobuf, Fail, ... share no base class
+                # A damaged cached file (truncated, overwritten) is exported again, once.
+                warnings.warn(f"exported model in {onnx_dir} could not be loaded ({exc}); exporting it again",
+                              stacklevel=2)
+                for path in (onnx_dir / FINGERPRINT_FILE, encoder_path, decoder_path):
+                    path.unlink(missing_ok=True)
+                encoder_path, decoder_path = self._ensure_exported(model, onnx_dir, precision)
+                self.encoder, self.decoder = (_session(ort, path, threads) for path in (encoder_path, decoder_path))
         self.mask_input_size = model.prompt_encoder.mask_input_size
         self.precision = precision
 

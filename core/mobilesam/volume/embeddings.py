@@ -12,7 +12,8 @@ Disk cache keys. The store holds one group per model identity (`model_id`, e.g.
 the encoder input size) and, inside it, one array per slice named by the sha256 of the exact
 (H, W, 3) uint8 image fed to the encoder. The image hash covers the slice data *and* the intensity
 normalisation and channel handling, so changed data, a changed contrast range or a changed model
-can never be served a stale embedding; an array is only read back if it was completely written.
+can never be served a stale embedding; an array is only read back if it was completely written and
+its checksum matches (a damaged entry is recomputed and rewritten, with a warning naming the slice).
 
 Intensity normalisation goes through `mobilesam.image.to_rgb_uint8` with one (low, high) range
 computed by `mobilesam.image.intensity_range` from a sample of slices, so contrast is the same
@@ -23,7 +24,10 @@ uint8 volumes are passed through unchanged, exactly as 2-D uint8 images are.
 import hashlib
 import os
 import re
+import shutil
 import threading
+import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Optional, Union
@@ -34,10 +38,15 @@ import torch
 from ..errors import Cancelled, MobileSamError
 from ..image import intensity_range, to_rgb_uint8
 from ..predictor import EmbeddingState
+from .io import READ_ERRORS
 
 ProgressCallback = Callable[[int, int], None]
 INTENSITY_SAMPLE_SLICES = 16  # slices read to estimate the volume's intensity range
 INTENSITY_SAMPLE_VALUES = 2_000_000
+
+
+class VolumeReadError(MobileSamError):
+    """A slice of the volume could not be read (a damaged file)."""
 
 
 def model_fingerprint(model_type: str, checkpoint_path: Union[str, os.PathLike]) -> str:
@@ -155,7 +164,10 @@ class VolumeEmbeddings:
         z = self._check_index(z)
         index = [slice(None)] * len(self.volume_shape)
         index[self.axis] = z
-        return np.asarray(self.volume[tuple(index)])
+        try:
+            return np.asarray(self.volume[tuple(index)])
+        except READ_ERRORS as exc:  # a file damaged after it was opened (a corrupt compressed page)
+            raise VolumeReadError(f"could not read slice {z} (axis {self.axis}) of the volume: {exc}") from None
 
     def slice_image(self, z: int) -> np.ndarray:
         """Slice z as the (H, W, 3) uint8 RGB image the encoder sees (volume-wide contrast)."""
@@ -252,7 +264,7 @@ class VolumeEmbeddings:
         image = None
         if self._store is not None:
             image = self.slice_image(z)
-            state = self._store.load(self._slice_hash(z, image))
+            state = self._store.load(self._slice_hash(z, image), where=f"slice {z}")
             if state is not None:
                 self.disk_hits += 1
                 return state
@@ -279,35 +291,97 @@ class VolumeEmbeddings:
 
 
 class _EmbeddingStore:
-    """A zarr group of slice embeddings for one model: one (256, 64, 64) float32 array per slice hash."""
+    """A zarr group of slice embeddings for one model: one (256, 64, 64) float32 array per slice hash.
+
+    Every entry carries the sha256 of its data, written last with the "complete" mark, and is
+    verified when read: a deleted, truncated, emptied or garbage chunk (zarr would read a deleted
+    one back as zeros) or damaged metadata is reported with a warning and recomputed, never
+    served. zarr's temporary `*.partial` files left by a killed writer are removed on opening.
+    """
 
     def __init__(self, root: Path, model_key: str) -> None:
         try:
             import zarr
         except ImportError:
             raise MobileSamError("an embedding cache on disk needs zarr: pip install 'napari-mobilesam[volume]'") from None
+        if root.exists() and not root.is_dir():
+            raise MobileSamError(f"embedding cache {root} is a file, not a folder")
         root.mkdir(parents=True, exist_ok=True)
-        self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
+        self.root = root
+        _remove_stale_partials(root / model_key)
+        try:
+            self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
+        except Exception as exc:  # noqa: BLE001 - zarr raises JSON, codec and its own errors for damaged metadata
+            warnings.warn(f"embedding cache {root}: damaged group metadata ({exc}); rewriting it", stacklevel=3)
+            for meta in (root / "zarr.json", root / model_key / "zarr.json"):
+                meta.unlink(missing_ok=True)  # entries below stay and are verified one by one
+            self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
 
     def contains(self, name: str) -> bool:
-        return name in self._group and bool(self._group[name].attrs.get("complete", False))
+        """Whether a complete, checksummed entry exists (its data are verified by `load`)."""
+        try:
+            return name in self._group and "sha256" in self._group[name].attrs and bool(
+                self._group[name].attrs.get("complete", False))
+        except Exception:  # noqa: BLE001 - damaged metadata: not usable, `load` will say so and recompute
+            return False
 
-    def load(self, name: str) -> Optional[EmbeddingState]:
-        if not self.contains(name):
-            return None
-        array = self._group[name]
-        features = torch.from_numpy(np.asarray(array[...], dtype=np.float32))[None]
-        attrs = array.attrs
-        return EmbeddingState(features, tuple(attrs["original_size"]), tuple(attrs["input_size"]))
+    def load(self, name: str, where: str = "") -> Optional[EmbeddingState]:
+        """The verified entry `name`, or None (with a warning naming `where` if it was damaged)."""
+        try:
+            if name not in self._group:
+                if not (self.root / self._group.path / name).exists():
+                    return None
+                raise ValueError("its zarr.json is missing")  # chunks without metadata
+            array = self._group[name]
+            attrs = dict(array.attrs)
+            if not attrs.get("complete", False):
+                return None  # interrupted write: never read, overwritten by the next save
+            data = np.ascontiguousarray(np.asarray(array[...], dtype=np.float32))
+            problem = ("has no checksum" if "sha256" not in attrs
+                       else "fails its checksum" if _checksum(data) != attrs["sha256"] else None)
+            state = EmbeddingState(torch.from_numpy(data)[None], tuple(attrs["original_size"]),
+                                   tuple(attrs["input_size"]))
+        except Exception as exc:  # noqa: BLE001 - zarr raises codec, JSON, key and OS errors for damaged entries
+            problem = f"cannot be read ({type(exc).__name__}: {exc})"
+        if problem is None:
+            return state
+        warnings.warn(f"embedding cache {self.root}: the entry of {where or name} {problem}; recomputing it",
+                      stacklevel=3)
+        return None
 
     def save(self, name: str, state: EmbeddingState) -> None:
-        data = state.features.detach().cpu().numpy().astype(np.float32)[0]
+        data = np.ascontiguousarray(state.features.detach().cpu().numpy().astype(np.float32)[0])
         create = getattr(self._group, "create_array", None) or self._group.create_dataset  # zarr 3 / zarr 2
-        array = create(name, shape=data.shape, dtype="float32", chunks=data.shape, overwrite=True)
+        try:
+            array = create(name, shape=data.shape, dtype="float32", chunks=data.shape, overwrite=True)
+        except Exception:  # noqa: BLE001 - the old entry's metadata is too damaged for zarr to delete it
+            shutil.rmtree(self.root / self._group.path / name, ignore_errors=True)
+            array = create(name, shape=data.shape, dtype="float32", chunks=data.shape, overwrite=True)
         array[...] = data
         # Written last: a crash mid-write leaves an array without it, which is never read back.
         array.attrs.update({"original_size": list(state.original_size), "input_size": list(state.input_size),
-                            "complete": True})
+                            "sha256": _checksum(data), "complete": True})
+
+
+PARTIAL_MAX_AGE_S = 60.0  # zarr renames its `*.partial` files within milliseconds
+
+
+def _remove_stale_partials(folder: Path) -> None:
+    """Remove zarr's temporary `*.partial` files that a killed writer left under `folder`."""
+    now = time.time()
+    for dirpath, _, filenames in os.walk(folder):
+        for filename in filenames:
+            if filename.endswith(".partial"):
+                path = Path(dirpath) / filename
+                try:
+                    if now - path.stat().st_mtime > PARTIAL_MAX_AGE_S:
+                        path.unlink()
+                except OSError:
+                    pass  # renamed or removed by its writer meanwhile
+
+
+def _checksum(data: np.ndarray) -> str:
+    return hashlib.sha256(data.tobytes()).hexdigest()
 
 
 def _normalize_axis(axis: int, ndim: int, name: str) -> int:

@@ -12,11 +12,13 @@ spacing metadata) or NIfTI.
 """
 
 import os
-import tempfile
+import zlib
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+
+from ..atomic import atomic_write
 
 PathLike = Union[str, os.PathLike]
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -34,15 +36,39 @@ def read_volume(path: PathLike) -> tuple[object, Spacing]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"volume {path} does not exist")
+    if not path.is_file():
+        raise ValueError(f"volume {path} is not a file")
     suffix = _suffix(path)
+    if suffix not in TIFF_SUFFIXES + NIFTI_SUFFIXES:
+        raise ValueError(f"volume {path} must be a TIFF stack (.tif, .tiff) or NIfTI (.nii, .nii.gz)")
     try:
-        if suffix in TIFF_SUFFIXES:
-            return _read_tiff(path)
-        if suffix in NIFTI_SUFFIXES:
-            return _read_nifti(path)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"could not read volume {path}: {exc}") from None
-    raise ValueError(f"volume {path} must be a TIFF stack (.tif, .tiff) or NIfTI (.nii, .nii.gz)")
+        data, spacing = _read_tiff(path) if suffix in TIFF_SUFFIXES else _read_nifti(path)
+        # Data are read lazily; reading the last slice now finds a truncated or damaged file
+        # (for .nii.gz this decompresses the file once) before any work is done.
+        np.asarray(data[-1])
+    except READ_ERRORS + _nibabel_errors() as exc:
+        raise ValueError(f"could not read volume {path}: {_problem(exc)}") from None
+    return data, spacing
+
+
+# What tifffile, nibabel, zlib and gzip raise for a damaged file (nibabel's own errors are added
+# by `_nibabel_errors` when it is installed).
+READ_ERRORS = (OSError, ValueError, KeyError, IndexError, EOFError, zlib.error)
+
+
+def _nibabel_errors() -> tuple:
+    try:
+        from nibabel.filebasedimages import ImageFileError
+    except ImportError:
+        return ()
+    return (ImageFileError,)
+
+
+def _problem(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, (EOFError, zlib.error)) or "not enough data" in text:
+        return f"the file is truncated or damaged ({text})"
+    return text
 
 
 def _read_tiff(path: Path) -> tuple[object, Spacing]:
@@ -112,10 +138,7 @@ def write_labels(path: PathLike, labels: np.ndarray, spacing: Optional[Spacing] 
     dtype = np.uint8 if top < 256 else np.uint16 if top < 65536 else np.uint32
     labels = labels.astype(dtype)
     spacing = tuple(float(s) for s in (spacing or (1.0, 1.0, 1.0)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if suffix in TIFF_SUFFIXES:
             import tifffile
 
@@ -129,8 +152,4 @@ def write_labels(path: PathLike, labels: np.ndarray, spacing: Optional[Spacing] 
 
             affine = np.diag([spacing[2], spacing[1], spacing[0], 1.0])
             nib.save(nib.Nifti1Image(np.ascontiguousarray(labels.transpose(2, 1, 0)), affine), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
