@@ -113,3 +113,47 @@ def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_check
     assert counters["requests.predict"] >= 4 and "errors.predict" not in counters, counters
     for each in (task, local_task):
         assert ls.call("GET", f"/api/predictions?task={each['id']}") == []
+
+
+def test_retrieve_predictions_and_precompute_fill_projects_with_automatic_masks(label_studio, vit_t_model,
+                                                                                vit_t_checkpoint, tmp_path):
+    """Data Manager ▸ Retrieve predictions with MOBILESAM_AUTO_MASKS=1: one prediction per task with
+    one brush region per object; a task whose image cannot be fetched gets none (an empty list in
+    our answer, which Label Studio 1.23.2 stores as nothing) and the others are not held up.
+    `precompute_project(predictions=True)` (the CLI's --predictions) runs the same job through the API."""
+    from labelstudio_backend.model import MobileSamBackend
+    from labelstudio_backend.precompute import precompute_project
+    from labelstudio_backend.settings import Settings
+    from ls_server import ThreadedBackend
+
+    settings = Settings(checkpoint=str(vit_t_checkpoint), embedding_dir=tmp_path / "embeddings",
+                        label_studio_url=label_studio.url, label_studio_api_key=TOKEN, auto_masks=True,
+                        auto_masks_points_per_side=4, auto_masks_min_iou=0.0, auto_masks_min_stability=0.0)
+    server = ThreadedBackend(MobileSamBackend(settings, model_loader=lambda: vit_t_model))
+    try:
+        images = [make_test_image(48, 64, seed=s) for s in (7, 8)]
+        project, tasks, _ = label_studio.project_with_images("auto masks", CONFIG_BRUSH, images, server.url)
+        label_studio.call("POST", f"/api/projects/{project['id']}/import",
+                          json=[{"image": "/data/upload/999/missing.png"}])
+        label_studio.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project['id']}",
+                          json={"selectedItems": {"all": True, "excluded": []}})
+        all_tasks = label_studio.call("GET", f"/api/tasks?project={project['id']}")["tasks"]
+        for task in all_tasks:
+            predictions = label_studio.call("GET", f"/api/predictions?task={task['id']}")
+            if task["data"]["image"].endswith("missing.png"):
+                assert predictions == []
+                continue
+            (prediction,) = predictions
+            assert prediction["model_version"] == server.backend.model_version and prediction["result"]
+            assert {(r["type"], tuple(r["value"]["brushlabels"])) for r in prediction["result"]} == {
+                ("brushlabels", ("Object",))}
+
+        other, other_tasks, _ = label_studio.project_with_images("auto masks cli", CONFIG_BRUSH, images[:1])
+        report = precompute_project(server.backend, label_studio.url, TOKEN, other["id"], predictions=True)
+        assert (report.encoded + report.already_stored, report.predictions, report.failed) == (1, 1, [])
+        (prediction,) = label_studio.call("GET", f"/api/predictions?task={other_tasks[0]['id']}")
+        assert prediction["result"] and prediction["model_version"] == server.backend.model_version
+        again = precompute_project(server.backend, label_studio.url, TOKEN, other["id"], predictions=True)
+        assert again.predictions == 0  # a task with this model version's prediction is left alone
+    finally:
+        server.close()
