@@ -304,13 +304,13 @@ class MobileSamBackend:
                     continue
                 key = (url, self.model_version, target, label)
                 keys.append(key)
-                if key not in self._auto_results:
+                if key not in self._auto_results:  # else already queued or done by an earlier request
                     future = self._auto_results[key] = Future()
                     todo.append((TaskImage(task.get("id"), url), future))
+            futures = {self._auto_results[key] for key in keys if key is not None}
         if todo:
             self._job_thread.submit(self._run_auto_masks, todo, target, label, project)
-        futures = [self._auto_results.get(key) for key in keys if key is not None]
-        done, pending = wait([f for f in futures if f is not None], timeout=self.settings.auto_masks_wait)
+        _, pending = wait(futures, timeout=self.settings.auto_masks_wait)
         if pending:
             logger.info("automatic masks: %d of %d task(s) still running after %g s; they continue in the "
                         "background (Retrieve predictions again to collect them)", len(pending), len(futures),
