@@ -13,6 +13,7 @@ The model is a random-weight vit_t checkpoint (the arithmetic of the real weight
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,13 @@ def start_backend(work: Path, checkpoint: Path, ls_url: str, prewarm: bool):
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: requests.get(url + "/health", timeout=2).json()["model_state"] == "ready", 300, process,
                log_path, "mobilesam serve")
-    return process, url
+    return process, url, log_path
+
+
+def backend_click_times(log_path) -> list:
+    """Seconds the backend itself spent on each interactive request (from its log), in order."""
+    text = Path(log_path).read_text(errors="replace")
+    return [int(ms) / 1000 for ms in re.findall(r"point\(s\) on .* embedding\) in (\d+) ms", text)]
 
 
 def prewarmed(backend_url) -> int:
@@ -90,15 +97,16 @@ def main(argv=None):
         template.parent.mkdir(parents=True, exist_ok=True)
         ls = start_label_studio(work / "ls", work / "files", template)
         try:
-            results = {}
+            results, backend_times = {}, {}
             delay = 0.0
             for prewarm in (False, True):
                 images = [make_test_image(height, width, seed=10 * prewarm + i) for i in range(args.tasks)]
-                process, url = start_backend(work, checkpoint, ls.url, prewarm)
+                process, url, log_path = start_backend(work, checkpoint, ls.url, prewarm)
                 try:
                     results[prewarm] = run(ls, url, images, delay, f"prewarm={prewarm}")
                 finally:
                     stop(process)
+                backend_times[prewarm] = backend_click_times(log_path)
                 if not prewarm:  # one encoder time: an uncached click less a cached one
                     delay = statistics.median(results[False][0]) - statistics.median(results[False][1])
         finally:
@@ -112,6 +120,9 @@ def main(argv=None):
         print(f"prewarm {'on ' if prewarm else 'off'}: first click {statistics.median(first):.2f} s "
               f"(all: {', '.join(f'{v:.2f}' for v in first)}), cached click {statistics.median(cached):.2f} s, "
               f"ratio {ratio:.2f}x" + ("  (goal <= 1.2x)" if prewarm else ""))
+        inside = backend_times[prewarm]
+        print(f"  of which in the backend (first, cached per task): "
+              + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(inside[0::2], inside[1::2])))
         if prewarm:
             warm = [f / statistics.median(cached) for f, r in zip(first, ready) if r]
             print(f"  prewarm finished before the click on {sum(ready)} of {len(ready)} tasks"
