@@ -121,7 +121,7 @@ def main(argv=None):
               f"(all: {', '.join(f'{v:.2f}' for v in first)}), cached click {statistics.median(cached):.2f} s, "
               f"ratio {ratio:.2f}x" + ("  (goal <= 1.2x)" if prewarm else ""))
         inside = backend_times[prewarm]
-        print(f"  of which in the backend (first, cached per task): "
+        print("  of which in the backend (first, cached per task): "
               + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(inside[0::2], inside[1::2])))
         if prewarm:
             warm = [f / statistics.median(cached) for f, r in zip(first, ready) if r]
