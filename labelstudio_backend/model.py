@@ -129,7 +129,10 @@ class MobileSamBackend:
     def _load_in_background(self) -> None:
         started = time.perf_counter()
         try:
-            import label_studio_sdk.label_interface  # noqa: F401 - slow first import, off /setup's 3 s budget
+            # Slow first imports (1-4 s each), done here rather than in /setup (3 s budget) or a first click.
+            import label_studio_sdk.converter.brush  # noqa: F401
+            import label_studio_sdk.label_interface  # noqa: F401
+            import skimage.measure  # noqa: F401
 
             import mobilesam
 
