@@ -9,6 +9,12 @@ Two predictors share the one model: the encoder's and the decoder's, each behind
 so a slow first click on one image never holds up quick clicks on another, and concurrent
 requests never see each other's embedding. With `MOBILESAM_BACKEND=onnx` both run on ONNX Runtime
 (the core's `SamPredictor(backend="onnx")`, sharing one exported model and its sessions).
+
+Opening a task (Label Studio's /predict without a context) answers at once with no prediction and
+queues the task's image for encoding (`Prewarmer`), so the first click finds its embedding ready;
+the encoder is warmed up once at model load. With `MOBILESAM_AUTO_MASKS=1` the same call answers
+segment-everything masks instead, computed by a `TaskJob` (shared with `mobilesam labelstudio
+precompute`). The backend sets the allocator and torch's threads itself, whatever server runs it.
 """
 
 import hashlib
@@ -17,16 +23,20 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import numpy as np
+from mobilesam.predictor import SamPredictor
+from mobilesam.runtime import configure_allocator, configure_threads, warm_up
 
 from .embedding_cache import EmbeddingCache, EmbeddingStore
-from .errors import BadRequest, ModelUnavailable
+from .errors import BadRequest, ModelUnavailable, UnsupportedConfig
 from .images import FetchPolicy, ImageLoader, ImageTooLargeError
 from .label_config import OutputTarget, parse_label_config
+from .precompute import TaskImage, TaskJob
+from .prewarm import Prewarmer
 from .prompts import ClickPrompt, parse_context
 from .results import brush_result, polygon_results, resize_nearest
 from .settings import Settings
@@ -35,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 MAX_REFINEMENTS = 256  # previous low-res masks kept for refinement clicks
 MAX_PROJECTS = 1024  # projects whose /setup address and token are kept (oldest forgotten first)
+MAX_AUTO_RESULTS = 256  # finished automatic-mask predictions kept until Label Studio asks again
 
 
 def model_version_for(settings: Settings) -> str:
@@ -78,8 +89,16 @@ class MobileSamBackend:
         # thread (with glibc that kept ~100 MB per server thread resident).
         self._encoder_lock = threading.Lock()
         self._decoder_lock = threading.Lock()
-        self._encoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-encoder")
-        self._decoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-decoder")
+        # Each worker sets torch's threads for itself (OpenMP keeps the count per thread).
+        self._encoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-encoder",
+                                                  initializer=configure_threads)
+        self._decoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-decoder",
+                                                  initializer=configure_threads)
+        self._job_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-jobs",
+                                              initializer=configure_threads)
+        self.prewarmer = Prewarmer(self._prewarm, max_pending=self.settings.prewarm_queue)
+        self._auto_results: "OrderedDict[tuple, Future]" = OrderedDict()
+        self._runtime: dict = {}
         self._projects: "OrderedDict[str, dict]" = OrderedDict()
         self._refinements: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
         self._metrics_lock = threading.Lock()
@@ -96,6 +115,10 @@ class MobileSamBackend:
             self._model_state = "loading"
             self._model_error = None
             self._model_ready = threading.Event()
+        # Before the model's buffers exist: every server (werkzeug, gunicorn, label-studio-ml start)
+        # gets the allocator `mobilesam serve` sets up, or the encoder runs about 2x slower.
+        allocator = configure_allocator()
+        self._runtime = {"allocator_tuned": allocator.applied, "allocator": allocator.reason}
         threading.Thread(target=self._load_in_background, name="mobilesam-model-loader", daemon=True).start()
 
     def _load_model(self):
@@ -107,12 +130,21 @@ class MobileSamBackend:
     def _load_in_background(self) -> None:
         started = time.perf_counter()
         try:
+            # Slow first imports (1-4 s each), done here rather than in /setup (3 s budget) or a first click.
+            import label_studio_sdk.converter.brush  # noqa: F401
+            import label_studio_sdk.label_interface  # noqa: F401
+            import skimage.measure  # noqa: F401
+
             import mobilesam
 
             model = self._model_loader()
             model.eval()
             options = self._predictor_options(model)
             encoder, decoder = mobilesam.SamPredictor(model, **options), mobilesam.SamPredictor(model, **options)
+            # The first encode and decode of a process are several times slower than the next: pay
+            # for them now, each on the thread that will do the work, not on an annotator's click.
+            warm_up_s = self._encoder_thread.submit(self._warm_up, encoder).result()
+            self._decoder_thread.submit(self._warm_up_decoder, decoder).result()
         except BaseException as exc:  # noqa: BLE001 - report any failure through /health and /predict
             logger.exception("loading the MobileSAM model failed")
             with self._state_lock:
@@ -123,7 +155,30 @@ class MobileSamBackend:
             self._encoder, self._decoder = encoder, decoder
             self._model_state = "ready"
         self._model_ready.set()
-        logger.info("model %s loaded in %.1f s", self.model_version, time.perf_counter() - started)
+        logger.info("model %s loaded in %.1f s (warm-up encode %.1f s, %d torch threads; allocator: %s)",
+                    self.model_version, time.perf_counter() - started, warm_up_s, self._runtime["torch_threads"],
+                    self._runtime["allocator"])
+
+    def _warm_up_decoder(self, decoder) -> None:
+        import torch
+
+        from mobilesam.predictor import EmbeddingState
+
+        size, prompt_encoder = decoder.model.image_encoder.img_size, decoder.model.prompt_encoder
+        features = torch.zeros(1, prompt_encoder.embed_dim, *prompt_encoder.image_embedding_size)
+        with self._decoder_lock:
+            decoder.set_embedding(EmbeddingState(features, (size, size), (size, size)))
+            decoder.predict(np.array([[size / 2, size / 2]]), np.array([1]), multimask_output=True)
+            decoder.reset_image()
+
+    def _warm_up(self, encoder) -> float:
+        """On the encoder's thread, under its lock: the warm-up encode (and the thread count it runs with)."""
+        import torch
+
+        with self._encoder_lock:
+            seconds = warm_up(encoder)
+        self._runtime.update(torch_threads=torch.get_num_threads(), warm_up_s=round(seconds, 3))
+        return seconds
 
     def _predictor_options(self, model) -> dict:
         """`SamPredictor` keyword arguments for MOBILESAM_BACKEND (ONNX: exported on first start)."""
@@ -173,7 +228,9 @@ class MobileSamBackend:
                 while len(self._projects) > MAX_PROJECTS:
                     self._projects.popitem(last=False)
         if schema:
-            parse_label_config(schema).target(None, self.settings.output)  # raises UnsupportedConfig
+            target = parse_label_config(schema).target(None, self.settings.output)  # raises UnsupportedConfig
+            if self.settings.auto_masks:
+                self._auto_label(target)  # raises UnsupportedConfig
         self.setup()
         return {"model_version": self.model_version}
 
@@ -193,51 +250,177 @@ class MobileSamBackend:
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
         if context is None:
-            return [self._non_interactive(task, label_config, project) for task in tasks]
+            return self._non_interactive(tasks, label_config, project)
         if len(tasks) != 1:
             raise BadRequest(f"an interactive request needs exactly one task, got {len(tasks)}")
         return [self._interactive(tasks[0], context, label_config, project)]
 
-    def _empty_prediction(self) -> dict:
-        return {"result": [], "score": 0.0, "model_version": self.model_version}
-
-    def _non_interactive(self, task: dict, label_config: str, project: str) -> dict:
-        """Opening a task must never fail because of us: errors give an empty prediction and a log line."""
+    def _non_interactive(self, tasks: list, label_config: str, project: str) -> list:
+        """A task opened, or Data Manager's "Retrieve predictions". Without automatic masks: no prediction
+        at all (`[]`: Label Studio stores nothing, where an empty result would show as an empty
+        prediction tab on every task), and the images start encoding for the first click. With them:
+        one entry per task. Opening a task must never fail because of us: errors are logged."""
         if not self.settings.auto_masks:
-            return self._empty_prediction()
+            if self.settings.prewarm:
+                self._queue_prewarm(tasks, label_config, project)
+            return []
         try:
-            return self._automatic_masks(task, label_config, project)
+            return self.preannotate(tasks, label_config, project)
         except Exception as exc:  # noqa: BLE001
-            logger.error("automatic masks for task %s failed: %s", task.get("id"), exc)
+            logger.error("automatic masks for tasks %s failed: %s", [t.get("id") for t in tasks], exc)
             self._count("errors.automatic")
-            return self._empty_prediction()
+            return []
 
-    def _automatic_masks(self, task: dict, label_config: str, project: str) -> dict:
-        from mobilesam import SamAutomaticMaskGenerator  # optional core feature: ImportError -> empty result
+    # ----------------------------------------------------------------------------- prewarm
+    def _queue_prewarm(self, tasks: list, label_config: str, project: str) -> None:
+        try:
+            target = parse_label_config(label_config).target(None, self.settings.output)
+        except Exception as exc:  # noqa: BLE001 - a config /setup would refuse; nothing to prewarm
+            logger.debug("no prewarm: %s", exc)
+            return
+        for task in tasks:
+            url = (task.get("data") or {}).get(target.data_key) if isinstance(task.get("data"), dict) else None
+            if isinstance(url, str) and url:
+                self.prewarmer.submit((url, self.model_version), (project, task.get("id")))
 
+    def _prewarm(self, key: tuple[str, str], payload: tuple[str, Optional[int]]) -> None:
+        """The prewarm worker's job: the task's embedding, in memory (and on disk) before the first click."""
+        project, task_id = payload
+        started = time.perf_counter()
+        _, cached = self.embedding(key[0], project, task_id)
+        self._count("prewarm.cached" if cached else "prewarm.encoded")
+        logger.info("task %s: prewarmed %s (%s) in %.0f ms", task_id, key[0], "cached" if cached else "encoded",
+                    (time.perf_counter() - started) * 1000)
+
+    # ----------------------------------------------------------------------------- automatic masks
+    def preannotate(self, tasks: list, label_config: str, project: str = "") -> list:
+        """Automatic masks for each task: one entry per task, `[]` for a task that failed or is still running.
+
+        The tasks go to a `TaskJob` in the background; this waits up to MOBILESAM_AUTO_MASKS_WAIT
+        seconds (Label Studio gives up after 100 s and then stores nothing). Unfinished tasks go on
+        and their predictions are handed over when Label Studio asks again (Retrieve predictions).
+        An empty list per task makes Label Studio 1.23.2 store nothing for it, so it is asked again.
+        """
         target = parse_label_config(label_config).target(None, self.settings.output)
-        url = self._image_url(task, target)
-        hostname, token = self._credentials(project)
-        image = self._image_loader(url, hostname, token, self.settings.max_image_pixels, task.get("id"))
+        label = self._auto_label(target)
+        keys, todo = [], []
+        with self._state_lock:
+            for task in tasks:
+                url = (task.get("data") or {}).get(target.data_key) if isinstance(task.get("data"), dict) else None
+                if not isinstance(url, str) or not url:
+                    logger.error("task %s has no image in data.%s: no automatic masks", task.get("id"),
+                                 target.data_key)
+                    keys.append(None)
+                    continue
+                key = (url, self.model_version, target, label)
+                keys.append(key)
+                if key not in self._auto_results:  # else already queued or done by an earlier request
+                    future = self._auto_results[key] = Future()
+                    todo.append((TaskImage(task.get("id"), url), future))
+            futures = {self._auto_results[key] for key in keys if key is not None}
+        if todo:
+            self._job_thread.submit(self._run_auto_masks, todo, target, label, project)
+        _, pending = wait(futures, timeout=self.settings.auto_masks_wait)
+        if pending:
+            logger.info("automatic masks: %d of %d task(s) still running after %g s; they continue in the "
+                        "background (Retrieve predictions again to collect them)", len(pending), len(futures),
+                        self.settings.auto_masks_wait)
+        answers = []
+        with self._state_lock:
+            for key in keys:
+                future = self._auto_results.get(key) if key is not None else None
+                if future is None or not future.done():
+                    answers.append([])
+                    continue
+                del self._auto_results[key]  # handed over: Label Studio stores it and will not ask again
+                prediction = future.result()
+                answers.append(prediction if prediction is not None else [])
+            while len(self._auto_results) > MAX_AUTO_RESULTS:  # bounded: drop the oldest finished ones
+                oldest = next((k for k, f in self._auto_results.items() if f.done()), None)
+                if oldest is None:
+                    break
+                del self._auto_results[oldest]
+        self._count("predict.automatic", sum(1 for a in answers if a))
+        return answers if any(answers) else []
+
+    def _run_auto_masks(self, todo: list, target: OutputTarget, label: Optional[str], project: str) -> None:
+        futures = {id(task): future for task, future in todo}
+
+        def work(task: TaskImage, stop: threading.Event) -> dict:
+            return self._automatic_masks(task, target, label, project, stop)
+
+        def deliver(task: TaskImage, result, error: Optional[str]) -> None:
+            if error is not None:
+                self._count("errors.automatic")
+            futures[id(task)].set_result(result if error is None else None)
+
+        job = TaskJob("automatic masks", work, task_timeout=self.settings.auto_masks_task_timeout)
+        try:
+            job.run([task for task, _ in todo], on_result=deliver)
+        finally:
+            for _, future in todo:  # an unexpected error must not leave requests waiting
+                if not future.done():
+                    future.set_result(None)
+
+    def automatic_prediction(self, task: TaskImage, label_config: str, project: str = "",
+                             stop: Optional[threading.Event] = None) -> Optional[dict]:
+        """The automatic-mask prediction for one task, None when it found no mask (used by
+        `mobilesam labelstudio precompute --predictions`)."""
+        target = parse_label_config(label_config).target(None, self.settings.output)
+        return self._automatic_masks(task, target, self._auto_label(target), project, stop)
+
+    def _generator_options(self) -> dict:
+        settings = self.settings
+        return {"points_per_side": settings.auto_masks_points_per_side, "pred_iou_thresh": settings.auto_masks_min_iou,
+                "stability_score_thresh": settings.auto_masks_min_stability}
+
+    def _auto_label(self, target: OutputTarget) -> Optional[str]:
+        label = self.settings.auto_masks_label
+        if not label:
+            return target.labels[0] if target.labels else None
+        if target.labels and label not in target.labels:
+            raise UnsupportedConfig(f"MOBILESAM_AUTO_MASKS_LABEL={label!r} is not a label of <{target.from_name}> "
+                                    f"(labels: {', '.join(target.labels)})")
+        return label
+
+    def _automatic_masks(self, task: TaskImage, target: OutputTarget, label: Optional[str], project: str,
+                         stop: Optional[threading.Event]) -> Optional[dict]:
+        """Segment-everything masks as one region per object (largest first), labelled `label`.
+
+        The image's embedding comes from (and goes to) the shared cache, so the annotator's clicks on
+        the task later are cached ones; only the grid of prompts is decoded here.
+        """
+        from mobilesam import SamAutomaticMaskGenerator  # optional core feature
+
+        started = time.perf_counter()
         encoder, _ = self._predictors()
-
-        def generate():
-            with self._encoder_lock:
-                return SamAutomaticMaskGenerator(encoder.model).generate(image)
-
-        masks = self._encoder_thread.submit(generate).result()
+        image = self._load_image(task.url, project, task.task_id)
+        state, _ = self.embedding(task.url, project, task.task_id, image=image)
+        generator = SamAutomaticMaskGenerator(encoder.model, **self._generator_options())
+        generator.predictor = _EmbeddedImagePredictor(encoder.model, state)
+        records = generator.generate(image, cancel=stop)
         results, scores = [], []
-        for record in sorted(masks, key=lambda r: -r["area"]):
-            results.extend(self._mask_results(record["segmentation"].astype(bool), target, None, 0))
-            scores.append(float(record["predicted_iou"]))
+        for record in sorted(records, key=lambda r: -r["area"]):
+            items = self._mask_results(record["segmentation"].astype(bool), target, label, 0, one_region=True)
+            results.extend(items)
+            scores.extend([float(record["predicted_iou"])] * bool(items))
+        logger.info("task %s: %d automatic masks in %.1f s", task.task_id, len(results),
+                    time.perf_counter() - started)
+        if not results:
+            return None  # no empty prediction: Label Studio would show an empty tab and never ask again
         return {"result": results, "score": float(np.mean(scores)) if scores else 0.0,
                 "model_version": self.model_version}
 
     def _interactive(self, task: dict, context: dict, label_config: str, project: str) -> dict:
         prompt = parse_context(context)
         self._check_claimed_size(prompt.original_size, None)
+        if prompt.stale_ids:
+            self._count("prompts.stale_keypoints", len(prompt.stale_ids))
+            logger.info("task %s: ignored keypoint(s) %s without is_positive next to this click's smart "
+                        "keypoints (stale points from a draft)", task.get("id"), ", ".join(prompt.stale_ids))
         target = parse_label_config(label_config).target(prompt.to_name, self.settings.output)
         url = self._image_url(task, target)
+        self.prewarmer.cancel((url, self.model_version))  # this click encodes it now
         started = time.perf_counter()
         state, cached = self.embedding(url, project, task.get("id"), prompt.original_size)
         height, width = self._check_claimed_size(prompt.original_size, state.original_size, url)
@@ -254,9 +437,12 @@ class MobileSamBackend:
         return {"result": result, "score": score, "model_version": self.model_version}
 
     def _mask_results(self, mask: np.ndarray, target: OutputTarget, label: Optional[str],
-                      rotation: float) -> list[dict]:
+                      rotation: float, one_region: bool = False) -> list[dict]:
+        """Result items for a mask: one brush item, or a polygon per component (only the largest
+        with `one_region`)."""
         if target.result_type == "polygonlabels":
-            return polygon_results(mask, target, label, rotation, tolerance=self.settings.polygon_tolerance)
+            items = polygon_results(mask, target, label, rotation, tolerance=self.settings.polygon_tolerance)
+            return items[:1] if one_region else items
         return [brush_result(mask, target, label, rotation)]
 
     @staticmethod
@@ -297,14 +483,16 @@ class MobileSamBackend:
 
     # ----------------------------------------------------------------------------- embeddings
     def embedding(self, url: str, project: str = "", task_id: Optional[int] = None,
-                  expected_size: Optional[tuple[int, int]] = None):
-        """(EmbeddingState, was_cached) for the image at `url`: memory, then disk, then the encoder.
+                  expected_size: Optional[tuple[int, int]] = None, image: Optional[np.ndarray] = None):
+        """(EmbeddingState, was_cached) for the image at `url`: memory, then disk, then the encoder
+        (on `image` when the caller has already fetched it).
 
         A cached embedding whose aspect ratio disagrees with the size Label Studio reports is stale
         (the file behind the URL changed) and is computed again.
         """
         key = (url, self.model_version)
-        state, cached = self.cache.get_or_compute(key, lambda: self._compute_embedding(key, project, task_id))
+        state, cached = self.cache.get_or_compute(key, lambda: self._compute_embedding(key, project, task_id,
+                                                                                       image=image))
         if cached and expected_size and not _same_aspect(state.original_size, expected_size):
             logger.info("cached embedding of %s has size %s, Label Studio says %s: recomputing", url,
                         state.original_size, expected_size)
@@ -313,15 +501,20 @@ class MobileSamBackend:
                                                                                              use_store=False))
         return state, cached
 
-    def _compute_embedding(self, key: tuple[str, str], project: str, task_id: Optional[int], use_store: bool = True):
+    def _load_image(self, url: str, project: str, task_id: Optional[int]) -> np.ndarray:
+        hostname, token = self._credentials(project)
+        return self._image_loader(url, hostname, token, self.settings.max_image_pixels, task_id)
+
+    def _compute_embedding(self, key: tuple[str, str], project: str, task_id: Optional[int], use_store: bool = True,
+                           image: Optional[np.ndarray] = None):
         if use_store and self.store is not None:
             state = self.store.load(key)
             if state is not None:
                 self._count("embeddings.from_disk")
                 return state
         encoder, _ = self._predictors()
-        hostname, token = self._credentials(project)
-        image = self._image_loader(key[0], hostname, token, self.settings.max_image_pixels, task_id)
+        if image is None:
+            image = self._load_image(key[0], project, task_id)
 
         def encode():
             with self._encoder_lock:
@@ -405,7 +598,32 @@ class MobileSamBackend:
             counters = dict(sorted(self._counters.items()))
             latency = {kind: _percentiles(values) for kind, values in self._latencies.items()}
         return {**self.model_status(), "counters": counters, "embedding_cache": self.cache.stats(),
-                "interactive_latency_s": latency}
+                "interactive_latency_s": latency, "prewarm": self.prewarmer.stats(), "runtime": dict(self._runtime)}
+
+    def close(self) -> None:
+        """Stop background work: pending prewarms are cancelled, worker threads end after their current job."""
+        self.prewarmer.close()
+        for executor in (self._job_thread, self._encoder_thread, self._decoder_thread):
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _EmbeddedImagePredictor(SamPredictor):
+    """A SamPredictor that already knows one image's embedding: "encoding" that image restores it.
+
+    The automatic mask generator encodes the whole image (no crop layers); with this it reuses the
+    embedding the backend caches for the annotator's clicks instead of running the encoder again.
+    Crops of other sizes are encoded as usual.
+    """
+
+    def __init__(self, model, state) -> None:
+        super().__init__(model)
+        self._known = state
+
+    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
+        if tuple(image.shape[:2]) == tuple(self._known.original_size):
+            self.set_embedding(self._known)
+        else:
+            super().set_image(image, image_format)
 
 
 def _same_aspect(a: tuple[int, int], b: tuple[int, int], tolerance: float = 0.02) -> bool:

@@ -6,6 +6,13 @@ transform in Label Studio's editor (the stage rotates, region coordinates stay i
 image's frame), so it is carried back to the result unchanged. A rectangle's own
 `value.rotation` (degrees, clockwise, about its top-left corner) is honoured: SAM gets the
 axis-aligned box around the rotated rectangle.
+
+Only the prompts of this interaction count. Label Studio marks the smart keypoints placed in it
+with `is_positive`; a keypoint *without* it sent next to ones that have it is a stale point from a
+draft (the annotator left the task with a suggestion pending, Label Studio saved the point into the
+draft and sends it again with every click). Counting it would join two objects into one mask, so
+it is ignored (and listed in `ClickPrompt.stale_ids` for the log). When no keypoint has the flag
+(plain tools, older clients), every keypoint is a positive point.
 """
 
 import math
@@ -37,6 +44,7 @@ class ClickPrompt:
     original_size: Optional[tuple[int, int]]  # (H, W) as Label Studio reports it
     image_rotation: float  # degrees, echoed back in the result
     region_ids: tuple[str, ...]
+    stale_ids: tuple[str, ...] = ()  # keypoints ignored as stale draft points
 
     def in_pixels(self, height: int, width: int) -> tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
         """(point_coords (N, 2), point_labels (N,), box (4,)) in pixels of an image of this size."""
@@ -59,9 +67,11 @@ def parse_context(context: Any) -> ClickPrompt:
     items = context.get("result")
     if not isinstance(items, list) or not items:
         raise BadRequest("params.context.result must be a non-empty list of keypoint/rectangle regions")
-    points, point_labels, boxes, ids = [], [], [], []
+    points, point_labels, boxes, ids, stale = [], [], [], [], []
     label = to_name = original_size = None
     rotation = 0
+    flagged = any(isinstance(item, dict) and item.get("type") == "keypointlabels"
+                  and item.get("is_positive") is not None for item in items)
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise BadRequest(f"context.result[{index}] must be an object, got {type(item).__name__}")
@@ -73,6 +83,9 @@ def parse_context(context: Any) -> ClickPrompt:
         if not isinstance(value, dict):
             raise BadRequest(f"context.result[{index}] ({kind}) has no 'value' object")
         where = f"context.result[{index}] ({kind} {item.get('id', '')})".replace(" )", ")")
+        if kind == "keypointlabels" and flagged and item.get("is_positive") is None:
+            stale.append(str(item.get("id") or f"{kind}:{json_key(value)}"))
+            continue
         original_size = original_size or _original_size(item, where)
         if kind == "keypointlabels":
             points.append(_point(value, where))
@@ -89,7 +102,7 @@ def parse_context(context: Any) -> ClickPrompt:
         # SAM takes one box; Label Studio lists the newest smart region last.
         box=np.array(boxes[-1], dtype=np.float64) if boxes else None,
         label=label, to_name=to_name, original_size=original_size, image_rotation=rotation,
-        region_ids=tuple(ids),
+        region_ids=tuple(ids), stale_ids=tuple(stale),
     )
 
 

@@ -25,7 +25,14 @@
 | `MOBILESAM_MAX_IMAGE_PIXELS` | larger images are refused with a clear error | 100000000 |
 | `MOBILESAM_OUTPUT` | `brush`, `polygon` or `auto` (brush when the config has BrushLabels) | auto |
 | `MOBILESAM_POLYGON_TOLERANCE` | polygon simplification, pixels | 1.0 |
-| `MOBILESAM_AUTO_MASKS` | non-interactive /predict returns automatic masks instead of an empty result | 0 |
+| `MOBILESAM_AUTO_MASKS` | non-interactive /predict (task opened, Data Manager "Retrieve predictions") returns automatic masks; off: it stores nothing | 0 |
+| `MOBILESAM_AUTO_MASKS_LABEL` | label of the automatic masks | the output control's first label |
+| `MOBILESAM_AUTO_MASKS_POINTS_PER_SIDE` | prompt grid of the automatic masks (points per side) | 32 |
+| `MOBILESAM_AUTO_MASKS_MIN_IOU`, `MOBILESAM_AUTO_MASKS_MIN_STABILITY` | keep masks whose predicted IoU / stability score reach these | 0.88, 0.95 |
+| `MOBILESAM_AUTO_MASKS_TASK_TIMEOUT` | seconds one task's automatic masks may take (then that task is skipped) | 60 |
+| `MOBILESAM_AUTO_MASKS_WAIT` | seconds a /predict waits for automatic masks; unfinished tasks go on in the background (keep below Label Studio's `ML_TIMEOUT_PREDICT`, 100) | 80 |
+| `MOBILESAM_PREWARM` | encode a task's image in the background as soon as the task opens | 1 |
+| `MOBILESAM_PREWARM_QUEUE` | opened tasks waiting to be encoded (the oldest dropped beyond this) | 4 |
 | `MOBILESAM_LOAD_TIMEOUT` | seconds a prediction waits for the model to finish loading | 90 |
 | `MOBILESAM_BACKEND` | `torch`, or `onnx` to run the encoder and decoder with ONNX Runtime | torch |
 | `MOBILESAM_ONNX_DIR` | exported ONNX models (exported there on first start, reused while the weights match) | `<weights cache>/onnx/<model type>` |
@@ -70,6 +77,14 @@ class Settings:
     output: str = "auto"
     polygon_tolerance: float = 1.0
     auto_masks: bool = False
+    auto_masks_label: str = ""
+    auto_masks_points_per_side: int = 32
+    auto_masks_min_iou: float = 0.88
+    auto_masks_min_stability: float = 0.95
+    auto_masks_task_timeout: float = 60.0
+    auto_masks_wait: float = 80.0
+    prewarm: bool = True
+    prewarm_queue: int = 4
     load_timeout: float = 90.0
     backend: str = "torch"
     onnx_dir: Optional[Path] = None  # None: mobilesam.onnx.default_onnx_dir(model type)
@@ -115,6 +130,14 @@ class Settings:
             output=env.get("MOBILESAM_OUTPUT", "auto").strip().lower() or "auto",
             polygon_tolerance=_float(env, "MOBILESAM_POLYGON_TOLERANCE", 1.0),
             auto_masks=_flag(env, "MOBILESAM_AUTO_MASKS", False),
+            auto_masks_label=env.get("MOBILESAM_AUTO_MASKS_LABEL", "").strip(),
+            auto_masks_points_per_side=_int(env, "MOBILESAM_AUTO_MASKS_POINTS_PER_SIDE", 32),
+            auto_masks_min_iou=_float(env, "MOBILESAM_AUTO_MASKS_MIN_IOU", 0.88),
+            auto_masks_min_stability=_float(env, "MOBILESAM_AUTO_MASKS_MIN_STABILITY", 0.95),
+            auto_masks_task_timeout=_float(env, "MOBILESAM_AUTO_MASKS_TASK_TIMEOUT", 60.0),
+            auto_masks_wait=_float(env, "MOBILESAM_AUTO_MASKS_WAIT", 80.0),
+            prewarm=_flag(env, "MOBILESAM_PREWARM", True),
+            prewarm_queue=_int(env, "MOBILESAM_PREWARM_QUEUE", 4),
             load_timeout=_float(env, "MOBILESAM_LOAD_TIMEOUT", 90.0),
             backend=env.get("MOBILESAM_BACKEND", "").strip().lower() or "torch",
             onnx_dir=Path(onnx_dir).expanduser() if onnx_dir else None,
@@ -141,6 +164,11 @@ class Settings:
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if self.cache_size < 1 or self.cache_max_bytes < 1:
             raise ValueError("MOBILESAM_CACHE_SIZE and MOBILESAM_CACHE_MAX_MB must be at least 1")
+        if self.auto_masks_points_per_side < 1 or self.prewarm_queue < 1:
+            raise ValueError("MOBILESAM_AUTO_MASKS_POINTS_PER_SIDE and MOBILESAM_PREWARM_QUEUE must be at least 1")
+        if not (self.auto_masks_task_timeout > 0 and self.auto_masks_wait >= 0):
+            raise ValueError("MOBILESAM_AUTO_MASKS_TASK_TIMEOUT must be positive and MOBILESAM_AUTO_MASKS_WAIT "
+                             "not negative")
         if self.max_image_pixels < 1:
             raise ValueError("MOBILESAM_MAX_IMAGE_PIXELS must be positive")
         if self.label_studio_url and not self.label_studio_url.startswith(("http://", "https://")):

@@ -11,6 +11,12 @@ if ! command -v Xvfb >/dev/null 2>&1; then
      libxcb-shape0 libxcb-cursor0 libdbus-1-3 libfontconfig1) >/dev/null
 fi
 
+# Debian's Chromium for the Label Studio browser test (playwright's own browser download needs the
+# internet; the test launches /usr/bin/chromium).
+if [ ! -x /usr/bin/chromium ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null
+fi
+
 # The project's virtualenv. torch 2.14.1 + torchvision 0.29.1 come from this machine's local disk;
 # torchvision is needed only by the parity oracles, never by the package itself.
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi

@@ -82,3 +82,18 @@ def test_configure_threads_sets_torch_threads():
         assert runtime.configure_threads() == runtime.usable_cpus() == torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def test_warm_up_encodes_once_and_leaves_no_image(small_model):
+    import mobilesam
+
+    predictor = mobilesam.SamPredictor(small_model)
+    calls = []
+    encode = small_model.image_encoder.forward
+    small_model.image_encoder.forward = lambda x: calls.append(tuple(x.shape)) or encode(x)
+    try:
+        seconds = runtime.warm_up(predictor, size=64)
+    finally:
+        del small_model.image_encoder.forward
+    assert seconds > 0 and calls == [(1, 3, 256, 256)]  # padded to the encoder's full input size
+    assert not predictor.is_image_set

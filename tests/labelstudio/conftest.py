@@ -1,5 +1,8 @@
 """Fixtures for the Label Studio backend tests: a backend on the random-weight checkpoint whose
-images come from memory (protocol tests), and the core predictor that gives the expected masks."""
+images come from memory (protocol tests), the core predictor that gives the expected masks, and one
+real Label Studio server shared by every test that needs one (starting it costs tens of seconds)."""
+
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +56,32 @@ def client(backend):
     from labelstudio_backend.api import create_app
 
     return create_app(backend).test_client()
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory, request):
+    """A real Label Studio 1.23.2 for the whole session; its migrated empty database is cached."""
+    from ls_server import ServerError, start_label_studio, stop, template_key
+
+    cache = getattr(request.config, "cache", None)
+    template = None
+    if cache is not None:
+        try:
+            template = Path(cache.mkdir(f"labelstudio-template-{template_key()}")) / "label_studio.sqlite3"
+        except OSError:  # LS_BIN missing: start_label_studio says how to install it
+            template = None
+    try:
+        server = start_label_studio(tmp_path_factory.mktemp("label-studio-data"),
+                                    tmp_path_factory.mktemp("label-studio-files"), template)
+    except ServerError as exc:
+        pytest.fail(str(exc))
+    yield server
+    stop(server.process)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item (the browser tests screenshot a failed call)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

@@ -1,137 +1,21 @@
-"""End to end with a real Label Studio 1.23.2 (its own virtualenv, found through LABEL_STUDIO_BIN) and
-our backend started by `mobilesam serve`, both on 127.0.0.1: the masks Label Studio relays for a
-smart keypoint and a smart rectangle equal the core predictor's for the same prompt.
-
-A fresh Label Studio data dir costs about a minute of database migrations; the migrated empty
-database is kept in pytest's cache and copied for later runs (a fresh temp dir each time).
+"""End to end with a real Label Studio 1.23.2 (the session's, see conftest.py) and our backend
+started by `mobilesam serve`, both on 127.0.0.1: the masks Label Studio relays for a smart keypoint
+and a smart rectangle equal the core predictor's for the same prompt.
 """
 
-import hashlib
-import io
 import os
-import shutil
-import signal
-import socket
-import sqlite3
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
 from ls_requests import CONFIG_BRUSH, decode_brush, keypoint, make_test_image, rectangle, reference_mask
+from ls_server import REPO, TOKEN, ServerError, free_port, png_bytes, stop, tail, wait_until
 
-REPO = Path(__file__).resolve().parents[2]
-LS_BIN = Path(os.environ.get("LABEL_STUDIO_BIN") or REPO / ".venv-ls" / "bin" / "label-studio")
-USER, PASSWORD, TOKEN = "e2e@mobilesam.test", "mobilesam-e2e-password", "mobilesam-e2e-token-0123456789"
-LS_START_TIMEOUT = 420  # seconds; fresh migrations take ~90 s on a busy 2-core machine
 IMAGE = make_test_image(60, 80, seed=5)  # uploaded: /data/upload/...
 LOCAL_IMAGE = make_test_image(50, 70, seed=6)  # from a local storage: /data/local-files/?d=...
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(check, timeout, process, log_path, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{what} exited with {process.returncode}:\n{tail(log_path)}")
-        try:
-            if check():
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{what} not ready after {timeout} s:\n{tail(log_path)}")
-
-
-def tail(path, lines=40):
-    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:]) if Path(path).exists() else ""
-
-
-def stop(process):
-    """Stop a server we started, with its process group (Label Studio may start helpers)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(15)
-
-
-def template_dir(config):
-    """Where the migrated empty database is cached, keyed by the Label Studio install."""
-    cache = getattr(config, "cache", None)
-    if cache is None:
-        return None
-    key = hashlib.sha256(f"{LS_BIN.resolve()}:{LS_BIN.stat().st_mtime_ns}".encode()).hexdigest()[:12]
-    return Path(cache.mkdir(f"labelstudio-template-{key}"))
-
-
-class LabelStudio:
-    def __init__(self, url, files_root):
-        self.url = url
-        self.files_root = files_root
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Token {TOKEN}"
-
-    def call(self, method, path, expected=(200, 201), **kwargs):
-        response = self.session.request(method, self.url + path, timeout=120, **kwargs)
-        assert response.status_code in expected, f"{method} {path}: {response.status_code} {response.text[:2000]}"
-        return response.json() if response.content else None
-
-
-@pytest.fixture(scope="module")
-def label_studio(tmp_path_factory, request):
-    if not LS_BIN.is_file():
-        pytest.fail(f"Label Studio is not installed at {LS_BIN}. Install it in its own virtualenv: "
-                    "python3 -m venv .venv-ls && .venv-ls/bin/pip install label-studio==1.23.2 "
-                    "(scripts/test.sh does this), or point LABEL_STUDIO_BIN at its label-studio executable.")
-    data_dir = tmp_path_factory.mktemp("label-studio-data")
-    files_root = tmp_path_factory.mktemp("label-studio-files")
-    template = template_dir(request.config)
-    template_db = template / "label_studio.sqlite3" if template else None
-    if template_db is not None and template_db.is_file():
-        shutil.copy2(template_db, data_dir / "label_studio.sqlite3")
-    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update({
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_USERNAME": USER,
-        "LABEL_STUDIO_PASSWORD": PASSWORD, "LABEL_STUDIO_USER_TOKEN": TOKEN,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "ML_BLOCK_LOCAL_IP": "false",
-        "SSRF_PROTECTION_ENABLED": "false", "COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false",
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
-    })
-    port = free_port()
-    log_path = data_dir / "label-studio.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: requests.get(url + "/health", timeout=2).ok, LS_START_TIMEOUT, process, log_path,
-                   "Label Studio")
-        if template_db is not None and not template_db.is_file():
-            save_template(data_dir / "label_studio.sqlite3", template_db)
-        yield LabelStudio(url, files_root)
-    finally:
-        stop(process)
-
-
-def save_template(database, target):
-    """Copy the freshly migrated database with sqlite's online backup, then move it into place."""
-    partial = target.with_name(target.name + ".part")
-    with sqlite3.connect(database) as source, sqlite3.connect(partial) as copy:
-        source.backup(copy)
-    os.replace(partial, target)
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +33,14 @@ def backend_server(label_studio, vit_t_checkpoint, tmp_path_factory):
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: requests.get(url + "/health", timeout=2).json()["model_state"] == "ready", 180,
-                   process, log_path, "mobilesam serve")
+        try:
+            wait_until(lambda: requests.get(url + "/health", timeout=2).json()["model_state"] == "ready", 180,
+                       process, log_path, "mobilesam serve")
+        except ServerError as exc:
+            pytest.fail(str(exc))
         yield url, work / "embeddings", log_path
     finally:
         stop(process)
-
-
-def png_bytes(image):
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_checkpoint, reference_predictor):
@@ -226,11 +105,55 @@ def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_check
     assert counters.get("embeddings.from_disk") == 2 and "embeddings.encoded" not in counters, counters
     assert counters["requests.setup"] >= 1 and counters["requests.health"] >= 1
 
-    # Data Manager "retrieve predictions": a non-interactive /predict, one prediction per task.
+    # Data Manager "retrieve predictions" without automatic masks: a non-interactive /predict that
+    # stores no (empty) prediction; the images are queued for prewarming (here already cached).
     ls.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project['id']}",
             json={"selectedItems": {"all": True, "excluded": []}})
     counters = requests.get(backend_url + "/metrics", timeout=5).json()["counters"]
-    assert counters["requests.predict"] >= 3 and "errors.predict" not in counters, counters
+    assert counters["requests.predict"] >= 4 and "errors.predict" not in counters, counters
     for each in (task, local_task):
-        predictions = ls.call("GET", f"/api/predictions?task={each['id']}")
-        assert [p["model_version"] for p in predictions] == [model_version]
+        assert ls.call("GET", f"/api/predictions?task={each['id']}") == []
+
+
+def test_retrieve_predictions_and_precompute_fill_projects_with_automatic_masks(label_studio, vit_t_model,
+                                                                                vit_t_checkpoint, tmp_path):
+    """Data Manager ▸ Retrieve predictions with MOBILESAM_AUTO_MASKS=1: one prediction per task with
+    one brush region per object; a task whose image cannot be fetched gets none (an empty list in
+    our answer, which Label Studio 1.23.2 stores as nothing) and the others are not held up.
+    `precompute_project(predictions=True)` (the CLI's --predictions) runs the same job through the API."""
+    from labelstudio_backend.model import MobileSamBackend
+    from labelstudio_backend.precompute import precompute_project
+    from labelstudio_backend.settings import Settings
+    from ls_server import ThreadedBackend
+
+    settings = Settings(checkpoint=str(vit_t_checkpoint), embedding_dir=tmp_path / "embeddings",
+                        label_studio_url=label_studio.url, label_studio_api_key=TOKEN, auto_masks=True,
+                        auto_masks_points_per_side=4, auto_masks_min_iou=0.0, auto_masks_min_stability=0.0)
+    server = ThreadedBackend(MobileSamBackend(settings, model_loader=lambda: vit_t_model))
+    try:
+        images = [make_test_image(48, 64, seed=s) for s in (7, 8)]
+        project, tasks, _ = label_studio.project_with_images("auto masks", CONFIG_BRUSH, images, server.url)
+        label_studio.call("POST", f"/api/projects/{project['id']}/import",
+                          json=[{"image": "/data/upload/999/missing.png"}])
+        label_studio.call("POST", f"/api/dm/actions?id=retrieve_tasks_predictions&project={project['id']}",
+                          json={"selectedItems": {"all": True, "excluded": []}})
+        all_tasks = label_studio.call("GET", f"/api/tasks?project={project['id']}")["tasks"]
+        for task in all_tasks:
+            predictions = label_studio.call("GET", f"/api/predictions?task={task['id']}")
+            if task["data"]["image"].endswith("missing.png"):
+                assert predictions == []
+                continue
+            (prediction,) = predictions
+            assert prediction["model_version"] == server.backend.model_version and prediction["result"]
+            assert {(r["type"], tuple(r["value"]["brushlabels"])) for r in prediction["result"]} == {
+                ("brushlabels", ("Object",))}
+
+        other, other_tasks, _ = label_studio.project_with_images("auto masks cli", CONFIG_BRUSH, images[:1])
+        report = precompute_project(server.backend, label_studio.url, TOKEN, other["id"], predictions=True)
+        assert (report.encoded + report.already_stored, report.predictions, report.failed) == (1, 1, [])
+        (prediction,) = label_studio.call("GET", f"/api/predictions?task={other_tasks[0]['id']}")
+        assert prediction["result"] and prediction["model_version"] == server.backend.model_version
+        again = precompute_project(server.backend, label_studio.url, TOKEN, other["id"], predictions=True)
+        assert again.predictions == 0  # a task with this model version's prediction is left alone
+    finally:
+        server.close()

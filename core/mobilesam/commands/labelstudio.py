@@ -23,6 +23,9 @@ def register(subparsers) -> None:
     pre.add_argument("--embedding-dir", default=None,
                      help="where the backend reads embeddings (default $MOBILESAM_EMBEDDING_DIR, else the "
                           "platform cache dir); must be the serving backend's")
+    pre.add_argument("--predictions", action="store_true",
+                     help="also upload segment-everything masks as predictions (what Data Manager's Retrieve "
+                          "predictions does with MOBILESAM_AUTO_MASKS=1; MOBILESAM_AUTO_MASKS_* settings apply)")
     add_model_arguments(pre)
     pre.set_defaults(func=precompute)
 
@@ -51,8 +54,11 @@ def precompute(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        report = precompute_module.precompute_project(backend, args.url, args.api_key, args.project, progress)
+        report = precompute_module.precompute_project(backend, args.url, args.api_key, args.project, progress,
+                                                      predictions=args.predictions)
     print(f"{report.encoded} encoded, {report.already_stored} already stored, {len(report.failed)} failed")
+    if args.predictions:
+        print(f"{report.predictions} predictions uploaded")
     for failure in report.failed:
         print(f"  {failure}")
     return 1 if report.failed else 0
