@@ -1,6 +1,7 @@
 """Argument helpers shared by subcommands."""
 
 import argparse
+from contextlib import contextmanager
 
 from ..build_sam import MODEL_TYPES
 
@@ -21,3 +22,16 @@ def load_model_from_args(args: argparse.Namespace):
     from .. import load_model
 
     return load_model(args.model_type, args.checkpoint, device=args.device, allow_download=not args.no_download)
+
+
+@contextmanager
+def progress_bar(desc: str, unit: str, enabled: bool = True):
+    """A tqdm bar and a `progress(done, total)` callback for the core's long-running functions."""
+    from tqdm.auto import tqdm
+
+    with tqdm(desc=desc, unit=unit, disable=not enabled) as bar:
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        yield progress, bar

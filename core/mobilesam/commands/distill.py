@@ -9,10 +9,10 @@
 
 import argparse
 import os
-from contextlib import contextmanager
 
 from ..build_sam import MODEL_TYPES
 from ..cli import UsageError
+from ._common import progress_bar
 
 
 def register(subparsers) -> None:
@@ -100,16 +100,6 @@ IMAGES_HELP = ("a folder of images (searched recursively), or SA-1B tar shards r
                "sa_*.tar files (any subset) or a folder holding them")
 
 
-@contextmanager
-def progress_bar(desc: str, unit: str, enabled: bool = True):
-    from tqdm.auto import tqdm
-
-    with tqdm(desc=desc, unit=unit, disable=not enabled) as bar:
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        yield progress, bar
 
 
 def run_embed_teacher(args: argparse.Namespace) -> int:

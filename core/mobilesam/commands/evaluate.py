@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 
 from ..cli import UsageError
-from .distill import IMAGES_HELP, check_image_size, progress_bar
+from ._common import progress_bar
+from .distill import IMAGES_HELP, check_image_size
 
 
 def register(subparsers) -> None:

@@ -14,6 +14,7 @@ import functools
 from pathlib import Path
 
 from ..cli import UsageError
+from ._common import progress_bar
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
 
@@ -80,18 +81,6 @@ def checkpoint_and_type(args: argparse.Namespace):
     return args.model_type, str(checkpoint), model_fingerprint(args.model_type or "auto", checkpoint)
 
 
-def progress_bar(desc: str):
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc=desc, unit="tile")
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, update
-
 
 def folder_images(source: str) -> list[Path]:
     """The images of a folder (not an OME-Zarr folder), sorted; [] for anything else."""
@@ -133,8 +122,7 @@ def run_everything_tiled(args: argparse.Namespace) -> int:
         crop_n_layers=args.crop_layers, min_mask_region_area=args.min_region_area)
     with dask_client(args) as client:
         for source, output in jobs:
-            bar, update = progress_bar(f"segment everything {Path(source).name}")
-            with bar:
+            with progress_bar(f"segment everything {Path(source).name}", "tile") as (update, _):
                 count = segment_everything_tiled(source, factory, output, tile_shape, halo, client=client,
                                                  level=args.level, channel_axis=args.channel_axis, progress=update,
                                                  cache_dir=args.cache, model_id=model_id)
@@ -151,8 +139,7 @@ def run_embed_tiled(args: argparse.Namespace) -> int:
     sources = [str(p) for p in folder_images(args.volume)] or [args.volume]
     with dask_client(args) as client:
         for source in sources:
-            bar, update = progress_bar(f"embedding tiles of {Path(source).name}")
-            with bar:
+            with progress_bar(f"embedding tiles of {Path(source).name}", "tile") as (update, _):
                 encoded, total = embed_tiles(source, factory, args.cache, model_id, tile_shape, halo, client=client,
                                              level=args.level, channel_axis=args.channel_axis, progress=update)
             print(f"{total} tiles: {encoded} encoded, {total - encoded} already cached -> {args.cache}")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..cli import UsageError
 from ..errors import MobileSamError
-from ._common import add_model_arguments
+from ._common import add_model_arguments, progress_bar
 from .tiled import add_tiling_arguments, run_embed_tiled, wants_tiling
 
 PROMPT_HELP = ("'z=Z:point=X,Y[,LABEL]:box=X0,Y0,X1,Y1:object=K' (x, y in pixels within slice Z; "
@@ -147,18 +147,6 @@ def geometry(volume, axis: int, channel_axis):
     return shape[axis], (shape[rest[0]], shape[rest[1]])
 
 
-def progress_bar(desc: str):
-    from tqdm.auto import tqdm
-
-    bar = tqdm(desc=desc, unit="slice")
-
-    def update(done: int, total: int) -> None:
-        bar.total = total
-        bar.n = done
-        bar.refresh()
-
-    return bar, update
-
 
 def naming_the_volume(run):
     """Errors reading slices during the work name the volume file."""
@@ -183,8 +171,7 @@ def run_embed(args: argparse.Namespace) -> int:
     volume, _ = read_volume(args.volume)
     geometry(volume, args.axis, args.channel_axis)
     embeddings = open_embeddings(args, volume)
-    bar, update = progress_bar("Embedding slices")
-    with bar:
+    with progress_bar("Embedding slices", "slice") as (update, _):
         encoded = embeddings.embed_all(progress=update)
     print(f"{embeddings.num_slices} slices: {encoded} encoded, {embeddings.num_slices - encoded} already cached "
           f"-> {args.cache}")
@@ -225,8 +212,7 @@ def run_volume(args: argparse.Namespace) -> int:
     objects = [[p for obj, p in args.prompt if obj == k] for k in object_ids]
 
     embeddings = open_embeddings(args, volume)
-    bar, update = progress_bar("Propagating")
-    with bar:
+    with progress_bar("Propagating", "slice") as (update, _):
         labels = segment_objects(embeddings, objects, iou_threshold=iou_threshold, projection=projection,
                                  progress=update)
     # Label i + 1 of segment_objects is the user's object number object_ids[i].
