@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "onnx",
     "serve",
     "labelstudio",
+    "info",
 )
 
 
