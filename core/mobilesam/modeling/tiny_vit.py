@@ -347,7 +347,9 @@ class TinyViTBlock(FastPath, nn.Module):
         channels-last image."""
         H, W = self.input_resolution
         dtype = self.compute_dtype
-        x = self.attn.fast_windows_residual(x.float().contiguous(), H, W, self.window_size, dtype)
+        if dtype is not None:  # the residual stream stays fp32 (patch merging hands over bf16)
+            x = x.float()
+        x = self.attn.fast_windows_residual(x.contiguous(), H, W, self.window_size, dtype)
         # The depthwise local conv is the stream itself (no residual around it): it stays fp32.
         x = _image_as_tokens(self.local_conv.fused(_tokens_as_image(x, H, W)))
         return self.mlp.fast_residual(x, dtype)
