@@ -50,6 +50,11 @@ def parse_args(argv=None):
                         "predict low IoUs, so 0 makes every mask go through upscaling and filtering)")
     p.add_argument("--no-everything", action="store_true", help="skip segment-everything")
     p.add_argument("--int8", action="store_true", help="also time ONNX int8 and measure its mask IoU vs fp32")
+    p.add_argument("--no-bf16", action="store_true",
+                   help="skip the bf16 encoder side (skipped anyway on CPUs without AVX512-BF16/AMX)")
+    p.add_argument("--no-coarse-to-fine", action="store_true",
+                   help="skip segment everything's coarse-to-fine mode on the stand-in model")
+    p.add_argument("--no-cold-start", action="store_true", help="skip the first-encode-in-a-new-process rows")
     p.add_argument("--no-allocator-tuning", action="store_true", help="leave glibc malloc at its defaults")
     p.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads (default: usable CPUs)")
     p.add_argument("--output", type=Path, help="also write the Markdown report here")
@@ -79,7 +84,7 @@ def checkpoint_path(args, tmp: Path) -> str:
     return str(path)
 
 
-def build_predictors(checkpoint: str, onnx_dir: Path, int8: bool, threads):
+def build_predictors(checkpoint: str, onnx_dir: Path, int8: bool, threads, bf16: bool = False):
     import mobile_sam
 
     import mobilesam
@@ -93,6 +98,9 @@ def build_predictors(checkpoint: str, onnx_dir: Path, int8: bool, threads):
         "ours torch": mobilesam.SamPredictor(ours),
         "ours onnx": mobilesam.SamPredictor(ours, backend="onnx", onnx_dir=onnx_dir, num_threads=threads),
     }
+    if bf16:  # a separate model: the bf16 setting belongs to the model
+        bf16_model = mobilesam.build_sam("vit_t", checkpoint).eval().set_precision("bf16")
+        predictors["ours torch bf16"] = mobilesam.SamPredictor(bf16_model)
     if int8:
         predictors["ours onnx int8"] = mobilesam.SamPredictor(ours, backend="onnx", onnx_dir=onnx_dir,
                                                               precision="int8", num_threads=threads)
@@ -153,6 +161,8 @@ def time_everything(predictors, image, points_per_side, repeats, pred_iou_thresh
         return {}, {}
     generators = {}
     for side, predictor in predictors.items():
+        if side == "ours torch bf16":
+            continue  # the decoder is the fp32 one: segment everything would time the same code
         if side == "reference":
             generators[side] = mobile_sam.SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side,
                                                                     pred_iou_thresh=pred_iou_thresh)
@@ -195,6 +205,111 @@ def differences(predictors, image) -> dict:
 def _iou(a, b) -> float:
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
+def bf16_vs_fp32(predictors, image, clicks) -> dict:
+    """The bf16 encoder against ours in fp32: embedding relative error (Frobenius) and mask IoU
+    over `clicks` point and `clicks` box prompts (random weights)."""
+    fp32, bf16 = predictors["ours torch"], predictors["ours torch bf16"]
+    fp32.set_image(image)
+    bf16.set_image(image)
+    error = float((bf16.features - fp32.features).norm() / fp32.features.norm())
+    points, boxes = click_prompts(image.shape, clicks, seed=3)
+    ious = []
+    for point, box in zip(points, boxes):
+        for kwargs in (dict(point_coords=point[None], point_labels=np.array([1])), dict(box=box)):
+            ious.append(_iou(fp32.predict(**kwargs, multimask_output=False)[0],
+                             bf16.predict(**kwargs, multimask_output=False)[0]))
+    return {"relative_error": error, "mean_iou": float(np.mean(ious)), "min_iou": float(np.min(ious))}
+
+
+# ---------------------------------------------------------------- segment everything, coarse to fine
+
+STAND_IN_SETTINGS = dict(pred_iou_thresh=0.0, stability_score_thresh=0.01, stability_score_offset=0.02)
+
+
+def coarse_to_fine(points_per_side: int) -> dict:
+    """Segment everything on the stand-in model of tests/test_amg.py (masks follow the colour
+    regions of its test image): the official generator's full grid vs ours, full grid and
+    coarse to fine. Returns seconds, decoded point prompts and records per side, and the recall
+    of the full grid's objects: the fraction of its records whose mask has IoU >= 0.5 (the usual
+    detection criterion) or >= 0.9 with a coarse-to-fine record."""
+    import mobile_sam
+
+    import mobilesam
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_amg import STRUCTURED_CASES, blobs_image, structured_pair
+
+    reference_model, ours = structured_pair(encoder_seed=STRUCTURED_CASES["no crops"][0])
+    ours.set_exact(False)
+    image = blobs_image()
+    generators = {
+        "reference": mobile_sam.SamAutomaticMaskGenerator(reference_model, points_per_side=points_per_side,
+                                                          **STAND_IN_SETTINGS),
+        "ours torch": mobilesam.SamAutomaticMaskGenerator(ours, points_per_side=points_per_side, **STAND_IN_SETTINGS),
+        "ours coarse-to-fine": mobilesam.SamAutomaticMaskGenerator(ours, points_per_side=points_per_side,
+                                                                   coarse_to_fine=True, **STAND_IN_SETTINGS),
+    }
+    result = {}
+    for side, generator in generators.items():
+        records = []
+        seconds = timed(lambda: records.extend(generator.generate(image)))
+        calls = getattr(generator, "decoded_points", points_per_side**2)  # the official decodes every point
+        result[side] = {"seconds": seconds, "calls": calls, "records": records}
+    full, fast = result["ours torch"]["records"], result["ours coarse-to-fine"]["records"]
+    result["recall"] = {iou: _recall(full, fast, iou) for iou in (0.5, 0.9)}
+    return result
+
+
+def _recall(full, fast, min_iou: float = 0.9) -> float:
+    if not full:
+        return 1.0
+    if not fast:
+        return 0.0
+    a = np.stack([r["segmentation"].ravel() for r in full]).astype(np.float32)
+    b = np.stack([r["segmentation"].ravel() for r in fast]).astype(np.float32)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None] - inter
+    return float(((inter / union).max(1) >= min_iou).mean())
+
+
+# ---------------------------------------------------------------- cold start (fresh interpreter)
+
+COLD_START_SCRIPT = """
+import json, time
+import numpy as np
+import mobilesam
+from mobilesam.runtime import configure_allocator, configure_threads, warm_up
+if {tune}:
+    configure_allocator()
+configure_threads({threads!r})
+image = np.load({image!r})
+predictor = mobilesam.SamPredictor(mobilesam.build_sam("vit_t", {checkpoint!r}).eval())
+warm = warm_up(predictor) if {warm} else 0.0
+times = []
+for _ in range(3):
+    start = time.perf_counter()
+    predictor.set_image(image)
+    times.append(time.perf_counter() - start)
+print(json.dumps({{"warm_up": warm, "first": times[0], "steady": min(times[1:])}}))
+"""
+
+
+def cold_start(checkpoint, image, tune, threads, tmp: Path) -> dict:
+    """First encode in a new Python process vs the steady one, without and with
+    `mobilesam.runtime.warm_up` at model load."""
+    import json
+    import subprocess
+
+    np.save(tmp / "cold.npy", image)
+    result = {}
+    for warm in (False, True):
+        script = COLD_START_SCRIPT.format(tune=tune, threads=threads, image=str(tmp / "cold.npy"),
+                                          checkpoint=checkpoint, warm=warm)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        result["warm_up" if warm else "cold"] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
 
 
 # ---------------------------------------------------------------- peak RSS (fresh child per side)
@@ -302,6 +417,43 @@ def machine() -> str:
             f"onnxruntime {onnxruntime.__version__}")
 
 
+def cpu_flag_summary() -> str:
+    from mobilesam.runtime import CPU_FLAGS, bf16_supported, cpu_flags
+
+    flags = cpu_flags()
+    present = " ".join(f for f in CPU_FLAGS if f in flags) or "none of " + " ".join(CPU_FLAGS)
+    return f"{present} (bf16 encoder {'available' if bf16_supported() else 'not available'})"
+
+
+def extra_report(bf16, c2f, cold, points_per_side) -> str:
+    out = []
+    if bf16:
+        out.append(f"bf16 encoder vs ours fp32 (random weights): embedding relative error {bf16['relative_error']:.2e}; "
+                   f"mask IoU mean {bf16['mean_iou']:.4f}, min {bf16['min_iou']:.4f} over point and box clicks.")
+    if c2f:
+        ref = c2f["reference"]
+        out += ["", f"Segment everything on the stand-in model of tests/test_amg.py (320x240 image, "
+                    f"{points_per_side}x{points_per_side} points, pred_iou_thresh 0, stability 0.01 at offset 0.02):",
+                "", "| | reference | ours torch | ours coarse-to-fine |", "|---|---|---|---|"]
+        sides = ("reference", "ours torch", "ours coarse-to-fine")
+        out.append("| time (ms) | " + " | ".join(
+            f"{c2f[s]['seconds'] * 1e3:.0f}" + ("" if s == "reference" else f" ({c2f[s]['seconds'] / ref['seconds']:.2f}x)")
+            for s in sides) + " |")
+        out.append("| decoded point prompts | " + " | ".join(
+            f"{c2f[s]['calls']}" + ("" if s == "reference" else f" ({c2f[s]['calls'] / ref['calls']:.2f}x)")
+            for s in sides) + " |")
+        out.append("| records | " + " | ".join(str(len(c2f[s]["records"])) for s in sides) + " |")
+        out.append(f"| recall of the full grid's objects, mask IoU >= 0.5 / >= 0.9 | - | - | "
+                   f"{c2f['recall'][0.5]:.3f} / {c2f['recall'][0.9]:.3f} |")
+    if cold:
+        c, w = cold["cold"], cold["warm_up"]
+        out += ["", f"First encode in a new process: {c['first'] * 1e3:.0f} ms, {c['first'] / c['steady']:.2f}x the "
+                    f"steady {c['steady'] * 1e3:.0f} ms; after `mobilesam.runtime.warm_up` at load "
+                    f"({w['warm_up']:.2f} s): {w['first'] * 1e3:.0f} ms, {w['first'] / w['steady']:.2f}x the steady "
+                    f"{w['steady'] * 1e3:.0f} ms."]
+    return "\n".join(out)
+
+
 def _ms(values) -> float:
     return statistics.median(values) * 1000
 
@@ -352,6 +504,7 @@ def report(image, args, allocator, enc, clicks, everything, everything_counts, r
         f"Image {image.shape[1]}x{image.shape[0]}; medians of {args.repeats} encoder runs, {args.clicks} clicks "
         f"per kind, {args.everything_repeats} segment-everything run(s); ratios are to the reference in the same run.",
         f"Machine: {machine()}.",
+        f"CPU flags: {cpu_flag_summary()}.",
         f"Allocator: {allocator}. Threads: torch {torch.get_num_threads()}.",
         "",
         *lines,
@@ -377,7 +530,10 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         checkpoint = checkpoint_path(args, tmp)
         print("exporting ONNX models and building predictors ...", file=sys.stderr, flush=True)
-        predictors = build_predictors(checkpoint, tmp / "onnx", args.int8, threads)
+        from mobilesam.runtime import bf16_supported
+
+        use_bf16 = bf16_supported() and not args.no_bf16
+        predictors = build_predictors(checkpoint, tmp / "onnx", args.int8, threads, bf16=use_bf16)
         params = parameter_counts(predictors)
         with torch.inference_mode():
             for predictor in predictors.values():  # warm-up: first-call costs are not per-image costs
@@ -393,13 +549,25 @@ def main(argv=None) -> int:
                 print("segment everything ...", file=sys.stderr, flush=True)
                 everything, everything_counts = time_everything(predictors, image, args.points_per_side,
                                                                 args.everything_repeats, args.pred_iou_thresh)
+            bf16 = bf16_vs_fp32(predictors, image, args.clicks) if use_bf16 else None
+            c2f = None
+            if not args.no_coarse_to_fine:
+                print("segment everything, coarse to fine (stand-in) ...", file=sys.stderr, flush=True)
+                c2f = coarse_to_fine(args.points_per_side)
         if args.int8:
             diffs["ours onnx int8"]["mask_iou_vs_fp32"] = _int8_vs_fp32(predictors, image)
+        cold = None
+        if not args.no_cold_start:
+            print("cold start (fresh process) ...", file=sys.stderr, flush=True)
+            cold = cold_start(checkpoint, image, not args.no_allocator_tuning, threads, tmp)
         print("peak RSS (fresh process per side) ...", file=sys.stderr, flush=True)
         rss = peak_rss(checkpoint, tmp / "onnx", image, not args.no_allocator_tuning, threads)
         rss["ours onnx, no torch"] = standalone_peak_rss(tmp / "onnx", image, not args.no_allocator_tuning,
                                                          threads, tmp)
     text = report(image, args, allocator, enc, clicks, everything, everything_counts, rss, params, diffs)
+    extra = extra_report(bf16, c2f, cold, args.points_per_side)
+    if extra:
+        text += "\n\n" + extra
     if args.int8:
         text += (f"\n\nONNX int8 (dynamic quantisation) vs ONNX fp32: mean mask IoU "
                  f"{diffs['ours onnx int8']['mask_iou_vs_fp32']:.4f} over {args.clicks} point and box clicks.")

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "onnx",
     "serve",
     "labelstudio",
+    "info",
 )
 
 

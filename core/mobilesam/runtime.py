@@ -126,22 +126,74 @@ def usable_cpus() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def warm_up(predictor, size: int = 256) -> float:
-    """Encode a synthetic (size, size, 3) image once, so the first real encode is not slow.
+# ---------------------------------------------------------------- CPU features and low precision
 
-    The first forward pass of a process pays one-off costs (kernel selection, oneDNN primitive
-    creation, growing the heap) that make it 2-4x slower than the next. Every image is resized
-    and padded to the encoder's full input size, so a small synthetic image warms the same path
-    a real one takes. The predictor holds no image afterwards. Returns the seconds it took.
+# The instruction-set extensions that decide which low-precision paths pay off (Linux names).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni", "avx512_fp16")
+
+
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none: macOS, Windows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def bf16_supported() -> bool:
+    """Whether bf16 matrix products run natively here (AVX512-BF16 or AMX, through oneDNN).
+
+    Without them oneDNN emulates bf16 in fp32 and is slower than fp32, so this is False there.
+    """
+    flags = cpu_flags()
+    if not ({"avx512_bf16", "amx_bf16"} & flags):
+        return False
+    import torch
+
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def resolve_precision(precision: str) -> str:
+    """"fp32", "bf16" or "auto" (bf16 where `bf16_supported()`, else fp32) -> "fp32" or "bf16".
+
+    Raises ValueError for an unknown name or for "bf16" on a CPU without native bf16.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "auto":
+        return "bf16" if bf16_supported() else "fp32"
+    if precision == "bf16" and not bf16_supported():
+        raise ValueError("precision 'bf16' needs a CPU with AVX512-BF16 or AMX (this one has neither; "
+                         "use 'fp32' or 'auto')")
+    return precision
+
+
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+# ---------------------------------------------------------------- warm-up
+
+def warm_up(predictor, size: int = 256) -> float:
+    """Encode a synthetic `size` x `size` image and answer one click, then forget them, so that
+    the first real image does not pay for oneDNN's kernel generation, first allocations and
+    lazy imports (2-4x a steady encode otherwise). Returns the seconds it took.
+
+    Works with any predictor that has set_image / predict / reset_image (torch or ONNX backend,
+    `mobilesam.onnx.StandalonePredictor`). The encoder always runs at its full input size (the
+    image is resized to it), so a small synthetic image warms the same kernels as a real one.
     """
     import time
 
     import numpy as np
 
-    started = time.perf_counter()
-    ramp = np.linspace(0, 255, size, dtype=np.float32)
-    image = np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1),
-                      np.full((size, size), 128, np.float32)], axis=-1).astype(np.uint8)
+    start = time.perf_counter()
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
     predictor.set_image(image)
+    predictor.predict(point_coords=np.array([[size / 2, size / 2]]), point_labels=np.array([1]))
     predictor.reset_image()
-    return time.perf_counter() - started
+    return time.perf_counter() - start

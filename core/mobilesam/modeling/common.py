@@ -15,6 +15,9 @@ class FastPath:
     """
 
     exact: bool = False
+    # Low-precision dtype of the fast path's matrix products and convolutions (torch.bfloat16 on
+    # CPUs with AVX512-BF16/AMX), or None for fp32; see `Sam.set_precision`.
+    compute_dtype: torch.dtype | None = None
 
     def use_fast_path(self) -> bool:
         return not (self.exact or self.training)

@@ -16,6 +16,7 @@ from .prompt_encoder import PromptEncoder
 class Sam(FastPath, nn.Module):
     mask_threshold: float = 0.0
     image_format: str = "RGB"
+    precision: str = "fp32"  # of the fast encoder, see set_precision
 
     def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder,
                  pixel_mean: tuple[float, ...] = PIXEL_MEAN, pixel_std: tuple[float, ...] = PIXEL_STD) -> None:
@@ -32,6 +33,21 @@ class Sam(FastPath, nn.Module):
         for module in self.modules():
             if isinstance(module, FastPath):
                 module.exact = exact
+        return self
+
+    def set_precision(self, precision: str = "fp32") -> "Sam":
+        """The fast encoder's matrix products and convolutions in "bf16" (fp32 accumulation in
+        oneDNN, residual stream and norms fp32; on CPUs with AVX512-BF16/AMX only) or "fp32";
+        "auto" picks bf16 where the CPU has it. Embeddings then differ from fp32 by ~1.6e-2
+        relative (see README, Performance). The exact path (`set_exact(True)`) ignores it."""
+        from ..runtime import resolve_precision
+
+        precision = resolve_precision(precision)
+        if hasattr(self.image_encoder, "set_compute_dtype"):
+            self.image_encoder.set_compute_dtype(torch.bfloat16 if precision == "bf16" else None)
+        elif precision != "fp32":
+            raise ValueError(f"{type(self.image_encoder).__name__} has no low-precision path (only vit_t)")
+        self.precision = precision
         return self
 
     @property

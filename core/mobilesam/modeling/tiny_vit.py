@@ -35,6 +35,7 @@ from .common import FastPath, conv_neck
 
 # oneDNN's fused convolution (conv + GELU, conv + add) as torch's inductor uses it for CPU inference.
 _FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _fast(module: FastPath) -> bool:
@@ -99,12 +100,23 @@ class Conv2dBN(FastPath, nn.Sequential):
     def fused(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
         """Eval-mode `GELU?(bn(c(x)) + residual?)` as one convolution, channels-last in and out.
 
-        x (B, C_in, H, W) and residual (B, C_out, H', W'), ideally channels-last already.
+        x (B, C_in, H, W) and residual (B, C_out, H', W'), ideally channels-last already. With a
+        low-precision `compute_dtype` the convolution runs in it (oneDNN accumulates in fp32) and
+        returns it, but a residual of another dtype is added in that dtype (the fp32 stream).
         """
         weight, bias = self.folded()
+        if self.compute_dtype is not None:
+            x, weight, bias = (t.to(self.compute_dtype) for t in (x, weight, bias))
+        if residual is not None and residual.dtype != x.dtype:
+            y = residual + self._conv(x, weight, bias)  # promotes to the residual's dtype
+            return _gelu(y) if gelu else y
+        return self._conv(x, weight, bias, gelu, residual)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False,
+              residual: torch.Tensor | None = None) -> torch.Tensor:
         c = self.c
         x = _to_channels_last(x)
-        if _FUSED_CONV and x.device.type == "cpu" and x.dtype == torch.float32 and _no_autograd(x, weight):
+        if _FUSED_CONV and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and _no_autograd(x, weight):
             weight = _to_channels_last(weight)
             if residual is not None:
                 y = torch.ops.mkldnn._convolution_pointwise.binary(
@@ -212,9 +224,10 @@ class Mlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(self.norm(x))))
 
-    def fast_residual(self, x: torch.Tensor) -> torch.Tensor:
-        """`x + self(x)` for inference, the residual add sharing fc2's pass; x (B, N, C) contiguous."""
-        hidden = _gelu(self.fc1(self.norm(x)))
+    def fast_residual(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """`x + self(x)` for inference, the residual add sharing fc2's pass; x (B, N, C) contiguous.
+        With `dtype` (bf16) both linear layers run in it; the residual stream keeps x's dtype."""
+        hidden = _gelu(_linear(_cast(self.norm(x), dtype), self.fc1))
         return _add_linear(x, hidden, self.fc2)
 
 
@@ -254,13 +267,15 @@ class Attention(nn.Module):
         x = attn.softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
-    def fast_windows_residual(self, x: torch.Tensor, H: int, W: int, window_size: int) -> torch.Tensor:
+    def fast_windows_residual(self, x: torch.Tensor, H: int, W: int, window_size: int,
+                              dtype: torch.dtype | None = None) -> torch.Tensor:
         """`x + attention` over window_size^2 windows of the (H, W) token grid, for inference.
 
         x (B, H*W, C) contiguous -> (B, H*W, C). Same function as zero-padding the grid at the
         bottom/right to whole windows, attending within each window and cropping, but LayerNorm
         and qkv run on the H*W real tokens only: a zero token's LayerNorm is the norm's bias, so
-        every padding token has the same qkv, which fills the padded window slots.
+        every padding token has the same qkv, which fills the padded window slots. With `dtype`
+        (bf16) qkv, attention and the projection run in it; the residual stream keeps x's dtype.
         """
         B, L, C = x.shape
         heads, key_dim, ws = self.num_heads, self.key_dim, window_size
@@ -269,11 +284,14 @@ class Attention(nn.Module):
         weight = (self.qkv.weight.view(heads, 3, key_dim, C) * qkv_scale).view(3 * C, C)
         bias = (self.qkv.bias.view(heads, 3, key_dim) * qkv_scale[..., 0]).view(3 * C)
         # The bias is added by the copy into the windows below (saving a pass over qkv).
-        qkv = F.linear(self.norm(x), weight).view(B, H, W, 3 * C)
         pad_qkv = F.linear(self.norm.bias, weight, bias)
+        normed = self.norm(x)
+        if dtype is not None:
+            normed, weight, bias, pad_qkv = (t.to(dtype) for t in (normed, weight, bias, pad_qkv))
+        qkv = F.linear(normed, weight).view(B, H, W, 3 * C)
 
         nH, nW = -(-H // ws), -(-W // ws)
-        windows = x.new_empty(B * nH * nW, ws * ws, 3 * C)
+        windows = qkv.new_empty(B * nH * nW, ws * ws, 3 * C)
         _scatter_to_windows(qkv, windows.view(B, nH, nW, ws, ws, 3 * C).transpose(2, 3), bias, pad_qkv)
         # Strided (windows, heads, ws * ws, key_dim) views: the attention kernel reads them in
         # place, and whole-token rows make the copy above fast.
@@ -281,10 +299,10 @@ class Attention(nn.Module):
 
         # torch's fused CPU attention keeps each window's scores in cache; the bias needs its
         # 4-D (1, heads, N, N) form for that kernel (a 3-D one takes a much slower path).
-        bias = self.attention_biases[:, self.attention_bias_idxs].unsqueeze(0)
+        bias = self.attention_biases[:, self.attention_bias_idxs].unsqueeze(0).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
         out = out.reshape(B, nH, nW, heads, ws, ws, key_dim)  # a view (the kernel writes it contiguous)
-        grid = x.new_empty(B, H, W, heads, key_dim)
+        grid = out.new_empty(B, H, W, heads, key_dim)
         _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), grid)
         return _add_linear(x, grid.view(B, L, C), self.proj)
 
@@ -328,9 +346,13 @@ class TinyViTBlock(FastPath, nn.Module):
         """Inference: the tokens stay (B, H*W, C) contiguous, which the local conv reads as a
         channels-last image."""
         H, W = self.input_resolution
-        x = self.attn.fast_windows_residual(x.contiguous(), H, W, self.window_size)
+        dtype = self.compute_dtype
+        if dtype is not None:  # the residual stream stays fp32 (patch merging hands over bf16)
+            x = x.float()
+        x = self.attn.fast_windows_residual(x.contiguous(), H, W, self.window_size, dtype)
+        # The depthwise local conv is the stream itself (no residual around it): it stays fp32.
         x = _image_as_tokens(self.local_conv.fused(_tokens_as_image(x, H, W)))
-        return self.mlp.fast_residual(x)
+        return self.mlp.fast_residual(x, dtype)
 
 
 class BasicLayer(nn.Module):
@@ -399,6 +421,17 @@ class TinyViT(FastPath, nn.Module):
             return self.neck_fast(x.contiguous().view(B, s, s, C))
         return self.neck(x.view(B, s, s, C).permute(0, 3, 1, 2))
 
+    def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
+        """Run the fast path's matrix products and convolutions in `dtype` (torch.bfloat16) with
+        fp32 accumulation, or in fp32 (None). The residual stream, LayerNorms and the depthwise
+        local convs (which carry the stream) stay fp32."""
+        for module in self.modules():
+            if isinstance(module, FastPath):
+                module.compute_dtype = dtype
+        for module in self.modules():
+            if isinstance(module, TinyViTBlock):
+                module.local_conv.compute_dtype = None
+
     def neck_fast(self, x: torch.Tensor) -> torch.Tensor:
         """The neck on (B, s, s, C) channels-last tokens: its LayerNorm2d is a LayerNorm over the
         contiguous last axis. Returns (B, 256, s, s) contiguous."""
@@ -410,11 +443,25 @@ class TinyViT(FastPath, nn.Module):
         return x.permute(0, 3, 1, 2).contiguous()
 
 
+def _cast(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    return x if dtype is None else x.to(dtype)
+
+
+def _linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """`linear(x)` in x's dtype (the layer's fp32 weights cast on the fly, so never stale)."""
+    if x.dtype == linear.weight.dtype:
+        return linear(x)
+    return F.linear(x, linear.weight.to(x.dtype), linear.bias.to(x.dtype))
+
+
 def _add_linear(x: torch.Tensor, inputs: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """`x + linear(inputs)` with the add folded into the matrix product's accumulation.
 
-    x (B, N, C_out), inputs (B, N, C_in) -> (B, N, C_out), a new tensor.
+    x (B, N, C_out), inputs (B, N, C_in) -> (B, N, C_out), a new tensor in x's dtype; inputs in
+    a lower precision (bf16) run the product in it and add its result to x.
     """
+    if inputs.dtype != x.dtype:
+        return x + _linear(inputs, linear)
     out = x + linear.bias
     if not _no_autograd(out, inputs, linear.weight):
         return out + F.linear(inputs, linear.weight)

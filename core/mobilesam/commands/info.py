@@ -1,0 +1,72 @@
+"""`mobilesam info`: this machine's CPU features and which inference paths are active here."""
+
+import argparse
+import importlib.util
+import platform
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("info", help="print CPU features and the active inference paths",
+                              description="CPU features that decide the fast paths (AVX-512, bf16, VNNI, AMX), "
+                                          "the torch build, the allocator tuning and the available backends.")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    for label, value in info_lines():
+        print(f"{label + ':':<22} {value}")
+    return 0
+
+
+def info_lines() -> list[tuple[str, str]]:
+    import torch
+
+    from .. import __version__
+    from ..runtime import CPU_FLAGS, allocator_status, bf16_supported, cpu_flags, usable_cpus
+
+    flags = cpu_flags()
+    present = [f for f in CPU_FLAGS if f in flags]
+    missing = [f for f in CPU_FLAGS if f not in flags]
+    allocator = allocator_status()
+    bf16 = bf16_supported()
+    lines = [
+        ("mobilesam", __version__),
+        ("CPU", f"{_cpu_name()}, {usable_cpus()} usable CPU(s)"),
+        ("CPU features", " ".join(present) or "none of interest (or not readable here)"),
+        ("CPU features missing", " ".join(missing) or "none"),
+        ("torch", f"{torch.__version__}, {torch.get_num_threads()} thread(s), CPU kernels "
+                  f"{torch.backends.cpu.get_cpu_capability()}, oneDNN "
+                  f"{'yes' if torch.backends.mkldnn.is_available() else 'no'}, CUDA "
+                  f"{'yes' if torch.cuda.is_available() else 'no'}"),
+        ("allocator tuning", allocator.reason if allocator else "not configured in this process"),
+        ("fast path", "on by default (load_model(..., exact=True) runs the official order of operations)"),
+        ("bf16 encoder", "available, opt-in: --precision bf16, load_model(..., precision='bf16')" if bf16
+         else "not available (needs AVX512-BF16 or AMX)"),
+        ("int8 (ONNX, dynamic)", "opt-in: export-onnx --quantize int8"
+         + ("; VNNI present" if {"avx512_vnni", "avx_vnni"} & flags else "; no VNNI: slow")),
+    ]
+    lines.append(("backends", ", ".join(_backends())))
+    return lines
+
+
+def _backends() -> list[str]:
+    backends = ["torch"]
+    if importlib.util.find_spec("onnxruntime") is not None:
+        import onnxruntime
+
+        backends.append(f"onnx (onnxruntime {onnxruntime.__version__}: "
+                        f"{', '.join(onnxruntime.get_available_providers())})")
+    else:
+        backends.append("onnx: not installed (pip install 'napari-mobilesam[onnx]')")
+    return backends
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -1,0 +1,104 @@
+"""Low precision (bf16 encoder), CPU feature detection, warm-up and `mobilesam info`.
+
+The bf16 encoder is checked against our fp32 fast path (itself within 1e-4 of the official
+encoder, tests/test_fast_encoder.py) with the stated bounds; `exact=True` must stay bit-exact
+whatever the precision setting. 256-px models keep this quick.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import mobilesam
+from mobilesam import runtime
+from mobilesam.cli import main
+
+BF16 = runtime.bf16_supported()
+needs_bf16 = pytest.mark.skipif(not BF16, reason="this CPU has neither AVX512-BF16 nor AMX")
+
+
+def _pair(seed: int = 11):
+    """Two 256-px vit_t models with the same random weights."""
+    torch.manual_seed(seed)
+    fp32 = mobilesam.build_sam("vit_t", image_size=256).eval()
+    other = mobilesam.build_sam("vit_t", image_size=256).eval()
+    other.load_state_dict(fp32.state_dict())
+    return fp32, other
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).norm() / expected.norm())
+
+
+@needs_bf16
+def test_bf16_encoder_is_close_to_fp32_and_masks_agree(sample_image):
+    fp32, bf16 = _pair()
+    bf16.set_precision("bf16")
+    assert bf16.precision == "bf16" and bf16.image_encoder.layers[1].blocks[0].compute_dtype == torch.bfloat16
+    image = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected, got = fp32.image_encoder(image), bf16.image_encoder(image)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    error = _relative_error(got, expected)
+    print(f"bf16 vs fp32 embedding: relative error {error:.2e}")
+    assert 1e-4 < error <= 3e-2  # really bf16 (fp32 differs by ~1e-6), and within the bound
+
+    # Same prompts on both: the decoder sees the two embeddings; masks must agree.
+    predictors = [mobilesam.SamPredictor(m) for m in (fp32, bf16)]
+    for p in predictors:
+        p.set_image(sample_image)
+    ious = []
+    for x, y in [(160, 120), (60, 50), (260, 180), (100, 200)]:
+        a, b = (p.predict(np.array([[x, y]]), np.array([1]), multimask_output=False)[0][0] for p in predictors)
+        ious.append((a & b).sum() / max((a | b).sum(), 1))
+    print(f"mask IoU bf16 vs fp32: min {min(ious):.4f}")
+    assert min(ious) >= 0.9
+
+
+def test_exact_stays_bit_exact_with_bf16_set(monkeypatch):
+    monkeypatch.setattr(runtime, "bf16_supported", lambda: True)  # settable on any CPU: exact ignores it
+    exact, exact_bf16 = _pair(seed=3)
+    exact.set_exact(True)
+    exact_bf16.set_exact(True).set_precision("bf16")
+    image = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert (exact.image_encoder(image) - exact_bf16.image_encoder(image)).abs().max().item() == 0
+
+
+def test_precision_is_detected_at_run_time(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx2", "fma"}))  # a CPU without bf16
+    assert not runtime.bf16_supported()
+    assert runtime.resolve_precision("auto") == "fp32"
+    with pytest.raises(ValueError, match="AVX512-BF16 or AMX"):
+        runtime.resolve_precision("bf16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        runtime.resolve_precision("fp16")
+    model, _ = _pair()
+    assert model.set_precision("auto").precision == "fp32"
+    assert model.image_encoder.patch_embed.compute_dtype is None
+
+
+def test_cpu_flags_read_this_machine():
+    flags = runtime.cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo flags on this platform")
+    assert runtime.bf16_supported() == bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def test_warm_up_encodes_once_and_leaves_no_image(small_model):
+    predictor = mobilesam.SamPredictor(small_model)
+    seconds = runtime.warm_up(predictor)
+    assert seconds > 0 and not predictor.is_image_set
+    with pytest.raises(RuntimeError, match="set_image"):
+        predictor.predict(np.array([[10, 10]]), np.array([1]))
+
+
+def test_info_prints_cpu_features_and_paths(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for label in ("CPU features:", "bf16 encoder:", "fast path:", "backends:", "torch"):
+        assert label in out
+    flags_line = next(line for line in out.splitlines() if line.startswith("CPU features:"))
+    for flag in runtime.CPU_FLAGS:
+        assert (flag in flags_line.split()) == (flag in runtime.cpu_flags())
+    assert ("bf16 encoder:          available" in out) == BF16
