@@ -8,8 +8,8 @@ features) is kept in a bounded least-recently-used cache in memory and, with `ca
 store on disk, so reopening the same data with the same model encodes nothing.
 
 Disk cache keys. The store holds one group per model identity (`model_id`, e.g.
-`model_fingerprint("vit_t", "mobile_sam.pt")` = model type + sha256 of the checkpoint file, plus
-the encoder input size) and, inside it, one array per slice named by the sha256 of the exact
+`mobilesam.serving.model_identity(model_type="vit_t", checkpoint="mobile_sam.pt")` = model type +
+sha256 of the checkpoint file + the encoder input size) and, inside it, one array per slice named by the sha256 of the exact
 (H, W, 3) uint8 image fed to the encoder. The image hash covers the slice data *and* the intensity
 normalisation and channel handling, so changed data, a changed contrast range or a changed model
 can never be served a stale embedding; an array is only read back if it was completely written.
@@ -34,6 +34,7 @@ import torch
 from ..errors import Cancelled, MobileSamError
 from ..image import intensity_range, to_rgb_uint8
 from ..predictor import EmbeddingState
+from ..serving.identity import model_identity
 
 ProgressCallback = Callable[[int, int], None]
 INTENSITY_SAMPLE_SLICES = 16  # slices read to estimate the volume's intensity range
@@ -41,28 +42,17 @@ INTENSITY_SAMPLE_VALUES = 2_000_000
 
 
 def model_fingerprint(model_type: str, checkpoint_path: Union[str, os.PathLike]) -> str:
-    """Identity of a model for embedding caches: "<model_type>-<sha256 of the checkpoint file>".
-
-    Two checkpoints with different bytes never share cached embeddings.
-    """
-    from ..weights import sha256sum
-
-    return f"{model_type}-{sha256sum(checkpoint_path)}"
-
+    """Alias of `mobilesam.serving.model_identity(model_type=..., checkpoint=...)`, kept for callers
+    of the volume API: model type + sha256 of the checkpoint file + encoder input size."""
+    return model_identity(model_type=model_type, checkpoint=checkpoint_path)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """Identity of an in-memory model: sha256 over its state dict (names, shapes, dtypes, values).
+    """Alias of `mobilesam.serving.model_identity(model)`: identity of an in-memory model from its weights.
 
     Used when no `model_id` is given, so a cache is never shared by models with other weights.
-    Costs one pass over the weights (about 0.1 s for vit_t).
     """
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{t.dtype};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return f"weights-{digest.hexdigest()}"
+    return model_identity(model)
 
 
 class VolumeEmbeddings:
@@ -76,7 +66,7 @@ class VolumeEmbeddings:
     channel_axis: axis of channels for 4-D volumes (default: the last axis).
     cache_dir: folder of an on-disk zarr store of embeddings (created if missing), or None.
     max_in_memory: how many slice embeddings the in-memory LRU keeps (each 4 MB).
-    model_id: identity of the model for the disk cache keys, e.g. `model_fingerprint(...)`;
+    model_id: identity of the model for the disk cache keys, e.g. `model_identity(...)`;
         when None and `cache_dir` is set, it is computed from the model's weights.
     value_range: (low, high) intensities mapped to 0..255; default: computed once per volume.
 
@@ -275,7 +265,11 @@ class VolumeEmbeddings:
         model = getattr(self.predictor, "model", None)
         img_size = getattr(getattr(model, "image_encoder", None), "img_size", None)
         key = re.sub(r"[^A-Za-z0-9_.-]", "_", str(self.model_id))
-        return f"{key}-in{img_size}" if img_size else key
+        if not img_size:
+            return key
+        # The encoder actually used decides the input size (an id made from a checkpoint file alone
+        # assumes 1024): replace the id's own input-size suffix, if any.
+        return re.sub(r"-in\d+$", "", key) + f"-in{img_size}"
 
 
 class _EmbeddingStore:
