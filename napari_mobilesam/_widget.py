@@ -52,7 +52,7 @@ class MobileSamWidget(Container):
     """Interactive MobileSAM segmentation of the selected Image layer (2D, RGB or 3D)."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=False, scrollable=True)
+        super().__init__(labels=False)
         self.viewer = napari_viewer
         self.messages: list[tuple[str, str]] = []  # (level, text) of every notification, newest last
         self.sessions = Sessions()
@@ -90,8 +90,12 @@ class MobileSamWidget(Container):
             for name, value in vars(section).items():
                 if not name.startswith("_") and name not in ("body", "header", "title") and hasattr(value, "native"):
                     setattr(self, name, value)
-        self.extend([self.model_section, self.image_section, self.prompt_section, self.volume_section,
-                     self.everything_section, self.status_section])
+        # The sections scroll; the status line, progress bar and Cancel stay in view below them.
+        self.sections = Container(widgets=[self.model_section, self.image_section, self.prompt_section,
+                                           self.volume_section, self.everything_section],
+                                  labels=False, scrollable=True)
+        self.extend([self.sections, self.status_section])
+        _keep_scroll_area(self.native.layout(), self.sections)
         self.native.setMinimumWidth(300)
 
         backend, warning = backend_default(BACKENDS)
@@ -302,7 +306,7 @@ class MobileSamWidget(Container):
     def _wanted_model_key(self) -> tuple[str, str, str]:
         """(model type, checkpoint path or "", backend)."""
         path = str(self.checkpoint.value) if self.checkpoint.value else ""
-        if path in ("", "."):
+        if path in ("", ".") or Path(path).is_dir():  # an emptied file field reads as the current folder
             path = ""
         return self.model_type.value, path, self.backend.value
 
@@ -510,7 +514,16 @@ class MobileSamWidget(Container):
         source = getattr(event, "source", None)
         if self._layers is not None and source is not None and source not in self._layers.all():
             return  # prompts of another image: segmented when the user works on it again
+        if getattr(source, "_is_creating", False):
+            # A box being drawn: napari announces it at the press and again, complete, at the
+            # release (while still flagged as drawing), so look again once the event is over.
+            QTimer.singleShot(0, lambda: self._segment_when_drawn(source))
+            return
         if self.auto_segment.value:
+            self.segment_prompts()
+
+    def _segment_when_drawn(self, shapes) -> None:
+        if not getattr(shapes, "_is_creating", False) and self.auto_segment.value:
             self.segment_prompts()
 
     def segment_prompts(self) -> None:
@@ -837,6 +850,19 @@ def _model_id(predictor, model_key: tuple[str, str, str]) -> Optional[str]:
     if model is not None:
         return model_identity(model, model_type=model_type)
     return f"standin-{model_type}"
+
+
+def _keep_scroll_area(layout, container) -> None:
+    """magicgui puts a scrollable container's inner widget (not its scroll area) into the parent's
+    layout; put the scroll area there instead, holding the inner widget, and let it take the height."""
+    scroll = container.root_native_widget
+    inner = container.native
+    if scroll is inner:
+        return
+    index = layout.indexOf(inner)
+    layout.removeWidget(inner)
+    scroll.setWidget(inner)
+    layout.insertWidget(index, scroll, 1)
 
 
 def _connect_once(emitter, callback) -> None:
