@@ -71,7 +71,7 @@ class ModelSection(Section):
                                 tooltip="torch runs the model itself; onnx runs it with ONNX Runtime (needs "
                                         "napari-mobilesam[onnx]; the first use exports the model to the cache "
                                         f"folder). Default from ${BACKEND_ENV}")
-        self.weights = Label(label="Weights", value="-")
+        self.weights = _wrapping(Label(label="Weights", value="-"))
         super().__init__("Model", [self.model_type, self.checkpoint, self.backend, self.weights])
 
 
@@ -81,7 +81,7 @@ class ImageSection(Section):
                               tooltip="Follows napari: a newly opened or selected image becomes the target")
         self.channels = ComboBox(label="Channels", choices=CHANNEL_CHOICES, value="auto",
                                  tooltip="auto: RGB layers have channels last, other 3-D layers are volumes (Z, Y, X)")
-        self.reading = Label(label="Read as", value="-")
+        self.reading = _wrapping(Label(label="Read as", value="-"))
         self.embed_button = PushButton(text="Compute embeddings",
                                        tooltip="Encode the image (every slice of a volume) now; saved in the "
                                                "embedding cache, so reopening the same data costs nothing")
@@ -103,7 +103,7 @@ class PromptSection(Section):
         self.toggle_button = PushButton(text=f"+/- [{KEYS['toggle']}]")
         self.commit_button = PushButton(text=f"Commit [{KEYS['commit']}]")
         self.clear_button = PushButton(text=f"Clear [{KEYS['clear']}]")
-        self.key_help = Label(label="Keys", value=KEY_HELP)
+        self.key_help = _wrapping(Label(label="Keys", value=KEY_HELP))
         super().__init__("Prompts (click points, draw boxes)", [
             self.auto_segment, self.candidate, self.scores, self.point_mode,
             _row(self.segment_button, self.toggle_button), _row(self.commit_button, self.clear_button),
@@ -134,7 +134,7 @@ class EverythingSection(Section):
                                            tooltip="Masks whose predicted IoU is lower are dropped")
         self.everything_stability = FloatSpinBox(label="Min stability", value=0.95, min=0.0, max=1.0, step=0.01,
                                                  tooltip="Masks that change under small threshold shifts are dropped")
-        self.estimate = Label(label="Estimate", value="-")
+        self.estimate = _wrapping(Label(label="Estimate", value="-"))
         self.everything_button = PushButton(text="Segment everything (image / current slice)")
         super().__init__("Segment everything", [self.points_per_side, self.everything_iou,
                                                 self.everything_stability, self.estimate, self.everything_button],
@@ -149,12 +149,17 @@ class StatusSection(Container):
         self.progress = ProgressBar(value=0, min=0, max=100, visible=False)
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         super().__init__(widgets=[self.status, self.progress, self.cancel_button], labels=False)
-        label = self.status.native
-        label.setWordWrap(True)  # long messages wrap instead of widening the dock
-        label.setTextInteractionFlags(label.textInteractionFlags() | _selectable())
-        from qtpy.QtWidgets import QSizePolicy
+        _wrapping(self.status)
+        self.status.native.setTextInteractionFlags(_selectable())  # errors can be copied
 
-        label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+
+def _wrapping(label: Label) -> Label:
+    """Long text wraps instead of widening the dock (its width must not jump with the text)."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+    return label
 
 
 def _selectable():

@@ -93,9 +93,9 @@ class MobileSamWidget(Container):
         # The sections scroll; the status line, progress bar and Cancel stay in view below them.
         self.sections = Container(widgets=[self.model_section, self.image_section, self.prompt_section,
                                            self.volume_section, self.everything_section],
-                                  labels=False, scrollable=True)
+                                  labels=False)
         self.extend([self.sections, self.status_section])
-        _keep_scroll_area(self.native.layout(), self.sections)
+        _scroll_area_around(self.native.layout(), self.sections)
         self.native.setMinimumWidth(300)
 
         backend, warning = backend_default(BACKENDS)
@@ -757,7 +757,9 @@ class MobileSamWidget(Container):
             return
         image_layer, info = current
         z = current_slice(self.viewer, image_layer) if info.is_volume else 0
-        settings = {"points_per_side": self.points_per_side.value, "pred_iou_thresh": self.everything_iou.value,
+        # Small batches: Cancel is checked between batches, so it answers within about a second on a CPU.
+        settings = {"points_per_side": self.points_per_side.value, "points_per_batch": 16,
+                    "pred_iou_thresh": self.everything_iou.value,
                     "stability_score_thresh": self.everything_stability.value}
 
         def generate(segmenter, progress, cancel):
@@ -852,15 +854,20 @@ def _model_id(predictor, model_key: tuple[str, str, str]) -> Optional[str]:
     return f"standin-{model_type}"
 
 
-def _keep_scroll_area(layout, container) -> None:
-    """magicgui puts a scrollable container's inner widget (not its scroll area) into the parent's
-    layout; put the scroll area there instead, holding the inner widget, and let it take the height."""
-    scroll = container.root_native_widget
+def _scroll_area_around(layout, container) -> None:
+    """Put `container` (already in `layout`) inside a vertical scroll area that takes the height.
+    Made here rather than with magicgui's `scrollable=True`, whose scroll area is lost when the
+    container is nested in another one."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
     inner = container.native
-    if scroll is inner:
-        return
     index = layout.indexOf(inner)
     layout.removeWidget(inner)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
     scroll.setWidget(inner)
     layout.insertWidget(index, scroll, 1)
 
