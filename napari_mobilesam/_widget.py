@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 BACKGROUND_DECODE_PIXELS = 1 << 22  # slices larger than 4 MP get their full-size masks in a worker
 EMBEDDING_MEMORY_ENV = "MOBILESAM_EMBEDDING_MEMORY_MB"
 DEFAULT_EMBEDDING_MEMORY_MB = 2048  # 512 slice embeddings of 4 MB: work done is not thrown away
+EMBEDDING_CACHE_ENV = "MOBILESAM_EMBEDDING_CACHE_MB"
+DEFAULT_EMBEDDING_CACHE_MB = 4096  # budget of the default cache folder; a chosen folder has none
 DEFAULT_POINTS_PER_SIDE = 16  # segment everything: 256 prompts, about a minute on 2 CPU cores for vit_t
 SECONDS_PER_PROMPT_CPU = 0.15  # rough vit_t decoder cost per grid point on a 2-core CPU, for the estimate
 
@@ -362,9 +364,7 @@ class MobileSamWidget(Container):
             return chosen
         if not info.is_volume:
             return None
-        from mobilesam.weights import cache_dir
-
-        return str(cache_dir() / "embeddings.zarr")  # volumes: persisted by default
+        return str(_default_cache_dir())  # volumes: persisted by default
 
     def _current_image(self):
         """(image layer, its description), or None after telling the user why there is none."""
@@ -814,18 +814,31 @@ def build_predictor(model_key: tuple[str, str, str], model=None):
 
 def make_segmenter(predictor, data, info, cache_dir: Optional[str], model_key: tuple[str, str, str]):
     if info.is_volume:
+        default_folder = cache_dir is not None and Path(cache_dir) == _default_cache_dir()
         return VolumeSegmenter(predictor, data, info, cache_dir=cache_dir, model_id=_model_id(predictor, model_key),
-                               max_in_memory=_slices_in_memory())
+                               max_in_memory=_slices_in_memory(),
+                               cache_max_bytes=_megabytes(EMBEDDING_CACHE_ENV, DEFAULT_EMBEDDING_CACHE_MB) * 2**20
+                               if default_folder else None)
     return ImageSegmenter(predictor, data, info)
 
 
 def _slices_in_memory() -> int:
     """How many slice embeddings (4 MB each) fit the memory budget ($MOBILESAM_EMBEDDING_MEMORY_MB)."""
+    return max(1, _megabytes(EMBEDDING_MEMORY_ENV, DEFAULT_EMBEDDING_MEMORY_MB) // 4)
+
+
+def _megabytes(env: str, default: int) -> int:
     try:
-        budget_mb = float(os.environ.get(EMBEDDING_MEMORY_ENV, DEFAULT_EMBEDDING_MEMORY_MB))
+        return max(1, int(float(os.environ.get(env, default))))
     except ValueError:
-        budget_mb = DEFAULT_EMBEDDING_MEMORY_MB
-    return max(1, int(budget_mb // 4))
+        logger.warning("%s must be a number of megabytes; using %d", env, default)
+        return default
+
+
+def _default_cache_dir() -> Path:
+    from mobilesam.weights import cache_dir
+
+    return cache_dir() / "embeddings.zarr"
 
 
 def _slice_prompts(by_slice: dict[int, PlanePrompt]) -> list:

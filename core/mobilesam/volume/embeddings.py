@@ -23,6 +23,7 @@ uint8 volumes are passed through unchanged, exactly as 2-D uint8 images are.
 import hashlib
 import os
 import re
+import shutil
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -69,6 +70,8 @@ class VolumeEmbeddings:
     model_id: identity of the model for the disk cache keys, e.g. `model_identity(...)`;
         when None and `cache_dir` is set, it is computed from the model's weights.
     value_range: (low, high) intensities mapped to 0..255; default: computed once per volume.
+    cache_max_bytes: size budget of the whole `cache_dir` store (all models); after each save the
+        least recently used slice embeddings are deleted until it fits. None: no limit.
 
     The data are assumed not to change while this object is alive; make a new one if they do
     (the disk cache, keyed by the slice content, stays valid for unchanged slices).
@@ -78,7 +81,8 @@ class VolumeEmbeddings:
     def __init__(self, volume, predictor, axis: int = 0, channel_axis: Optional[int] = None,
                  cache_dir: Optional[Union[str, Path]] = None, max_in_memory: int = 16,
                  model_id: Optional[str] = None,
-                 value_range: Optional[tuple[float, float]] = None) -> None:
+                 value_range: Optional[tuple[float, float]] = None,
+                 cache_max_bytes: Optional[int] = None) -> None:
         shape = tuple(int(s) for s in getattr(volume, "shape", ()))
         if len(shape) not in (3, 4):
             raise ValueError(f"a volume must be (Z, Y, X) or (Z, Y, X, C); got shape {shape}")
@@ -117,7 +121,7 @@ class VolumeEmbeddings:
         if self.cache_dir is not None:
             if self.model_id is None:
                 self.model_id = weights_fingerprint(predictor.model)
-            self._store = _EmbeddingStore(self.cache_dir, self._model_key())
+            self._store = _EmbeddingStore(self.cache_dir, self._model_key(), cache_max_bytes)
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -275,12 +279,15 @@ class VolumeEmbeddings:
 class _EmbeddingStore:
     """A zarr group of slice embeddings for one model: one (256, 64, 64) float32 array per slice hash."""
 
-    def __init__(self, root: Path, model_key: str) -> None:
+    def __init__(self, root: Path, model_key: str, max_bytes: Optional[int] = None) -> None:
         try:
             import zarr
         except ImportError:
             raise MobileSamError("an embedding cache on disk needs zarr: pip install 'napari-mobilesam[volume]'") from None
         root.mkdir(parents=True, exist_ok=True)
+        self._root = root
+        self._model_dir = root / model_key
+        self._max_bytes = max_bytes
         self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
 
     def contains(self, name: str) -> bool:
@@ -290,6 +297,7 @@ class _EmbeddingStore:
         if not self.contains(name):
             return None
         array = self._group[name]
+        _touch(self._model_dir / name)  # recently used: evicted last
         features = torch.from_numpy(np.asarray(array[...], dtype=np.float32))[None]
         attrs = array.attrs
         return EmbeddingState(features, tuple(attrs["original_size"]), tuple(attrs["input_size"]))
@@ -302,6 +310,31 @@ class _EmbeddingStore:
         # Written last: a crash mid-write leaves an array without it, which is never read back.
         array.attrs.update({"original_size": list(state.original_size), "input_size": list(state.input_size),
                             "complete": True})
+        if self._max_bytes is not None:
+            self._evict(keep=self._model_dir / name)
+
+    def _evict(self, keep: Path) -> None:
+        """Delete the least recently used slice arrays (any model) until the store fits its budget."""
+        entries = []
+        for model_dir in (p for p in self._root.iterdir() if p.is_dir()):
+            for array_dir in (p for p in model_dir.iterdir() if p.is_dir()):
+                size = sum(f.stat().st_size for f in array_dir.rglob("*") if f.is_file())
+                entries.append((array_dir.stat().st_mtime, array_dir, size))
+        total = sum(size for _, _, size in entries)
+        for _, array_dir, size in sorted(entries, key=lambda e: e[0]):
+            if total <= self._max_bytes:
+                break
+            if array_dir == keep:
+                continue
+            shutil.rmtree(array_dir, ignore_errors=True)
+            total -= size
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only cache still serves embeddings
 
 
 def _normalize_axis(axis: int, ndim: int, name: str) -> int:
