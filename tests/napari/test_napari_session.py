@@ -357,3 +357,17 @@ def test_multi_image_session_matches_the_core_predictor(dock, qtbot, small_model
     label_of = np.array([0, *ids])
     np.testing.assert_array_equal(viewer.layers["v objects"].data, np.where(before > 0, before, label_of[propagated]))
     assert isinstance(viewer.layers["v objects"], Labels)
+
+    # Defect 4, second half: after Segment everything, clicks still add prompts.
+    choose(viewer, widget, qtbot, images["p"])
+    widget.points_per_side.value = 2
+    widget.everything_iou.value = widget.everything_stability.value = 0.0
+    widget.everything_section.header.native.click()  # folded by default
+    widget.everything_button.native.click()
+    wait_idle(qtbot, widget)
+    assert "p everything" in viewer.layers
+    _ready_to_click(viewer, qtbot, images["p"])
+    before_points = len(viewer.layers["p prompts"].data)
+    click(viewer, (30.0, 30.0))
+    wait_idle(qtbot, widget)
+    assert len(viewer.layers["p prompts"].data) == before_points + 1
