@@ -68,6 +68,7 @@ class MobileSamWidget(Container):
 
         self._build()
         self._bind_keys()
+        self.viewer.mouse_drag_callbacks.append(self._hint_on_image_click)
         _configure_runtime()
         events = self.viewer.layers.events
         events.inserted.connect(self._on_layer_inserted)
@@ -168,6 +169,13 @@ class MobileSamWidget(Container):
         self.image.reset_choices()
         if isinstance(layer, Image):
             self.image.value = layer  # a newly opened image is the one the user wants to work on
+
+    def _hint_on_image_click(self, viewer, event) -> None:
+        """A click with an image layer active adds nothing: say where prompts go (no pop-up)."""
+        layer = viewer.layers.selection.active
+        if isinstance(layer, Image) and event.type == "mouse_press":
+            self.status.value = (f"Clicks on the image layer {layer.name!r} add no prompts: select "
+                                 f"'{layer.name} prompts' (points) or '{layer.name} boxes' in the layer list")
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value

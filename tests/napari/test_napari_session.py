@@ -150,6 +150,9 @@ def test_the_widget_follows_napari_selection(dock, qtbot):
     viewer.layers.selection.active = first
     assert widget.image.value is first
     _ready_to_click(viewer, qtbot, first)
+    viewer.layers.selection.active = first  # the image itself: a click adds nothing, and says so
+    click(viewer, (10.0, 10.0))
+    assert "add no prompts" in widget.status.value and "'first prompts'" in widget.status.value
 
 
 def test_channel_toggles_add_no_duplicate_layers(dock, qtbot):
