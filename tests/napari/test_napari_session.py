@@ -158,9 +158,13 @@ def test_the_widget_follows_napari_selection(dock, qtbot):
 def test_channel_toggles_add_no_duplicate_layers(dock, qtbot):
     """Defect 5."""
     viewer, widget = dock
+    widget.use_predictor(DiskPredictor())
     viewer.add_image(np.zeros((3, 40, 50), np.uint16), name="img")
     for value in ("first axis is channels", "auto", "first axis is channels", "auto"):
         widget.channels.value = value
+        viewer.layers["img prompts"].add(np.array([[1.0, 20.0, 20.0]]))  # something in the current object
+        wait_idle(qtbot, widget)
+        assert viewer.layers["img current object"].data.any()
     names = [layer.name for layer in viewer.layers]
     assert not [name for name in names if "[" in name], names
     assert viewer.layers["img objects"].data.shape == (3, 40, 50)
