@@ -23,7 +23,6 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
-import mobilesam
 from mobilesam.errors import Cancelled, MissingWeightsError, MobileSamError
 from mobilesam.image import MAX_PIXELS
 from mobilesam.onnx import BACKENDS
@@ -32,20 +31,16 @@ from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTI
 from ._layers import (NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
                       ensure_prompt_layers, layer_names, read_boxes, read_points, remove_prompt_layers,
                       set_point_label_mode, sync_transform)
-from ._prompts import GroupedPrompts, PlanePrompt, group_prompts
+from ._prompts import GroupedPrompts, group_prompts
 from ._sections import (KEYS, EverythingSection, ImageSection, ModelSection, PromptSection, StatusSection,
                         VolumeSection, backend_default)
-from ._segmenter import ImageSegmenter, VolumeSegmenter
+from ._model import BackendUnavailable, build_predictor, default_cache_dir, make_segmenter, slice_prompts
 from ._session import ImageSession, Sessions, SegmenterKey, next_candidate, pick_candidate
 from ._tasks import BackgroundTask
 
 logger = logging.getLogger(__name__)
 
 BACKGROUND_DECODE_PIXELS = 1 << 22  # slices larger than 4 MP get their full-size masks in a worker
-EMBEDDING_MEMORY_ENV = "MOBILESAM_EMBEDDING_MEMORY_MB"
-DEFAULT_EMBEDDING_MEMORY_MB = 2048  # 512 slice embeddings of 4 MB: work done is not thrown away
-EMBEDDING_CACHE_ENV = "MOBILESAM_EMBEDDING_CACHE_MB"
-DEFAULT_EMBEDDING_CACHE_MB = 4096  # budget of the default cache folder; a chosen folder has none
 DEFAULT_POINTS_PER_SIDE = 16  # segment everything: 256 prompts, about a minute on 2 CPU cores for vit_t
 SECONDS_PER_PROMPT_CPU = 0.15  # rough vit_t decoder cost per grid point on a 2-core CPU, for the estimate
 
@@ -372,7 +367,7 @@ class MobileSamWidget(Container):
             return chosen
         if not info.is_volume:
             return None
-        return str(_default_cache_dir())  # volumes: persisted by default
+        return str(default_cache_dir())  # volumes: persisted by default
 
     def _current_image(self):
         """(image layer, its description), or None after telling the user why there is none."""
@@ -687,7 +682,7 @@ class MobileSamWidget(Container):
             return
         from mobilesam.volume import propagate_object
 
-        prompts = _slice_prompts(grouped.by_slice)
+        prompts = slice_prompts(grouped.by_slice)
         iou, projection = self.iou_threshold.value, self.projection.value
         session = self._session()
 
@@ -718,7 +713,7 @@ class MobileSamWidget(Container):
             return
         from mobilesam.volume import segment_objects
 
-        objects = [_slice_prompts(session.object_prompts[obj]) for obj in ids]
+        objects = [slice_prompts(session.object_prompts[obj]) for obj in ids]
         label_of = np.array([0, *ids], dtype=np.int32)  # the core numbers objects 1..N in list order
         iou, projection = self.iou_threshold.value, self.projection.value
 
@@ -798,81 +793,6 @@ class MobileSamWidget(Container):
 
         self._prepare("MobileSAM: segmenting everything", [0] if not info.is_volume else [z], then=show,
                       extra=generate)
-
-
-class BackendUnavailable(MobileSamError):
-    """The chosen backend could not be started for a model that loaded fine (e.g. no onnxruntime)."""
-
-
-def build_predictor(model_key: tuple[str, str, str], model=None):
-    """A `SamPredictor` for (model type, checkpoint, backend), loading the weights unless `model` is
-    given. Slow (loading, ONNX export on first use): call it in a worker thread."""
-    model_type, checkpoint, backend = model_key
-    if model is None:
-        model = mobilesam.load_model(None if checkpoint else model_type, checkpoint or None)
-    if backend == "torch":
-        return mobilesam.SamPredictor(model)
-    from mobilesam.onnx import default_onnx_dir
-
-    try:
-        return mobilesam.SamPredictor(model, backend=backend, onnx_dir=default_onnx_dir(model))
-    except Exception as exc:  # noqa: BLE001 - any failure leaves the previous backend in use
-        raise BackendUnavailable(f"the {backend} backend could not be started: {exc}") from exc
-
-
-def make_segmenter(predictor, data, info, cache_dir: Optional[str], model_key: tuple[str, str, str]):
-    if info.is_volume:
-        default_folder = cache_dir is not None and Path(cache_dir) == _default_cache_dir()
-        return VolumeSegmenter(predictor, data, info, cache_dir=cache_dir, model_id=_model_id(predictor, model_key),
-                               max_in_memory=_slices_in_memory(),
-                               cache_max_bytes=_megabytes(EMBEDDING_CACHE_ENV, DEFAULT_EMBEDDING_CACHE_MB) * 2**20
-                               if default_folder else None)
-    return ImageSegmenter(predictor, data, info)
-
-
-def _slices_in_memory() -> int:
-    """How many slice embeddings (4 MB each) fit the memory budget ($MOBILESAM_EMBEDDING_MEMORY_MB)."""
-    return max(1, _megabytes(EMBEDDING_MEMORY_ENV, DEFAULT_EMBEDDING_MEMORY_MB) // 4)
-
-
-def _megabytes(env: str, default: int) -> int:
-    try:
-        return max(1, int(float(os.environ.get(env, default))))
-    except ValueError:
-        logger.warning("%s must be a number of megabytes; using %d", env, default)
-        return default
-
-
-def _default_cache_dir() -> Path:
-    from mobilesam.weights import cache_dir
-
-    return cache_dir() / "embeddings.zarr"
-
-
-def _slice_prompts(by_slice: dict[int, PlanePrompt]) -> list:
-    from mobilesam.volume import SlicePrompt
-
-    out = []
-    for z, prompt in sorted(by_slice.items()):
-        coords, labels = prompt.point_arrays()
-        out.append(SlicePrompt(z, coords, labels, prompt.box_array()))
-    return out
-
-
-def _model_id(predictor, model_key: tuple[str, str, str]) -> Optional[str]:
-    """Identity of the weights for the embedding cache (`mobilesam.serving.model_identity`): from the
-    checkpoint file when one is chosen, else from the loaded weights. A predictor without a `model`
-    (a custom or stand-in one) is identified by the widget's model setting."""
-    from mobilesam.serving import model_identity
-
-    model_type, checkpoint = model_key[:2]
-    model = getattr(predictor, "model", None)
-    if checkpoint:
-        size = getattr(getattr(model, "image_encoder", None), "img_size", None)
-        return model_identity(model_type=model_type, checkpoint=checkpoint, input_size=size)
-    if model is not None:
-        return model_identity(model, model_type=model_type)
-    return f"standin-{model_type}"
 
 
 def _scroll_area_around(layout, container) -> None:
