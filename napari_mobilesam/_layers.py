@@ -92,6 +92,14 @@ class PromptLayers:
         return [self.points, self.boxes, self.current, self.objects]
 
 
+SUFFIXES = {"prompts": "prompts", "boxes": "boxes", "current": "current object", "objects": "objects"}
+
+
+def layer_names(image_name: str) -> dict[str, str]:
+    """The fixed names of an image's plugin layers: '<image> prompts', '<image> boxes', ..."""
+    return {role: f"{image_name} {suffix}" for role, suffix in SUFFIXES.items()}
+
+
 def _find(viewer, name: str, kind: type, ndim: int):
     """The existing layer called `name` if it has the right type and dimensionality."""
     if name in viewer.layers:
@@ -101,53 +109,94 @@ def _find(viewer, name: str, kind: type, ndim: int):
     return None
 
 
-def _drop_if_empty_mismatch(viewer, name: str, shape: tuple[int, ...]) -> None:
-    """Remove an *empty* result layer of another shape (e.g. made before the channel setting changed);
-    one holding any label is kept, and the new layer gets a distinct name from napari."""
-    if name in viewer.layers:
-        layer = viewer.layers[name]
-        if isinstance(layer, Labels) and layer.data.shape != shape and not np.asarray(layer.data).any():
-            viewer.layers.remove(layer)
+def _shape_name(name: str, shape: tuple[int, ...]) -> str:
+    return f"{name} ({'x'.join(str(s) for s in shape)})"
+
+
+def _labels_layer(viewer, name: str, shape: tuple[int, ...], dtype, transform: dict, **kwargs):
+    """The Labels layer `name` of this shape: reused, or swapped in from where an earlier channel
+    setting parked it, or new. A layer of another shape under the name is parked as
+    '<name> (<shape>)' when it holds labels (nothing is lost) and removed when empty, so toggling
+    a setting never piles up 'name [1]', 'name [2]' duplicates."""
+    existing = viewer.layers[name] if name in viewer.layers else None
+    if isinstance(existing, Labels) and existing.data.shape == shape:
+        return existing
+    if existing is not None:
+        if isinstance(existing, Labels) and np.asarray(existing.data).any():
+            parked = _shape_name(name, existing.data.shape)
+            if parked in viewer.layers:
+                viewer.layers.remove(viewer.layers[parked])
+            existing.name = parked
+        else:
+            viewer.layers.remove(existing)
+    parked = _shape_name(name, shape)
+    if parked in viewer.layers and isinstance(viewer.layers[parked], Labels):
+        layer = viewer.layers[parked]
+        layer.name = name
+        return layer
+    return viewer.add_labels(np.zeros(shape, dtype), name=name, **transform, **kwargs)
 
 
 def ensure_prompt_layers(viewer, image_layer, info: ImageInfo) -> PromptLayers:
     """Find or create the four layers that belong to `image_layer` (reused so nothing is lost)."""
     ndim = image_layer.ndim  # prompts live in all the image's dimensions (incl. a channel slider)
-    base = image_layer.name
+    names = layer_names(image_layer.name)
     transform = _layer_transform(image_layer)
-    labels_ndim = len(info.spatial_shape)
     labels_transform = _layer_transform(image_layer, info.spatial_axes)
 
-    for suffix in ("objects", "current object"):
-        _drop_if_empty_mismatch(viewer, f"{base} {suffix}", info.spatial_shape)
-    objects = _find(viewer, f"{base} objects", Labels, labels_ndim)
-    if objects is None or objects.data.shape != info.spatial_shape:
-        objects = viewer.add_labels(np.zeros(info.spatial_shape, np.int32), name=f"{base} objects",
-                                    opacity=0.5, **labels_transform)
-    current = _find(viewer, f"{base} current object", Labels, labels_ndim)
-    if current is None or current.data.shape != info.spatial_shape:
-        current = viewer.add_labels(np.zeros(info.spatial_shape, np.uint8), name=f"{base} current object",
-                                    opacity=0.6, **labels_transform)
-        current.colormap = _single_colour_colormap()
-    boxes = _find(viewer, f"{base} boxes", Shapes, ndim)
+    objects = _labels_layer(viewer, names["objects"], info.spatial_shape, np.int32, labels_transform, opacity=0.5)
+    current = _labels_layer(viewer, names["current"], info.spatial_shape, np.uint8, labels_transform, opacity=0.6)
+    current.colormap = _current_colormap()
+    boxes = _find(viewer, names["boxes"], Shapes, ndim)
     if boxes is None:
-        boxes = viewer.add_shapes(ndim=ndim, name=f"{base} boxes", edge_color="yellow", face_color="transparent",
+        boxes = viewer.add_shapes(ndim=ndim, name=names["boxes"], edge_color="yellow", face_color="transparent",
                                   edge_width=2, **transform)
         boxes.mode = "add_rectangle"
-    points = _find(viewer, f"{base} prompts", Points, ndim)
+    points = _find(viewer, names["prompts"], Points, ndim)
     if points is None:
         features = pd.DataFrame({"label": pd.Categorical([], categories=[POSITIVE, NEGATIVE])})
-        points = viewer.add_points(ndim=ndim, name=f"{base} prompts", features=features, face_color="label",
+        points = viewer.add_points(ndim=ndim, name=names["prompts"], features=features, face_color="label",
                                    face_color_cycle=PROMPT_COLORS, border_color="white", size=10, **transform)
         points.feature_defaults = {"label": POSITIVE}
         points.mode = "add"
     return PromptLayers(points, boxes, current, objects)
 
 
-def _single_colour_colormap():
+def sync_transform(viewer, image_layer, info: ImageInfo) -> None:
+    """Give the image's plugin layers its current scale and translate (after the user changed them)."""
+    full = {"scale": image_layer.scale, "translate": image_layer.translate}
+    spatial = _layer_transform(image_layer, info.spatial_axes)
+    for role, name in layer_names(image_layer.name).items():
+        if name not in viewer.layers:
+            continue
+        layer = viewer.layers[name]
+        values = full if layer.ndim == image_layer.ndim else spatial
+        layer.scale, layer.translate = values["scale"], values["translate"]
+
+
+def remove_prompt_layers(viewer, image_name: str) -> Optional[str]:
+    """Remove an image's prompt, box and current-object layers (and an empty objects layer).
+    Returns the objects layer's name when it was kept because it holds committed labels."""
+    names = layer_names(image_name)
+    for role in ("prompts", "boxes", "current"):
+        if names[role] in viewer.layers:
+            viewer.layers.remove(viewer.layers[names[role]])
+    if names["objects"] in viewer.layers:
+        objects = viewer.layers[names["objects"]]
+        if np.asarray(objects.data).any():
+            return objects.name
+        viewer.layers.remove(objects)
+    return None
+
+
+def _current_colormap():
+    """Cyan for the prompted object; other colours for the objects of extra boxes (2, 3, ...)."""
     from napari.utils.colormaps import DirectLabelColormap
 
-    return DirectLabelColormap(color_dict={None: "transparent", 0: "transparent", 1: "cyan"})
+    extra = ["magenta", "yellow", "orange", "lime", "deepskyblue", "pink", "gold", "violet"]
+    colors = {None: "transparent", 0: "transparent", 1: "cyan"}
+    colors.update({value: extra[(value - 2) % len(extra)] for value in range(2, 256)})
+    return DirectLabelColormap(color_dict=colors)
 
 
 def point_label_mode(points: Points) -> str:

@@ -4,7 +4,7 @@ Input coordinates are image data coordinates as napari has them: (y, x) for 2D i
 (z, y, x) for volumes, pixel centres at integers. A 2D image is slice 0.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -34,10 +34,15 @@ class PlanePrompt:
 
 @dataclass
 class GroupedPrompts:
-    """Prompts per slice index, and how many were ignored because they lie outside the image."""
+    """Prompts per slice index, and how many were ignored because they lie outside the image.
+
+    extra_boxes: slice -> the boxes before the last one on that slice, each one more object
+        (micro-sam's batched mode: several boxes = several objects in one go).
+    """
 
     by_slice: dict[int, PlanePrompt]
     outside: int
+    extra_boxes: dict[int, tuple[tuple[float, float, float, float], ...]] = field(default_factory=dict)
 
 
 def _inside(value: float, size: int) -> bool:
@@ -51,12 +56,13 @@ def group_prompts(point_coords: np.ndarray, point_labels: np.ndarray, boxes: lis
     point_coords: (N, D) image data coordinates, D = len(spatial_shape) (2 or 3).
     point_labels: (N,) 1 positive / 0 negative.
     boxes: list of (K, D) corner coordinates; each becomes its bounding box on its slice. When a
-        slice has several boxes the last one drawn is used (SAM takes one box per object).
+        slice has several boxes, the last one drawn goes with the slice's points (SAM takes one box
+        per object) and each earlier one is an object of its own (`extra_boxes`).
     """
     ndim = len(spatial_shape)
     height, width = spatial_shape[-2:]
     points: dict[int, list] = {}
-    found_boxes: dict[int, tuple] = {}
+    found_boxes: dict[int, list] = {}
     outside = 0
 
     def slice_of(coord) -> Optional[int]:
@@ -80,10 +86,12 @@ def group_prompts(point_coords: np.ndarray, point_labels: np.ndarray, boxes: lis
         if z is None or y1 < -0.5 or x1 < -0.5 or y0 >= height - 0.5 or x0 >= width - 0.5:
             outside += 1
             continue
-        found_boxes[z] = (max(x0, 0.0), max(y0, 0.0), min(x1, width - 1.0), min(y1, height - 1.0))
+        found_boxes.setdefault(z, []).append((max(x0, 0.0), max(y0, 0.0), min(x1, width - 1.0), min(y1, height - 1.0)))
 
     by_slice = {}
     for z in sorted(set(points) | set(found_boxes)):
         pairs = points.get(z, [])
-        by_slice[z] = PlanePrompt(tuple(p for p, _ in pairs), tuple(lab for _, lab in pairs), found_boxes.get(z))
-    return GroupedPrompts(by_slice, outside)
+        last_box = found_boxes[z][-1] if z in found_boxes else None
+        by_slice[z] = PlanePrompt(tuple(p for p, _ in pairs), tuple(lab for _, lab in pairs), last_box)
+    extra = {z: tuple(found[:-1]) for z, found in found_boxes.items() if len(found) > 1}
+    return GroupedPrompts(by_slice, outside, extra)

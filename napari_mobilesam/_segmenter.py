@@ -70,13 +70,17 @@ class VolumeSegmenter(ImageSegmenter):
 
     is_volume = True
 
-    def __init__(self, predictor, data, info: ImageInfo, cache_dir=None, model_id: Optional[str] = None) -> None:
+    def __init__(self, predictor, data, info: ImageInfo, cache_dir=None, model_id: Optional[str] = None,
+                 max_in_memory: int = 16, cache_max_bytes: Optional[int] = None) -> None:
         """data: the layer's array as napari holds it (numpy, dask, zarr: slices are read on demand).
-        model_id: identity of the weights for the disk cache; None = a fingerprint of the model's weights."""
+        model_id: identity of the weights for the disk cache; None = a fingerprint of the model's weights.
+        max_in_memory: slice embeddings kept in memory (4 MB each).
+        cache_max_bytes: size budget of the cache folder (least recently used slices evicted), or None."""
         from mobilesam.volume import VolumeEmbeddings
 
         super().__init__(predictor, data, info)
-        self.embeddings = VolumeEmbeddings(data, predictor, axis=0, cache_dir=cache_dir, model_id=model_id)
+        self.embeddings = VolumeEmbeddings(data, predictor, axis=0, cache_dir=cache_dir, model_id=model_id,
+                                           max_in_memory=max_in_memory, cache_max_bytes=cache_max_bytes)
 
     def has_embedding(self, z: int) -> bool:
         return self.embeddings.is_cached(z)

@@ -18,13 +18,16 @@ class BackgroundTask:
     """One piece of work in a worker thread, with a progress bar and a cancel event.
 
     work: called in the worker thread as `work(progress=callback, cancel=event)`.
-    on_done(result) / on_error(exception) / on_finally() run in the GUI thread.
+    on_done(result) / on_error(exception) / on_finally() / on_progress(done, total) run in the GUI thread
+    (on_progress drives the dock's own progress bar).
     """
 
     def __init__(self, work: Callable[..., Any], description: str,
                  on_done: Callable[[Any], None], on_error: Callable[[BaseException], None],
-                 on_finally: Optional[Callable[[], None]] = None) -> None:
+                 on_finally: Optional[Callable[[], None]] = None,
+                 on_progress: Optional[Callable[[int, int], None]] = None) -> None:
         self.description = description
+        self._on_progress = on_progress
         self.cancel_event = threading.Event()
         # The bar in napari's activity dock has its own cancel button, wired to the same event.
         self._bar = cancelable_progress(total=0, desc=description, cancel_callback=self.cancel)
@@ -51,6 +54,8 @@ class BackgroundTask:
         return self.worker.is_running
 
     def _report(self, done: int, total: int) -> None:
+        if self._on_progress is not None:
+            self._on_progress(done, total)
         if self._bar is None:
             return
         if self._bar.total != total:

@@ -1,234 +1,256 @@
-"""The MobileSAM dock widget: prompts in napari layers -> masks from the core.
+"""The MobileSAM dock widget: prompts in napari layers -> masks from the core, one session per image.
 
-Layout: model (type / checkpoint / backend), image layer, interactive prompting (candidates, commit,
-clear), volume tools (propagation, embedding cache), "segment everything", and a task row with
-a cancel button. Slow work (loading the model, encoding slices, propagation, automatic masks)
-runs in a napari thread worker (`BackgroundTask`); decoding prompts is fast and runs here.
+Layout (`_sections.py`): model, image and embeddings, prompts, volume tools (shown for volumes
+only), segment everything, and an always-visible status line with progress bar and Cancel, all in
+a scroll area with collapsible sections. State per image lives in `_session.py` (Qt-free): switching
+images swaps sessions, so every mask comes from the embedding of the image it is drawn on.
 
-The widget holds no model logic: `ImageSegmenter`/`VolumeSegmenter` wrap the core's predictor
-and volume embeddings, `mobilesam.volume` propagates, `mobilesam.SamAutomaticMaskGenerator`
-segments everything.
+Slow work (loading the model, encoding, propagation, automatic masks, full-size masks of huge
+images) runs in a napari thread worker (`BackgroundTask`); decoding prompts of ordinary images is
+fast and runs here. The widget holds no model logic: `ImageSegmenter`/`VolumeSegmenter` wrap the
+core's predictor and volume embeddings.
 """
 
 import logging
 import os
+import re
+from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, PushButton,
-                              SpinBox)
+from magicgui.widgets import Container
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer
 
-import mobilesam
 from mobilesam.errors import Cancelled, MissingWeightsError, MobileSamError
-from mobilesam.model_zoo import MODEL_TYPES
+from mobilesam.image import MAX_PIXELS
 from mobilesam.onnx import BACKENDS
 from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS
 
-from ._layers import (CHANNEL_CHOICES, NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
-                      ensure_prompt_layers, point_label_mode, read_boxes, read_points, set_point_label_mode)
-from ._prompts import GroupedPrompts, PlanePrompt, group_prompts
-from ._segmenter import ImageSegmenter, VolumeSegmenter
+from ._layers import (NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
+                      ensure_prompt_layers, layer_names, read_boxes, read_points, remove_prompt_layers,
+                      set_point_label_mode, sync_transform)
+from ._prompts import GroupedPrompts, group_prompts
+from ._sections import (KEYS, EverythingSection, ImageSection, ModelSection, PromptSection, StatusSection,
+                        VolumeSection, backend_default)
+from ._model import BackendUnavailable, build_predictor, default_cache_dir, make_segmenter, slice_prompts
+from ._session import ImageSession, Sessions, SegmenterKey, next_candidate, pick_candidate
 from ._tasks import BackgroundTask
 
 logger = logging.getLogger(__name__)
 
-CANDIDATES = ("best", "1", "2", "3")
-BACKEND_ENV = "MOBILESAM_BACKEND"  # the Backend choice's initial value, as for the Label Studio backend
-
-# Keys free in napari's own bindings for Points and Shapes layers (where prompting happens) and
-# the viewer; they are bound on the viewer and on the prompt layers.
-KEYS = {
-    "segment": "Shift-S",
-    "commit": "C",
-    "clear": "Shift-C",
-    "toggle": "T",
-    "candidate": "M",
-}
-KEY_HELP = "\n".join([
-    f"{KEYS['toggle']}: new points positive/negative",
-    f"{KEYS['segment']}: segment now",
-    f"{KEYS['candidate']}: next mask candidate",
-    f"{KEYS['commit']}: commit object (new label id)",
-    f"{KEYS['clear']}: clear prompts",
-])
+BACKGROUND_DECODE_PIXELS = 1 << 22  # slices larger than 4 MP get their full-size masks in a worker
+DEFAULT_POINTS_PER_SIDE = 16  # segment everything: 256 prompts, about a minute on 2 CPU cores for vit_t
+SECONDS_PER_PROMPT_CPU = 0.15  # rough vit_t decoder cost per grid point on a 2-core CPU, for the estimate
 
 
 class MobileSamWidget(Container):
     """Interactive MobileSAM segmentation of the selected Image layer (2D, RGB or 3D)."""
 
     def __init__(self, napari_viewer) -> None:
-        super().__init__(labels=True)
+        super().__init__(labels=False)
         self.viewer = napari_viewer
         self.messages: list[tuple[str, str]] = []  # (level, text) of every notification, newest last
+        self.sessions = Sessions()
         self._predictor = None
         self._model_key = None
-        self._segmenter = None
-        self._segmenter_key = None
         self._layers: Optional[PromptLayers] = None
+        self._layers_of = None  # the image layer `_layers` belong to
         self._task: Optional[BackgroundTask] = None
         self._pending_segment = False
         self._muted = False  # while the widget itself edits prompt layers
-        self._shown: dict[int, PlanePrompt] = {}  # slice -> prompt whose mask is displayed
-        self._candidates: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # slice -> (masks, scores)
-        self._object_prompts: dict[int, dict[int, PlanePrompt]] = {}  # committed id -> slice prompts
 
         self._build()
-        self._apply_backend_default()
         self._bind_keys()
+        self.viewer.mouse_drag_callbacks.append(self._hint_on_image_click)
         _configure_runtime()
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            event.connect(self._on_layers_changed)
+        events = self.viewer.layers.events
+        events.inserted.connect(self._on_layer_inserted)
+        events.removed.connect(self._on_layer_removed)
+        self.viewer.layers.selection.events.active.connect(self._on_selection)
         self.image.reset_choices()
+        if self.image.value is None and self.image.choices:
+            self.image.value = self.image.choices[-1]
         self._on_image_changed()
 
     # ---------------------------------------------------------------- layout
     def _build(self) -> None:
-        self.model_type = ComboBox(label="Model", choices=MODEL_TYPES, value="vit_t",
-                                   tooltip="vit_t is MobileSAM (fast); vit_b/l/h are the original SAM models")
-        self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", value="",
-                                   tooltip="Optional weights file (its architecture is read from the file); "
-                                           "empty = the official weights of the chosen model from the cache "
-                                           "folder (downloaded on first use)")
-        self.backend = ComboBox(label="Backend", choices=BACKENDS, value="torch",
-                                tooltip="torch runs the model itself; onnx runs it with ONNX Runtime (needs "
-                                        "napari-mobilesam[onnx]; the first use exports the model to the cache "
-                                        f"folder). Default from ${BACKEND_ENV}")
-        self.image = ComboBox(label="Image", choices=self._image_choices, nullable=True)
-        self.channels = ComboBox(label="Channels", choices=CHANNEL_CHOICES, value="auto",
-                                 tooltip="auto: RGB layers have channels last, other 3-D layers are volumes (Z, Y, X)")
-        self.auto_segment = CheckBox(text="Segment on every prompt change", value=True)
-        self.candidate = ComboBox(label="Mask candidate", choices=CANDIDATES, value="best",
-                                  tooltip="SAM proposes 3 masks; 'best' takes the highest predicted IoU")
-        self.scores = Label(label="Predicted IoU", value="-")
-        self.point_mode = Label(label="New points", value=POSITIVE)
-        self.segment_button = PushButton(text=f"Segment [{KEYS['segment']}]")
-        self.toggle_button = PushButton(text=f"+/- [{KEYS['toggle']}]")
-        self.commit_button = PushButton(text=f"Commit [{KEYS['commit']}]")
-        self.clear_button = PushButton(text=f"Clear [{KEYS['clear']}]")
-        self.key_help = Label(label="Keys", value=KEY_HELP)
+        self.model_section = ModelSection(BACKENDS)
+        self.image_section = ImageSection(self._image_choices)
+        self.prompt_section = PromptSection()
+        self.volume_section = VolumeSection(DEFAULT_IOU_THRESHOLD, PROJECTIONS, DEFAULT_PROJECTION)
+        self.everything_section = EverythingSection(DEFAULT_POINTS_PER_SIDE)
+        self.status_section = StatusSection()
+        # Every section widget is also an attribute of the dock (widget.checkpoint, widget.image, ...).
+        for section in (self.model_section, self.image_section, self.prompt_section, self.volume_section,
+                        self.everything_section, self.status_section):
+            for name, value in vars(section).items():
+                if not name.startswith("_") and name not in ("body", "header", "title") and hasattr(value, "native"):
+                    setattr(self, name, value)
+        # The sections scroll; the status line, progress bar and Cancel stay in view below them.
+        self.sections = Container(widgets=[self.model_section, self.image_section, self.prompt_section,
+                                           self.volume_section, self.everything_section],
+                                  labels=False)
+        self.extend([self.sections, self.status_section])
+        _scroll_area_around(self.native.layout(), self.sections)
+        self.native.setMinimumWidth(300)
 
-        self.iou_threshold = FloatSpinBox(
-            label="Stop below IoU", value=DEFAULT_IOU_THRESHOLD, min=0.0, max=1.0, step=0.05,
-            tooltip="Propagation of an object stops where its mask overlaps the previous slice's less than this")
-        self.projection = ComboBox(label="Projection", choices=PROJECTIONS, value=DEFAULT_PROJECTION,
-                                   tooltip="How each slice's mask prompts the next slice (see mobilesam.volume)")
-        self.volume_button = PushButton(text="Segment volume",
-                                        tooltip="Propagate the current object from its prompted slices through z")
-        self.all_objects_button = PushButton(text="All objects",
-                                             tooltip="Propagate every committed object through z at once")
-        self.cache_dir = FileEdit(label="Embedding cache", mode="d", value="",
-                                  tooltip="Folder where slice embeddings are saved and loaded from")
-        self.precompute_button = PushButton(text="Precompute volume embeddings")
-
-        self.points_per_side = SpinBox(label="Points per side", value=32, min=1, max=128,
-                                       tooltip="Grid of point prompts for 'Segment everything'")
-        self.everything_iou = FloatSpinBox(label="Min predicted IoU", value=0.88, min=0.0, max=1.0, step=0.01,
-                                           tooltip="Masks whose predicted IoU is lower are dropped")
-        self.everything_stability = FloatSpinBox(label="Min stability", value=0.95, min=0.0, max=1.0, step=0.01,
-                                                 tooltip="Masks that change under small threshold shifts are dropped")
-        self.everything_button = PushButton(text="Segment everything (image / current slice)")
-
-        self.status = Label(label="Status", value="ready")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-
-        self.extend([
-            _heading("Model and image"), self.model_type, self.checkpoint, self.backend, self.image, self.channels,
-            _heading("Prompts (click points, draw boxes)"), self.auto_segment, self.candidate, self.scores,
-            self.point_mode,
-            _row(self.segment_button, self.toggle_button), _row(self.commit_button, self.clear_button),
-            self.key_help,
-            _heading("Volumes (Z, Y, X)"), self.iou_threshold, self.projection,
-            _row(self.volume_button, self.all_objects_button), self.cache_dir, self.precompute_button,
-            _heading("Segment everything"), self.points_per_side, self.everything_iou,
-            self.everything_stability, self.everything_button,
-            self.status, self.cancel_button,
-        ])
+        backend, warning = backend_default(BACKENDS)
+        self.backend.value = backend
+        if warning:
+            self._notify("warning", f"MobileSAM: {warning}")
         self.image.changed.connect(self._on_image_changed)
-        self.channels.changed.connect(self._on_image_changed)
-        self.model_type.changed.connect(self._on_model_changed)
-        self.checkpoint.changed.connect(self._on_model_changed)
-        self.backend.changed.connect(self._on_model_changed)
+        self.channels.changed.connect(self._on_channels_changed)
+        for widget in (self.model_type, self.checkpoint, self.backend):
+            widget.changed.connect(self._on_model_changed)
         self.candidate.changed.connect(self._repaint_candidates)
-        self.segment_button.changed.connect(lambda: self.segment_prompts())
-        self.toggle_button.changed.connect(lambda: self.toggle_point_label())
-        self.commit_button.changed.connect(lambda: self.commit())
-        self.clear_button.changed.connect(lambda: self.clear())
-        self.volume_button.changed.connect(lambda: self.segment_volume())
-        self.all_objects_button.changed.connect(lambda: self.segment_all_objects())
-        self.precompute_button.changed.connect(lambda: self.precompute_embeddings())
-        self.everything_button.changed.connect(lambda: self.segment_everything())
-        self.cancel_button.changed.connect(lambda: self.cancel())
-
-    def _apply_backend_default(self) -> None:
-        value = os.environ.get(BACKEND_ENV, "").strip().lower()
-        if value in BACKENDS:
-            self.backend.value = value
-        elif value:
-            self._notify("warning", f"MobileSAM: {BACKEND_ENV} must be one of {', '.join(BACKENDS)}, "
-                                    f"not {value!r}; using {self.backend.value}")
+        self.points_per_side.changed.connect(self._update_estimate)
+        buttons = {
+            self.segment_button: self.segment_prompts, self.toggle_button: self.toggle_point_label,
+            self.commit_button: self.commit, self.clear_button: self.clear,
+            self.volume_button: self.segment_volume, self.all_objects_button: self.segment_all_objects,
+            self.embed_button: self.compute_embeddings, self.everything_button: self.segment_everything,
+            self.cancel_button: self.cancel,
+        }
+        for button, action in buttons.items():
+            button.changed.connect(lambda _=None, action=action: action())
+        self._show_weights()
+        self._update_estimate()
 
     def _bind_keys(self) -> None:
         actions = {
-            "segment": self.segment_prompts, "commit": self.commit, "clear": self.clear,
-            "toggle": self.toggle_point_label, "candidate": self.next_candidate,
+            "segment": self.segment_prompts, "volume": self.segment_volume, "commit": self.commit,
+            "clear": self.clear, "toggle": self.toggle_point_label, "candidate": self.next_candidate,
         }
         self._key_actions = {KEYS[name]: action for name, action in actions.items()}
         for key, action in self._key_actions.items():
             self.viewer.bind_key(key, _key_handler(action), overwrite=True)
+        for layer in self.viewer.layers:
+            self._bind_layer_keys(layer)
 
-    def _bind_layer_keys(self, layers: PromptLayers) -> None:
-        # The active layer's bindings win over the viewer's, so the prompt layers carry them too.
-        for layer in (layers.points, layers.boxes):
-            for key, action in self._key_actions.items():
-                if key == KEYS["toggle"] and layer is layers.boxes:
-                    continue  # T draws paths in Shapes layers; keep napari's meaning there
-                layer.bind_key(key, _key_handler(action), overwrite=True)
+    def _bind_layer_keys(self, layer) -> None:
+        # The active layer's keymap is searched before the viewer's (e.g. C = auto-contrast on
+        # images, M = new label on Labels), so every layer carries the plugin's keys.
+        for key, action in self._key_actions.items():
+            layer.bind_key(key, _key_handler(action), overwrite=True)
 
     # ---------------------------------------------------------------- messages
     def _notify(self, level: str, text: str) -> None:
         self.messages.append((level, text))
+        if level != "info" or not self.busy:  # a running task's line is not overwritten by info
+            self.status.value = text
         {"info": show_info, "warning": show_warning, "error": show_error}[level](text)
 
     def _report_error(self, exc: BaseException) -> None:
         if isinstance(exc, Cancelled):
             self._notify("info", f"MobileSAM: cancelled ({exc})")
         elif isinstance(exc, MissingWeightsError):
-            self._notify("error", f"MobileSAM: no model weights. {exc} "
-                                  "Or choose a checkpoint file in the widget's 'Checkpoint' field.")
+            self._notify("error", "MobileSAM: no model weights. Choose a checkpoint file in 'Checkpoint' "
+                                  f"(Model section), or: {exc}")
         elif isinstance(exc, (MobileSamError, ValueError, LayerError)):
-            self._notify("error", f"MobileSAM: {exc}")
+            self._notify("error", f"MobileSAM: {_without_unsafe_advice(str(exc))}")
         else:
             logger.error("MobileSAM task failed", exc_info=(type(exc), exc, exc.__traceback__))
-            self._notify("error", f"MobileSAM failed: {type(exc).__name__}: {exc}")
+            self._notify("error", f"MobileSAM failed: {type(exc).__name__}: {_without_unsafe_advice(str(exc))}")
 
     # ---------------------------------------------------------------- image and layers
     def _image_choices(self, _widget=None):
         return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
 
-    def _on_layers_changed(self, event=None) -> None:
-        if self._layers is not None and any(layer not in self.viewer.layers for layer in self._layers.all()):
-            self._layers = None  # the user removed one: recreated (empty) when next needed
+    def _on_layer_inserted(self, event) -> None:
+        layer = event.value
+        self._bind_layer_keys(layer)
+        self.image.reset_choices()
+        if isinstance(layer, Image):
+            self.image.value = layer  # a newly opened image is the one the user wants to work on
+
+    def _hint_on_image_click(self, viewer, event) -> None:
+        """A click with an image layer active adds nothing: say where prompts go (no pop-up)."""
+        layer = viewer.layers.selection.active
+        if isinstance(layer, Image) and event.type == "mouse_press":
+            self.status.value = (f"Clicks on the image layer {layer.name!r} add no prompts: select "
+                                 f"'{layer.name} prompts' (points) or '{layer.name} boxes' in the layer list")
+
+    def _on_layer_removed(self, event) -> None:
+        layer = event.value
+        if isinstance(layer, Image):
+            session = self.sessions.drop(layer)
+            if session is not None:
+                self._remove_plugin_layers_of(layer)
+            if self._layers_of is layer:
+                self._layers = self._layers_of = None
+        elif self._layers is not None and layer in self._layers.all():
+            self._layers = None  # recreated (empty) when next needed
         self.image.reset_choices()
         if self.image.value is None and self.image.choices:
-            self.image.value = self.image.choices[-1]  # the newest image, e.g. one just opened
+            self.image.value = self.image.choices[-1]
+
+    def _remove_plugin_layers_of(self, image_layer) -> None:
+        """The image is gone: its prompt layers go too; committed objects are kept (and said so)."""
+        kept = remove_prompt_layers(self.viewer, image_layer.name)
+        if kept:
+            self._notify("info", f"MobileSAM: image {image_layer.name!r} removed; its committed objects stay "
+                                 f"in {kept!r}")
+
+    def _on_selection(self, event=None) -> None:
+        active = self.viewer.layers.selection.active
+        if isinstance(active, Image) and active is not self.image.value and not self._muted:
+            self.image.value = active
 
     def _on_image_changed(self, _value=None) -> None:
-        self._reset_prompt_state()
-        self._layers = None
-        if self.image.value is not None:
-            try:
-                self._prompt_layers()
-            except LayerError as exc:
-                self._notify("warning", f"MobileSAM: {exc}")
+        self._layers = self._layers_of = None
+        layer = self.image.value
+        self._show_reading()
+        if layer is None:
+            return
+        session = self._session()
+        self._show_session(session)
+        try:
+            self._prompt_layers()
+        except LayerError as exc:
+            self._notify("warning", f"MobileSAM: {exc}")
 
-    def _reset_prompt_state(self) -> None:
-        self._shown.clear()
-        self._candidates.clear()
-        self._object_prompts.clear()
+    def _on_channels_changed(self, _value=None) -> None:
+        session = self._session()
+        if session is not None:
+            session.drop_segmenter()  # the image is read differently: other embeddings
+        self._on_image_changed()
+
+    def _session(self) -> Optional[ImageSession]:
+        layer = self.image.value
+        if layer is None:
+            return None
+        return self.sessions.get(layer, lambda: layer.name)
+
+    def _show_session(self, session: ImageSession) -> None:
+        self.point_mode.value = session.point_label
         self.scores.value = "-"
+
+    def _show_reading(self) -> None:
+        """Say how the image is read (and hide the volume tools for 2D images)."""
+        layer = self.image.value
+        if layer is None:
+            self.reading.value = "-"
+            self.volume_section.visible = False
+            return
+        try:
+            info = self._describe(layer)
+        except LayerError as exc:
+            self.reading.value = str(exc)
+            self.volume_section.visible = False
+            return
+        shape = " × ".join(str(s) for s in info.spatial_shape)
+        if info.is_volume:
+            text = f"volume of {info.spatial_shape[0]} slices ({shape})"
+            if info.spatial_shape[0] <= 5:
+                text += "; if these are channels, choose 'first axis is channels'"
+        elif info.channel_axis is not None:
+            text = f"2D image {shape}, {layer.data.shape[info.channel_axis]} channels"
+        else:
+            text = f"2D image {shape}"
+        self.reading.value = text
+        self.volume_section.visible = info.is_volume
 
     def _image_layer(self):
         layer = self.image.value
@@ -240,51 +262,112 @@ class MobileSamWidget(Container):
             raise LayerError("no image layer: open or add an image, then choose it in the MobileSAM widget")
         return layer
 
-    def _on_model_changed(self, _value=None) -> None:
-        # Masks on screen came from the previous model: segment the prompts again with the new one.
-        self._shown.clear()
-        self._candidates.clear()
-        if self.auto_segment.value and self._layers is not None:
-            self.segment_prompts()
-
     def _describe(self, image_layer):
-        return describe_image(image_layer, self.channels.value)
+        info = describe_image(image_layer, self.channels.value)
+        height, width = info.spatial_shape[-2:]
+        if height * width > MAX_PIXELS:  # refused before any layer is allocated
+            raise LayerError(f"image {image_layer.name!r} has slices of {height} × {width} pixels, more than the "
+                             f"{MAX_PIXELS:,} pixel limit; crop or downsample it (napari: Layers > Transform)")
+        return info
 
     def _prompt_layers(self) -> PromptLayers:
         image_layer = self._image_layer()
-        if self._layers is None:
+        if self._layers is None or self._layers_of is not image_layer:
             info = self._describe(image_layer)
             self._muted = True
             try:
                 self._layers = ensure_prompt_layers(self.viewer, image_layer, info)
             finally:
                 self._muted = False
-            self._layers.points.events.data.connect(self._on_prompts_changed)
-            self._layers.points.events.features.connect(self._on_prompts_changed)
-            self._layers.boxes.events.data.connect(self._on_prompts_changed)
-            self._bind_layer_keys(self._layers)
+            self._layers_of = image_layer
+            layers = self._layers
+            for event in (layers.points.events.data, layers.points.events.features, layers.boxes.events.data):
+                _connect_once(event, self._on_prompts_changed)
+            _connect_once(image_layer.events.scale, self._on_image_transform)
+            _connect_once(image_layer.events.translate, self._on_image_transform)
+            set_point_label_mode(layers.points, self._session().point_label)
             # Clicking should add points right away; deferred because napari selects a newly
             # inserted layer after its insertion events have run.
             QTimer.singleShot(0, self._activate_points)
         return self._layers
 
+    def _on_image_transform(self, event=None) -> None:
+        image_layer = getattr(event, "source", None) or self.image.value
+        try:
+            info = self._describe(image_layer)
+        except LayerError:
+            return
+        sync_transform(self.viewer, image_layer, info)
+
     def _activate_points(self) -> None:
         if self._layers is not None and self._layers.points in self.viewer.layers:
-            self.viewer.layers.selection.active = self._layers.points
+            self._muted = True
+            try:
+                self.viewer.layers.selection.active = self._layers.points
+            finally:
+                self._muted = False
 
     # ---------------------------------------------------------------- model and embeddings
     def _wanted_model_key(self) -> tuple[str, str, str]:
         """(model type, checkpoint path or "", backend)."""
         path = str(self.checkpoint.value) if self.checkpoint.value else ""
-        if path in ("", "."):
+        if path in ("", ".") or Path(path).is_dir():  # an emptied file field reads as the current folder
             path = ""
         return self.model_type.value, path, self.backend.value
+
+    def _show_weights(self) -> None:
+        """Which weights file will be used, and whether the Model choice matters."""
+        model_type, path, _ = self._wanted_model_key()
+        self.model_type.enabled = not path
+        if path:
+            self.weights.value = f"{Path(path).name} (architecture read from the file)"
+            return
+        env = os.environ.get("MOBILESAM_CHECKPOINT")
+        if env:
+            self.weights.value = f"{Path(env).name} from $MOBILESAM_CHECKPOINT"
+            return
+        from mobilesam.weights import cached_path
+
+        try:
+            cached = cached_path(model_type)
+        except (KeyError, ValueError):
+            self.weights.value = f"official {model_type} weights"
+            return
+        self.weights.value = f"{cached}" + ("" if cached.is_file() else " (downloaded on first use)")
 
     def use_predictor(self, predictor) -> None:
         """Use this predictor (e.g. one already built, or a stand-in) for the current model setting."""
         self._predictor = predictor
         self._model_key = self._wanted_model_key()
-        self._segmenter = None
+        for session in self._all_sessions():
+            session.drop_segmenter()
+
+    def _all_sessions(self):
+        return [self.sessions.get(layer) for layer in self.viewer.layers
+                if isinstance(layer, Image) and layer in self.sessions]
+
+    @property
+    def _segmenter(self):
+        """The current image's segmenter (its embeddings), or None."""
+        session = self._session()
+        return session.segmenter if session is not None else None
+
+    def _on_model_changed(self, _value=None) -> None:
+        self._show_weights()
+        # Masks on screen came from the previous model: segment the prompts again with the new one.
+        session = self._session()
+        if session is not None:
+            session.forget_masks()
+        if self.auto_segment.value and self._layers is not None:
+            self.segment_prompts()
+
+    def _cache_dir(self, info) -> Optional[str]:
+        chosen = str(self.cache_dir.value) if self.cache_dir.value and str(self.cache_dir.value) != "." else ""
+        if chosen:
+            return chosen
+        if not info.is_volume:
+            return None
+        return str(default_cache_dir())  # volumes: persisted by default
 
     def _current_image(self):
         """(image layer, its description), or None after telling the user why there is none."""
@@ -297,37 +380,42 @@ class MobileSamWidget(Container):
 
     def _prepare(self, description: str, slices: list[int], then: Callable, extra: Optional[Callable] = None,
                  ) -> None:
-        """In a worker: load the model, build the segmenter, encode `slices`, run `extra(segmenter, progress,
-        cancel)`; then call `then(result_of_extra)` in the GUI thread."""
+        """In a worker: load the model, build the image's segmenter, encode `slices`, run
+        `extra(segmenter, progress, cancel)`; then call `then(result_of_extra)` in the GUI thread."""
         current = self._current_image()
         if current is None:
             return
         image_layer, info = current
+        session = self._session()
         model_key = self._wanted_model_key()
-        cache_dir = str(self.cache_dir.value) if self.cache_dir.value and str(self.cache_dir.value) != "." else None
-        segmenter_key = (id(image_layer), info, model_key, cache_dir)
+        key = SegmenterKey(model_key, info, self._cache_dir(info))
+        data = image_layer.data
         predictor = self._predictor if self._model_key == model_key else None
-        segmenter = self._segmenter if (predictor is not None and self._segmenter_key == segmenter_key) else None
+        segmenter = session.segmenter_for(key, data) if predictor is not None else None
         # Only the backend changed: the loaded weights serve the new predictor too.
         same_weights = self._model_key is not None and self._model_key[:2] == model_key[:2]
         model = getattr(self._predictor, "model", None) if same_weights else None
         if predictor is None and model_key[2] == "onnx":
             description += " (ONNX Runtime; the first use exports the model)"
-        data = image_layer.data
 
         def work(progress, cancel):
             nonlocal predictor, segmenter
             if predictor is None:
                 predictor = build_predictor(model_key, model)
             if segmenter is None:
-                segmenter = make_segmenter(predictor, data, info, cache_dir, _model_id(predictor, model_key))
+                segmenter = make_segmenter(predictor, data, info, key.cache_dir, model_key)
             segmenter.compute_embeddings(slices, progress=progress, cancel=cancel)
             result = extra(segmenter, progress, cancel) if extra is not None else None
             return predictor, segmenter, result
 
         def done(outcome):
-            self._predictor, self._segmenter, result = outcome
-            self._model_key, self._segmenter_key = model_key, segmenter_key
+            predictor_, segmenter_, result = outcome
+            if self._predictor is not predictor_:
+                for other in self._all_sessions():  # their embeddings belong to the old predictor's model
+                    if other is not session:
+                        other.drop_segmenter()
+            self._predictor, self._model_key = predictor_, model_key
+            session.use_segmenter(segmenter_, key, data)
             self._end_task()
             try:
                 then(result)
@@ -344,7 +432,8 @@ class MobileSamWidget(Container):
             if isinstance(exc, BackendUnavailable):
                 self._restore_backend()
 
-        self._start_task(BackgroundTask(work, description, on_done=done, on_error=failed))
+        self._start_task(BackgroundTask(work, description, on_done=done, on_error=failed,
+                                        on_progress=self._show_progress))
 
     def _restore_backend(self) -> None:
         """Go back to the backend of the last working predictor (torch if none worked yet); its
@@ -354,16 +443,29 @@ class MobileSamWidget(Container):
             self._notify("info", f"MobileSAM: backend set back to {previous}")
             self.backend.value = previous
 
+    # ---------------------------------------------------------------- tasks
     def _start_task(self, task: BackgroundTask) -> None:
         self._task = task
         self.status.value = f"{task.description}…"
+        self.progress.value, self.progress.max = 0, 0  # busy indicator until the first report
+        self.progress.visible = True
         self.cancel_button.enabled = True
         task.start()
 
+    def _show_progress(self, done: int, total: int) -> None:
+        if self._task is None:
+            return
+        self.progress.max = max(total, 1)
+        self.progress.value = min(done, total)
+        percent = 100 * done // max(total, 1)
+        self.status.value = f"{self._task.description}… {done}/{total} ({percent}%)"
+
     def _end_task(self) -> None:
+        description = self._task.description if self._task is not None else ""
         self._task = None
-        self.status.value = "ready"
+        self.progress.visible = False
         self.cancel_button.enabled = False
+        self.status.value = f"done: {description[len('MobileSAM: '):]}" if description else "ready"
 
     def _run_pending(self) -> None:
         if self._pending_segment:
@@ -386,6 +488,18 @@ class MobileSamWidget(Container):
             self.status.value = "cancelling…"
             self._task.cancel()
 
+    def compute_embeddings(self) -> None:
+        """Encode the selected image now (every slice of a volume), with progress and Cancel."""
+        current = self._current_image()
+        if current is None or self._refuse_if_busy():
+            return
+        _, info = current
+        slices = list(range(info.spatial_shape[0])) if info.is_volume else [0]
+        self._prepare("MobileSAM: computing embeddings", slices,
+                      then=lambda _: self._notify("info", "MobileSAM: embeddings ready; click to segment"))
+
+    precompute_embeddings = compute_embeddings  # the name used before the explicit embeddings step
+
     # ---------------------------------------------------------------- prompting
     def _grouped_prompts(self, layers: PromptLayers, image_layer) -> GroupedPrompts:
         info = self._describe(image_layer)
@@ -400,7 +514,19 @@ class MobileSamWidget(Container):
         action = str(getattr(event, "action", "") or "")
         if self._muted or action.endswith("ing"):  # adding/changing/removing: wait for the final event
             return
+        source = getattr(event, "source", None)
+        if self._layers is not None and source is not None and source not in self._layers.all():
+            return  # prompts of another image: segmented when the user works on it again
+        if getattr(source, "_is_creating", False):
+            # A box being drawn: napari announces it at the press and again, complete, at the
+            # release (while still flagged as drawing), so look again once the event is over.
+            QTimer.singleShot(0, lambda: self._segment_when_drawn(source))
+            return
         if self.auto_segment.value:
+            self.segment_prompts()
+
+    def _segment_when_drawn(self, shapes) -> None:
+        if not getattr(shapes, "_is_creating", False) and self.auto_segment.value:
             self.segment_prompts()
 
     def segment_prompts(self) -> None:
@@ -411,55 +537,78 @@ class MobileSamWidget(Container):
         try:
             layers = self._prompt_layers()
             image_layer = self._image_layer()
+            info = self._describe(image_layer)
             grouped = self._grouped_prompts(layers, image_layer)
         except LayerError as exc:
             self._notify("error", f"MobileSAM: {exc}")
             return
-        changed = [z for z in sorted(set(grouped.by_slice) | set(self._shown))
-                   if grouped.by_slice.get(z) != self._shown.get(z)]
-        if not changed:
+        session = self._session()
+        ready = self._predictor is not None and self._model_key == self._wanted_model_key()
+        key = SegmenterKey(self._wanted_model_key(), info, self._cache_dir(info))
+        segmenter = session.segmenter_for(key, image_layer.data) if ready else None
+        if segmenter is None:
+            session.forget_masks()  # nothing shown came from this image's current embeddings
+        if not session.changed_slices(grouped):
             return
-        ready = (self._segmenter is not None and self._model_key == self._wanted_model_key())
-        missing = [z for z in changed if z in grouped.by_slice and not (ready and self._segmenter.has_embedding(z))]
-        if missing:
+        if segmenter is None or session.missing_embeddings(grouped, segmenter):
+            missing = session.missing_embeddings(grouped, segmenter)
             self._prepare("MobileSAM: computing image embedding", missing, then=lambda _: self.segment_prompts())
             return
-        for z in changed:
-            prompt = grouped.by_slice.get(z)
-            if prompt is None:
-                self._candidates.pop(z, None)
-                self._paint(layers, z, None)
-            else:
-                try:
-                    masks, scores = self._segmenter.predict(z, prompt)
-                except (MobileSamError, ValueError, RuntimeError) as exc:
-                    self._report_error(exc)
-                    return
-                self._candidates[z] = (masks, scores)
-                self._paint(layers, z, self._pick(masks, scores))
-            self._shown[z] = prompt
+        choice = self.candidate.value
+        height, width = info.spatial_shape[-2:]
+        if height * width > BACKGROUND_DECODE_PIXELS:  # full-size masks of huge slices: off the GUI thread
+            self._start_task(BackgroundTask(lambda progress, cancel: session.segment(grouped, choice),
+                                            "MobileSAM: segmenting",
+                                            on_done=lambda shown: self._finish_segment(layers, session, shown),
+                                            on_error=self._on_segment_error))
+            return
+        try:
+            shown = session.segment(grouped, choice)
+        except (MobileSamError, ValueError, RuntimeError) as exc:
+            self._report_error(exc)
+            return
+        self._show_masks(layers, session, shown)
+
+    def _finish_segment(self, layers, session, shown) -> None:
+        self._end_task()
+        if layers is self._layers:
+            self._show_masks(layers, session, shown)
+        self._run_pending()
+
+    def _on_segment_error(self, exc) -> None:
+        self._end_task()
+        self._report_error(exc)
+
+    def _show_masks(self, layers: PromptLayers, session: ImageSession, shown: dict) -> None:
+        for z, labels in shown.items():
+            self._paint(layers, z, labels)
+        self._show_scores(session)
         layers.current.refresh()
 
-    def _pick(self, masks: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        choice = self.candidate.value
-        index = int(np.argmax(scores)) if choice == "best" else min(int(choice) - 1, len(masks) - 1)
+    def _show_scores(self, session: ImageSession) -> None:
+        if not session.candidates:
+            self.scores.value = "-"
+            return
+        masks, scores = session.candidates[max(session.candidates)]
+        index = pick_candidate((masks, scores), self.candidate.value)
         self.scores.value = " / ".join(("[%.2f]" if i == index else "%.2f") % s for i, s in enumerate(scores))
-        return masks[index]
 
-    def _paint(self, layers: PromptLayers, z: int, mask: Optional[np.ndarray]) -> None:
+    def _paint(self, layers: PromptLayers, z: int, labels: Optional[np.ndarray]) -> None:
         target = layers.current.data if layers.current.ndim == 2 else layers.current.data[z]
-        target[...] = 0 if mask is None else mask.astype(target.dtype)
+        target[...] = 0 if labels is None else labels.astype(target.dtype)
 
     def _repaint_candidates(self, _value=None) -> None:
-        if self._layers is None or not self._candidates:
+        session = self._session()
+        if self._layers is None or session is None or not session.candidates:
             return
-        for z, (masks, scores) in self._candidates.items():
-            self._paint(self._layers, z, self._pick(masks, scores))
+        for z in session.candidates:
+            self._paint(self._layers, z, session.labels(z, self.candidate.value))
+        self._show_scores(session)
         self._layers.current.refresh()
 
     def next_candidate(self) -> None:
-        index = CANDIDATES.index(self.candidate.value)
-        self.candidate.value = CANDIDATES[1 + index % (len(CANDIDATES) - 1)]
+        """best -> 1 -> 2 -> 3 -> best."""
+        self.candidate.value = next_candidate(self.candidate.value)
 
     def toggle_point_label(self) -> None:
         """Switch whether new points are positive or negative."""
@@ -468,29 +617,32 @@ class MobileSamWidget(Container):
         except LayerError as exc:
             self._notify("error", f"MobileSAM: {exc}")
             return
-        label = NEGATIVE if point_label_mode(points) == POSITIVE else POSITIVE
-        set_point_label_mode(points, label)
-        self.point_mode.value = label
+        session = self._session()
+        session.point_label = NEGATIVE if session.point_label == POSITIVE else POSITIVE
+        set_point_label_mode(points, session.point_label)
+        self.point_mode.value = session.point_label
 
     def commit(self) -> None:
-        """Add the current object to the committed Labels with a new id, then clear the prompts."""
+        """Add the current object(s) to the committed Labels with new ids, then clear the prompts."""
         try:
             layers = self._prompt_layers()
             image_layer = self._image_layer()
+            grouped = self._grouped_prompts(layers, image_layer)
         except LayerError as exc:
             self._notify("error", f"MobileSAM: {exc}")
             return
-        mask = np.asarray(layers.current.data) > 0
-        if not mask.any():
+        current = np.asarray(layers.current.data)
+        if not current.any():
             self._notify("info", "MobileSAM: nothing to commit (the current object is empty)")
             return
-        objects = layers.objects.data
-        new_id = int(objects.max()) + 1
-        objects[mask & (objects == 0)] = new_id  # existing objects are never overwritten
+        session = self._session()
+        new_ids = session.commit(current, layers.objects.data, grouped)
         layers.objects.refresh()
-        self._object_prompts[new_id] = dict(self._grouped_prompts(layers, image_layer).by_slice)
         self.clear()
-        self.status.value = f"committed object {new_id}"
+        set_point_label_mode(layers.points, session.point_label)
+        self.point_mode.value = session.point_label
+        ids = ", ".join(str(i) for i in new_ids) or "none (already covered by committed objects)"
+        self._notify("info", f"MobileSAM: committed object {ids}; click the next object")
 
     def clear(self) -> None:
         """Remove all prompts and the current object."""
@@ -507,8 +659,7 @@ class MobileSamWidget(Container):
             layers.current.refresh()
         finally:
             self._muted = False
-        self._shown.clear()
-        self._candidates.clear()
+        self._session().forget_masks()
         self.scores.value = "-"
 
     # ---------------------------------------------------------------- volumes
@@ -531,17 +682,19 @@ class MobileSamWidget(Container):
             return
         from mobilesam.volume import propagate_object
 
-        prompts = _slice_prompts(grouped.by_slice)
+        prompts = slice_prompts(grouped.by_slice)
         iou, projection = self.iou_threshold.value, self.projection.value
+        session = self._session()
 
         def propagate(segmenter, progress, cancel):
             return propagate_object(segmenter.embeddings, prompts, iou_threshold=iou, projection=projection,
                                     progress=progress, cancel=cancel)
 
         def show(mask):
-            layers.current.data[...] = np.asarray(mask, dtype=layers.current.data.dtype)
-            layers.current.refresh()
-            self._candidates.clear()
+            current = self._live_layers(layers).current
+            current.data[...] = np.asarray(mask, dtype=current.data.dtype)
+            current.refresh()
+            session.candidates.clear()
 
         if not self._refuse_if_busy():
             self._prepare("MobileSAM: segmenting volume", [], then=show, extra=propagate)
@@ -549,17 +702,18 @@ class MobileSamWidget(Container):
     def segment_all_objects(self) -> None:
         """Propagate every committed object through the volume at once; only empty voxels are filled."""
         try:
-            layers, _, _ = self._volume_prompts()
+            layers, image_layer, _ = self._volume_prompts()
         except LayerError as exc:
             self._notify("error", f"MobileSAM: {exc}")
             return
-        ids = [obj for obj, by_slice in sorted(self._object_prompts.items()) if by_slice]
+        session = self._session()
+        ids = session.committed_with_prompts(np.asarray(layers.objects.data))
         if not ids:
             self._notify("warning", "MobileSAM: commit at least one object (with its prompts) first")
             return
         from mobilesam.volume import segment_objects
 
-        objects = [_slice_prompts(self._object_prompts[obj]) for obj in ids]
+        objects = [slice_prompts(session.object_prompts[obj]) for obj in ids]
         label_of = np.array([0, *ids], dtype=np.int32)  # the core numbers objects 1..N in list order
         iou, projection = self.iou_threshold.value, self.projection.value
 
@@ -569,36 +723,46 @@ class MobileSamWidget(Container):
             return label_of[labels]
 
         def show(labels):
-            target = layers.objects.data
+            target_layer = self._live_layers(layers, image_layer).objects
+            target = target_layer.data
             labels = np.asarray(labels)
             free = (target == 0) & (labels > 0)
             target[free] = labels[free]
-            layers.objects.refresh()
+            target_layer.refresh()
 
         if not self._refuse_if_busy():
             self._prepare("MobileSAM: segmenting objects through the volume", [], then=show, extra=propagate)
 
-    def precompute_embeddings(self) -> None:
-        """Encode every slice of the volume (saved to the cache folder when one is set)."""
-        try:
-            self._volume_prompts()
-        except LayerError as exc:
-            self._notify("error", f"MobileSAM: {exc}")
-            return
-        if not self._refuse_if_busy():
-            self._prepare("MobileSAM: computing volume embeddings", [],
-                          then=lambda _: self._notify("info", "MobileSAM: volume embeddings ready"),
-                          extra=lambda segmenter, progress, cancel: segmenter.embed_all(progress, cancel))
+    def _live_layers(self, layers: PromptLayers, image_layer=None) -> PromptLayers:
+        """`layers` if all are still in the viewer; else the image's layers made again (and said so),
+        so a result is never written into a layer the user removed meanwhile."""
+        if all(layer in self.viewer.layers for layer in layers.all()):
+            return layers
+        image_layer = image_layer or self._image_layer()
+        names = layer_names(image_layer.name)
+        missing = [layer.name for layer in layers.all() if layer not in self.viewer.layers]
+        self._notify("warning", f"MobileSAM: layer(s) {', '.join(missing)} were removed while working; "
+                                f"the result is in new layers named {names['objects']!r} etc.")
+        self._layers = None
+        fresh = ensure_prompt_layers(self.viewer, image_layer, self._describe(image_layer))
+        return fresh
 
     # ---------------------------------------------------------------- everything
+    def _update_estimate(self, _value=None) -> None:
+        prompts = self.points_per_side.value ** 2
+        seconds = prompts * SECONDS_PER_PROMPT_CPU
+        self.estimate.value = f"{prompts} prompts, roughly {seconds / 60:.1f} min on a 2-core CPU (Cancel stops it)"
+
     def segment_everything(self) -> None:
         """Automatic masks for the current 2D image or slice, into '<image> everything' Labels."""
         current = self._current_image()
-        if current is None:
+        if current is None or self._refuse_if_busy():
             return
         image_layer, info = current
         z = current_slice(self.viewer, image_layer) if info.is_volume else 0
-        settings = {"points_per_side": self.points_per_side.value, "pred_iou_thresh": self.everything_iou.value,
+        # Small batches: Cancel is checked between batches, so it answers within about a second on a CPU.
+        settings = {"points_per_side": self.points_per_side.value, "points_per_batch": 16,
+                    "pred_iou_thresh": self.everything_iou.value,
                     "stability_score_thresh": self.everything_stability.value}
 
         def generate(segmenter, progress, cancel):
@@ -615,69 +779,50 @@ class MobileSamWidget(Container):
             if layer is None or layer.data.shape != info.spatial_shape:
                 from ._layers import _layer_transform
 
-                layer = self.viewer.add_labels(np.zeros(info.spatial_shape, np.int32), name=name, opacity=0.5,
-                                               **_layer_transform(image_layer, info.spatial_axes))
+                self._muted = True  # the new layer must not take the clicks away from the prompts
+                try:
+                    layer = self.viewer.add_labels(np.zeros(info.spatial_shape, np.int32), name=name, opacity=0.5,
+                                                   **_layer_transform(image_layer, info.spatial_axes))
+                finally:
+                    self._muted = False
             target = layer.data[z] if info.is_volume else layer.data
             target[...] = labels
             layer.refresh()
+            QTimer.singleShot(0, self._activate_points)
             self._notify("info", f"MobileSAM: {len(np.unique(labels[labels > 0]))} objects found")
 
-        if not self._refuse_if_busy():
-            self._prepare("MobileSAM: segmenting everything", [], then=show, extra=generate)
+        self._prepare("MobileSAM: segmenting everything", [0] if not info.is_volume else [z], then=show,
+                      extra=generate)
 
 
-def _heading(text: str) -> Label:
-    return Label(value=f"<b>{text}</b>")
+def _scroll_area_around(layout, container) -> None:
+    """Put `container` (already in `layout`) inside a vertical scroll area that takes the height.
+    Made here rather than with magicgui's `scrollable=True`, whose scroll area is lost when the
+    container is nested in another one."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    inner = container.native
+    index = layout.indexOf(inner)
+    layout.removeWidget(inner)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setWidget(inner)
+    layout.insertWidget(index, scroll, 1)
 
 
-def _row(*widgets) -> Container:
-    return Container(widgets=widgets, layout="horizontal", labels=False)
+def _connect_once(emitter, callback) -> None:
+    emitter.disconnect(callback)
+    emitter.connect(callback)
 
 
-class BackendUnavailable(MobileSamError):
-    """The chosen backend could not be started for a model that loaded fine (e.g. no onnxruntime)."""
-
-
-def build_predictor(model_key: tuple[str, str, str], model=None):
-    """A `SamPredictor` for (model type, checkpoint, backend), loading the weights unless `model` is
-    given. Slow (loading, ONNX export on first use): call it in a worker thread."""
-    model_type, checkpoint, backend = model_key
-    if model is None:
-        model = mobilesam.load_model(None if checkpoint else model_type, checkpoint or None)
-    if backend == "torch":
-        return mobilesam.SamPredictor(model)
-    from mobilesam.onnx import default_onnx_dir
-
-    try:
-        return mobilesam.SamPredictor(model, backend=backend, onnx_dir=default_onnx_dir(model))
-    except Exception as exc:  # noqa: BLE001 - any failure leaves the previous backend in use
-        raise BackendUnavailable(f"the {backend} backend could not be started: {exc}") from exc
-
-
-def make_segmenter(predictor, data, info, cache_dir: Optional[str], model_id: Optional[str]):
-    if info.is_volume:
-        return VolumeSegmenter(predictor, data, info, cache_dir=cache_dir, model_id=model_id)
-    return ImageSegmenter(predictor, data, info)
-
-
-def _slice_prompts(by_slice: dict[int, PlanePrompt]) -> list:
-    from mobilesam.volume import SlicePrompt
-
-    out = []
-    for z, prompt in sorted(by_slice.items()):
-        coords, labels = prompt.point_arrays()
-        out.append(SlicePrompt(z, coords, labels, prompt.box_array()))
-    return out
-
-
-def _model_id(predictor, model_key: tuple[str, str]) -> Optional[str]:
-    """Identity of the weights for the embedding cache. None lets the core fingerprint the model's
-    weights (so a cache is never shared by different weights); a predictor without a `model`
-    (a custom or stand-in one) is identified by the widget's model setting."""
-    if getattr(predictor, "model", None) is not None:
-        return None
-    model_type, checkpoint = model_key[:2]
-    return f"{model_type}-{checkpoint}" if checkpoint else model_type
+def _without_unsafe_advice(text: str) -> str:
+    """Drop any clause about `weights_only` (torch suggests re-running with weights_only=False, and
+    loading an untrusted pickle that way runs its code: never pass that advice on)."""
+    text = re.sub(r"\s*\([^()]*weights_only[^()]*\)", " (torch's safe loader refused it)", text)
+    return re.sub(r"[^.()]*weights_only.*?(trusted source\.|$)", "", text)
 
 
 def _key_handler(action: Callable[[], None]) -> Callable:

@@ -71,7 +71,7 @@ def test_disk_cache_reused_and_invalidated(tmp_path, small_checkpoint, counted_p
     predictor, calls = counted_predictor
     volume = small_volume()
     model_id = model_fingerprint("vit_t", small_checkpoint)
-    assert model_id == f"vit_t-{mobilesam.weights.sha256sum(small_checkpoint)}"
+    assert model_id == f"vit_t-{mobilesam.weights.sha256sum(small_checkpoint)}-in1024"  # model_identity's format
     cache = tmp_path / "cache.zarr"
 
     first = VolumeEmbeddings(volume, predictor, cache_dir=cache, model_id=model_id)

@@ -12,3 +12,9 @@ def plugin_widget(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
     return viewer, widget
+
+
+@pytest.fixture(autouse=True)
+def private_cache_folder(tmp_path_factory, monkeypatch):
+    """Embeddings of volumes are saved in the cache folder by default: never the user's real one."""
+    monkeypatch.setenv("MOBILESAM_HOME", str(tmp_path_factory.mktemp("mobilesam_home")))

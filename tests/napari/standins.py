@@ -66,3 +66,81 @@ def disk(shape, centre_yx, radius):
 def wait_idle(qtbot, widget, timeout=60_000):
     """Wait until the widget's background task (if any) has finished."""
     qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+class ContentPredictor(DiskPredictor):
+    """A `DiskPredictor` whose masks also depend on the encoded image: each disk is cut to the pixels
+    brighter than 127 in the image the current embedding was made from (the embedding carries the
+    image). A mask decoded from another image's embedding therefore differs, or has another shape."""
+
+    def set_image(self, image, image_format="RGB"):
+        super().set_image(image, image_format)
+        self._bright = np.asarray(image)[..., 0] > 127
+
+    def get_embedding_state(self):
+        h, w = self.original_size
+        return EmbeddingState(torch.from_numpy(self._bright.astype(np.float32))[None, None], (h, w), (h, w))
+
+    def set_embedding(self, state):
+        super().set_embedding(state)
+        self._bright = state.features[0, 0].numpy() > 0.5
+
+    def predict(self, *args, **kwargs):
+        masks, scores, logits = super().predict(*args, **kwargs)
+        return masks & self._bright[None], scores, logits
+
+
+def click(viewer, world_yx, modifiers=None):
+    """A real left click on the canvas at world (y, x) (the displayed slice for volumes)."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    canvas = viewer.window._qt_viewer.canvas
+    x, y = canvas.view.scene.transform.map([world_yx[-1], world_yx[-2], 0, 1])[:2]
+    QTest.mouseClick(canvas.native, Qt.MouseButton.LeftButton, modifiers or Qt.KeyboardModifier.NoModifier,
+                     QPoint(int(round(x)), int(round(y))))
+
+
+def drag(viewer, start_yx, end_yx):
+    """A real left-button drag on the canvas between world (y, x) points (draws a box in box mode)."""
+    from qtpy.QtCore import QPoint, Qt
+    from qtpy.QtTest import QTest
+
+    canvas = viewer.window._qt_viewer.canvas
+    native = canvas.native
+
+    def to_canvas(world):
+        x, y = canvas.view.scene.transform.map([world[-1], world[-2], 0, 1])[:2]
+        return QPoint(int(round(x)), int(round(y)))
+
+    start, end = to_canvas(start_yx), to_canvas(end_yx)
+    QTest.mousePress(native, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, start)
+    for step in range(1, 6):
+        point = start + (end - start) * (step / 5)
+        QTest.mouseMove(native, point)
+    QTest.mouseRelease(native, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier, end)
+
+
+def press(viewer, key):
+    """Send a key press to the canvas, as when the user types it."""
+    from qtpy.QtCore import Qt
+    from qtpy.QtGui import QKeyEvent
+    from qtpy.QtWidgets import QApplication
+
+    *mods, name = key.split("-")
+    modifiers = Qt.KeyboardModifier.ShiftModifier if "Shift" in mods else Qt.KeyboardModifier.NoModifier
+    qt_key = getattr(Qt.Key, f"Key_{name.upper()}")
+    canvas = viewer.window._qt_viewer.canvas.native
+    text = name.upper() if mods else name.lower()
+    for kind in (QKeyEvent.Type.KeyPress, QKeyEvent.Type.KeyRelease):
+        QApplication.sendEvent(canvas, QKeyEvent(kind, qt_key, modifiers, text))
+
+
+def bright_image(shape, seed):
+    """uint8 image: random bright rectangles (>127) on a dark background (<100)."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 100, shape).astype(np.uint8)
+    for _ in range(6):
+        y, x = rng.integers(0, shape[0] - 10), rng.integers(0, shape[1] - 10)
+        image[y:y + rng.integers(5, 20), x:x + rng.integers(5, 20)] = 200
+    return image

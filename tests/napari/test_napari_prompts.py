@@ -24,7 +24,7 @@ def test_widget_creates_prompt_layers(plugin_widget, qtbot):
     assert viewer.layers["img objects"].data.shape == (60, 80)
     qtbot.waitUntil(lambda: viewer.layers.selection.active is viewer.layers["img prompts"])
     # The key bindings are listed in the widget.
-    for key in ("Shift-S", "C", "Shift-C", "T", "M"):
+    for key in ("S", "Shift-S", "C", "Shift-C", "T", "M"):
         assert key in widget.key_help.value
 
 
@@ -70,7 +70,10 @@ def test_candidates_keys_commit_and_clear(plugin_widget, qtbot):
 
     widget.candidate.value = "3"
     np.testing.assert_array_equal(current.data > 0, disk((60, 80), (20, 30), 8))
-    press(viewer, "M")  # next candidate wraps around to 1
+    press(viewer, "M")  # next candidate comes back to "best" ...
+    assert widget.candidate.value == "best"
+    np.testing.assert_array_equal(current.data > 0, disk((60, 80), (20, 30), 5))
+    press(viewer, "M")  # ... and then 1
     assert widget.candidate.value == "1"
     np.testing.assert_array_equal(current.data > 0, disk((60, 80), (20, 30), 2))
     widget.candidate.value = "best"
@@ -118,7 +121,7 @@ def test_box_prompt_and_manual_segment_key(plugin_widget, qtbot):
     boxes.add_rectangles(np.array([[10.0, 20.0], [30.0, 50.0]]))
     current = viewer.layers["img current object"]
     assert not current.data.any()  # no automatic segmentation
-    press(viewer, "Shift-S")
+    press(viewer, "S")
     wait_idle(qtbot, widget)
     expected = np.zeros((60, 80), bool)
     expected[10:31, 20:51] = True

@@ -65,7 +65,7 @@ def test_precompute_saves_a_cache_that_later_sessions_load(plugin_widget, qtbot,
     wait_idle(qtbot, widget)
     assert len(predictor.encoded_images) == 4
     assert any(tmp_path.rglob("*")), "nothing written to the cache folder"
-    assert widget.messages[-1] == ("info", "MobileSAM: volume embeddings ready")
+    assert widget.messages[-1] == ("info", "MobileSAM: embeddings ready; click to segment")
 
     # A fresh predictor (as after restarting napari) loads the slices from the cache.
     fresh = DiskPredictor()

@@ -8,8 +8,8 @@ features) is kept in a bounded least-recently-used cache in memory and, with `ca
 store on disk, so reopening the same data with the same model encodes nothing.
 
 Disk cache keys. The store holds one group per model identity (`model_id`, e.g.
-`model_fingerprint("vit_t", "mobile_sam.pt")` = model type + sha256 of the checkpoint file, plus
-the encoder input size) and, inside it, one array per slice named by the sha256 of the exact
+`mobilesam.serving.model_identity(model_type="vit_t", checkpoint="mobile_sam.pt")` = model type +
+sha256 of the checkpoint file + the encoder input size) and, inside it, one array per slice named by the sha256 of the exact
 (H, W, 3) uint8 image fed to the encoder. The image hash covers the slice data *and* the intensity
 normalisation and channel handling, so changed data, a changed contrast range or a changed model
 can never be served a stale embedding; an array is only read back if it was completely written and
@@ -39,6 +39,7 @@ from ..errors import Cancelled, MobileSamError
 from ..image import intensity_range, to_rgb_uint8
 from ..predictor import EmbeddingState
 from .io import READ_ERRORS
+from ..serving.identity import model_identity
 
 ProgressCallback = Callable[[int, int], None]
 INTENSITY_SAMPLE_SLICES = 16  # slices read to estimate the volume's intensity range
@@ -50,28 +51,17 @@ class VolumeReadError(MobileSamError):
 
 
 def model_fingerprint(model_type: str, checkpoint_path: Union[str, os.PathLike]) -> str:
-    """Identity of a model for embedding caches: "<model_type>-<sha256 of the checkpoint file>".
-
-    Two checkpoints with different bytes never share cached embeddings.
-    """
-    from ..weights import sha256sum
-
-    return f"{model_type}-{sha256sum(checkpoint_path)}"
-
+    """Alias of `mobilesam.serving.model_identity(model_type=..., checkpoint=...)`, kept for callers
+    of the volume API: model type + sha256 of the checkpoint file + encoder input size."""
+    return model_identity(model_type=model_type, checkpoint=checkpoint_path)
 
 
 def weights_fingerprint(model: torch.nn.Module) -> str:
-    """Identity of an in-memory model: sha256 over its state dict (names, shapes, dtypes, values).
+    """Alias of `mobilesam.serving.model_identity(model)`: identity of an in-memory model from its weights.
 
     Used when no `model_id` is given, so a cache is never shared by models with other weights.
-    Costs one pass over the weights (about 0.1 s for vit_t).
     """
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        t = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}:{tuple(tensor.shape)}:{t.dtype};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return f"weights-{digest.hexdigest()}"
+    return model_identity(model)
 
 
 class VolumeEmbeddings:
@@ -85,9 +75,11 @@ class VolumeEmbeddings:
     channel_axis: axis of channels for 4-D volumes (default: the last axis).
     cache_dir: folder of an on-disk zarr store of embeddings (created if missing), or None.
     max_in_memory: how many slice embeddings the in-memory LRU keeps (each 4 MB).
-    model_id: identity of the model for the disk cache keys, e.g. `model_fingerprint(...)`;
+    model_id: identity of the model for the disk cache keys, e.g. `model_identity(...)`;
         when None and `cache_dir` is set, it is computed from the model's weights.
     value_range: (low, high) intensities mapped to 0..255; default: computed once per volume.
+    cache_max_bytes: size budget of the whole `cache_dir` store (all models); after each save the
+        least recently used slice embeddings are deleted until it fits. None: no limit.
 
     The data are assumed not to change while this object is alive; make a new one if they do
     (the disk cache, keyed by the slice content, stays valid for unchanged slices).
@@ -97,7 +89,8 @@ class VolumeEmbeddings:
     def __init__(self, volume, predictor, axis: int = 0, channel_axis: Optional[int] = None,
                  cache_dir: Optional[Union[str, Path]] = None, max_in_memory: int = 16,
                  model_id: Optional[str] = None,
-                 value_range: Optional[tuple[float, float]] = None) -> None:
+                 value_range: Optional[tuple[float, float]] = None,
+                 cache_max_bytes: Optional[int] = None) -> None:
         shape = tuple(int(s) for s in getattr(volume, "shape", ()))
         if len(shape) not in (3, 4):
             raise ValueError(f"a volume must be (Z, Y, X) or (Z, Y, X, C); got shape {shape}")
@@ -136,7 +129,7 @@ class VolumeEmbeddings:
         if self.cache_dir is not None:
             if self.model_id is None:
                 self.model_id = weights_fingerprint(predictor.model)
-            self._store = _EmbeddingStore(self.cache_dir, self._model_key())
+            self._store = _EmbeddingStore(self.cache_dir, self._model_key(), cache_max_bytes)
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -287,7 +280,11 @@ class VolumeEmbeddings:
         model = getattr(self.predictor, "model", None)
         img_size = getattr(getattr(model, "image_encoder", None), "img_size", None)
         key = re.sub(r"[^A-Za-z0-9_.-]", "_", str(self.model_id))
-        return f"{key}-in{img_size}" if img_size else key
+        if not img_size:
+            return key
+        # The encoder actually used decides the input size (an id made from a checkpoint file alone
+        # assumes 1024): replace the id's own input-size suffix, if any.
+        return re.sub(r"-in\d+$", "", key) + f"-in{img_size}"
 
 
 class _EmbeddingStore:
@@ -299,7 +296,7 @@ class _EmbeddingStore:
     served. zarr's temporary `*.partial` files left by a killed writer are removed on opening.
     """
 
-    def __init__(self, root: Path, model_key: str) -> None:
+    def __init__(self, root: Path, model_key: str, max_bytes: Optional[int] = None) -> None:
         try:
             import zarr
         except ImportError:
@@ -308,6 +305,8 @@ class _EmbeddingStore:
             raise MobileSamError(f"embedding cache {root} is a file, not a folder")
         root.mkdir(parents=True, exist_ok=True)
         self.root = root
+        self._model_dir = root / model_key
+        self._max_bytes = max_bytes
         _remove_stale_partials(root / model_key)
         try:
             self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
@@ -344,6 +343,7 @@ class _EmbeddingStore:
         except Exception as exc:  # noqa: BLE001 - zarr raises codec, JSON, key and OS errors for damaged entries
             problem = f"cannot be read ({type(exc).__name__}: {exc})"
         if problem is None:
+            _touch(self._model_dir / name)  # recently used: evicted last
             return state
         warnings.warn(f"embedding cache {self.root}: the entry of {where or name} {problem}; recomputing it",
                       stacklevel=3)
@@ -361,6 +361,24 @@ class _EmbeddingStore:
         # Written last: a crash mid-write leaves an array without it, which is never read back.
         array.attrs.update({"original_size": list(state.original_size), "input_size": list(state.input_size),
                             "sha256": _checksum(data), "complete": True})
+        if self._max_bytes is not None:
+            self._evict(keep=self._model_dir / name)
+
+    def _evict(self, keep: Path) -> None:
+        """Delete the least recently used slice arrays (any model) until the store fits its budget."""
+        entries = []
+        for model_dir in (p for p in self.root.iterdir() if p.is_dir()):
+            for array_dir in (p for p in model_dir.iterdir() if p.is_dir()):
+                size = sum(f.stat().st_size for f in array_dir.rglob("*") if f.is_file())
+                entries.append((array_dir.stat().st_mtime, array_dir, size))
+        total = sum(size for _, _, size in entries)
+        for _, array_dir, size in sorted(entries, key=lambda e: e[0]):
+            if total <= self._max_bytes:
+                break
+            if array_dir == keep:
+                continue
+            shutil.rmtree(array_dir, ignore_errors=True)
+            total -= size
 
 
 PARTIAL_MAX_AGE_S = 60.0  # zarr renames its `*.partial` files within milliseconds
@@ -382,6 +400,13 @@ def _remove_stale_partials(folder: Path) -> None:
 
 def _checksum(data: np.ndarray) -> str:
     return hashlib.sha256(data.tobytes()).hexdigest()
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass  # a read-only cache still serves embeddings
 
 
 def _normalize_axis(axis: int, ndim: int, name: str) -> int:

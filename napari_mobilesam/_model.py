@@ -1,0 +1,99 @@
+"""Model loading and embedding settings for the plugin: which predictor, which segmenter, which
+cache folder and budgets, and the model identity of cached embeddings. No Qt here.
+
+The model logic itself is the core's (`mobilesam.load_model`, `SamPredictor`, `VolumeEmbeddings`);
+these helpers only turn the widget's settings into calls to it.
+"""
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional
+
+import mobilesam
+from mobilesam.errors import MobileSamError
+
+from ._prompts import PlanePrompt
+from ._segmenter import ImageSegmenter, VolumeSegmenter
+
+logger = logging.getLogger(__name__)
+
+EMBEDDING_MEMORY_ENV = "MOBILESAM_EMBEDDING_MEMORY_MB"
+DEFAULT_EMBEDDING_MEMORY_MB = 2048  # 512 slice embeddings of 4 MB: work done is not thrown away
+EMBEDDING_CACHE_ENV = "MOBILESAM_EMBEDDING_CACHE_MB"
+DEFAULT_EMBEDDING_CACHE_MB = 4096  # budget of the default cache folder; a chosen folder has none
+
+
+class BackendUnavailable(MobileSamError):
+    """The chosen backend could not be started for a model that loaded fine (e.g. no onnxruntime)."""
+
+
+def build_predictor(model_key: tuple[str, str, str], model=None):
+    """A `SamPredictor` for (model type, checkpoint, backend), loading the weights unless `model` is
+    given. Slow (loading, ONNX export on first use): call it in a worker thread."""
+    model_type, checkpoint, backend = model_key
+    if model is None:
+        model = mobilesam.load_model(None if checkpoint else model_type, checkpoint or None)
+    if backend == "torch":
+        return mobilesam.SamPredictor(model)
+    from mobilesam.onnx import default_onnx_dir
+
+    try:
+        return mobilesam.SamPredictor(model, backend=backend, onnx_dir=default_onnx_dir(model))
+    except Exception as exc:  # noqa: BLE001 - any failure leaves the previous backend in use
+        raise BackendUnavailable(f"the {backend} backend could not be started: {exc}") from exc
+
+
+def make_segmenter(predictor, data, info, cache_dir: Optional[str], model_key: tuple[str, str, str]):
+    if info.is_volume:
+        default_folder = cache_dir is not None and Path(cache_dir) == default_cache_dir()
+        return VolumeSegmenter(predictor, data, info, cache_dir=cache_dir, model_id=_model_id(predictor, model_key),
+                               max_in_memory=_slices_in_memory(),
+                               cache_max_bytes=_megabytes(EMBEDDING_CACHE_ENV, DEFAULT_EMBEDDING_CACHE_MB) * 2**20
+                               if default_folder else None)
+    return ImageSegmenter(predictor, data, info)
+
+
+def _slices_in_memory() -> int:
+    """How many slice embeddings (4 MB each) fit the memory budget ($MOBILESAM_EMBEDDING_MEMORY_MB)."""
+    return max(1, _megabytes(EMBEDDING_MEMORY_ENV, DEFAULT_EMBEDDING_MEMORY_MB) // 4)
+
+
+def _megabytes(env: str, default: int) -> int:
+    try:
+        return max(1, int(float(os.environ.get(env, default))))
+    except ValueError:
+        logger.warning("%s must be a number of megabytes; using %d", env, default)
+        return default
+
+
+def default_cache_dir() -> Path:
+    from mobilesam.weights import cache_dir
+
+    return cache_dir() / "embeddings.zarr"
+
+
+def slice_prompts(by_slice: dict[int, PlanePrompt]) -> list:
+    from mobilesam.volume import SlicePrompt
+
+    out = []
+    for z, prompt in sorted(by_slice.items()):
+        coords, labels = prompt.point_arrays()
+        out.append(SlicePrompt(z, coords, labels, prompt.box_array()))
+    return out
+
+
+def _model_id(predictor, model_key: tuple[str, str, str]) -> Optional[str]:
+    """Identity of the weights for the embedding cache (`mobilesam.serving.model_identity`): from the
+    checkpoint file when one is chosen, else from the loaded weights. A predictor without a `model`
+    (a custom or stand-in one) is identified by the widget's model setting."""
+    from mobilesam.serving import model_identity
+
+    model_type, checkpoint = model_key[:2]
+    model = getattr(predictor, "model", None)
+    if checkpoint:
+        size = getattr(getattr(model, "image_encoder", None), "img_size", None)
+        return model_identity(model_type=model_type, checkpoint=checkpoint, input_size=size)
+    if model is not None:
+        return model_identity(model, model_type=model_type)
+    return f"standin-{model_type}"
