@@ -271,7 +271,11 @@ def test_slow_fetches_never_take_every_thread(make_backend, memory_images, vit_t
             for i in range(2)]
     for thread in slow:
         thread.start()
-    time.sleep(0.5)
+    slots = backend._image_loader._slots  # wait until both slow fetches really hold a slot (a loaded CI is slow)
+    deadline = time.perf_counter() + 20
+    while slots._value > 0 and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    assert slots._value == 0, "the two slow fetches never started"
     started = time.perf_counter()
     busy = client.post("/predict", json=predict_body([keypoint(5, 5, 64, 48)], f"{silent_host}/third.png"))
     assert busy.status_code == 503 and "MOBILESAM_MAX_FETCHES" in busy.get_json()["error"]
