@@ -458,8 +458,12 @@ class MobileSamBackend:
                            started: float) -> dict:
         """A click on an image above MOBILESAM_TILE_ABOVE: decoded by the core's tiled predictor at full
         resolution (see `tiled.TiledImages`); the mask is built from the object's bounding region."""
-        entry, was_open = self.tiled.open(url, lambda: self._load_image(url, project, task.get("id")),
-                                          prompt.original_size)
+        def load() -> np.ndarray:  # the claimed size is checked against the pixels before any tiling
+            image = self._load_image(url, project, task.get("id"))
+            self._check_claimed_size(prompt.original_size, image.shape[:2], url)
+            return image
+
+        entry, was_open = self.tiled.open(url, load, prompt.original_size)
         real = entry.embeddings.shape
         height, width = self._check_claimed_size(prompt.original_size, real, url)
         region, encoded = self.tiled.segment(entry, *prompt.in_pixels(*real))

@@ -175,7 +175,7 @@ class Settings:
         if self.max_image_pixels < 1:
             raise ValueError("MOBILESAM_MAX_IMAGE_PIXELS must be positive")
         if self.tile_above < 0:
-            raise ValueError(f"MOBILESAM_TILE_ABOVE must be 0 (never tile) or a number of pixels, got {self.tile_above}")
+            raise ValueError(f"MOBILESAM_TILE_ABOVE must be 0 (never tile) or pixels, got {self.tile_above}")
         if self.label_studio_url and not self.label_studio_url.startswith(("http://", "https://")):
             raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
         for name, value in (("MOBILESAM_MAX_DOWNLOAD_MB", self.max_download_bytes),

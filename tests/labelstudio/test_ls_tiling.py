@@ -83,11 +83,11 @@ class StandIn:
     def __init__(self):
         from mobilesam.tiling.testing import ComponentPredictor
 
-        class Predictor(ComponentPredictor):
-            encoded = []
+        encoded = []
 
+        class Predictor(ComponentPredictor):
             def set_image(self, image, image_format="RGB"):
-                Predictor.encoded.append(image.shape)
+                encoded.append(image.shape)
                 super().set_image(image, image_format)
 
             def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
@@ -95,7 +95,7 @@ class StandIn:
                 return super().predict(point_coords, point_labels, box, multimask_output=multimask_output)
 
         self.encoder, self.decoder = Predictor(), Predictor()
-        self.encoded = Predictor.encoded
+        self.encoded = encoded
 
 
 @pytest.fixture()
@@ -159,7 +159,7 @@ def test_click_near_a_tile_corner_gives_the_whole_object_and_tiles_are_reused(ma
 def test_polygon_result_is_in_percent_of_the_whole_image(make_tiled_backend):
     from skimage.draw import polygon
 
-    _, client, stand_in = make_tiled_backend()
+    _, client, _ = make_tiled_backend()
     items = click(client, [keypoint(1545, 790, WIDTH, HEIGHT, to_name="img")], "/data/upload/1/big.png",
                   config=CONFIG_POLYGON)
     assert len(items) == 1 and items[0]["type"] == "polygonlabels"
@@ -198,7 +198,7 @@ def test_opening_a_large_task_encodes_its_centre_tile(make_tiled_backend):
 
 
 def test_tiles_are_stored_on_disk_for_a_restarted_server(make_tiled_backend, tmp_path):
-    first, client, _ = make_tiled_backend(embedding_dir=tmp_path)
+    _, client, _ = make_tiled_backend(embedding_dir=tmp_path)
     click(client, [keypoint(1520, 750, WIDTH, HEIGHT)], "/data/upload/1/big.png")
     assert (tmp_path / "tiles").is_dir()
 
