@@ -9,6 +9,8 @@ Two predictors share the one model: the encoder's and the decoder's, each behind
 so a slow first click on one image never holds up quick clicks on another, and concurrent
 requests never see each other's embedding. With `MOBILESAM_BACKEND=onnx` both run on ONNX Runtime
 (the core's `SamPredictor(backend="onnx")`, sharing one exported model and its sessions).
+Clicks on images longer than MOBILESAM_TILE_ABOVE go through the core's tiled predictor instead
+(`tiled.TiledImages`): full resolution, only the tiles the object touches encoded.
 
 Opening a task (Label Studio's /predict without a context) answers at once with no prediction and
 queues the task's image for encoding (`Prewarmer`), so the first click finds its embedding ready;

@@ -179,7 +179,13 @@ def test_small_images_stay_untiled(make_tiled_backend):
     assert "predict.tiled" not in backend.metrics()["counters"]
 
 
-def test_tile_above_zero_never_tiles(make_tiled_backend):
+def test_tile_above_setting(make_tiled_backend):
+    from labelstudio_backend.settings import Settings
+
+    assert Settings.from_env({}).tile_above == 2048 and Settings.from_env({"MOBILESAM_TILE_ABOVE": "0"}).tile_above == 0
+    for bad in ("-1", "big"):
+        with pytest.raises(ValueError, match="MOBILESAM_TILE_ABOVE"):
+            Settings.from_env({"MOBILESAM_TILE_ABOVE": bad})
     backend, _, _ = make_tiled_backend(tile_above=0)
     assert not backend.tiled.wants((HEIGHT, WIDTH)) and not backend.tiled.wants((100000, 100000))
     assert make_tiled_backend()[0].tiled.wants((HEIGHT, WIDTH))
