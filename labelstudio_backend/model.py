@@ -9,6 +9,8 @@ Two predictors share the one model: the encoder's and the decoder's, each behind
 so a slow first click on one image never holds up quick clicks on another, and concurrent
 requests never see each other's embedding. With `MOBILESAM_BACKEND=onnx` both run on ONNX Runtime
 (the core's `SamPredictor(backend="onnx")`, sharing one exported model and its sessions).
+Clicks on images longer than MOBILESAM_TILE_ABOVE go through the core's tiled predictor instead
+(`tiled.TiledImages`): full resolution, only the tiles the object touches encoded.
 
 Opening a task (Label Studio's /predict without a context) answers at once with no prediction and
 queues the task's image for encoding (`Prewarmer`), so the first click finds its embedding ready;
@@ -38,8 +40,9 @@ from .label_config import OutputTarget, parse_label_config
 from .precompute import TaskImage, TaskJob
 from .prewarm import Prewarmer
 from .prompts import ClickPrompt, parse_context
-from .results import brush_result, polygon_results, resize_nearest
+from .results import brush_result, polygon_results, resize_nearest, same_aspect as _same_aspect
 from .settings import Settings
+from .tiled import TiledImages, region_to_full
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,10 @@ class MobileSamBackend:
         self._job_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-jobs",
                                               initializer=configure_threads)
         self.prewarmer = Prewarmer(self._prewarm, max_pending=self.settings.prewarm_queue)
+        self.tiled = TiledImages(self.settings.tile_above, self._encode, self._decode,
+                                 lambda: getattr(self._predictors()[0], "model", None),
+                                 self.settings.embedding_dir / "tiles" if self.settings.embedding_dir else None,
+                                 self.model_version)
         self._auto_results: "OrderedDict[tuple, Future]" = OrderedDict()
         self._runtime: dict = {}
         self._projects: "OrderedDict[str, dict]" = OrderedDict()
@@ -287,7 +294,18 @@ class MobileSamBackend:
         """The prewarm worker's job: the task's embedding, in memory (and on disk) before the first click."""
         project, task_id = payload
         started = time.perf_counter()
-        _, cached = self.embedding(key[0], project, task_id)
+        if self.settings.tile_above and key not in self.cache and (self.store is None or key not in self.store):
+            # Only the pixels tell whether this image is tiled (opening a task gives no size).
+            image = self._load_image(key[0], project, task_id)
+            if self.tiled.wants(image.shape[:2]):
+                encoded = self.tiled.prewarm(key[0], image)
+                self._count("prewarm.tiled")
+                logger.info("task %s: prewarmed large image %s (%d tile(s) encoded) in %.0f ms", task_id, key[0],
+                            encoded, (time.perf_counter() - started) * 1000)
+                return
+            _, cached = self.embedding(key[0], project, task_id, image=image)
+        else:
+            _, cached = self.embedding(key[0], project, task_id)
         self._count("prewarm.cached" if cached else "prewarm.encoded")
         logger.info("task %s: prewarmed %s (%s) in %.0f ms", task_id, key[0], "cached" if cached else "encoded",
                     (time.perf_counter() - started) * 1000)
@@ -422,6 +440,8 @@ class MobileSamBackend:
         url = self._image_url(task, target)
         self.prewarmer.cancel((url, self.model_version))  # this click encodes it now
         started = time.perf_counter()
+        if self.tiled.wants(prompt.original_size):
+            return self._tiled_interactive(task, prompt, target, url, project, started)
         state, cached = self.embedding(url, project, task.get("id"), prompt.original_size)
         height, width = self._check_claimed_size(prompt.original_size, state.original_size, url)
         mask, score = self.segment(state, prompt, image_key=url)
@@ -435,6 +455,39 @@ class MobileSamBackend:
                     "box" if prompt.box is not None else f"{len(prompt.points)} point(s)", url,
                     "cached" if cached else "new", elapsed * 1000, score)
         return {"result": result, "score": score, "model_version": self.model_version}
+
+    def _tiled_interactive(self, task: dict, prompt: ClickPrompt, target: OutputTarget, url: str, project: str,
+                           started: float) -> dict:
+        """A click on an image above MOBILESAM_TILE_ABOVE: decoded by the core's tiled predictor at full
+        resolution (see `tiled.TiledImages`); the mask is built from the object's bounding region."""
+        def load() -> np.ndarray:  # the claimed size is checked against the pixels before any tiling
+            image = self._load_image(url, project, task.get("id"))
+            self._check_claimed_size(prompt.original_size, image.shape[:2], url)
+            return image
+
+        entry, was_open = self.tiled.open(url, load, prompt.original_size)
+        real = entry.embeddings.shape
+        height, width = self._check_claimed_size(prompt.original_size, real, url)
+        region, encoded = self.tiled.segment(entry, *prompt.in_pixels(*real))
+        if (height, width) != tuple(real):  # Label Studio sizes the file differently: scale the whole mask
+            result = self._mask_results(resize_nearest(region_to_full(region, *real) > 0, height, width), target,
+                                        prompt.label, prompt.image_rotation)
+        elif target.result_type == "polygonlabels":
+            result = polygon_results(region.mask, target, prompt.label, prompt.image_rotation,
+                                     tolerance=self.settings.polygon_tolerance, origin=region.box[:2],
+                                     size=(height, width))
+        else:
+            result = [brush_result(region_to_full(region, height, width), target, prompt.label,
+                                   prompt.image_rotation)]
+        elapsed = time.perf_counter() - started
+        with self._metrics_lock:
+            self._latencies["uncached" if encoded else "cached"].append(elapsed)
+        self._count("predict.interactive")
+        self._count("predict.tiled")
+        logger.info("task %s: %s on large image %s (%s, %d tile(s) decoded, %d encoded) in %.0f ms, score %.3f",
+                    task.get("id"), "box" if prompt.box is not None else f"{len(prompt.points)} point(s)", url,
+                    "open" if was_open else "opened", len(region.tiles), encoded, elapsed * 1000, region.score)
+        return {"result": result, "score": region.score, "model_version": self.model_version}
 
     def _mask_results(self, mask: np.ndarray, target: OutputTarget, label: Optional[str],
                       rotation: float, one_region: bool = False) -> list[dict]:
@@ -512,16 +565,10 @@ class MobileSamBackend:
             if state is not None:
                 self._count("embeddings.from_disk")
                 return state
-        encoder, _ = self._predictors()
+        self._predictors()  # the model first: a fetch would be wasted if it cannot load
         if image is None:
             image = self._load_image(key[0], project, task_id)
-
-        def encode():
-            with self._encoder_lock:
-                encoder.set_image(image)
-                return encoder.get_embedding_state()
-
-        state = self._encoder_thread.submit(encode).result()
+        state = self._encode(image)
         self._count("embeddings.encoded")
         if self.store is not None:
             try:
@@ -529,6 +576,28 @@ class MobileSamBackend:
             except OSError as exc:  # a full disk costs the next restart a re-encode, nothing more
                 logger.warning("could not store the embedding of %s on disk: %s", key[0], exc)
         return state
+
+    def _encode(self, image: np.ndarray):
+        """The EmbeddingState of an (H, W, 3) uint8 image, encoded on the encoder's thread."""
+        encoder, _ = self._predictors()
+
+        def encode():
+            with self._encoder_lock:
+                encoder.set_image(image)
+                return encoder.get_embedding_state()
+
+        return self._encoder_thread.submit(encode).result()
+
+    def _decode(self, state, coords, labels, box, multimask: bool, mask_input=None):
+        """The decoder's (masks, scores, low-res logits) for a prompt on an embedding, on the decoder's thread."""
+        _, decoder = self._predictors()
+
+        def decode():
+            with self._decoder_lock:
+                decoder.set_embedding(state)
+                return decoder.predict(coords, labels, box, mask_input, multimask_output=multimask)
+
+        return self._decoder_thread.submit(decode).result()
 
     def precompute(self, url: str, project: str = "", task_id: Optional[int] = None) -> bool:
         """Make sure the embedding of `url` is on disk (and in memory); True if it had to be encoded."""
@@ -548,18 +617,11 @@ class MobileSamBackend:
         clicks). Several points or a box: one mask. A refinement (this request's regions are a
         previous request's plus one) feeds the previous low-res mask back as `mask_input`.
         """
-        _, decoder = self._predictors()
         height, width = state.original_size
         coords, labels, box = prompt.in_pixels(height, width)
         previous = self._previous_logits(image_key, prompt.region_ids)
         multimask = prompt.multimask and previous is None
-
-        def decode():
-            with self._decoder_lock:
-                decoder.set_embedding(state)
-                return decoder.predict(coords, labels, box, previous, multimask_output=multimask)
-
-        masks, scores, logits = self._decoder_thread.submit(decode).result()
+        masks, scores, logits = self._decode(state, coords, labels, box, multimask, previous)
         best = int(np.argmax(scores))
         self._remember_logits(image_key, prompt.region_ids, logits[best:best + 1])
         return masks[best], float(scores[best])
@@ -598,7 +660,8 @@ class MobileSamBackend:
             counters = dict(sorted(self._counters.items()))
             latency = {kind: _percentiles(values) for kind, values in self._latencies.items()}
         return {**self.model_status(), "counters": counters, "embedding_cache": self.cache.stats(),
-                "interactive_latency_s": latency, "prewarm": self.prewarmer.stats(), "runtime": dict(self._runtime)}
+                "interactive_latency_s": latency, "prewarm": self.prewarmer.stats(),
+                "tiled_images": self.tiled.stats(), "runtime": dict(self._runtime)}
 
     def close(self) -> None:
         """Stop background work: pending prewarms are cancelled, worker threads end after their current job."""
@@ -624,10 +687,6 @@ class _EmbeddedImagePredictor(SamPredictor):
             self.set_embedding(self._known)
         else:
             super().set_image(image, image_format)
-
-
-def _same_aspect(a: tuple[int, int], b: tuple[int, int], tolerance: float = 0.02) -> bool:
-    return abs(a[0] / a[1] - b[0] / b[1]) <= tolerance * (b[0] / b[1])
 
 
 def _percentiles(values) -> dict:

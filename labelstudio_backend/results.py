@@ -17,28 +17,38 @@ def resize_nearest(mask: np.ndarray, height: int, width: int) -> np.ndarray:
     return mask[rows[:, None], cols[None, :]]
 
 
+def same_aspect(a: tuple[int, int], b: tuple[int, int], tolerance: float = 0.02) -> bool:
+    """Whether sizes (H, W) `a` and `b` have the same aspect ratio (within `tolerance` of b's)."""
+    return abs(a[0] / a[1] - b[0] / b[1]) <= tolerance * (b[0] / b[1])
+
+
 def brush_result(mask: np.ndarray, target: OutputTarget, label: Optional[str], image_rotation: float = 0) -> dict:
-    """A brushlabels item for an (H, W) bool mask; RLE by label-studio-sdk, 0/255 as Label Studio draws it."""
+    """A brushlabels item for an (H, W) bool (or uint8 0/255) mask; RLE by label-studio-sdk, 0/255 as
+    Label Studio draws it."""
     from label_studio_sdk.converter.brush import mask2rle
 
     height, width = mask.shape
-    rle = mask2rle(mask.astype(np.uint8) * np.uint8(255))
+    rle = mask2rle(mask if mask.dtype == np.uint8 else mask.astype(np.uint8) * np.uint8(255))
     return _item(target, width, height, image_rotation,
                  {"format": "rle", "rle": [int(v) for v in rle], target.result_type: _labels(label, target)})
 
 
 def polygon_results(mask: np.ndarray, target: OutputTarget, label: Optional[str], image_rotation: float = 0,
-                    tolerance: float = 1.0, min_area: int = 4) -> list[dict]:
+                    tolerance: float = 1.0, min_area: int = 4, origin: tuple[int, int] = (0, 0),
+                    size: Optional[tuple[int, int]] = None) -> list[dict]:
     """One polygonlabels item per connected component of an (H, W) bool mask (outer outline, holes filled:
-    Label Studio polygons have no holes), simplified to within `tolerance` pixels."""
+    Label Studio polygons have no holes), simplified to within `tolerance` pixels.
+
+    The mask may be a part of the image: its top-left pixel at `origin` (row, col) of an image of
+    `size` (H, W) (default: the mask is the whole image)."""
     from skimage.measure import approximate_polygon, find_contours, label as label_components, regionprops
 
-    height, width = mask.shape
+    height, width = mask.shape if size is None else size
     items = []
     for region in regionprops(label_components(mask, connectivity=2)):
         if region.area < min_area:
             continue
-        top, left = region.bbox[:2]
+        top, left = region.bbox[0] + origin[0], region.bbox[1] + origin[1]
         filled = np.pad(region.image_filled, 1)
         contour = max(find_contours(filled.astype(np.float32), 0.5), key=len)
         contour = approximate_polygon(contour, tolerance=tolerance)[:-1]  # closed: last point == first

@@ -23,6 +23,7 @@
 | `MOBILESAM_EMBEDDING_DIR` | on-disk embeddings shared with `mobilesam labelstudio precompute`; `off` disables | platform cache dir |
 | `MOBILESAM_EMBEDDING_DIR_MAX_MB` | disk those embeddings may use (oldest removed first) | 10240 |
 | `MOBILESAM_MAX_IMAGE_PIXELS` | larger images are refused with a clear error | 100000000 |
+| `MOBILESAM_TILE_ABOVE` | images whose long side exceeds this many pixels are decoded tile by tile at full resolution (`mobilesam.tiling`, 768 px tiles + 128 px halo) instead of shrunk into one 1024 px embedding; 0 never tiles | 2048 |
 | `MOBILESAM_OUTPUT` | `brush`, `polygon` or `auto` (brush when the config has BrushLabels) | auto |
 | `MOBILESAM_POLYGON_TOLERANCE` | polygon simplification, pixels | 1.0 |
 | `MOBILESAM_AUTO_MASKS` | non-interactive /predict (task opened, Data Manager "Retrieve predictions") returns automatic masks; off: it stores nothing | 0 |
@@ -74,6 +75,7 @@ class Settings:
     embedding_dir: Optional[Path] = None
     embedding_dir_max_bytes: int = 10240 << 20
     max_image_pixels: int = 100_000_000
+    tile_above: int = 2048
     output: str = "auto"
     polygon_tolerance: float = 1.0
     auto_masks: bool = False
@@ -127,6 +129,7 @@ class Settings:
             embedding_dir=embedding_path,
             embedding_dir_max_bytes=_int(env, "MOBILESAM_EMBEDDING_DIR_MAX_MB", 10240) << 20,
             max_image_pixels=_int(env, "MOBILESAM_MAX_IMAGE_PIXELS", 100_000_000),
+            tile_above=_int(env, "MOBILESAM_TILE_ABOVE", 2048),
             output=env.get("MOBILESAM_OUTPUT", "auto").strip().lower() or "auto",
             polygon_tolerance=_float(env, "MOBILESAM_POLYGON_TOLERANCE", 1.0),
             auto_masks=_flag(env, "MOBILESAM_AUTO_MASKS", False),
@@ -171,6 +174,8 @@ class Settings:
                              "not negative")
         if self.max_image_pixels < 1:
             raise ValueError("MOBILESAM_MAX_IMAGE_PIXELS must be positive")
+        if self.tile_above < 0:
+            raise ValueError(f"MOBILESAM_TILE_ABOVE must be 0 (never tile) or pixels, got {self.tile_above}")
         if self.label_studio_url and not self.label_studio_url.startswith(("http://", "https://")):
             raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
         for name, value in (("MOBILESAM_MAX_DOWNLOAD_MB", self.max_download_bytes),
