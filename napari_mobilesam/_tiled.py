@@ -12,10 +12,8 @@ the dock's settings into them and paints their regions.
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
-
 from mobilesam.tiling import LazyImage, RegionMask, TiledEmbeddings, TiledPredictor
 from mobilesam.tiling.grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE
 
@@ -41,14 +39,14 @@ def level0(layer):
 
 
 def tiling_for(info: ImageInfo, enabled: bool, tile_shape: int,
-               threshold: int = DEFAULT_TILE_ABOVE) -> Optional[Tiling]:
+               threshold: int = DEFAULT_TILE_ABOVE) -> Tiling | None:
     """The tiling to use for an image, or None for the ordinary (whole-image) path."""
     if not enabled or info.is_volume or max(info.spatial_shape) <= threshold:
         return None
     return Tiling(int(tile_shape), DEFAULT_HALO)
 
 
-def describe_tiling(info: Optional[ImageInfo], tiling: Optional[Tiling], enabled: bool,
+def describe_tiling(info: ImageInfo | None, tiling: Tiling | None, enabled: bool,
                     threshold: int = DEFAULT_TILE_ABOVE) -> str:
     """The dock's one-line answer to "is this image tiled, and how"."""
     if info is None or info.is_volume:
@@ -72,7 +70,7 @@ class TiledSegmenter:
     is_tiled = True
 
     def __init__(self, predictor, data, info: ImageInfo, tiling: Tiling, cache_dir=None,
-                 model_id: Optional[str] = None) -> None:
+                 model_id: str | None = None) -> None:
         self.predictor = predictor
         self.info = info
         self.tiling = tiling
@@ -123,14 +121,7 @@ def segment_tiled(widget, layers, image_layer, info: ImageInfo, grouped: Grouped
                   tiling: Tiling) -> None:
     """The tiled counterpart of `MobileSamWidget.segment_prompts`: encode the needed tiles and decode
     in the background worker, then paste the region masks into the current-object layer."""
-    from ._model import build_predictor, _model_id
-
-    model_key = widget._wanted_model_key()
-    cache_dir = widget._cache_dir(info)
-    key = SegmenterKey((model_key, tiling), info, cache_dir)
-    data = level0(image_layer)
-    ready = widget._predictor is not None and widget._model_key == model_key
-    segmenter = session.segmenter_for(key, data) if ready else None
+    segmenter = _current_segmenter(widget, image_layer, info, session, tiling)[2]
     if segmenter is not None and not session.changed_slices(grouped):
         return
     prompt = grouped.by_slice.get(0)
@@ -143,36 +134,75 @@ def segment_tiled(widget, layers, image_layer, info: ImageInfo, grouped: Grouped
         session.shown_boxes.pop(0, None)
         widget.scores.value = "-"
         return
-    predictor = widget._predictor if ready else None
-    same_weights = widget._model_key is not None and widget._model_key[:2] == model_key[:2]
-    model = getattr(widget._predictor, "model", None) if same_weights else None
     prompts = [prompt, *(PlanePrompt(box=tuple(box)) for box in extra_boxes)]
 
-    def work(progress, cancel):
-        nonlocal predictor, segmenter
-        if predictor is None:
-            predictor = build_predictor(model_key, model)
-        if segmenter is None:
-            segmenter = TiledSegmenter(predictor, data, info, tiling, cache_dir, _model_id(predictor, model_key))
-        return predictor, segmenter, segmenter.segment(prompts, progress, cancel)
-
-    def done(outcome):
-        predictor_, segmenter_, regions = outcome
-        widget._end_task()
-        if widget._predictor is not predictor_:
-            for other in widget._all_sessions():
-                if other is not session:
-                    other.drop_segmenter()
-        widget._predictor, widget._model_key = predictor_, model_key
-        if session.segmenter is not segmenter_:
-            layers.current.data[...] = 0  # once per new segmenter: what is shown came from other embeddings
-        session.use_segmenter(segmenter_, key, data)
+    def show(segmenter_, regions):
         if layers is widget._layers:
             segmenter_.paint(layers.current.data, regions)
             layers.current.refresh()
         session.shown[0], session.shown_boxes[0] = prompt, extra_boxes
         tiles = sorted({t for region in regions for t in region.tiles})
         widget.scores.value = f"{regions[0].score:.2f} (tiled: {len(tiles)} tile(s))"
+
+    _run(widget, image_layer, info, session, tiling, "MobileSAM: segmenting (tiled)",
+         lambda segmenter_, progress, cancel: segmenter_.segment(prompts, progress, cancel), show, layers)
+
+
+def embed_all_tiled(widget, image_layer, info: ImageInfo, session: ImageSession, tiling: Tiling) -> None:
+    """Compute embeddings: every tile of the image, in the worker, with progress and Cancel."""
+
+    def show(segmenter_, encoded):
+        widget._notify("info", f"MobileSAM: {len(segmenter_.embeddings.grid)} tile embeddings ready "
+                               f"({encoded} encoded now); click to segment")
+
+    _run(widget, image_layer, info, session, tiling, "MobileSAM: computing tile embeddings",
+         lambda segmenter_, progress, cancel: segmenter_.embeddings.embed_all(progress=progress, cancel=cancel),
+         show, None)
+
+
+def _current_segmenter(widget, image_layer, info, session, tiling):
+    """(segmenter key, level-0 data, the session's tiled segmenter if it is still valid, else None)."""
+    model_key = widget._wanted_model_key()
+    key = SegmenterKey((model_key, tiling), info, widget._cache_dir(info))
+    data = level0(image_layer)
+    ready = widget._predictor is not None and widget._model_key == model_key
+    return key, data, session.segmenter_for(key, data) if ready else None
+
+
+def _run(widget, image_layer, info, session, tiling, description: str, job, show, layers) -> None:
+    """In the worker: load the model if needed, build the tiled segmenter if needed, run
+    `job(segmenter, progress, cancel)`; then `show(segmenter, result)` in the GUI thread."""
+    from ._model import _model_id, build_predictor
+
+    key, data, segmenter = _current_segmenter(widget, image_layer, info, session, tiling)
+    model_key = key.model[0]
+    predictor = widget._predictor if widget._model_key == model_key else None
+    same_weights = widget._model_key is not None and widget._model_key[:2] == model_key[:2]
+    model = getattr(widget._predictor, "model", None) if same_weights else None
+
+    def work(progress, cancel):
+        nonlocal predictor, segmenter
+        if predictor is None:
+            predictor = build_predictor(model_key, model)
+        if segmenter is None:
+            segmenter = TiledSegmenter(predictor, data, info, tiling, key.cache_dir, _model_id(predictor, model_key))
+        return predictor, segmenter, job(segmenter, progress, cancel)
+
+    def done(outcome):
+        predictor_, segmenter_, result = outcome
+        widget._end_task()
+        if widget._predictor is not predictor_:
+            for other in widget._all_sessions():  # their embeddings belong to the old predictor's model
+                if other is not session:
+                    other.drop_segmenter()
+        widget._predictor, widget._model_key = predictor_, model_key
+        if session.segmenter is not segmenter_ and layers is not None:
+            layers.current.data[...] = 0  # once per new segmenter: what is shown came from other embeddings
+        session.use_segmenter(segmenter_, key, data)
+        try:
+            show(segmenter_, result)
+        except Exception as exc:  # noqa: BLE001 - shown to the user, layers untouched
+            widget._report_error(exc)
         widget._run_pending()
 
     def failed(exc):
@@ -180,5 +210,5 @@ def segment_tiled(widget, layers, image_layer, info: ImageInfo, grouped: Grouped
         widget._pending_segment = False
         widget._report_error(exc)
 
-    widget._start_task(BackgroundTask(work, "MobileSAM: segmenting (tiled)", on_done=done, on_error=failed,
+    widget._start_task(BackgroundTask(work, description, on_done=done, on_error=failed,
                                       on_progress=widget._show_progress))

@@ -37,7 +37,7 @@ from ._sections import (KEYS, EverythingSection, ImageSection, ModelSection, Pro
 from ._model import BackendUnavailable, build_predictor, default_cache_dir, make_segmenter, slice_prompts
 from ._session import ImageSession, Sessions, SegmenterKey, next_candidate, pick_candidate
 from ._tasks import BackgroundTask
-from ._tiled import describe_tiling, level0, segment_tiled, tiling_for
+from ._tiled import describe_tiling, embed_all_tiled, level0, segment_tiled, tiling_for
 
 logger = logging.getLogger(__name__)
 
@@ -505,7 +505,11 @@ class MobileSamWidget(Container):
         current = self._current_image()
         if current is None or self._refuse_if_busy():
             return
-        _, info = current
+        image_layer, info = current
+        tiling = self._tiling(info)
+        if tiling is not None:
+            embed_all_tiled(self, image_layer, info, self._session(), tiling)
+            return
         slices = list(range(info.spatial_shape[0])) if info.is_volume else [0]
         self._prepare("MobileSAM: computing embeddings", slices,
                       then=lambda _: self._notify("info", "MobileSAM: embeddings ready; click to segment"))

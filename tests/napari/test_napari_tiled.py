@@ -8,9 +8,9 @@ plugin lets the core follow it into the neighbouring tiles."""
 
 import numpy as np
 import pytest
+from mobilesam.tiling.testing import ComponentPredictor
 from standins import click, disk, wait_idle
 
-from mobilesam.tiling.testing import ComponentPredictor
 from napari_mobilesam._segmenter import ImageSegmenter
 from napari_mobilesam._tiled import TiledSegmenter
 
@@ -118,3 +118,9 @@ def test_multiscale_layer_is_tiled_on_level_0_read_lazily(dock, qtbot):
     assert current.shape == full.shape
     assert dice(current > 0, truth) >= 0.98
     assert counter.pixels_read < full.size / 2  # one tile's region (and napari's view), never the whole image
+
+    widget.embed_button.native.click()  # Compute embeddings: every tile, in the worker
+    wait_idle(qtbot, widget)
+    assert widget._segmenter is segmenter
+    assert segmenter.embeddings.encoder_calls == len(segmenter.embeddings.grid) == 16
+    assert "16 tile embeddings ready (15 encoded now)" in widget.status.value
