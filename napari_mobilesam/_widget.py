@@ -261,6 +261,7 @@ class MobileSamWidget(Container):
         return tiling_for(info, self.tile_large.value, self.tile_size.value)
 
     def _on_tiling_changed(self, _value=None) -> None:
+        self.tile_size.enabled = self.tile_large.value
         self._show_reading()
         self._on_model_changed()  # masks on screen came from the other tiling: segment again
 

@@ -73,7 +73,7 @@ def test_large_image_is_tiled_where_clicked_and_the_override_goes_back(dock, qtb
 
     widget.tile_large.native.click()  # the override: back to one whole-image embedding
     assert widget.tile_large.value is False
-    assert widget.tiling.value.startswith("off")
+    assert widget.tiling.value.startswith("off") and not widget.tile_size.enabled
     wait_idle(qtbot, widget)
     assert isinstance(widget._segmenter, ImageSegmenter)
     assert predictor.image.shape[:2] == (3000, 3000)  # the untiled path encoded the whole image
