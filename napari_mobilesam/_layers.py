@@ -51,9 +51,8 @@ def describe_image(layer, channels: str = "auto") -> ImageInfo:
     if not isinstance(layer, Image):
         kind = f"a {layer.__class__.__name__} layer" if layer is not None else "nothing"
         raise LayerError(f"MobileSAM segments Image layers; the selected layer is {kind}")
-    if layer.multiscale:
-        raise LayerError(f"layer {layer.name!r} is multiscale; open a single resolution level to segment it")
-    shape = tuple(int(s) for s in layer.data.shape)
+    # Multiscale layers are segmented on level 0, read lazily (tiled above a size, see _tiled.py).
+    shape = tuple(int(s) for s in (layer.data[0] if layer.multiscale else layer.data).shape)
     if layer.rgb:
         info = ImageInfo(shape[:-1], -1, tuple(range(len(shape) - 1)))
     elif channels == CHANNEL_CHOICES[1]:

@@ -89,8 +89,15 @@ class ImageSection(Section):
         self.cache_dir = FileEdit(label="Embedding cache", mode="d", value="",
                                   tooltip="Folder for saved embeddings; empty = the default cache folder "
                                           "(content-addressed, oldest entries evicted beyond the size budget)")
+        # Large 2-D images (see _tiled.py): tiles instead of one shrunk embedding, overridable here.
+        self.tile_large = CheckBox(text="Tile large images", value=True,
+                                   tooltip="2-D images longer than 2048 px: tiles encoded where you click, "
+                                           "instead of shrinking the whole image to 1024 px")
+        self.tile_size = SpinBox(label="Tile size", value=768, min=256, max=4096, step=64,
+                                 tooltip="Tile interior in pixels; each tile is encoded with 128 px of context per side")
+        self.tiling = _wrapping(Label(label="Tiling", value="-"))
         super().__init__("Image and embeddings", [self.image, self.channels, self.reading, self.embed_button,
-                                                  self.cache_dir])
+                                                  self.cache_dir, self.tile_large, self.tile_size, self.tiling])
 
 
 class PromptSection(Section):

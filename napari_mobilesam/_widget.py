@@ -37,6 +37,7 @@ from ._sections import (KEYS, EverythingSection, ImageSection, ModelSection, Pro
 from ._model import BackendUnavailable, build_predictor, default_cache_dir, make_segmenter, slice_prompts
 from ._session import ImageSession, Sessions, SegmenterKey, next_candidate, pick_candidate
 from ._tasks import BackgroundTask
+from ._tiled import describe_tiling, embed_all_tiled, level0, segment_tiled, tiling_for
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,8 @@ class MobileSamWidget(Container):
             widget.changed.connect(self._on_model_changed)
         self.candidate.changed.connect(self._repaint_candidates)
         self.points_per_side.changed.connect(self._update_estimate)
+        self.tile_large.changed.connect(self._on_tiling_changed)
+        self.tile_size.changed.connect(self._on_tiling_changed)
         buttons = {
             self.segment_button: self.segment_prompts, self.toggle_button: self.toggle_point_label,
             self.commit_button: self.commit, self.clear_button: self.clear,
@@ -246,11 +249,21 @@ class MobileSamWidget(Container):
             if info.spatial_shape[0] <= 5:
                 text += "; if these are channels, choose 'first axis is channels'"
         elif info.channel_axis is not None:
-            text = f"2D image {shape}, {layer.data.shape[info.channel_axis]} channels"
+            text = f"2D image {shape}, {level0(layer).shape[info.channel_axis]} channels"
         else:
             text = f"2D image {shape}"
         self.reading.value = text
         self.volume_section.visible = info.is_volume
+        self.tiling.value = describe_tiling(info, self._tiling(info), self.tile_large.value)
+
+    def _tiling(self, info):
+        """The tiling for this image (large 2-D images, unless switched off in the dock), or None."""
+        return tiling_for(info, self.tile_large.value, self.tile_size.value)
+
+    def _on_tiling_changed(self, _value=None) -> None:
+        self.tile_size.enabled = self.tile_large.value
+        self._show_reading()
+        self._on_model_changed()  # masks on screen came from the other tiling: segment again
 
     def _image_layer(self):
         layer = self.image.value
@@ -389,7 +402,7 @@ class MobileSamWidget(Container):
         session = self._session()
         model_key = self._wanted_model_key()
         key = SegmenterKey(model_key, info, self._cache_dir(info))
-        data = image_layer.data
+        data = level0(image_layer)
         predictor = self._predictor if self._model_key == model_key else None
         segmenter = session.segmenter_for(key, data) if predictor is not None else None
         # Only the backend changed: the loaded weights serve the new predictor too.
@@ -493,7 +506,11 @@ class MobileSamWidget(Container):
         current = self._current_image()
         if current is None or self._refuse_if_busy():
             return
-        _, info = current
+        image_layer, info = current
+        tiling = self._tiling(info)
+        if tiling is not None:
+            embed_all_tiled(self, image_layer, info, self._session(), tiling)
+            return
         slices = list(range(info.spatial_shape[0])) if info.is_volume else [0]
         self._prepare("MobileSAM: computing embeddings", slices,
                       then=lambda _: self._notify("info", "MobileSAM: embeddings ready; click to segment"))
@@ -543,9 +560,13 @@ class MobileSamWidget(Container):
             self._notify("error", f"MobileSAM: {exc}")
             return
         session = self._session()
+        tiling = self._tiling(info)
+        if tiling is not None:
+            segment_tiled(self, layers, image_layer, info, grouped, session, tiling)
+            return
         ready = self._predictor is not None and self._model_key == self._wanted_model_key()
         key = SegmenterKey(self._wanted_model_key(), info, self._cache_dir(info))
-        segmenter = session.segmenter_for(key, image_layer.data) if ready else None
+        segmenter = session.segmenter_for(key, level0(image_layer)) if ready else None
         if segmenter is None:
             session.forget_masks()  # nothing shown came from this image's current embeddings
         if not session.changed_slices(grouped):

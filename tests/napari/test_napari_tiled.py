@@ -1,0 +1,126 @@
+"""Large images in a real viewer: 2-D images above 2048 px are prompted through the core's tiling
+(tiles encoded where the user clicks, the mask pasted for its bounding region only), shown and
+overridable in the dock; multiscale layers are tiled on level 0, read lazily.
+
+The stand-in predictor (`mobilesam.tiling.testing.ComponentPredictor`) gives the connected object
+under a click in the tile it sees, so an object on a tile corner comes out whole only if the
+plugin lets the core follow it into the neighbouring tiles."""
+
+import numpy as np
+import pytest
+from mobilesam.tiling.testing import ComponentPredictor
+from standins import click, disk, wait_idle
+
+from napari_mobilesam._segmenter import ImageSegmenter
+from napari_mobilesam._tiled import TiledSegmenter
+
+CORNERS = ((768, 768), (768, 1536), (1536, 1536), (2304, 768))  # tile corners of the 768 px grid
+RADIUS = 150
+
+
+@pytest.fixture
+def dock(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
+    qtbot.wait(20)
+    return viewer, widget
+
+
+def objects_on_corners(shape):
+    image = np.zeros(shape, np.uint8)
+    for centre in CORNERS:
+        image[disk(shape, centre, RADIUS)] = 200
+    return image
+
+
+def dice(a, b):
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def ready(viewer, qtbot, name):
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is viewer.layers[f"{name} prompts"], timeout=5000)
+    viewer.reset_view()
+
+
+def test_large_image_is_tiled_where_clicked_and_the_override_goes_back(dock, qtbot):
+    viewer, widget = dock
+    predictor = ComponentPredictor()
+    widget.use_predictor(predictor)
+    image = objects_on_corners((3000, 3000))
+    viewer.add_image(image, name="big")
+    ready(viewer, qtbot, "big")
+    assert widget.tiling.value.startswith("Tiled: 768 px tiles + 128 halo (image 3000 x 3000")
+
+    click(viewer, (760.0, 740.0))  # just inside tile 0 at the corner of four tiles
+    wait_idle(qtbot, widget)
+    assert not [m for m in widget.messages if m[0] == "error"], widget.messages
+    segmenter = widget._segmenter
+    assert isinstance(segmenter, TiledSegmenter)
+    truth = disk(image.shape, CORNERS[0], RADIUS)
+    current = viewer.layers["big current object"].data
+    assert dice(current > 0, truth) >= 0.98
+    assert (current > 0).sum() <= truth.sum() * 1.02  # only this object, not its neighbours
+    encoded = segmenter.embeddings.encoder_calls
+    assert encoded == 4  # the four tiles the object touches, not the 16 of the image
+    assert predictor.image.shape == (1024, 1024, 3)  # a full-resolution tile, not the image shrunk
+
+    click(viewer, (700.0, 700.0))  # a second positive point in the same tile
+    wait_idle(qtbot, widget)
+    assert len(viewer.layers["big prompts"].data) == 2
+    assert segmenter.embeddings.encoder_calls == encoded  # nothing new encoded
+    assert dice(viewer.layers["big current object"].data > 0, truth) >= 0.98
+
+    widget.tile_large.native.click()  # the override: back to one whole-image embedding
+    assert widget.tile_large.value is False
+    assert widget.tiling.value.startswith("off") and not widget.tile_size.enabled
+    wait_idle(qtbot, widget)
+    assert isinstance(widget._segmenter, ImageSegmenter)
+    assert predictor.image.shape[:2] == (3000, 3000)  # the untiled path encoded the whole image
+    assert dice(viewer.layers["big current object"].data > 0, truth) >= 0.98
+
+
+class ReadCounter:
+    """An array that counts the pixels read from it (dask reads it chunk by chunk)."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+        self.pixels_read = 0
+
+    def __getitem__(self, index):
+        out = self.array[index]
+        self.pixels_read += out.size
+        return out
+
+
+def test_multiscale_layer_is_tiled_on_level_0_read_lazily(dock, qtbot):
+    da = pytest.importorskip("dask.array")
+    viewer, widget = dock
+    widget.use_predictor(ComponentPredictor())
+    full = np.zeros((2600, 2600), np.uint8)
+    truth = disk(full.shape, (1100, 1200), 200)  # inside one tile's interior
+    full[truth] = 200
+    counter = ReadCounter(full)
+    level0 = da.from_array(counter, chunks=256)
+    layer = viewer.add_image([level0, full[::2, ::2], full[::4, ::4]], multiscale=True, name="pyramid")
+    ready(viewer, qtbot, "pyramid")
+    assert widget.tiling.value.startswith("Tiled: 768 px tiles + 128 halo (image 2600 x 2600")
+    counter.pixels_read = 0
+
+    click(viewer, (1100.0, 1200.0))
+    wait_idle(qtbot, widget)
+    assert not [m for m in widget.messages if m[0] == "error"], widget.messages
+    segmenter = widget._segmenter
+    assert isinstance(segmenter, TiledSegmenter)
+    assert segmenter.embeddings.image.array is layer.data[0]  # level 0 itself, not a copy
+    assert segmenter.embeddings.encoder_calls == 1
+    current = viewer.layers["pyramid current object"].data
+    assert current.shape == full.shape
+    assert dice(current > 0, truth) >= 0.98
+    assert counter.pixels_read < full.size / 2  # one tile's region (and napari's view), never the whole image
+
+    widget.embed_button.native.click()  # Compute embeddings: every tile, in the worker
+    wait_idle(qtbot, widget)
+    assert widget._segmenter is segmenter
+    assert segmenter.embeddings.encoder_calls == len(segmenter.embeddings.grid) == 16
+    assert "16 tile embeddings ready (15 encoded now)" in widget.status.value
