@@ -18,19 +18,25 @@ from mobilesam.weights import cached_path
 
 
 @pytest.fixture
-def vit_t_lm_weights():
-    """vit_t_lm.pt (a plain SAM state dict, as micro-sam's zoo ships it) and vit_t_lm_decoder.pt
-    (the bare decoder state) with seeded random weights, in the test's private cache folder."""
-    torch.manual_seed(0)
-    sam = mobilesam.build_sam("vit_t_lm")
-    torch.save(sam.state_dict(), cached_path("vit_t_lm"))
+def decoder_file():
+    """vit_t_lm_decoder.pt (the bare decoder state, as micro-sam's zoo ships it) with seeded random
+    weights, in the test's private cache folder."""
     torch.manual_seed(1)
     decoder = InstanceSegmentationDecoder()
     # Contrast in the maps (as tests/test_ais.py), so the watershed finds several objects.
     decoder.out_conv.weight.data *= 10
     decoder.out_conv.bias.data = torch.tensor([1.0, -0.5, -0.5])
     torch.save(decoder.state_dict(), cached_path("vit_t_lm_decoder"))
-    return cached_path("vit_t_lm"), cached_path("vit_t_lm_decoder")
+    return cached_path("vit_t_lm_decoder")
+
+
+@pytest.fixture
+def vit_t_lm_weights(decoder_file):
+    """vit_t_lm.pt (a plain SAM state dict, as micro-sam's zoo ships it) with seeded random weights
+    next to the decoder in the cache folder."""
+    torch.manual_seed(0)
+    torch.save(mobilesam.build_sam("vit_t_lm").state_dict(), cached_path("vit_t_lm"))
+    return cached_path("vit_t_lm"), decoder_file
 
 
 def _image(h=96, w=128):
@@ -95,3 +101,31 @@ def test_segment_automatically_equals_core_ais_and_keeps_layers_without_decoder(
     np.testing.assert_array_equal(viewer.layers["cells automatic"].data, expected)
     assert encoded == []
 
+
+
+def test_segment_automatically_labels_the_current_slice_of_a_volume(make_napari_viewer, qtbot, decoder_file):
+    """A (Z, Y, X) volume: only the slice shown is labelled, as the core labels that slice (read
+    with the volume-wide contrast). A 256-pixel model keeps it quick; the decoder follows its size."""
+    from mobilesam.instance_segmentation import load_decoder
+    from mobilesam.volume import VolumeEmbeddings
+
+    viewer = make_napari_viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
+    volume = np.stack([_image(), _image()[::-1], _image()[:, ::-1]]).astype(np.uint16) * 7
+    layer = viewer.add_image(volume, name="vol")
+    _pick_model(widget, qtbot, "vit_t_lm")
+    torch.manual_seed(2)
+    sam = mobilesam.build_sam("vit_t_lm", image_size=256).eval()
+    widget.use_predictor(mobilesam.SamPredictor(sam))
+    viewer.dims.set_point(0, 2)
+    _click(widget, qtbot)
+    wait_idle(qtbot, widget)
+    assert not [m for m in widget.messages if m[0] == "error"], widget.messages
+
+    rgb = VolumeEmbeddings(volume, mobilesam.SamPredictor(sam)).slice_image(2)
+    expected = InstanceSegmenter(sam, load_decoder(decoder_file, image_size=256)).segment(rgb)
+    assert expected.max() > 1
+    labels = viewer.layers["vol automatic"].data
+    assert labels.shape == layer.data.shape
+    np.testing.assert_array_equal(labels[2], expected)
+    assert not labels[:2].any()  # the other slices are untouched
