@@ -12,7 +12,6 @@ is disabled and its tooltip says which models to choose.
 
 import os
 from pathlib import Path
-from typing import Optional
 
 from magicgui.widgets import Label, PushButton
 
@@ -61,7 +60,8 @@ class AutomaticSegmentation:
             return
         button.enabled = True
         button.tooltip = (f"Label every object of the image (or the current slice) with {model_type}'s instance "
-                          f"segmentation decoder: one encoder pass, into '<image> {LAYER_SUFFIX}'")
+                          f"segmentation decoder (also with a checkpoint file: the decoder is the Model "
+                          f"choice's): one encoder pass, into '<image> {LAYER_SUFFIX}'")
         label.value = _describe_decoder_file(decoder_weights_name(model_type))
 
     def segment_automatically(self) -> None:
@@ -131,7 +131,7 @@ def _check(cancel) -> None:
         raise Cancelled("automatic segmentation cancelled")
 
 
-def attach(widget) -> Optional[AutomaticSegmentation]:
+def attach(widget) -> AutomaticSegmentation:
     """Add the section to the widget's sections and wire it (called once from the widget's layout)."""
     section = AutomaticSection()
     widget.automatic_section = section
