@@ -28,6 +28,7 @@ from mobilesam.image import MAX_PIXELS
 from mobilesam.onnx import BACKENDS
 from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS
 
+from ._ais import attach as attach_automatic_segmentation
 from ._layers import (NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
                       ensure_prompt_layers, layer_names, read_boxes, read_points, remove_prompt_layers,
                       set_point_label_mode, sync_transform)
@@ -93,6 +94,7 @@ class MobileSamWidget(Container):
         self.sections = Container(widgets=[self.model_section, self.image_section, self.prompt_section,
                                            self.volume_section, self.everything_section],
                                   labels=False)
+        self.automatic = attach_automatic_segmentation(self)  # 'Segment automatically' (micro-sam models)
         self.extend([self.sections, self.status_section])
         _scroll_area_around(self.native.layout(), self.sections)
         self.native.setMinimumWidth(300)
@@ -794,26 +796,29 @@ class MobileSamWidget(Container):
             records = generator.generate(segmenter.slice_rgb(z), progress=progress, cancel=cancel)
             return records_to_label_image(records, shape=info.spatial_shape[-2:])
 
-        def show(labels):
-            name = f"{image_layer.name} everything"
-            layer = self.viewer.layers[name] if name in self.viewer.layers else None
-            if layer is None or layer.data.shape != info.spatial_shape:
-                from ._layers import _layer_transform
-
-                self._muted = True  # the new layer must not take the clicks away from the prompts
-                try:
-                    layer = self.viewer.add_labels(np.zeros(info.spatial_shape, np.int32), name=name, opacity=0.5,
-                                                   **_layer_transform(image_layer, info.spatial_axes))
-                finally:
-                    self._muted = False
-            target = layer.data[z] if info.is_volume else layer.data
-            target[...] = labels
-            layer.refresh()
-            QTimer.singleShot(0, self._activate_points)
-            self._notify("info", f"MobileSAM: {len(np.unique(labels[labels > 0]))} objects found")
-
-        self._prepare("MobileSAM: segmenting everything", [0] if not info.is_volume else [z], then=show,
+        self._prepare("MobileSAM: segmenting everything", [0] if not info.is_volume else [z],
+                      then=lambda labels: self._show_slice_labels(image_layer, info, z, labels, "everything"),
                       extra=generate)
+
+    def _show_slice_labels(self, image_layer, info, z: int, labels: np.ndarray, suffix: str) -> None:
+        """Write `labels` of slice z (or of the 2D image) into the '<image> <suffix>' Labels layer,
+        made with the image's scale/translate if missing; other slices keep their labels."""
+        name = f"{image_layer.name} {suffix}"
+        layer = self.viewer.layers[name] if name in self.viewer.layers else None
+        if layer is None or layer.data.shape != info.spatial_shape:
+            from ._layers import _layer_transform
+
+            self._muted = True  # the new layer must not take the clicks away from the prompts
+            try:
+                layer = self.viewer.add_labels(np.zeros(info.spatial_shape, np.int32), name=name, opacity=0.5,
+                                               **_layer_transform(image_layer, info.spatial_axes))
+            finally:
+                self._muted = False
+        target = layer.data[z] if info.is_volume else layer.data
+        target[...] = labels
+        layer.refresh()
+        QTimer.singleShot(0, self._activate_points)
+        self._notify("info", f"MobileSAM: {len(np.unique(labels[labels > 0]))} objects found")
 
 
 def _scroll_area_around(layout, container) -> None:

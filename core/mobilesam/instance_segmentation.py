@@ -23,6 +23,8 @@ import torch
 
 from .errors import CheckpointError
 
+DECODER_CHECKPOINT_ENV = "MOBILESAM_DECODER_CHECKPOINT"  # AIS decoders' own variable (models: MOBILESAM_CHECKPOINT)
+
 # Gaussian kernels reach 3 sigma, as vigra's / bioimage_cpp's do (scipy's default is 4).
 GAUSSIAN_TRUNCATE = 3.0
 
@@ -72,10 +74,12 @@ def watershed_from_maps(foreground: np.ndarray, center_distances: np.ndarray, bo
 class InstanceSegmenter:
     """A SAM model plus micro-sam's AIS decoder on its image embedding."""
 
-    def __init__(self, sam, decoder) -> None:
+    def __init__(self, sam, decoder, predictor=None) -> None:
+        """predictor: an existing `SamPredictor` of `sam` to share (its current embedding can then be
+        segmented without encoding again, see `predict_maps`); None = a new one."""
         from .predictor import SamPredictor
 
-        self.predictor = SamPredictor(sam)
+        self.predictor = predictor if predictor is not None else SamPredictor(sam)
         self.decoder = decoder.eval()
 
     @classmethod
@@ -83,28 +87,25 @@ class InstanceSegmenter:
                          allow_download: bool = True, device: Optional[str] = None) -> "InstanceSegmenter":
         """Load a micro-sam model (e.g. vit_t_lm) and its decoder, resolved like `mobilesam.load_model`."""
         from . import load_model
-        from .model_zoo import get_variant
-        from .weights import resolve_checkpoint
 
-        variant = get_variant(model_type)
-        if variant.ais_decoder is None:
-            raise ValueError(f"{model_type} has no automatic instance segmentation decoder; choose one of "
-                             f"{', '.join(v.name for v in _ais_variants())}")
+        decoder_type = decoder_weights_name(model_type)  # fails before any loading for a model without one
         sam = load_model(model_type, checkpoint, device=device, allow_download=allow_download)
-        path = resolve_checkpoint(variant.ais_decoder.model_type, decoder_checkpoint,
-                                  allow_download=allow_download, env_var="MOBILESAM_DECODER_CHECKPOINT")
+        path = resolve_decoder_checkpoint(decoder_type, decoder_checkpoint, allow_download)
         decoder = load_decoder(path, image_size=sam.image_encoder.img_size)
         return cls(sam, decoder.to(sam.device))
 
     @torch.inference_mode()
-    def predict_maps(self, image: np.ndarray) -> np.ndarray:
-        """(3, H, W) float32 foreground, centre-distance and boundary-distance maps of an RGB image."""
-        self.predictor.set_image(image)
+    def predict_maps(self, image: Optional[np.ndarray] = None) -> np.ndarray:
+        """(3, H, W) float32 foreground, centre-distance and boundary-distance maps of an RGB image;
+        image None: of the image whose embedding the predictor holds (set_image / set_embedding)."""
+        if image is not None:
+            self.predictor.set_image(image)
         maps = self.decoder(self.predictor.features, self.predictor.input_size, self.predictor.original_size)
         return maps[0].float().cpu().numpy()
 
-    def segment(self, image: np.ndarray, params: AISParameters = AISParameters()) -> np.ndarray:
-        """(H, W) uint32 instance labels of an (H, W, 3) uint8 RGB image; 0 is background."""
+    def segment(self, image: Optional[np.ndarray], params: AISParameters = AISParameters()) -> np.ndarray:
+        """(H, W) uint32 instance labels of an (H, W, 3) uint8 RGB image (None: the predictor's
+        current one, see `predict_maps`); 0 is background."""
         foreground, center, boundary = self.predict_maps(image)
         return watershed_from_maps(foreground, center, boundary, params)
 
@@ -113,6 +114,31 @@ def _ais_variants():
     from .model_zoo import MODEL_VARIANTS
 
     return [v for v in MODEL_VARIANTS.values() if v.ais_decoder is not None]
+
+
+def ais_model_types() -> tuple:
+    """Names of the models that have an AIS decoder (vit_t_lm, vit_t_em_organelles)."""
+    return tuple(v.name for v in _ais_variants())
+
+
+def decoder_weights_name(model_type: str) -> str:
+    """The weights name of `model_type`'s AIS decoder (e.g. vit_t_lm_decoder); ValueError if it has none."""
+    from .model_zoo import get_variant
+
+    variant = get_variant(model_type)
+    if variant.ais_decoder is None:
+        raise ValueError(f"{model_type} has no automatic instance segmentation decoder; choose one of "
+                         f"{', '.join(ais_model_types())}")
+    return variant.ais_decoder.model_type
+
+
+def resolve_decoder_checkpoint(decoder_type: str, decoder_checkpoint=None, allow_download: bool = True):
+    """The decoder file: `decoder_checkpoint`, else $MOBILESAM_DECODER_CHECKPOINT, else the cached
+    file, else a download (`mobilesam.weights.resolve_checkpoint`)."""
+    from .weights import resolve_checkpoint
+
+    return resolve_checkpoint(decoder_type, decoder_checkpoint, allow_download=allow_download,
+                              env_var=DECODER_CHECKPOINT_ENV)
 
 
 def read_decoder_state(path: Union[str, os.PathLike]) -> dict:
