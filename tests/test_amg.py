@@ -10,7 +10,6 @@ and the stability filter all have work to do. Real random-weight vit_t / vit_b m
 too, end to end and through a shared embedding. Each case prints its figures (run with -s).
 """
 
-import copy
 import json
 import threading
 

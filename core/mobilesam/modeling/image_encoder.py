@@ -4,7 +4,6 @@ Input (B, 3, S, S) normalised pixels, output (B, 256, S/16, S/16) image embeddin
 Windowed attention with decomposed relative positions, a few global-attention blocks.
 """
 
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
