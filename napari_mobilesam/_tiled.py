@@ -6,16 +6,21 @@ dock) a 2-D image is not shrunk into one 1024 px embedding: it is cut into tiles
 worker, with progress and Cancel), and `TiledPredictor` returns the object's mask for its
 bounding region only, which is pasted into the current-object layer. Nothing image-sized is
 allocated per click. Multiscale layers are tiled on level 0, read lazily region by region.
+*Segment everything* on such an image runs the core's `segment_everything_tiled` over the same
+tile embeddings (tiles already clicked in are not encoded again, new ones are kept for clicks).
 
 No model logic here: the core's `TiledEmbeddings`/`TiledPredictor` do the work; this module turns
 the dock's settings into them and paints their regions.
 """
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-from mobilesam.tiling import LazyImage, RegionMask, TiledEmbeddings, TiledPredictor
-from mobilesam.tiling.grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE
+from mobilesam.tiling import (LazyImage, RegionMask, TiledEmbeddings, TiledPredictor, open_image,
+                              segment_everything_tiled)
+from mobilesam.tiling.grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE, TileGrid
 
 from ._layers import ImageInfo
 from ._prompts import GroupedPrompts, PlanePrompt
@@ -158,6 +163,33 @@ def embed_all_tiled(widget, image_layer, info: ImageInfo, session: ImageSession,
     _run(widget, image_layer, info, session, tiling, "MobileSAM: computing tile embeddings",
          lambda segmenter_, progress, cancel: segmenter_.embeddings.embed_all(progress=progress, cancel=cancel),
          show, None)
+
+
+def segment_everything_in_tiles(widget, image_layer, info: ImageInfo, session: ImageSession, tiling: Tiling,
+                                settings: dict, show) -> None:
+    """The tiled counterpart of `MobileSamWidget.segment_everything`: automatic masks per tile from
+    the image's tile embeddings, objects joined across tile borders (in the worker, progress per tile
+    step, Cancel); then `show(labels)` with the (H, W) label image in the GUI thread."""
+
+    def everything(segmenter_, progress, cancel):
+        generator = mask_generator(segmenter_.predictor, settings)
+        embeddings = segmenter_.embeddings
+        with tempfile.TemporaryDirectory(prefix="mobilesam-everything-") as folder:
+            output = Path(folder) / "labels.zarr"  # written tile by tile by the core, read back once
+            segment_everything_tiled(embeddings.image, lambda: generator, output, tiling.tile_shape, tiling.halo,
+                                     progress=progress, cancel=cancel, embeddings=embeddings)
+            return open_image(output).read((0, 0, *embeddings.shape))
+
+    tiles = len(TileGrid(info.spatial_shape, tiling.tile_shape, tiling.halo))
+    _run(widget, image_layer, info, session, tiling, f"MobileSAM: segmenting everything ({tiles} tiles)",
+         everything, lambda segmenter_, labels: show(labels), None)
+
+
+def mask_generator(predictor, settings: dict):
+    """The automatic mask generator run on each tile (the predictor's model, as untiled)."""
+    from mobilesam import SamAutomaticMaskGenerator
+
+    return SamAutomaticMaskGenerator(predictor.model, **settings)
 
 
 def _current_segmenter(widget, image_layer, info, session, tiling):

@@ -38,7 +38,8 @@ from ._sections import (KEYS, EverythingSection, ImageSection, ModelSection, Pro
 from ._model import BackendUnavailable, build_predictor, default_cache_dir, make_segmenter, slice_prompts
 from ._session import ImageSession, Sessions, SegmenterKey, next_candidate, pick_candidate
 from ._tasks import BackgroundTask
-from ._tiled import describe_tiling, embed_all_tiled, level0, segment_tiled, tiling_for
+from ._tiled import (describe_tiling, embed_all_tiled, level0, segment_everything_in_tiles, segment_tiled,
+                     tiling_for)
 
 logger = logging.getLogger(__name__)
 
@@ -796,8 +797,14 @@ class MobileSamWidget(Container):
             records = generator.generate(segmenter.slice_rgb(z), progress=progress, cancel=cancel)
             return records_to_label_image(records, shape=info.spatial_shape[-2:])
 
-        self._prepare("MobileSAM: segmenting everything", [0] if not info.is_volume else [z],
-                      then=lambda labels: self._show_slice_labels(image_layer, info, z, labels, "everything"),
+        def show(labels):
+            self._show_slice_labels(image_layer, info, z, labels, "everything")
+
+        tiling = self._tiling(info)
+        if tiling is not None:  # a large image: per tile, from the tile embeddings prompts use too
+            segment_everything_in_tiles(self, image_layer, info, self._session(), tiling, settings, show)
+            return
+        self._prepare("MobileSAM: segmenting everything", [0] if not info.is_volume else [z], then=show,
                       extra=generate)
 
     def _show_slice_labels(self, image_layer, info, z: int, labels: np.ndarray, suffix: str) -> None:

@@ -239,6 +239,20 @@ def test_segment_everything_reuses_cached_tile_embeddings(tmp_path):
     assert count == len(truths)
     assert_one_label_per_object(tifffile.imread(tmp_path / "labels.tif"), truths)
 
+    # Embeddings held in this process (a viewer's, after clicks in tiles 0 and 5): those tiles are
+    # not encoded again, the others are encoded by them once and kept for later prompts.
+    shared = TiledEmbeddings(image, ComponentPredictor(), TILE, HALO)
+    assert shared.embed_all([0, 5]) == 2
+    generator = ComponentGenerator(predictor=ComponentPredictor())
+    count = segment_everything_tiled(shared.image, lambda: generator, tmp_path / "shared.tif", TILE, HALO,
+                                     embeddings=shared)
+    assert shared.encoder_calls == 16 and generator.predictor.set_image_calls == 0
+    assert count == len(truths)
+    assert_one_label_per_object(tifffile.imread(tmp_path / "shared.tif"), truths)
+    with pytest.raises(ValueError, match="not the tiles asked for"):
+        segment_everything_tiled(shared.image, lambda: generator, tmp_path / "other.tif", TILE * 2, HALO,
+                                 embeddings=shared)
+
 
 def test_20000_square_ome_zarr_segmented_with_memory_bounded_by_tiles(tmp_path):
     probe = Path(__file__).with_name("tiling_memory_probe.py")

@@ -124,3 +124,56 @@ def test_multiscale_layer_is_tiled_on_level_0_read_lazily(dock, qtbot):
     assert widget._segmenter is segmenter
     assert segmenter.embeddings.encoder_calls == len(segmenter.embeddings.grid) == 16
     assert "16 tile embeddings ready (15 encoded now)" in widget.status.value
+
+
+def test_segment_everything_on_a_large_image_reuses_the_clicked_tiles(dock, qtbot, monkeypatch):
+    from mobilesam.tiling.testing import ComponentGenerator
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+    from standins import press
+
+    import napari_mobilesam._tiled as tiled
+
+    viewer, widget = dock
+    widget.use_predictor(ComponentPredictor())
+    generators = []
+
+    def stand_in_generator(predictor, settings):  # objects = the connected regions of the tile it is given
+        generators.append(ComponentGenerator(predictor=ComponentPredictor()))
+        return generators[-1]
+
+    monkeypatch.setattr(tiled, "mask_generator", stand_in_generator)
+    image = objects_on_corners((3000, 3000))
+    viewer.add_image(image, name="big")
+    ready(viewer, qtbot, "big")
+    click(viewer, (760.0, 740.0))  # the object on the corner of tiles 0, 1, 4, 5
+    wait_idle(qtbot, widget)
+    segmenter = widget._segmenter
+    assert segmenter.embeddings.encoder_calls == 4
+
+    widget.everything_section.header.native.click()  # folded by default
+    QTest.mouseClick(widget.everything_button.native, Qt.MouseButton.LeftButton)
+    assert "segmenting everything (16 tiles)" in widget.status.value  # in the worker, with Cancel
+    assert widget.cancel_button.enabled
+    wait_idle(qtbot, widget)
+    assert not [m for m in widget.messages if m[0] == "error"], widget.messages
+    assert widget._segmenter is segmenter  # the tiled segmenter (and its tiles) is kept
+    assert segmenter.embeddings.encoder_calls == 16  # the 4 clicked tiles were not encoded again
+    assert len(generators) == 1 and generators[0].predictor.set_image_calls == 0  # it only decodes
+    labels = viewer.layers["big everything"].data
+    assert labels.shape == image.shape
+    assert len(np.unique(labels)) - 1 == len(CORNERS)  # one label per object: none split at a tile border
+    for centre in CORNERS:
+        truth = disk(image.shape, centre, RADIUS)
+        values, counts = np.unique(labels[truth], return_counts=True)
+        assert dice(labels == values[np.argmax(counts)], truth) >= 0.98
+    assert "4 objects found" in widget.status.value
+
+    ready(viewer, qtbot, "big")  # the prompts layer takes the clicks again
+    press(viewer, "Shift-C")  # clear the first object's prompt
+    click(viewer, (2300.0, 760.0))  # the object on the corner of tiles 8, 9, 12, 13: encoded by everything
+    wait_idle(qtbot, widget)
+    assert not [m for m in widget.messages if m[0] == "error"], widget.messages
+    assert len(viewer.layers["big prompts"].data) == 1
+    assert segmenter.embeddings.encoder_calls == 16  # nothing encoded for this click
+    assert dice(viewer.layers["big current object"].data > 0, disk(image.shape, CORNERS[3], RADIUS)) >= 0.98

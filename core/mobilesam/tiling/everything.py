@@ -53,7 +53,7 @@ def segment_everything_tiled(image, generator_factory: Callable[[], object], out
                              tile_shape=DEFAULT_TILE_SHAPE, halo=DEFAULT_HALO, client=None, level: int = 0,
                              channel_axis: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None,
                              cancel: Optional[threading.Event] = None, cache_dir=None,
-                             model_id: Optional[str] = None) -> int:
+                             model_id: Optional[str] = None, embeddings=None) -> int:
     """Segment everything in a large image tile by tile into a label image at `output`.
 
     image: path (TIFF, OME-Zarr folder, PNG...) or array-like (see `open_image`).
@@ -64,6 +64,10 @@ def segment_everything_tiled(image, generator_factory: Callable[[], object], out
     progress(done, total) counts tiles of both passes; `cancel` stops with `Cancelled`, leaving no output.
     cache_dir, model_id: the tile embedding cache of `TiledEmbeddings` / `mobilesam embed --tile-shape`:
         tiles found there are not encoded again, the others are added (generators without crop layers).
+    embeddings: instead, a `TiledEmbeddings` of this image on the same grid held by this process (e.g.
+        the one a viewer's clicks were decoded with): the tiles it holds are not encoded again, the
+        others are encoded by it and kept for later prompts. Only without `client`; `cancel` then also
+        stops inside a tile.
     Returns the number of objects (labels 1..N).
     """
     output = Path(output)
@@ -73,15 +77,18 @@ def segment_everything_tiled(image, generator_factory: Callable[[], object], out
     spec = ImageSpec.of(image, level, channel_axis)
     lazy = spec.open()
     grid = TileGrid(lazy.shape, tile_shape, halo)
+    if embeddings is not None:
+        _check_shared_embeddings(embeddings, grid, client)
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
     try:
         store = _create_label_store(work / ("labels.zarr" if suffix != ".zarr" else output.name), grid)
         total = 2 * len(grid)
         ticker = Progress(total, progress, cancel)
-        cache = None if cache_dir is None else (str(cache_dir), model_id)
-        results = run_tiles(client, _segment_tile,
-                            [(spec, grid, i, generator_factory, store, cache) for i in range(len(grid))], ticker)
+        cache = embeddings if embeddings is not None else None if cache_dir is None else (str(cache_dir), model_id)
+        within = cancel if embeddings is not None else None  # an Event is not sent to dask workers
+        results = run_tiles(client, _segment_tile, [(spec, grid, i, generator_factory, store, cache, within)
+                                                    for i in range(len(grid))], ticker)
         lookups, count = _join_across_borders(grid, sorted(results, key=lambda r: r.index))
         ticker.total = len(grid) + sum(r.count > 0 for r in results)
         run_tiles(client, _relabel_tile, [(grid, r.index, lookups[r.index], store) for r in results if r.count], ticker)
@@ -105,24 +112,28 @@ def build_generator(model_type: Optional[str], checkpoint, device: Optional[str]
 
 # ---- pass 1: one tile ---------------------------------------------------------------------------
 
-def tile_labels(rgb: np.ndarray, generator) -> np.ndarray:
+def tile_labels(rgb: np.ndarray, generator, cancel: Optional[threading.Event] = None) -> np.ndarray:
     """(h, w) int32 labels of everything in one (h, w, 3) tile RGB (smaller masks on top)."""
-    return records_to_label_image(generator.generate(rgb), shape=rgb.shape[:2], order="area")
+    records = generator.generate(rgb) if cancel is None else generator.generate(rgb, cancel=cancel)
+    return records_to_label_image(records, shape=rgb.shape[:2], order="area")
 
 
-def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: Path, cache=None) -> TileLabels:
+def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: Path, cache=None,
+                  cancel: Optional[threading.Event] = None) -> TileLabels:
+    """cache: None, (cache folder, model id), or an in-process `TiledEmbeddings` of the image."""
     import zarr
 
     tile, generator, image = grid[index], cached_instance(factory), spec.open()
     if cache is not None and getattr(generator, "crop_n_layers", None) == 0:
         from .embeddings import TiledEmbeddings
 
-        embeddings = TiledEmbeddings(image, generator.predictor, grid.tile_shape, grid.halo, cache_dir=cache[0],
-                                     model_id=cache[1], max_in_memory=1)
+        embeddings = cache if isinstance(cache, TiledEmbeddings) else TiledEmbeddings(
+            image, generator.predictor, grid.tile_shape, grid.halo, cache_dir=cache[0], model_id=cache[1],
+            max_in_memory=1)
         with _encoded_as(generator.predictor, embeddings.get(index)):
-            labels = tile_labels(embeddings.tile_image(index), generator)
+            labels = tile_labels(embeddings.tile_image(index), generator, cancel)
     else:
-        labels = tile_labels(image.read_rgb(tile.outer), generator)
+        labels = tile_labels(image.read_rgb(tile.outer), generator, cancel)
     labels = labels[tile.interior_in_outer()]
     # Consecutive local labels for the objects present in the interior (masks cut away by it vanish).
     present = np.flatnonzero(np.bincount(labels.reshape(-1)))  # O(pixels), unlike np.unique's sort
@@ -137,6 +148,15 @@ def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: P
         y0, x0, y1, x1 = tile.interior
         zarr.open_array(str(store), mode="r+")[y0:y1, x0:x1] = local
     return TileLabels(index, int(count), local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy())
+
+
+def _check_shared_embeddings(embeddings, grid: TileGrid, client) -> None:
+    if client is not None:
+        raise ValueError("embeddings held by this process cannot be used on a dask client's workers: "
+                         "share them through cache_dir instead")
+    theirs = embeddings.grid
+    if (theirs.image_shape, theirs.tile_shape, theirs.halo) != (grid.image_shape, grid.tile_shape, grid.halo):
+        raise ValueError(f"the embeddings' tiles ({theirs!r}) are not the tiles asked for ({grid!r})")
 
 
 @contextlib.contextmanager
