@@ -363,11 +363,8 @@ class MobileSamWidget(Container):
 
     def _cache_dir(self, info) -> Optional[str]:
         chosen = str(self.cache_dir.value) if self.cache_dir.value and str(self.cache_dir.value) != "." else ""
-        if chosen:
-            return chosen
-        if not info.is_volume:
-            return None
-        return str(default_cache_dir())  # volumes: persisted by default
+        # Without a chosen folder, embeddings (2D and volumes) are persisted in the default one.
+        return chosen or str(default_cache_dir())
 
     def _current_image(self):
         """(image layer, its description), or None after telling the user why there is none."""

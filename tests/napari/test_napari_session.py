@@ -378,3 +378,36 @@ def test_multi_image_session_matches_the_core_predictor(dock, qtbot, small_model
     click(viewer, (30.0, 30.0))
     wait_idle(qtbot, widget)
     assert len(viewer.layers["p prompts"].data) == before_points + 1
+
+
+def test_2d_embeddings_persist_by_default_and_a_chosen_folder_reuses_them(dock, qtbot, tmp_path, monkeypatch):
+    """2D images are persisted in the default cache folder like volumes (content-addressed): the
+    same pixels opened again encode nothing, and a cache folder chosen afterwards is filled from
+    the default one instead of encoding again."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("MOBILESAM_HOME", str(home))
+    viewer, widget = dock
+    pixels = bright_image((60, 80), 7)
+    first = DiskPredictor()
+    widget.use_predictor(first)
+    _ready_to_click(viewer, qtbot, viewer.add_image(pixels, name="a"))
+    click(viewer, (22.0, 31.0))
+    wait_idle(qtbot, widget)
+    assert len(first.encoded_images) == 1
+    assert list((home / "embeddings.zarr").rglob("zarr.json")), "nothing persisted in the default cache folder"
+
+    viewer.layers.clear()  # as after closing the image and opening the same file again
+    fresh = DiskPredictor()
+    widget.use_predictor(fresh)
+    _ready_to_click(viewer, qtbot, viewer.add_image(pixels.copy(), name="b"))
+    click(viewer, (22.0, 31.0))
+    wait_idle(qtbot, widget)
+    assert fresh.encoded_images == [] and viewer.layers["b current object"].data.any()
+
+    chosen = tmp_path / "chosen"
+    widget.cache_dir.value = str(chosen)
+    click(viewer, (40.0, 50.0))
+    wait_idle(qtbot, widget)
+    assert not [m for m in widget.messages if m[0] == "error"], widget.messages
+    assert fresh.encoded_images == [] and viewer.layers["b current object"].data.any()
+    assert list(chosen.rglob("zarr.json")), "the chosen folder was not filled from the default one"
