@@ -28,11 +28,12 @@ from mobilesam.image import MAX_PIXELS
 from mobilesam.onnx import BACKENDS
 from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS
 
+from ._actions import current_shortcut, register_actions
 from ._layers import (NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
                       ensure_prompt_layers, layer_names, read_boxes, read_points, remove_prompt_layers,
                       set_point_label_mode, sync_transform)
 from ._prompts import GroupedPrompts, group_prompts
-from ._sections import (KEYS, EverythingSection, ImageSection, ModelSection, PromptSection, StatusSection,
+from ._sections import (EverythingSection, ImageSection, ModelSection, PromptSection, StatusSection,
                         VolumeSection, backend_default)
 from ._model import BackendUnavailable, build_predictor, default_cache_dir, make_segmenter, slice_prompts
 from ._session import ImageSession, Sessions, SegmenterKey, next_candidate, pick_candidate
@@ -118,16 +119,30 @@ class MobileSamWidget(Container):
         self._show_weights()
         self._update_estimate()
 
-    def _bind_keys(self) -> None:
-        actions = {
+    def key_actions(self) -> dict[str, Callable[[], None]]:
+        return {
             "segment": self.segment_prompts, "volume": self.segment_volume, "commit": self.commit,
             "clear": self.clear, "toggle": self.toggle_point_label, "candidate": self.next_candidate,
         }
-        self._key_actions = {KEYS[name]: action for name, action in actions.items()}
+
+    def _bind_keys(self) -> None:
+        # Listed in napari's Preferences ▸ Shortcuts as actions; the keys bound here are theirs.
+        register_actions(self.viewer, self)
+        self._key_actions = {current_shortcut(name): action for name, action in self.key_actions().items()}
         for key, action in self._key_actions.items():
             self.viewer.bind_key(key, _key_handler(action), overwrite=True)
         for layer in self.viewer.layers:
             self._bind_layer_keys(layer)
+
+    def rebind_keys(self) -> None:
+        """After a shortcut changed in Preferences: drop the old keys, bind the current ones."""
+        if not hasattr(self, "_key_actions"):
+            return  # still binding for the first time (registering the actions changes shortcuts)
+        for key in self._key_actions:
+            self.viewer.bind_key(key, None)
+            for layer in self.viewer.layers:
+                layer.bind_key(key, None)
+        self._bind_keys()
 
     def _bind_layer_keys(self, layer) -> None:
         # The active layer's keymap is searched before the viewer's (e.g. C = auto-contrast on

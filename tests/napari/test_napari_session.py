@@ -458,3 +458,37 @@ def test_cancel_segment_everything_is_prompt_and_the_gui_never_freezes(dock, qtb
     assert "cancelled" in widget.status.value.lower(), widget.status.value
     assert cancel_s < 6.0
     assert stall_s < 1.0
+
+
+def test_keys_are_listed_in_napari_shortcut_preferences(dock, qtbot):
+    """The plugin's keys are napari actions: Preferences ▸ Shortcuts lists them under the viewer's
+    key bindings with the plugin's keys, and a key changed there is the one the widget answers."""
+    from napari._qt.widgets.qt_keyboard_settings import ShortcutEditor
+    from napari.utils.action_manager import action_manager
+
+    viewer, widget = dock
+    editor = ShortcutEditor()
+    qtbot.addWidget(editor)
+    listed = editor.key_bindings_strs[editor.VIEWER_KEYBINDINGS]
+    for name, key in (("segment", "S"), ("commit", "C"), ("clear", "Shift-C"), ("toggle", "T"),
+                      ("candidate", "M"), ("volume", "Shift-S")):
+        action = listed[f"napari_mobilesam:{name}"]
+        assert action.description.startswith("MobileSAM: ")
+        assert [str(s) for s in action_manager._shortcuts[f"napari_mobilesam:{name}"]] == [key]
+
+    widget.use_predictor(DiskPredictor())
+    image = viewer.add_image(np.zeros((40, 50), np.uint8), name="img")
+    _ready_to_click(viewer, qtbot, image)
+    action_manager.unbind_shortcut("napari_mobilesam:toggle")
+    action_manager.bind_shortcut("napari_mobilesam:toggle", "Y")  # as the Preferences editor does
+    try:
+        before = widget.point_mode.value
+        press(viewer, "Y")
+        assert widget.point_mode.value != before
+        press(viewer, "T")  # no longer the toggle key
+        assert widget.point_mode.value != before
+    finally:
+        action_manager.unbind_shortcut("napari_mobilesam:toggle")
+        action_manager.bind_shortcut("napari_mobilesam:toggle", "T")
+    press(viewer, "T")
+    assert widget.point_mode.value == before
