@@ -19,7 +19,6 @@ segment-everything masks instead, computed by a `TaskJob` (shared with `mobilesa
 precompute`). The backend sets the allocator and torch's threads itself, whatever server runs it.
 """
 
-import hashlib
 import logging
 import os
 import threading
@@ -54,15 +53,26 @@ MAX_AUTO_RESULTS = 256  # finished automatic-mask predictions kept until Label S
 def model_version_for(settings: Settings) -> str:
     """A stable name for the weights in use, known before the model loads (Label Studio asks at once).
 
-    An explicit checkpoint adds a digest of its name, size and modification time, so cached
-    embeddings of other weights are never reused.
+    "mobilesam-" + the core's `mobilesam.serving.model_identity` of the checkpoint (type, sha256 of
+    the file, input size): the identity volumes, the napari plugin and the ONNX export use too, so
+    cached embeddings of other weights are never reused. The official weights, before they are
+    downloaded, are named by their published sha256 (the identity the verified file will have).
+    The name doubles as the model part of the embedding cache keys.
     """
-    name = f"mobilesam-{settings.model_type or 'vit_t'}"
-    checkpoint = settings.checkpoint
-    if checkpoint and Path(checkpoint).is_file():
-        stat = Path(checkpoint).stat()
-        digest = hashlib.sha256(f"{Path(checkpoint).name}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
-        name += f"-{digest[:8]}"
+    from mobilesam.serving import model_identity
+    from mobilesam.weights import OFFICIAL_WEIGHTS, cached_path
+
+    model_type = settings.model_type or "vit_t"
+    checkpoint = settings.checkpoint or None
+    official = OFFICIAL_WEIGHTS.get(model_type)
+    if checkpoint is None and official is not None and cached_path(model_type).is_file():
+        checkpoint = cached_path(model_type)
+    if checkpoint is not None and Path(checkpoint).is_file():
+        name = "mobilesam-" + model_identity(model_type=model_type, checkpoint=checkpoint)
+    elif checkpoint is None and official is not None and official.sha256:
+        name = "mobilesam-" + model_identity(model_type=model_type, checkpoint_sha256=official.sha256)
+    else:  # a checkpoint that does not exist (loading will say so) or weights without a published digest
+        name = f"mobilesam-{model_type}"
     if settings.backend == "onnx" and settings.onnx_precision == "int8":
         name += "-int8"  # its embeddings differ from the float models' (fp32 ONNX matches torch within 1e-3)
     return name

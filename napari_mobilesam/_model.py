@@ -45,13 +45,27 @@ def build_predictor(model_key: tuple[str, str, str], model=None):
 
 
 def make_segmenter(predictor, data, info, cache_dir: Optional[str], model_key: tuple[str, str, str]):
+    """The image's segmenter. Its embeddings land in `cache_dir` (None: memory only); the default
+    folder has a size budget, and a chosen folder first reuses what the default one already holds."""
+    default = default_cache_dir()
+    if cache_dir is not None and not _can_persist():
+        if Path(cache_dir) != default:
+            raise MobileSamError("an embedding cache folder needs zarr: pip install 'napari-mobilesam[volume]'")
+        cache_dir = None  # the default persistence is a bonus, not a requirement
+    in_default = cache_dir is not None and Path(cache_dir) == default
+    options = dict(cache_dir=cache_dir, model_id=_model_id(predictor, model_key) if cache_dir else None,
+                   cache_max_bytes=_megabytes(EMBEDDING_CACHE_ENV, DEFAULT_EMBEDDING_CACHE_MB) * 2**20
+                   if in_default else None,
+                   read_also=(default,) if cache_dir is not None and not in_default else ())
     if info.is_volume:
-        default_folder = cache_dir is not None and Path(cache_dir) == default_cache_dir()
-        return VolumeSegmenter(predictor, data, info, cache_dir=cache_dir, model_id=_model_id(predictor, model_key),
-                               max_in_memory=_slices_in_memory(),
-                               cache_max_bytes=_megabytes(EMBEDDING_CACHE_ENV, DEFAULT_EMBEDDING_CACHE_MB) * 2**20
-                               if default_folder else None)
-    return ImageSegmenter(predictor, data, info)
+        return VolumeSegmenter(predictor, data, info, max_in_memory=_slices_in_memory(), **options)
+    return ImageSegmenter(predictor, data, info, **options)
+
+
+def _can_persist() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("zarr") is not None
 
 
 def _slices_in_memory() -> int:

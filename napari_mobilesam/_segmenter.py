@@ -15,6 +15,7 @@ import numpy as np
 
 from mobilesam.errors import Cancelled
 from mobilesam.image import to_rgb_uint8
+from mobilesam.volume import VolumeEmbeddings
 
 from ._layers import ImageInfo
 from ._prompts import PlanePrompt
@@ -23,38 +24,44 @@ ProgressFn = Optional[Callable[[int, int], None]]
 
 
 class ImageSegmenter:
-    """Embeddings and decoding for a 2D image (grayscale, RGB, any dtype): one slice, index 0."""
+    """Embeddings and decoding for a 2D image (grayscale, RGB, any dtype): one slice, index 0.
+
+    The embedding goes through the core's `VolumeEmbeddings` as a volume of one slice, so a 2D
+    image shares the volumes' content-addressed disk cache (reopening the same image encodes nothing).
+    """
 
     is_volume = False
 
-    def __init__(self, predictor, data, info: ImageInfo) -> None:
+    def __init__(self, predictor, data, info: ImageInfo, cache_dir=None, model_id: Optional[str] = None,
+                 cache_max_bytes: Optional[int] = None, read_also=()) -> None:
         self.predictor = predictor
         self.info = info
         self._data = data
-        self._state = None  # mobilesam.EmbeddingState once encoded
+        self.embeddings = _PlaneEmbeddings(data, info, predictor, cache_dir=cache_dir, model_id=model_id,
+                                           cache_max_bytes=cache_max_bytes, read_also=read_also)
 
     def has_embedding(self, z: int) -> bool:
-        return self._state is not None
+        # Memory only: the disk lookup hashes the whole image, which is the worker's job.
+        return 0 in self.embeddings.in_memory
 
     def compute_embeddings(self, slices: Iterable[int], progress: ProgressFn = None, cancel=None) -> None:
-        """Encode the image (worker thread)."""
-        if self._state is not None:
+        """Encode the image, or read it from the cache folder (worker thread)."""
+        if self.has_embedding(0):
             return
         if cancel is not None and cancel.is_set():
             raise Cancelled("embedding cancelled")
         if progress:
             progress(0, 1)
-        self.predictor.set_image(self.slice_rgb(0))
-        self._state = self.predictor.get_embedding_state()
+        self.embeddings.get(0)
         if progress:
             progress(1, 1)
 
     def activate(self, z: int) -> None:
         """Make slice z's embedding the predictor's current one (it must be computed)."""
-        self.predictor.set_embedding(self._state)
+        self.embeddings.set_slice(0)
 
     def slice_rgb(self, z: int) -> np.ndarray:
-        return to_rgb_uint8(np.asarray(self._data), channel_axis=self.info.channel_axis)
+        return self.embeddings.slice_image(0)
 
     def predict(self, z: int, prompt: PlanePrompt) -> tuple[np.ndarray, np.ndarray]:
         """Candidate masks (C, H, W) bool and their predicted IoU (C,) for the prompt on slice z."""
@@ -65,22 +72,43 @@ class ImageSegmenter:
         return np.asarray(masks, dtype=bool), np.asarray(scores, dtype=np.float32)
 
 
+class _PlaneEmbeddings(VolumeEmbeddings):
+    """A 2D image as a volume of one slice, read exactly as `SamPredictor.set_image` users read it
+    (`to_rgb_uint8` of the whole image: its own contrast), so masks match the core predictor's."""
+
+    def __init__(self, data, info: ImageInfo, predictor, **options) -> None:
+        image = np.asarray(data)
+        channel_axis = None if info.channel_axis is None else info.channel_axis % image.ndim
+        self._image, self._image_channel_axis, self._rgb = image, channel_axis, None
+        # value_range is unused (slice_image reads the image its own way); giving it skips the
+        # volume-wide intensity estimate.
+        super().__init__(image[np.newaxis], predictor, axis=0,
+                         channel_axis=None if channel_axis is None else channel_axis + 1,
+                         max_in_memory=1, value_range=(0.0, 1.0), **options)
+
+    def slice_image(self, z: int) -> np.ndarray:
+        self._check_index(z)
+        if self._rgb is None:
+            self._rgb = to_rgb_uint8(self._image, channel_axis=self._image_channel_axis)
+        return self._rgb
+
+
 class VolumeSegmenter(ImageSegmenter):
     """A (Z, Y, X) volume: embeddings computed lazily per slice by the core's VolumeEmbeddings."""
 
     is_volume = True
 
     def __init__(self, predictor, data, info: ImageInfo, cache_dir=None, model_id: Optional[str] = None,
-                 max_in_memory: int = 16, cache_max_bytes: Optional[int] = None) -> None:
+                 max_in_memory: int = 16, cache_max_bytes: Optional[int] = None, read_also=()) -> None:
         """data: the layer's array as napari holds it (numpy, dask, zarr: slices are read on demand).
         model_id: identity of the weights for the disk cache; None = a fingerprint of the model's weights.
         max_in_memory: slice embeddings kept in memory (4 MB each).
-        cache_max_bytes: size budget of the cache folder (least recently used slices evicted), or None."""
-        from mobilesam.volume import VolumeEmbeddings
-
-        super().__init__(predictor, data, info)
+        cache_max_bytes: size budget of the cache folder (least recently used slices evicted), or None.
+        read_also: other cache folders whose embeddings are reused (copied) instead of encoding again."""
+        self.predictor, self.info, self._data = predictor, info, data
         self.embeddings = VolumeEmbeddings(data, predictor, axis=0, cache_dir=cache_dir, model_id=model_id,
-                                           max_in_memory=max_in_memory, cache_max_bytes=cache_max_bytes)
+                                           max_in_memory=max_in_memory, cache_max_bytes=cache_max_bytes,
+                                           read_also=read_also)
 
     def has_embedding(self, z: int) -> bool:
         return self.embeddings.is_cached(z)

@@ -7,11 +7,14 @@ activity dock, with a cancel button) and exposes `cancel()` for the widget's can
 """
 
 import threading
+import time
 from typing import Any, Callable, Optional
 
 from napari.qt.threading import create_worker
 from napari.utils import cancelable_progress
 from superqt.utils import ensure_main_thread
+
+REPORT_INTERVAL_S = 0.1  # progress updates posted to the GUI thread: 10 per second at most
 
 
 class BackgroundTask:
@@ -33,8 +36,9 @@ class BackgroundTask:
         self._bar = cancelable_progress(total=0, desc=description, cancel_callback=self.cancel)
         # The core calls `report` from the worker thread; Qt widgets may only be touched from the
         # GUI thread, so the update is posted there.
-        report = ensure_main_thread(self._report)
-        self.worker = create_worker(lambda: work(progress=report, cancel=self.cancel_event),
+        self._post_report = ensure_main_thread(self._report)
+        self._last_post = 0.0
+        self.worker = create_worker(lambda: work(progress=self._throttled_report, cancel=self.cancel_event),
                                     _ignore_errors=True)
         self.worker.returned.connect(on_done)
         self.worker.errored.connect(on_error)
@@ -52,6 +56,16 @@ class BackgroundTask:
     @property
     def is_running(self) -> bool:
         return self.worker.is_running
+
+    def _throttled_report(self, done: int, total: int) -> None:
+        """Post progress to the GUI thread at most every REPORT_INTERVAL_S (and the last step):
+        fast work (a batch of Segment everything every few ms) would otherwise queue updates
+        faster than the GUI draws them, which delays everything behind them, Cancel included."""
+        now = time.monotonic()
+        if done < total and now - self._last_post < REPORT_INTERVAL_S:
+            return
+        self._last_post = now
+        self._post_report(done, total)
 
     def _report(self, done: int, total: int) -> None:
         if self._on_progress is not None:

@@ -28,12 +28,13 @@ from mobilesam.image import MAX_PIXELS
 from mobilesam.onnx import BACKENDS
 from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS
 
+from ._actions import current_shortcut, register_actions
 from ._ais import attach as attach_automatic_segmentation
 from ._layers import (NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
                       ensure_prompt_layers, layer_names, read_boxes, read_points, remove_prompt_layers,
                       set_point_label_mode, sync_transform)
 from ._prompts import GroupedPrompts, group_prompts
-from ._sections import (KEYS, EverythingSection, ImageSection, ModelSection, PromptSection, StatusSection,
+from ._sections import (EverythingSection, ImageSection, ModelSection, PromptSection, StatusSection,
                         VolumeSection, backend_default)
 from ._model import BackendUnavailable, build_predictor, default_cache_dir, make_segmenter, slice_prompts
 from ._session import ImageSession, Sessions, SegmenterKey, next_candidate, pick_candidate
@@ -124,16 +125,30 @@ class MobileSamWidget(Container):
         self._show_weights()
         self._update_estimate()
 
-    def _bind_keys(self) -> None:
-        actions = {
+    def key_actions(self) -> dict[str, Callable[[], None]]:
+        return {
             "segment": self.segment_prompts, "volume": self.segment_volume, "commit": self.commit,
             "clear": self.clear, "toggle": self.toggle_point_label, "candidate": self.next_candidate,
         }
-        self._key_actions = {KEYS[name]: action for name, action in actions.items()}
+
+    def _bind_keys(self) -> None:
+        # Listed in napari's Preferences ▸ Shortcuts as actions; the keys bound here are theirs.
+        register_actions(self.viewer, self)
+        self._key_actions = {current_shortcut(name): action for name, action in self.key_actions().items()}
         for key, action in self._key_actions.items():
             self.viewer.bind_key(key, _key_handler(action), overwrite=True)
         for layer in self.viewer.layers:
             self._bind_layer_keys(layer)
+
+    def rebind_keys(self) -> None:
+        """After a shortcut changed in Preferences: drop the old keys, bind the current ones."""
+        if not hasattr(self, "_key_actions"):
+            return  # still binding for the first time (registering the actions changes shortcuts)
+        for key in self._key_actions:
+            self.viewer.bind_key(key, None)
+            for layer in self.viewer.layers:
+                layer.bind_key(key, None)
+        self._bind_keys()
 
     def _bind_layer_keys(self, layer) -> None:
         # The active layer's keymap is searched before the viewer's (e.g. C = auto-contrast on
@@ -379,11 +394,8 @@ class MobileSamWidget(Container):
 
     def _cache_dir(self, info) -> Optional[str]:
         chosen = str(self.cache_dir.value) if self.cache_dir.value and str(self.cache_dir.value) != "." else ""
-        if chosen:
-            return chosen
-        if not info.is_volume:
-            return None
-        return str(default_cache_dir())  # volumes: persisted by default
+        # Without a chosen folder, embeddings (2D and volumes) are persisted in the default one.
+        return chosen or str(default_cache_dir())
 
     def _current_image(self):
         """(image layer, its description), or None after telling the user why there is none."""
@@ -784,8 +796,9 @@ class MobileSamWidget(Container):
             return
         image_layer, info = current
         z = current_slice(self.viewer, image_layer) if info.is_volume else 0
-        # Small batches: Cancel is checked between batches, so it answers within about a second on a CPU.
-        settings = {"points_per_side": self.points_per_side.value, "points_per_batch": 16,
+        # Small batches: Cancel is checked between batches (a batch of 16 took up to 3 s on a
+        # loaded 2-core machine; 8 keeps Cancel near a second).
+        settings = {"points_per_side": self.points_per_side.value, "points_per_batch": 8,
                     "pred_iou_thresh": self.everything_iou.value,
                     "stability_score_thresh": self.everything_stability.value}
 
@@ -794,7 +807,10 @@ class MobileSamWidget(Container):
             from mobilesam.mask_outputs import records_to_label_image
 
             generator = SamAutomaticMaskGenerator(segmenter.predictor.model, **settings)
-            records = generator.generate(segmenter.slice_rgb(z), progress=progress, cancel=cancel)
+            # The embedding computed (or cached) for the plugin: nothing is encoded twice, and
+            # Cancel is honoured from the first batch on.
+            records = generator.generate(segmenter.slice_rgb(z), progress=progress, cancel=cancel,
+                                         embedding=segmenter.embeddings.get(z))
             return records_to_label_image(records, shape=info.spatial_shape[-2:])
 
         def show(labels):

@@ -50,3 +50,25 @@ def test_cache_keeps_to_its_budget_and_evicts_oldest_first(tmp_path):
     assert [fresh.is_cached(z) for z in range(6)] == [False, False, False, True, True, True]
     np.testing.assert_allclose(fresh.get(5).features, embeddings.get(5).features)
     assert fresh_encoder.encoded == 0
+
+
+def test_a_new_cache_folder_reuses_another_folders_embeddings(tmp_path):
+    """read_also: embeddings already in another folder (the default one) are copied, not encoded
+    again; that folder is only read (nothing is created in a folder without this model)."""
+    volume = np.random.default_rng(1).integers(0, 255, (3, 12, 12)).astype(np.uint8)
+    default, chosen, empty = tmp_path / "default.zarr", tmp_path / "chosen.zarr", tmp_path / "empty.zarr"
+    first = TinyEncoder()
+    VolumeEmbeddings(volume, first, cache_dir=default, model_id="m").embed_all()
+    assert first.encoded == 3
+    again = TinyEncoder()
+    embeddings = VolumeEmbeddings(volume, again, cache_dir=chosen, model_id="m", read_also=[default, empty])
+    assert all(embeddings.is_cached(z) for z in range(3))
+    values = [float(embeddings.get(z).features.mean()) for z in range(3)]
+    assert again.encoded == 0 and embeddings.disk_hits == 3
+    np.testing.assert_allclose(values, [volume[z].mean() for z in range(3)], rtol=1e-6)
+    assert not empty.exists()
+    third = TinyEncoder()  # the chosen folder now holds them itself
+    assert VolumeEmbeddings(volume, third, cache_dir=chosen, model_id="m").embed_all() == 0
+    other_model = TinyEncoder()
+    VolumeEmbeddings(volume, other_model, cache_dir=tmp_path / "x.zarr", model_id="n", read_also=[default]).get(0)
+    assert other_model.encoded == 1  # another model's embeddings are never borrowed

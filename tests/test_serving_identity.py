@@ -34,3 +34,27 @@ def test_model_identity_follows_weights_and_input_size(checkpoint):
     assert model_identity(a) != model_identity(b)
     with pytest.raises(ValueError, match="checkpoint file or a model"):
         model_identity()
+
+
+def test_one_identity_for_label_studio_onnx_volumes_and_napari(checkpoint, tmp_path, monkeypatch):
+    """Label Studio's model_version, the ONNX export stamp, the volume cache and the plugin all name
+    a model by `model_identity` (the only scheme left)."""
+    from labelstudio_backend.model import model_version_for
+    from labelstudio_backend.settings import Settings
+    from mobilesam.onnx.export import weights_fingerprint
+    from mobilesam.volume.embeddings import model_fingerprint
+
+    ident = model_identity(model_type="vit_t", checkpoint=checkpoint)
+    assert model_version_for(Settings(model_type="vit_t", checkpoint=str(checkpoint))) == "mobilesam-" + ident
+    assert model_version_for(Settings(model_type="vit_t", checkpoint=str(checkpoint), backend="onnx",
+                                      onnx_precision="int8")) == "mobilesam-" + ident + "-int8"
+    assert model_fingerprint("vit_t", checkpoint) == ident
+    model = mobilesam.load_model("vit_t", checkpoint)
+    assert weights_fingerprint(model) == model_identity(model)
+    # Official weights not downloaded yet: named by their published digest, i.e. the identity the
+    # verified file will have; once the file is there, hashing it gives the same name.
+    monkeypatch.setenv("MOBILESAM_HOME", str(tmp_path))
+    published = mobilesam.weights.OFFICIAL_WEIGHTS["vit_t"].sha256
+    assert model_version_for(Settings(model_type="vit_t")) == f"mobilesam-vit_t-{published}-in1024"
+    shutil.copy(checkpoint, mobilesam.weights.cached_path("vit_t"))
+    assert model_version_for(Settings(model_type="vit_t")) == "mobilesam-" + ident

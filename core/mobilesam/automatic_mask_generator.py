@@ -170,7 +170,7 @@ class SamAutomaticMaskGenerator:
         self.decoded_points = 0  # point prompts decoded by the last `generate` (all crops)
 
     def generate(self, image: np.ndarray, progress: Optional[ProgressCallback] = None,
-                 cancel: Optional[threading.Event] = None) -> list[dict[str, Any]]:
+                 cancel: Optional[threading.Event] = None, embedding=None) -> list[dict[str, Any]]:
         """Records for the masks of everything in an (H, W, 3) uint8 RGB image.
 
         Each record has: segmentation ((H, W) bool, or an RLE dict per `output_mode`),
@@ -179,6 +179,9 @@ class SamAutomaticMaskGenerator:
         crop_box ([x, y, w, h] of the crop the mask came from).
         progress(done, total) is called after each decoded batch; setting `cancel` stops the
         work with `mobilesam.errors.Cancelled`.
+        embedding: the image's `EmbeddingState` from this model when it is already computed (an
+        annotator's cache): used for the whole-image crop instead of encoding the image again,
+        so the work starts at once and every step of it can be cancelled.
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
@@ -186,7 +189,7 @@ class SamAutomaticMaskGenerator:
                              f"dtype {image.dtype}; convert other images with mobilesam.image.to_rgb_uint8")
         self.decoded_points = 0
         with torch.inference_mode():
-            candidates = self._generate_masks(image, progress, cancel)
+            candidates = self._generate_masks(image, progress, cancel, embedding)
             if self.min_mask_region_area > 0:
                 candidates = self._clean_small_regions(candidates, image.shape[:2])
             return [self._record(candidates, i, image.shape[:2]) for i in range(len(candidates))]
@@ -194,14 +197,15 @@ class SamAutomaticMaskGenerator:
     # --- mask generation --------------------------------------------------------------------------
 
     def _generate_masks(self, image: np.ndarray, progress: Optional[ProgressCallback],
-                        cancel: Optional[threading.Event]) -> _Candidates:
+                        cancel: Optional[threading.Event], embedding=None) -> _Candidates:
         image_size = image.shape[:2]
         crop_boxes, layers = generate_crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)
         # One unit of progress per crop encoding and per decoded batch.
         total = sum(1 + -(-len(self.point_grids[layer]) // self.points_per_batch) for layer in layers)
         ticker = _Ticker(total, progress, cancel)
         ticker.check()
-        parts = [self._process_crop(image, box, layer, ticker) for box, layer in zip(crop_boxes, layers)]
+        parts = [self._process_crop(image, box, layer, ticker, embedding if layer == 0 else None)
+                 for box, layer in zip(crop_boxes, layers)]
         candidates = _Candidates.concat(parts)
         if len(crop_boxes) > 1 and len(candidates):
             # Prefer masks from smaller crops (official score: 1 / crop area, float32).
@@ -211,11 +215,14 @@ class SamAutomaticMaskGenerator:
         return candidates
 
     def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int,
-                      ticker: "_Ticker") -> _Candidates:
+                      ticker: "_Ticker", embedding=None) -> _Candidates:
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1, :]
         crop_size = crop.shape[:2]
-        self.predictor.set_image(crop)
+        if embedding is not None and tuple(embedding.original_size) == tuple(crop_size):  # layer 0: the whole image
+            self.predictor.set_embedding(embedding)
+        else:
+            self.predictor.set_image(crop)
         ticker.tick()
 
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]

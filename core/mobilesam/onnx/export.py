@@ -11,7 +11,6 @@ Outputs: low_res_masks (B, 4, 256, 256) and iou_predictions (B, 4); index 0 is t
 output, 1..3 the multimask candidates (the caller slices, as `MaskDecoder.forward` does).
 """
 
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -82,12 +81,11 @@ class PromptDecoderOnnx(nn.Module):
 
 
 def weights_fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the model's parameters and buffers, to tell whether exported files are stale."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    """The model's `mobilesam.serving.model_identity` (type, weights, input size), stamped next to
+    the exported files to tell whether they are stale: the one identity caches use everywhere."""
+    from ..serving import model_identity
+
+    return model_identity(model)
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> None:

@@ -28,26 +28,34 @@ _file_hashes_lock = threading.Lock()
 
 
 def model_identity(model: Optional[torch.nn.Module] = None, *, model_type: Optional[str] = None,
-                   checkpoint: Optional[PathLike] = None, input_size: Optional[int] = None) -> str:
+                   checkpoint: Optional[PathLike] = None, input_size: Optional[int] = None,
+                   checkpoint_sha256: Optional[str] = None) -> str:
     """Identity of a model for cache keys.
 
     Either `checkpoint` (a weights file, hashed by content: the file name does not matter) or
     `model` (an in-memory `Sam`, hashed over its state dict: names, shapes, dtypes, values) must be
     given; with both, the file wins (cheaper, and equal files give equal models).
+    checkpoint_sha256: the sha256 of the checkpoint file when it is known without reading it (the
+    published digest of official weights not downloaded yet); gives the identity the file will have.
     model_type: "vit_t", "vit_b", ...; default: read from `model` when it has a `model_type`, else "sam".
     input_size: the encoder's input side; default: `model.image_encoder.img_size`, else 1024.
     """
-    if checkpoint is None and model is None:
+    if checkpoint is None and model is None and checkpoint_sha256 is None:
         raise ValueError("model_identity needs a checkpoint file or a model")
     if input_size is None:
         input_size = getattr(getattr(model, "image_encoder", None), "img_size", None) or DEFAULT_INPUT_SIZE
     if model_type is None:
         model_type = getattr(model, "model_type", None) or "sam"
-    digest = checkpoint_sha256(checkpoint) if checkpoint is not None else "w" + weights_sha256(model)
+    if checkpoint_sha256 is not None:
+        digest = checkpoint_sha256.lower()
+    elif checkpoint is not None:
+        digest = file_sha256(checkpoint)
+    else:
+        digest = "w" + weights_sha256(model)
     return _safe(f"{model_type}-{digest}-in{int(input_size)}")
 
 
-def checkpoint_sha256(path: PathLike) -> str:
+def file_sha256(path: PathLike) -> str:
     """sha256 of a weights file, computed once per (path, size, mtime) in this process."""
     path = Path(path)
     stat = path.stat()

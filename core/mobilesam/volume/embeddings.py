@@ -30,7 +30,7 @@ import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -80,6 +80,9 @@ class VolumeEmbeddings:
     value_range: (low, high) intensities mapped to 0..255; default: computed once per volume.
     cache_max_bytes: size budget of the whole `cache_dir` store (all models); after each save the
         least recently used slice embeddings are deleted until it fits. None: no limit.
+    read_also: other cache folders (e.g. the default one, when the user picks another) searched
+        before encoding, read-only: an embedding found there is copied into `cache_dir`, so work
+        already done under another folder is never repeated.
 
     The data are assumed not to change while this object is alive; make a new one if they do
     (the disk cache, keyed by the slice content, stays valid for unchanged slices).
@@ -90,7 +93,7 @@ class VolumeEmbeddings:
                  cache_dir: Optional[Union[str, Path]] = None, max_in_memory: int = 16,
                  model_id: Optional[str] = None,
                  value_range: Optional[tuple[float, float]] = None,
-                 cache_max_bytes: Optional[int] = None) -> None:
+                 cache_max_bytes: Optional[int] = None, read_also: Sequence[Union[str, Path]] = ()) -> None:
         shape = tuple(int(s) for s in getattr(volume, "shape", ()))
         if len(shape) not in (3, 4):
             raise ValueError(f"a volume must be (Z, Y, X) or (Z, Y, X, C); got shape {shape}")
@@ -130,6 +133,10 @@ class VolumeEmbeddings:
             if self.model_id is None:
                 self.model_id = weights_fingerprint(predictor.model)
             self._store = _EmbeddingStore(self.cache_dir, self._model_key(), cache_max_bytes)
+        # Only folders that already hold this model's embeddings: a lookup never creates anything.
+        self._other_stores = [_EmbeddingStore(Path(folder), self._model_key()) for folder in read_also
+                              if self._store is not None and Path(folder).resolve() != self.cache_dir.resolve()
+                              and (Path(folder) / self._model_key()).is_dir()]
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -192,7 +199,10 @@ class VolumeEmbeddings:
         with self._lock:
             if z in self._memory:
                 return True
-            return self._store is not None and self._store.contains(self._slice_hash(z))
+            if self._store is None:
+                return False
+            digest = self._slice_hash(z)
+            return any(store.contains(digest) for store in (self._store, *self._other_stores))
 
     def embed_all(self, progress: Optional[ProgressCallback] = None,
                   cancel: Optional[threading.Event] = None) -> int:
@@ -261,6 +271,12 @@ class VolumeEmbeddings:
             if state is not None:
                 self.disk_hits += 1
                 return state
+            for other in self._other_stores:
+                state = other.load(self._slice_hash(z, image), where=f"slice {z}")
+                if state is not None:
+                    self.disk_hits += 1
+                    self._store.save(self._slice_hash(z, image), state)
+                    return state
         if image is None:
             image = self.slice_image(z)
         self.predictor.set_image(image)
