@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 from napari.layers import Labels, Points, Shapes
-from standins import DiskPredictor, disk, wait_idle
+from standins import DiskPredictor, disk, press, wait_idle
 
 
 def _image(viewer, shape=(60, 80), **kwargs):
@@ -127,20 +127,6 @@ def test_box_prompt_and_manual_segment_key(plugin_widget, qtbot):
     expected[10:31, 20:51] = True
     np.testing.assert_array_equal(current.data > 0, expected)
 
-
-def press(viewer, key):
-    """Send a key press to the canvas, as when the user types it."""
-    from qtpy.QtCore import Qt
-    from qtpy.QtGui import QKeyEvent
-    from qtpy.QtWidgets import QApplication
-
-    *mods, name = key.split("-")
-    modifiers = Qt.KeyboardModifier.ShiftModifier if "Shift" in mods else Qt.KeyboardModifier.NoModifier
-    qt_key = getattr(Qt.Key, f"Key_{name.upper()}")
-    canvas = viewer.window._qt_viewer.canvas.native
-    text = name.upper() if mods else name.lower()
-    for kind in (QKeyEvent.Type.KeyPress, QKeyEvent.Type.KeyRelease):
-        QApplication.sendEvent(canvas, QKeyEvent(kind, qt_key, modifiers, text))
 
 
 def test_channels_first_image_is_one_2d_image(plugin_widget, qtbot):
