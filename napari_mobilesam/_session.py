@@ -135,9 +135,16 @@ class ImageSession:
     # ---- committing
     def commit(self, current: np.ndarray, objects: np.ndarray, prompts: GroupedPrompts) -> list[int]:
         """Write each object of `current` (labels 1, 2, ...) into `objects` with a new id, never over
-        an existing object; remember the prompts of object 1 (for propagation). Returns the new ids."""
+        an existing object; remember the prompts of object 1 (for propagation). Returns the new ids.
+        Only the objects' bounding box is compared and written: on a 6000 x 6000 image the
+        whole-image temporaries cost ~0.8 s on the GUI thread, the box ~15 ms."""
         new_ids = []
         next_id = int(objects.max()) + 1 if objects.size else 1
+        self.point_label = POSITIVE  # each object starts with positive clicks
+        box = nonzero_box(current)
+        if box is None:
+            return new_ids
+        current, objects = current[box], objects[box]  # views: writing `objects` writes the layer
         for value in [v for v in np.unique(current) if v > 0]:
             free = (current == value) & (objects == 0)
             if not free.any():
@@ -146,13 +153,23 @@ class ImageSession:
             self.object_prompts[next_id] = dict(prompts.by_slice) if value == 1 else {}
             new_ids.append(next_id)
             next_id += 1
-        self.point_label = POSITIVE  # each object starts with positive clicks
         return new_ids
 
     def committed_with_prompts(self, objects: np.ndarray) -> list[int]:
         """Committed ids that still exist in `objects` and have prompts to propagate from."""
         present = set(np.unique(objects).tolist())
         return [i for i, by_slice in sorted(self.object_prompts.items()) if by_slice and i in present]
+
+
+def nonzero_box(array: np.ndarray) -> Optional[tuple[slice, ...]]:
+    """The bounding box (one slice per axis) of the nonzero elements of `array`, or None if none."""
+    box = []
+    for axis in range(array.ndim):
+        hits = np.flatnonzero(array.any(axis=tuple(a for a in range(array.ndim) if a != axis)))
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
 
 
 class Sessions:
