@@ -69,3 +69,21 @@ def test_candidate_cycle_returns_to_best():
     for _ in range(4):
         seen.append(next_candidate(seen[-1]))
     assert seen == ["best", "1", "2", "3", "best"]
+
+
+def test_commit_writes_only_the_object_box_with_ids_after_the_whole_layer():
+    """The commit works on the current object's bounding box, yet new ids follow the largest id of
+    the whole layer and committed objects (inside or outside the box) are never overwritten."""
+    session = Sessions().get(object(), lambda: "image")
+    objects = np.zeros((60, 80), np.int32)
+    objects[50:55, 70:75] = 9  # far outside the object's box: sets the next id
+    objects[12:15, 12:15] = 4  # inside the box: kept
+    current = np.zeros((60, 80), np.uint8)
+    current[10:20, 10:20] = 1
+    current[30:32, 5:7] = 2  # an extra box's object
+    before = objects.copy()
+    assert session.commit(current, objects, _grouped([(15, 15)], (60, 80))) == [10, 11]
+    assert (objects[50:55, 70:75] == 9).all() and (objects[12:15, 12:15] == 4).all()
+    assert np.array_equal(objects == 10, (current == 1) & (before == 0))
+    assert np.array_equal(objects == 11, current == 2)
+    assert session.commit(np.zeros_like(current), objects, _grouped([], (60, 80))) == []
