@@ -5,6 +5,7 @@ A fresh Label Studio data dir costs about a minute of database migrations; the m
 database is kept in a cache directory and copied for later runs (a fresh data dir each time).
 """
 
+import contextlib
 import hashlib
 import io
 import os
@@ -149,6 +150,22 @@ def save_template(database, target) -> None:
     with sqlite3.connect(database) as source, sqlite3.connect(partial) as copy:
         source.backup(copy)
     os.replace(partial, target)
+
+
+@contextlib.contextmanager
+def serve_wsgi(app):
+    """Serve a WSGI `app` on 127.0.0.1 from a thread of this process; yields its base URL."""
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        thread.join(10)
+        server.server_close()
 
 
 class ThreadedBackend:

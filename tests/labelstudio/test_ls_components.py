@@ -1,7 +1,6 @@
 """Backend components: embedding cache and disk store, image fetching through label-studio-sdk
 (against a local HTTP server that checks the token like Label Studio), polygons, CLI arguments."""
 
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,6 +9,7 @@ import pytest
 import torch
 
 from ls_requests import MemoryImages, decode_brush, keypoint, predict_body, reference_mask
+from ls_server import serve_wsgi
 
 A = "/data/upload/1/a.png"
 
@@ -128,7 +128,6 @@ def image_server(ls_images):
     import io
 
     from PIL import Image
-    from werkzeug.serving import make_server
     from werkzeug.wrappers import Request, Response
 
     def png(array):
@@ -152,14 +151,8 @@ def image_server(ls_images):
             return Response(files[request.path], mimetype="image/png")
         return Response("not found", status=404)
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", requests_seen
-    finally:
-        server.shutdown()
-        thread.join(10)
+    with serve_wsgi(app) as url:
+        yield url, requests_seen
 
 
 def test_fetches_uploaded_file_with_token(image_server, ls_images, tmp_path, monkeypatch):

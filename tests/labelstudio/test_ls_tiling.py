@@ -8,12 +8,12 @@ Images are PNG files served with a token by a local server shaped like Label Stu
 """
 
 import io
-import threading
 
 import numpy as np
 import pytest
 
 from ls_requests import CONFIG_POLYGON, decode_brush, keypoint, predict_body, rectangle
+from ls_server import serve_wsgi
 
 WIDTH, HEIGHT = 3000, 2000
 CORNER = (768, 1536)  # (y, x): where four tile interiors meet (768 px interiors)
@@ -48,7 +48,6 @@ def dice(a, b):
 @pytest.fixture(scope="module")
 def image_server():
     from PIL import Image
-    from werkzeug.serving import make_server
     from werkzeug.wrappers import Request, Response
 
     def png(array):
@@ -68,12 +67,8 @@ def image_server():
             return Response(files[request.path], mimetype="image/png")
         return Response("not found", status=404)
 
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    thread.join(10)
+    with serve_wsgi(app) as url:
+        yield url
 
 
 class StandIn:

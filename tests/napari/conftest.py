@@ -18,3 +18,13 @@ def plugin_widget(make_napari_viewer):
 def private_cache_folder(tmp_path_factory, monkeypatch):
     """Embeddings of volumes are saved in the cache folder by default: never the user's real one."""
     monkeypatch.setenv("MOBILESAM_HOME", str(tmp_path_factory.mktemp("mobilesam_home")))
+
+
+@pytest.fixture
+def dock(make_napari_viewer, qtbot):
+    """(viewer, widget) in a shown 1366x768 window, the size of a small laptop screen."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1366, 768)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
+    qtbot.wait(20)
+    return viewer, widget

@@ -6,21 +6,10 @@ import threading
 import urllib.error
 
 import numpy as np
-import pytest
 from napari.layers import Labels
 from standins import ContentPredictor, DiskPredictor, bright_image, click, disk, drag, press, wait_idle
 
 PLUGIN_SUFFIXES = ("prompts", "boxes", "current object", "objects")
-
-
-@pytest.fixture
-def dock(make_napari_viewer, qtbot):
-    """(viewer, widget) in a shown 1366x768 window, the size of a small laptop screen."""
-    viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1366, 768)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
-    qtbot.wait(20)
-    return viewer, widget
 
 
 def choose(viewer, widget, qtbot, layer):

@@ -18,15 +18,6 @@ CORNERS = ((768, 768), (768, 1536), (1536, 1536), (2304, 768))  # tile corners o
 RADIUS = 150
 
 
-@pytest.fixture
-def dock(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer(show=True)
-    viewer.window._qt_window.resize(1366, 768)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
-    qtbot.wait(20)
-    return viewer, widget
-
-
 def objects_on_corners(shape):
     image = np.zeros(shape, np.uint8)
     for centre in CORNERS:
