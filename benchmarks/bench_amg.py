@@ -15,7 +15,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -32,9 +31,9 @@ def main() -> int:
     args = parser.parse_args()
 
     import mobile_sam
+    from test_amg import assert_records_equal, blobs_image, record_embeddings, replay_embeddings
 
     import mobilesam
-    from test_amg import assert_records_equal, blobs_image, record_embeddings, replay_embeddings
 
     torch.manual_seed(0)
     reference_model = mobile_sam.sam_model_registry["vit_t"]().eval()
@@ -43,8 +42,12 @@ def main() -> int:
     our_model = mobilesam.build_sam("vit_t", path)
     height, width = (int(v) for v in args.size.split("x"))
     image = blobs_image(height, width)
-    settings = dict(points_per_side=args.points_per_side, pred_iou_thresh=args.pred_iou_thresh,
-                    stability_score_thresh=args.stability_score_thresh, crop_n_layers=args.crop_layers)
+    settings = dict(
+        points_per_side=args.points_per_side,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        crop_n_layers=args.crop_layers,
+    )
 
     reference = mobile_sam.SamAutomaticMaskGenerator(reference_model, **settings)
     embeddings = record_embeddings(reference.predictor)
@@ -68,9 +71,13 @@ def main() -> int:
         equal = f"equal ({len(records)} records, score max|diff| {diff:.3g})"
     except AssertionError as exc:
         equal = f"NOT equal: {exc}"
-    print(f"image {height}x{width}, {args.points_per_side}**2 points, crop layers {args.crop_layers}, "
-          f"pred_iou_thresh {args.pred_iou_thresh}, stability_score_thresh {args.stability_score_thresh}")
-    print(f"reference {reference_s:.2f} s, ours {ours_s:.2f} s, ratio ours/reference {ours_s / reference_s:.3f}")
+    print(
+        f"image {height}x{width}, {args.points_per_side}**2 points, crop layers {args.crop_layers}, "
+        f"pred_iou_thresh {args.pred_iou_thresh}, stability_score_thresh {args.stability_score_thresh}"
+    )
+    print(
+        f"reference {reference_s:.2f} s, ours {ours_s:.2f} s, ratio ours/reference {ours_s / reference_s:.3f}"
+    )
     print(f"records {equal}")
     return 0
 

@@ -56,7 +56,9 @@ def build_sides(seed: int, tmp: Path) -> dict:
         "ours fast": mobilesam.build_sam("vit_t", str(path)).eval().image_encoder,
     }
     if bf16_supported():  # AVX512-BF16 / AMX only
-        sides["ours bf16"] = mobilesam.build_sam("vit_t", str(path)).eval().set_precision("bf16").image_encoder
+        sides["ours bf16"] = (
+            mobilesam.build_sam("vit_t", str(path)).eval().set_precision("bf16").image_encoder
+        )
     return sides
 
 
@@ -89,21 +91,27 @@ def main(argv=None) -> int:
                 times[name].append(seconds)
 
     ref_ms = statistics.median(times["reference"]) * 1e3
-    print(f"torch {torch.__version__}, {threads} thread(s), {'CPU' if args.cpu_time else 'wall'} time, "
-          f"allocator: {allocator.reason}, input (1, 3, 1024, 1024), {args.repeats} interleaved repeats")
+    print(
+        f"torch {torch.__version__}, {threads} thread(s), {'CPU' if args.cpu_time else 'wall'} time, "
+        f"allocator: {allocator.reason}, input (1, 3, 1024, 1024), {args.repeats} interleaved repeats"
+    )
     if args.samples:
         for name, samples in times.items():
             print(f"  {name}: {', '.join(f'{t * 1e3:.0f}' for t in samples)} ms")
     ref_best = min(times["reference"]) * 1e3
-    print(f"{'side':<12} {'median ms':>10} {'ratio to ref':>13} {'best ms':>8} {'ratio':>6} {'max |diff| vs ref':>18} "
-          f"{'rel. error':>10}")
+    print(
+        f"{'side':<12} {'median ms':>10} {'ratio to ref':>13} {'best ms':>8} {'ratio':>6} {'max |diff| vs ref':>18} "
+        f"{'rel. error':>10}"
+    )
     ref_out = outputs["reference"]
     for name, samples in times.items():
         ms, best = statistics.median(samples) * 1e3, min(samples) * 1e3
         diff = (outputs[name] - ref_out).abs().max().item()
         relative = ((outputs[name] - ref_out).norm() / ref_out.norm()).item()
-        print(f"{name:<12} {ms:>10.1f} {ms / ref_ms:>13.3f} {best:>8.1f} {best / ref_best:>6.3f} {diff:>18.3g} "
-              f"{relative:>10.2e}")
+        print(
+            f"{name:<12} {ms:>10.1f} {ms / ref_ms:>13.3f} {best:>8.1f} {best / ref_best:>6.3f} {diff:>18.3g} "
+            f"{relative:>10.2e}"
+        )
 
     if args.profile:
         from torch.profiler import ProfilerActivity, profile

@@ -99,23 +99,60 @@ def prior_annotations(height, width, count):
     results = []
     for i in range(count):
         mask = np.zeros((height, width), np.uint8)
-        mask[i * 10:i * 10 + height // 3, i * 15:i * 15 + width // 3] = 255
-        results.append({"id": f"old{i}", "from_name": "brush", "to_name": "image", "type": "brushlabels",
-                        "original_width": width, "original_height": height, "image_rotation": 0,
-                        "value": {"format": "rle", "rle": [int(v) for v in mask2rle(mask)],
-                                  "brushlabels": ["Object"]}})
+        mask[i * 10 : i * 10 + height // 3, i * 15 : i * 15 + width // 3] = 255
+        results.append(
+            {
+                "id": f"old{i}",
+                "from_name": "brush",
+                "to_name": "image",
+                "type": "brushlabels",
+                "original_width": width,
+                "original_height": height,
+                "image_rotation": 0,
+                "value": {
+                    "format": "rle",
+                    "rle": [int(v) for v in mask2rle(mask)],
+                    "brushlabels": ["Object"],
+                },
+            }
+        )
     return [{"id": 1, "result": results}]
 
 
 def click_body(url, task_id, x, y, width, height, annotations, click_id):
-    item = {"original_width": width, "original_height": height, "image_rotation": 0,
-            "value": {"x": x / width * 100, "y": y / height * 100, "width": 0.5, "keypointlabels": ["Object"],
-                      "labels": ["Object"]},
-            "is_positive": True, "id": click_id, "from_name": "kp", "to_name": "image", "type": "keypointlabels",
-            "origin": "manual"}
-    task = {"id": task_id, "data": {"image": url}, "annotations": annotations, "drafts": [], "predictions": []}
-    return json.dumps({"tasks": [task], "project": "1.1700000000", "label_config": CONFIG,
-                       "params": {"login": None, "password": None, "context": {"result": [item]}}})
+    item = {
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {
+            "x": x / width * 100,
+            "y": y / height * 100,
+            "width": 0.5,
+            "keypointlabels": ["Object"],
+            "labels": ["Object"],
+        },
+        "is_positive": True,
+        "id": click_id,
+        "from_name": "kp",
+        "to_name": "image",
+        "type": "keypointlabels",
+        "origin": "manual",
+    }
+    task = {
+        "id": task_id,
+        "data": {"image": url},
+        "annotations": annotations,
+        "drafts": [],
+        "predictions": [],
+    }
+    return json.dumps(
+        {
+            "tasks": [task],
+            "project": "1.1700000000",
+            "label_config": CONFIG,
+            "params": {"login": None, "password": None, "context": {"result": [item]}},
+        }
+    )
 
 
 class RssSampler(threading.Thread):
@@ -138,6 +175,7 @@ class RssSampler(threading.Thread):
 
 def hostile_bodies(width, height):
     """(name, raw body) of requests a hostile or broken client sends."""
+
     def body(items, url="/data/upload/1/img0.png"):
         data = json.loads(click_body(url, 1, 10, 10, width, height, [], "h"))
         if items is not None:
@@ -145,16 +183,27 @@ def hostile_bodies(width, height):
         return data
 
     point = json.loads(click_body("x", 1, 10, 10, width, height, [], "h"))["params"]["context"]["result"][0]
-    rect = dict(point, type="rectanglelabels", value={"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0,
-                                                       "rectanglelabels": ["Object"]})
+    rect = dict(
+        point,
+        type="rectanglelabels",
+        value={"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0, "rectanglelabels": ["Object"]},
+    )
     cases = [("slow host", json.dumps(body(None, "/data/upload/1/slow{n}.png")))]
     cases.append(("5000 keypoints", json.dumps(body([dict(point, id=f"k{i}") for i in range(5000)]))))
     cases.append(("nested 100000 deep", '{"tasks": ' + "[" * 100_000 + "]" * 100_000 + "}"))
     for rotation in ("Infinity", '"abc"', "[1]"):
-        cases.append((f"rotation {rotation}", json.dumps(body([dict(rect, value=dict(rect["value"], rotation=1234.5))]))
-                      .replace("1234.5", rotation)))
+        cases.append(
+            (
+                f"rotation {rotation}",
+                json.dumps(body([dict(rect, value=dict(rect["value"], rotation=1234.5))])).replace(
+                    "1234.5", rotation
+                ),
+            )
+        )
     for w, h in ((16000, 12000), (10**6, 10**6)):
-        cases.append((f"claimed {w}x{h}", json.dumps(body([dict(point, original_width=w, original_height=h)]))))
+        cases.append(
+            (f"claimed {w}x{h}", json.dumps(body([dict(point, original_width=w, original_height=h)])))
+        )
     cases.append(("other host", json.dumps(body(None, "http://127.0.0.1:9/metrics"))))
     return cases
 
@@ -173,8 +222,12 @@ def main():
     parser.add_argument("--width", type=int, default=640)
     parser.add_argument("--annotations", type=int, default=5, help="earlier brush annotations per task")
     parser.add_argument("--checkpoint", help="weights (default: random vit_t weights, written to a temp dir)")
-    parser.add_argument("--hostile-clients", type=int, default=4, help="phase 4's hostile clients (0: no phase 4)")
-    parser.add_argument("--hostile-rounds", type=int, default=2, help="times each hostile client sends every case")
+    parser.add_argument(
+        "--hostile-clients", type=int, default=4, help="phase 4's hostile clients (0: no phase 4)"
+    )
+    parser.add_argument(
+        "--hostile-rounds", type=int, default=2, help="times each hostile client sends every case"
+    )
     args = parser.parse_args()
 
     import requests
@@ -183,20 +236,47 @@ def main():
 
     work = Path(tempfile.mkdtemp(prefix="bench-ls-"))
     checkpoint = args.checkpoint or str(save_random_checkpoint(work / "random_vit_t.pt", "vit_t", seed=0))
-    files = {f"/data/upload/1/img{i}.png": synthetic_png(args.height, args.width, i)
-             for i in range(args.images + SEQUENTIAL_UNCACHED)}
+    files = {
+        f"/data/upload/1/img{i}.png": synthetic_png(args.height, args.width, i)
+        for i in range(args.images + SEQUENTIAL_UNCACHED)
+    }
     image_server = start_image_server(files)
     ls_url = f"http://127.0.0.1:{image_server.server_port}"
 
     port = free_port()
-    env = dict(os.environ, MOBILESAM_CHECKPOINT=checkpoint, MOBILESAM_EMBEDDING_DIR="off",
-               MOBILESAM_CACHE_SIZE=str(max(32, args.images + SEQUENTIAL_UNCACHED)), LABEL_STUDIO_URL=ls_url,
-               LABEL_STUDIO_API_KEY=TOKEN, XDG_CACHE_HOME=str(work / "cache"), LOG_LEVEL="WARNING")
+    env = dict(
+        os.environ,
+        MOBILESAM_CHECKPOINT=checkpoint,
+        MOBILESAM_EMBEDDING_DIR="off",
+        MOBILESAM_CACHE_SIZE=str(max(32, args.images + SEQUENTIAL_UNCACHED)),
+        LABEL_STUDIO_URL=ls_url,
+        LABEL_STUDIO_API_KEY=TOKEN,
+        XDG_CACHE_HOME=str(work / "cache"),
+        LOG_LEVEL="WARNING",
+    )
     server_log = open(work / "server.log", "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", "1", "--threads", str(args.clients), "-b", f"127.0.0.1:{port}",
-         "--timeout", "300", "--log-level", "warning", "labelstudio_backend._wsgi:app"],
-        env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=server_log)
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "1",
+            "--threads",
+            str(args.clients),
+            "-b",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "300",
+            "--log-level",
+            "warning",
+            "labelstudio_backend._wsgi:app",
+        ],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=server_log,
+    )
     backend = f"http://127.0.0.1:{port}"
     errors = []
     try:
@@ -222,11 +302,14 @@ def main():
                 session.http = requests.Session()
             rng = random.Random(index)
             x, y = rng.uniform(0, args.width - 1), rng.uniform(0, args.height - 1)
-            body = click_body(url, list(files).index(url) + 1, x, y, args.width, args.height, annotations, f"c{index}")
+            body = click_body(
+                url, list(files).index(url) + 1, x, y, args.width, args.height, annotations, f"c{index}"
+            )
             started = time.perf_counter()
             try:
-                response = session.http.post(backend + "/predict", data=body,
-                                             headers={"Content-Type": "application/json"}, timeout=300)
+                response = session.http.post(
+                    backend + "/predict", data=body, headers={"Content-Type": "application/json"}, timeout=300
+                )
                 elapsed = time.perf_counter() - started
                 result = response.json()["results"][0]["result"] if response.status_code == 200 else None
                 if not result or result[0]["type"] != "brushlabels":
@@ -263,32 +346,50 @@ def main():
     s50, s99 = percentiles(sequential)
     c50, c99 = percentiles(cached)
     cache = metrics["embedding_cache"]
-    print(f"{args.clients} clients, {args.images} images {args.width}x{args.height}, "
-          f"{args.annotations} earlier annotations per task, gunicorn -w 1 --threads {args.clients}")
+    print(
+        f"{args.clients} clients, {args.images} images {args.width}x{args.height}, "
+        f"{args.annotations} earlier annotations per task, gunicorn -w 1 --threads {args.clients}"
+    )
     print(f"uncached clicks, 1 client:  n={len(solo_uncached):4d}  p50 {o50:8.1f} ms  p99 {o99:8.1f} ms")
-    print(f"uncached clicks, {args.clients} clients: n={len(uncached):4d}  p50 {u50:8.1f} ms  p99 {u99:8.1f} ms  "
-          f"({len(uncached) / uncached_wall:.2f} clicks/s)")
+    print(
+        f"uncached clicks, {args.clients} clients: n={len(uncached):4d}  p50 {u50:8.1f} ms  p99 {u99:8.1f} ms  "
+        f"({len(uncached) / uncached_wall:.2f} clicks/s)"
+    )
     print(f"cached clicks, 1 client:  n={len(sequential):4d}  p50 {s50:8.1f} ms  p99 {s99:8.1f} ms")
-    print(f"cached clicks, {args.clients} clients: n={len(cached):4d}  p50 {c50:8.1f} ms  p99 {c99:8.1f} ms  "
-          f"({len(cached) / cached_wall:.2f} clicks/s)")
-    print(f"cache speed-up: uncached p50 / cached p50 = {o50 / s50:.1f}x (1 client), {u50 / c50:.1f}x "
-          f"({args.clients} clients)")
-    print(f"server embedding cache: {cache['items']} items, {cache['bytes'] / 2**20:.0f} MiB, "
-          f"{cache['hits']} hits, {cache['misses']} misses; encoder ran {metrics['counters'].get('embeddings.encoded')} times")
-    print(f"server RSS: idle {idle_rss / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB, "
-          f"final {final_rss / 2**20:.0f} MiB")
+    print(
+        f"cached clicks, {args.clients} clients: n={len(cached):4d}  p50 {c50:8.1f} ms  p99 {c99:8.1f} ms  "
+        f"({len(cached) / cached_wall:.2f} clicks/s)"
+    )
+    print(
+        f"cache speed-up: uncached p50 / cached p50 = {o50 / s50:.1f}x (1 client), {u50 / c50:.1f}x "
+        f"({args.clients} clients)"
+    )
+    print(
+        f"server embedding cache: {cache['items']} items, {cache['bytes'] / 2**20:.0f} MiB, "
+        f"{cache['hits']} hits, {cache['misses']} misses; encoder ran {metrics['counters'].get('embeddings.encoded')} times"
+    )
+    print(
+        f"server RSS: idle {idle_rss / 2**20:.0f} MiB, peak {sampler.peak / 2**20:.0f} MiB, "
+        f"final {final_rss / 2**20:.0f} MiB"
+    )
     if args.hostile_clients:
         quiet, health = health
         h50, h99 = percentiles(health)
         q50, _ = percentiles(quiet)
         a50, _ = percentiles(attacked)
-        print(f"hostile: {args.hostile_clients} clients x {args.hostile_rounds} rounds, "
-              f"{sum(hostile.values())} requests: " + ", ".join(f"{k}: {v}" for k, v in sorted(hostile.items())))
-        print(f"/health during the attack: n={len(health)}  p50 {h50:.1f} ms  p99 {h99:.1f} ms  "
-              f"max {max(health) * 1000:.1f} ms; p50 = {h50 / q50:.1f}x /health p50 before the attack "
-              f"({q50:.1f} ms)")
+        print(
+            f"hostile: {args.hostile_clients} clients x {args.hostile_rounds} rounds, "
+            f"{sum(hostile.values())} requests: " + ", ".join(f"{k}: {v}" for k, v in sorted(hostile.items()))
+        )
+        print(
+            f"/health during the attack: n={len(health)}  p50 {h50:.1f} ms  p99 {h99:.1f} ms  "
+            f"max {max(health) * 1000:.1f} ms; p50 = {h50 / q50:.1f}x /health p50 before the attack "
+            f"({q50:.1f} ms)"
+        )
         print(f"cached clicks during the attack: p50 {a50:.1f} ms = {a50 / c50:.2f}x phase 3's")
-        errors.extend(f"hostile request answered {key}" for key, n in hostile.items() if key.startswith("500"))
+        errors.extend(
+            f"hostile request answered {key}" for key, n in hostile.items() if key.startswith("500")
+        )
     print(f"errors: {len(errors)}")
     for error in errors[:10]:
         print("  " + error)
@@ -310,8 +411,14 @@ def hostile_phase(args, backend, urls, click):
                 for name, raw in cases:
                     raw = raw.replace("{n}", f"{client}-{round_}")
                     try:
-                        status = str(http.post(backend + "/predict", data=raw, timeout=120,
-                                               headers={"Content-Type": "application/json"}).status_code)
+                        status = str(
+                            http.post(
+                                backend + "/predict",
+                                data=raw,
+                                timeout=120,
+                                headers={"Content-Type": "application/json"},
+                            ).status_code
+                        )
                     except requests.RequestException as exc:
                         status = type(exc).__name__
                     with lock:

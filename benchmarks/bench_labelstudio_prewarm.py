@@ -32,17 +32,35 @@ from ls_server import TOKEN, free_port, start_label_studio, stop, template_key, 
 
 def start_backend(work: Path, checkpoint: Path, ls_url: str, prewarm: bool):
     port = free_port()
-    env = dict(os.environ, MOBILESAM_CHECKPOINT=str(checkpoint), MOBILESAM_ALLOW_DOWNLOAD="0",
-               MOBILESAM_EMBEDDING_DIR="off", LABEL_STUDIO_URL=ls_url, LABEL_STUDIO_API_KEY=TOKEN,
-               MOBILESAM_PREWARM="1" if prewarm else "0", XDG_CACHE_HOME=str(work / "cache"),
-               PYTHONPATH=os.pathsep.join([str(REPO / "core"), str(REPO)]))
+    env = dict(
+        os.environ,
+        MOBILESAM_CHECKPOINT=str(checkpoint),
+        MOBILESAM_ALLOW_DOWNLOAD="0",
+        MOBILESAM_EMBEDDING_DIR="off",
+        LABEL_STUDIO_URL=ls_url,
+        LABEL_STUDIO_API_KEY=TOKEN,
+        MOBILESAM_PREWARM="1" if prewarm else "0",
+        XDG_CACHE_HOME=str(work / "cache"),
+        PYTHONPATH=os.pathsep.join([str(REPO / "core"), str(REPO)]),
+    )
     log_path = work / f"backend-prewarm{int(prewarm)}.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "mobilesam", "serve", "--port", str(port)], env=env,
-                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mobilesam", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
+        )
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: requests.get(url + "/health", timeout=2).json()["model_state"] == "ready", 300, process,
-               log_path, "mobilesam serve")
+    wait_until(
+        lambda: requests.get(url + "/health", timeout=2).json()["model_state"] == "ready",
+        300,
+        process,
+        log_path,
+        "mobilesam serve",
+    )
     return process, url, log_path
 
 
@@ -68,11 +86,17 @@ def run(ls, backend_url, images, delay, label):
         ls.call("GET", f"/api/tasks/{task['id']}")  # the labeling view opening the task
         time.sleep(delay)
         ready.append(prewarmed(backend_url) > before)
-        for latencies, (x, y) in ((first, (width * 0.4, height * 0.5)), (cached, (width * 0.6, height * 0.4))):
+        for latencies, (x, y) in (
+            (first, (width * 0.4, height * 0.5)),
+            (cached, (width * 0.6, height * 0.4)),
+        ):
             click = keypoint(x, y, width, height, region_id=f"k{len(latencies)}")
             started = time.perf_counter()
-            answer = ls.call("POST", f"/api/ml/{ml['id']}/interactive-annotating",
-                             json={"task": task["id"], "context": {"result": [click]}})
+            answer = ls.call(
+                "POST",
+                f"/api/ml/{ml['id']}/interactive-annotating",
+                json={"task": task["id"], "context": {"result": [click]}},
+            )
             latencies.append(time.perf_counter() - started)
             assert "data" in answer, answer
         stored = ls.call("GET", f"/api/predictions?task={task['id']}")
@@ -93,7 +117,9 @@ def main(argv=None):
         checkpoint = save_random_checkpoint(work / "mobile_sam_random.pt", "vit_t", seed=0)
         (work / "ls").mkdir()
         (work / "files").mkdir()
-        template = REPO / ".pytest_cache" / "d" / f"labelstudio-template-{template_key()}" / "label_studio.sqlite3"
+        template = (
+            REPO / ".pytest_cache" / "d" / f"labelstudio-template-{template_key()}" / "label_studio.sqlite3"
+        )
         template.parent.mkdir(parents=True, exist_ok=True)
         ls = start_label_studio(work / "ls", work / "files", template)
         try:
@@ -112,21 +138,33 @@ def main(argv=None):
         finally:
             stop(ls.process)
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other jobs share it)")
-    print(f"{args.tasks} tasks of {height}x{width}; wait after opening a task with prewarm: {delay:.2f} s "
-          "(one encoder time, measured above)")
+    print(
+        f"{args.tasks} tasks of {height}x{width}; wait after opening a task with prewarm: {delay:.2f} s "
+        "(one encoder time, measured above)"
+    )
     for prewarm in (False, True):
         first, cached, ready = results[prewarm]
         ratio = statistics.median(first) / statistics.median(cached)
-        print(f"prewarm {'on ' if prewarm else 'off'}: first click {statistics.median(first):.2f} s "
-              f"(all: {', '.join(f'{v:.2f}' for v in first)}), cached click {statistics.median(cached):.2f} s, "
-              f"ratio {ratio:.2f}x" + ("  (goal <= 1.2x)" if prewarm else ""))
+        print(
+            f"prewarm {'on ' if prewarm else 'off'}: first click {statistics.median(first):.2f} s "
+            f"(all: {', '.join(f'{v:.2f}' for v in first)}), cached click {statistics.median(cached):.2f} s, "
+            f"ratio {ratio:.2f}x" + ("  (goal <= 1.2x)" if prewarm else "")
+        )
         inside = backend_times[prewarm]
-        print("  of which in the backend (first, cached per task): "
-              + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(inside[0::2], inside[1::2])))
+        print(
+            "  of which in the backend (first, cached per task): "
+            + ", ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(inside[0::2], inside[1::2]))
+        )
         if prewarm:
             warm = [f / statistics.median(cached) for f, r in zip(first, ready) if r]
-            print(f"  prewarm finished before the click on {sum(ready)} of {len(ready)} tasks"
-                  + (f"; their first click / cached click: {', '.join(f'{w:.2f}x' for w in warm)}" if warm else ""))
+            print(
+                f"  prewarm finished before the click on {sum(ready)} of {len(ready)} tasks"
+                + (
+                    f"; their first click / cached click: {', '.join(f'{w:.2f}x' for w in warm)}"
+                    if warm
+                    else ""
+                )
+            )
     print("predictions stored per opened task: 0")
 
 

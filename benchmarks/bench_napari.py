@@ -53,7 +53,9 @@ def main(argv=None) -> int:
         import mobilesam
         from mobilesam.testing import save_random_checkpoint
 
-        checkpoint = args.checkpoint or str(save_random_checkpoint(Path(tmp) / "random_vit_t.pt", "vit_t", seed=0))
+        checkpoint = args.checkpoint or str(
+            save_random_checkpoint(Path(tmp) / "random_vit_t.pt", "vit_t", seed=0)
+        )
         rng = np.random.default_rng(0)
         # Two volumes: the first for clicks on new slices, the second for propagation through fresh slices.
         shape = (args.slices + 1, args.size, args.size)
@@ -103,17 +105,25 @@ def main(argv=None) -> int:
         widget.segment_volume()
         _wait(app, widget)
         volume = (time.perf_counter() - start) / args.slices
-        reached = int(np.count_nonzero(viewer.layers["propagation current object"].data.reshape(shape[0], -1).any(1)))
+        reached = int(
+            np.count_nonzero(viewer.layers["propagation current object"].data.reshape(shape[0], -1).any(1))
+        )
         errors = [text for level, text in widget.messages if level == "error"]
         viewer.close()
         measure_encoder()
         encoder = statistics.median(encoder_times)
 
-    print(f"encoder pass (core SamPredictor.set_image, {args.size}x{args.size} slice): {encoder * 1000:.0f} ms")
-    print(f"click on a new slice in the viewer: {click * 1000:.0f} ms per slice = {click / encoder:.2f}x the encoder"
-          " (goal <= 1.3x)")
-    print(f"segment volume, fresh slices: {volume * 1000:.0f} ms per slice = {volume / encoder:.2f}x the encoder"
-          f" (goal <= 1.3x; {reached}/{shape[0]} slices reached)")
+    print(
+        f"encoder pass (core SamPredictor.set_image, {args.size}x{args.size} slice): {encoder * 1000:.0f} ms"
+    )
+    print(
+        f"click on a new slice in the viewer: {click * 1000:.0f} ms per slice = {click / encoder:.2f}x the encoder"
+        " (goal <= 1.3x)"
+    )
+    print(
+        f"segment volume, fresh slices: {volume * 1000:.0f} ms per slice = {volume / encoder:.2f}x the encoder"
+        f" (goal <= 1.3x; {reached}/{shape[0]} slices reached)"
+    )
     if errors:
         print("errors:", *errors, sep="\n  ")
         return 1

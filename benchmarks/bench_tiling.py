@@ -39,12 +39,12 @@ def make_image(size: int) -> np.ndarray:
     image = np.empty((size, size, 3), np.uint8)
     centres = rng.uniform(0, size, (max(4, size // 128), 2))
     for y0 in range(0, size, 512):
-        yy, xx = np.mgrid[y0:min(size, y0 + 512), :size]
+        yy, xx = np.mgrid[y0 : min(size, y0 + 512), :size]
         strip = rng.normal(70, 10, yy.shape)
         for cx, cy in centres:
             if abs(cy - y0 - 256) < 300:
                 strip += 120 * (((yy - cy) ** 2 + (xx - cx) ** 2) < 40**2)
-        image[y0:y0 + 512] = np.clip(strip, 0, 255).astype(np.uint8)[..., None]
+        image[y0 : y0 + 512] = np.clip(strip, 0, 255).astype(np.uint8)[..., None]
     return image
 
 
@@ -69,7 +69,9 @@ def main(argv=None) -> None:
     checkpoint = args.checkpoint or save_random_checkpoint(work / "vit_t_random.pt", "vit_t", seed=0)
     model = mobilesam.load_model("vit_t", checkpoint, allow_download=False)
     image = make_image(args.size)
-    print(f"image {args.size}^2, torch threads {torch.get_num_threads()}; machine may be shared: compare ratios")
+    print(
+        f"image {args.size}^2, torch threads {torch.get_num_threads()}; machine may be shared: compare ratios"
+    )
 
     untiled = mobilesam.SamPredictor(model)
     point = np.array([[args.size * 0.4, args.size * 0.45]])
@@ -92,15 +94,21 @@ def main(argv=None) -> None:
         warm.append(timed(lambda: tiled.predict(point, np.array([1]))))
         reference.append(timed(lambda: small.predict(np.array([[500.0, 500.0]]), np.array([1]))))
     tiled_warm, small_click = statistics.median(warm), statistics.median(reference)
-    print(f"first click: tiled {tiled_first:.2f} s ({len(region.tiles)} tile(s) encoded) vs untiled downscaled "
-          f"encode {full_encode:.2f} s + click {full_click:.3f} s -> ratio {tiled_first / (full_encode + full_click):.2f}; "
-          f"untiled sees the image at {1024 / args.size:.3f}x, tiled at 1x")
-    print(f"warm click: tiled {tiled_warm * 1e3:.1f} ms ({len(region.tiles)} tile(s), mask {region.mask.shape}) vs "
-          f"1024^2 click {small_click * 1e3:.1f} ms -> ratio {tiled_warm / small_click:.2f}")
+    print(
+        f"first click: tiled {tiled_first:.2f} s ({len(region.tiles)} tile(s) encoded) vs untiled downscaled "
+        f"encode {full_encode:.2f} s + click {full_click:.3f} s -> ratio {tiled_first / (full_encode + full_click):.2f}; "
+        f"untiled sees the image at {1024 / args.size:.3f}x, tiled at 1x"
+    )
+    print(
+        f"warm click: tiled {tiled_warm * 1e3:.1f} ms ({len(region.tiles)} tile(s), mask {region.mask.shape}) vs "
+        f"1024^2 click {small_click * 1e3:.1f} ms -> ratio {tiled_warm / small_click:.2f}"
+    )
 
-    crop = np.ascontiguousarray(image[:args.everything_size, :args.everything_size])
+    crop = np.ascontiguousarray(image[: args.everything_size, : args.everything_size])
     megapixels = crop.shape[0] * crop.shape[1] / 1e6
-    factory = functools.partial(build_generator, "vit_t", str(checkpoint), None, points_per_side=args.points_per_side)
+    factory = functools.partial(
+        build_generator, "vit_t", str(checkpoint), None, points_per_side=args.points_per_side
+    )
     start = time.perf_counter()
     count_here = segment_everything_tiled(crop, factory, work / "here.zarr")
     here = time.perf_counter() - start
@@ -112,10 +120,12 @@ def main(argv=None) -> None:
     finally:
         client.close()
         client.cluster.close()
-    print(f"segment everything {args.everything_size}^2 ({megapixels:.1f} MP, {args.points_per_side}^2 points a tile): "
-          f"one process {here / megapixels:.1f} s/MP ({count_here} objects), 2-worker LocalCluster "
-          f"{there / megapixels:.1f} s/MP ({count_there} objects) -> speed-up {here / there:.2f}x "
-          "(includes starting the workers' models)")
+    print(
+        f"segment everything {args.everything_size}^2 ({megapixels:.1f} MP, {args.points_per_side}^2 points a tile): "
+        f"one process {here / megapixels:.1f} s/MP ({count_here} objects), 2-worker LocalCluster "
+        f"{there / megapixels:.1f} s/MP ({count_there} objects) -> speed-up {here / there:.2f}x "
+        "(includes starting the workers' models)"
+    )
 
 
 if __name__ == "__main__":

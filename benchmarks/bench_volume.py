@@ -51,7 +51,9 @@ def make_volume(path: Path, slices: int, size: int) -> tuple[np.memmap, np.ndarr
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--checkpoint", default=None, help="weights (default: random vit_t weights)")
@@ -67,8 +69,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
     model = mobilesam.load_model(None, checkpoint, device=args.device, allow_download=False)
     predictor = mobilesam.SamPredictor(model)
     volume, box = make_volume(work / "volume.npy", args.slices, args.size)
-    print(f"device {args.device}, torch threads {torch.get_num_threads()}, volume {volume.shape} uint16 "
-          f"({volume.nbytes / 2**20:.0f} MiB memmap), projection {args.projection}")
+    print(
+        f"device {args.device}, torch threads {torch.get_num_threads()}, volume {volume.shape} uint16 "
+        f"({volume.nbytes / 2**20:.0f} MiB memmap), projection {args.projection}"
+    )
     print(f"peak RSS after loading the model: {peak_rss_mb():.0f} MiB")
 
     embeddings = VolumeEmbeddings(volume, predictor)
@@ -110,13 +114,17 @@ def run(args: argparse.Namespace, work: Path) -> None:
         elapsed = time.perf_counter() - t0
         reached = int(mask.any(axis=(1, 2)).sum())
         results[run] = elapsed
-        print(f"{run:6} propagation: {elapsed:.1f} s, slices with mask {reached}/{args.slices}, "
-              f"encoder calls {embeddings.encoder_calls}, from disk cache {embeddings.disk_hits}; "
-              f"time / ({args.slices} x encoder) = {elapsed / floor:.3f}; inside the encoder "
-              f"{encoder_seconds[0]:.1f} s, everything else {elapsed - encoder_seconds[0]:.1f} s "
-              f"({(elapsed - encoder_seconds[0]) / args.slices:.3f} s per slice)")
+        print(
+            f"{run:6} propagation: {elapsed:.1f} s, slices with mask {reached}/{args.slices}, "
+            f"encoder calls {embeddings.encoder_calls}, from disk cache {embeddings.disk_hits}; "
+            f"time / ({args.slices} x encoder) = {elapsed / floor:.3f}; inside the encoder "
+            f"{encoder_seconds[0]:.1f} s, everything else {elapsed - encoder_seconds[0]:.1f} s "
+            f"({(elapsed - encoder_seconds[0]) / args.slices:.3f} s per slice)"
+        )
     print(f"cached / cold = {results['cached'] / results['cold']:.3f}")
-    print(f"peak RSS: {peak_rss_mb():.0f} MiB (embeddings in memory at most {embeddings.max_in_memory} x 4 MiB)")
+    print(
+        f"peak RSS: {peak_rss_mb():.0f} MiB (embeddings in memory at most {embeddings.max_in_memory} x 4 MiB)"
+    )
 
 
 if __name__ == "__main__":

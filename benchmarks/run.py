@@ -38,30 +38,47 @@ SIDES = ("reference", "ours torch", "ours onnx")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", help="vit_t weights (default: seeded random weights in the official format)")
+    p.add_argument(
+        "--checkpoint", help="vit_t weights (default: seeded random weights in the official format)"
+    )
     p.add_argument("--image", help="RGB image (default: the packaged sample, resized to --size)")
     p.add_argument("--size", default="1024x768", help="WxH of the default image (default 1024x768)")
     p.add_argument("--repeats", type=int, default=5, help="encoder repeats per side (median reported)")
     p.add_argument("--clicks", type=int, default=20, help="clicks per prompt kind per side")
-    p.add_argument("--points-per-side", type=int, default=32, help="segment-everything grid (SAM's default 32)")
+    p.add_argument(
+        "--points-per-side", type=int, default=32, help="segment-everything grid (SAM's default 32)"
+    )
     p.add_argument("--everything-repeats", type=int, default=1)
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88,
-                   help="segment-everything pred_iou_thresh for every side (default SAM's 0.88; random weights "
-                        "predict low IoUs, so 0 makes every mask go through upscaling and filtering)")
+    p.add_argument(
+        "--pred-iou-thresh",
+        type=float,
+        default=0.88,
+        help="segment-everything pred_iou_thresh for every side (default SAM's 0.88; random weights "
+        "predict low IoUs, so 0 makes every mask go through upscaling and filtering)",
+    )
     p.add_argument("--no-everything", action="store_true", help="skip segment-everything")
     p.add_argument("--int8", action="store_true", help="also time ONNX int8 and measure its mask IoU vs fp32")
-    p.add_argument("--no-bf16", action="store_true",
-                   help="skip the bf16 encoder side (skipped anyway on CPUs without AVX512-BF16/AMX)")
-    p.add_argument("--no-coarse-to-fine", action="store_true",
-                   help="skip segment everything's coarse-to-fine mode on the stand-in model")
+    p.add_argument(
+        "--no-bf16",
+        action="store_true",
+        help="skip the bf16 encoder side (skipped anyway on CPUs without AVX512-BF16/AMX)",
+    )
+    p.add_argument(
+        "--no-coarse-to-fine",
+        action="store_true",
+        help="skip segment everything's coarse-to-fine mode on the stand-in model",
+    )
     p.add_argument("--no-cold-start", action="store_true", help="skip the first-encode-in-a-new-process rows")
     p.add_argument("--no-allocator-tuning", action="store_true", help="leave glibc malloc at its defaults")
-    p.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads (default: usable CPUs)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch/onnxruntime threads (default: usable CPUs)"
+    )
     p.add_argument("--output", type=Path, help="also write the Markdown report here")
     return p.parse_args(argv)
 
 
 # ---------------------------------------------------------------- setup
+
 
 def load_image(args) -> np.ndarray:
     from PIL import Image
@@ -102,8 +119,9 @@ def build_predictors(checkpoint: str, onnx_dir: Path, int8: bool, threads, bf16:
         bf16_model = mobilesam.build_sam("vit_t", checkpoint).eval().set_precision("bf16")
         predictors["ours torch bf16"] = mobilesam.SamPredictor(bf16_model)
     if int8:
-        predictors["ours onnx int8"] = mobilesam.SamPredictor(ours, backend="onnx", onnx_dir=onnx_dir,
-                                                              precision="int8", num_threads=threads)
+        predictors["ours onnx int8"] = mobilesam.SamPredictor(
+            ours, backend="onnx", onnx_dir=onnx_dir, precision="int8", num_threads=threads
+        )
     return predictors
 
 
@@ -111,13 +129,16 @@ def parameter_counts(predictors) -> dict:
     counts = {}
     for side in ("reference", "ours torch"):
         model = predictors[side].model
-        counts[side] = {part: sum(p.numel() for p in getattr(model, part).parameters())
-                        for part in ("image_encoder", "prompt_encoder", "mask_decoder")}
+        counts[side] = {
+            part: sum(p.numel() for p in getattr(model, part).parameters())
+            for part in ("image_encoder", "prompt_encoder", "mask_decoder")
+        }
         counts[side]["total"] = sum(p.numel() for p in model.parameters())
     return counts
 
 
 # ---------------------------------------------------------------- timing
+
 
 def timed(fn) -> float:
     start = time.perf_counter()
@@ -138,7 +159,7 @@ def time_encoder(predictors, image, repeats):
     times = {side: [] for side in predictors}
     for _ in range(repeats):
         for side, predictor in predictors.items():  # interleaved: machine load hits all sides alike
-            times[side].append(timed(lambda: predictor.set_image(image)))
+            times[side].append(timed(lambda p=predictor: p.set_image(image)))
     return times
 
 
@@ -147,8 +168,10 @@ def time_clicks(predictors, image, clicks):
     times = {side: {"point": [], "box": []} for side in predictors}
     for point, box in zip(points, boxes):
         for side, predictor in predictors.items():
-            times[side]["point"].append(timed(lambda: predictor.predict(point[None], np.array([1]))))
-            times[side]["box"].append(timed(lambda: predictor.predict(box=box, multimask_output=False)))
+            times[side]["point"].append(timed(lambda p=predictor, q=point: p.predict(q[None], np.array([1]))))
+            times[side]["box"].append(
+                timed(lambda p=predictor, b=box: p.predict(box=b, multimask_output=False))
+            )
     return times
 
 
@@ -164,23 +187,26 @@ def time_everything(predictors, image, points_per_side, repeats, pred_iou_thresh
         if side == "ours torch bf16":
             continue  # the decoder is the fp32 one: segment everything would time the same code
         if side == "reference":
-            generators[side] = mobile_sam.SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side,
-                                                                    pred_iou_thresh=pred_iou_thresh)
+            generators[side] = mobile_sam.SamAutomaticMaskGenerator(
+                predictor.model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh
+            )
         else:
-            generator = mobilesam.SamAutomaticMaskGenerator(predictor.model, points_per_side=points_per_side,
-                                                            pred_iou_thresh=pred_iou_thresh)
+            generator = mobilesam.SamAutomaticMaskGenerator(
+                predictor.model, points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh
+            )
             generator.predictor = predictor  # same backend as the side being measured
             generators[side] = generator
     times, counts = {side: [] for side in generators}, {}
     for _ in range(repeats):
         for side, generator in generators.items():
             result = []
-            times[side].append(timed(lambda: result.extend(generator.generate(image))))
+            times[side].append(timed(lambda r=result, g=generator: r.extend(g.generate(image))))
             counts[side] = len(result)
     return times, counts
 
 
 # ---------------------------------------------------------------- accuracy
+
 
 def differences(predictors, image) -> dict:
     """max |diff| of embedding and low-res logits against the reference, and mask IoU."""
@@ -218,8 +244,12 @@ def bf16_vs_fp32(predictors, image, clicks) -> dict:
     ious = []
     for point, box in zip(points, boxes):
         for kwargs in (dict(point_coords=point[None], point_labels=np.array([1])), dict(box=box)):
-            ious.append(_iou(fp32.predict(**kwargs, multimask_output=False)[0],
-                             bf16.predict(**kwargs, multimask_output=False)[0]))
+            ious.append(
+                _iou(
+                    fp32.predict(**kwargs, multimask_output=False)[0],
+                    bf16.predict(**kwargs, multimask_output=False)[0],
+                )
+            )
     return {"relative_error": error, "mean_iou": float(np.mean(ious)), "min_iou": float(np.min(ious))}
 
 
@@ -245,16 +275,20 @@ def coarse_to_fine(points_per_side: int) -> dict:
     ours.set_exact(False)
     image = blobs_image()
     generators = {
-        "reference": mobile_sam.SamAutomaticMaskGenerator(reference_model, points_per_side=points_per_side,
-                                                          **STAND_IN_SETTINGS),
-        "ours torch": mobilesam.SamAutomaticMaskGenerator(ours, points_per_side=points_per_side, **STAND_IN_SETTINGS),
-        "ours coarse-to-fine": mobilesam.SamAutomaticMaskGenerator(ours, points_per_side=points_per_side,
-                                                                   coarse_to_fine=True, **STAND_IN_SETTINGS),
+        "reference": mobile_sam.SamAutomaticMaskGenerator(
+            reference_model, points_per_side=points_per_side, **STAND_IN_SETTINGS
+        ),
+        "ours torch": mobilesam.SamAutomaticMaskGenerator(
+            ours, points_per_side=points_per_side, **STAND_IN_SETTINGS
+        ),
+        "ours coarse-to-fine": mobilesam.SamAutomaticMaskGenerator(
+            ours, points_per_side=points_per_side, coarse_to_fine=True, **STAND_IN_SETTINGS
+        ),
     }
     result = {}
     for side, generator in generators.items():
         records = []
-        seconds = timed(lambda: records.extend(generator.generate(image)))
+        seconds = timed(lambda r=records, g=generator: r.extend(g.generate(image)))
         calls = getattr(generator, "decoded_points", points_per_side**2)  # the official decodes every point
         result[side] = {"seconds": seconds, "calls": calls, "records": records}
     full, fast = result["ours torch"]["records"], result["ours coarse-to-fine"]["records"]
@@ -305,14 +339,16 @@ def cold_start(checkpoint, image, tune, threads, tmp: Path) -> dict:
     np.save(tmp / "cold.npy", image)
     result = {}
     for warm in (False, True):
-        script = COLD_START_SCRIPT.format(tune=tune, threads=threads, image=str(tmp / "cold.npy"),
-                                          checkpoint=checkpoint, warm=warm)
+        script = COLD_START_SCRIPT.format(
+            tune=tune, threads=threads, image=str(tmp / "cold.npy"), checkpoint=checkpoint, warm=warm
+        )
         out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
         result["warm_up" if warm else "cold"] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
 
 
 # ---------------------------------------------------------------- peak RSS (fresh child per side)
+
 
 def _rss_child(side, checkpoint, onnx_dir, image, tune, threads, queue):
     from mobilesam.runtime import configure_allocator, configure_threads
@@ -379,8 +415,9 @@ def standalone_peak_rss(onnx_dir, image, tune, threads, tmp: Path) -> int:
     import subprocess
 
     np.save(tmp / "image.npy", image)
-    script = STANDALONE_RSS_SCRIPT.format(tune=tune, image=str(tmp / "image.npy"), onnx_dir=str(onnx_dir),
-                                          threads=threads)
+    script = STANDALONE_RSS_SCRIPT.format(
+        tune=tune, image=str(tmp / "image.npy"), onnx_dir=str(onnx_dir), threads=threads
+    )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -401,6 +438,7 @@ def peak_rss(checkpoint, onnx_dir, image, tune, threads) -> dict:
 
 # ---------------------------------------------------------------- report
 
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -412,9 +450,11 @@ def machine() -> str:
         pass
     import onnxruntime
 
-    return (f"{cpu}, {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable), "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"onnxruntime {onnxruntime.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else '?'} usable), "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"onnxruntime {onnxruntime.__version__}"
+    )
 
 
 def cpu_flag_summary() -> str:
@@ -428,29 +468,53 @@ def cpu_flag_summary() -> str:
 def extra_report(bf16, c2f, cold, points_per_side) -> str:
     out = []
     if bf16:
-        out.append(f"bf16 encoder vs ours fp32 (random weights): embedding relative error {bf16['relative_error']:.2e}; "
-                   f"mask IoU mean {bf16['mean_iou']:.4f}, min {bf16['min_iou']:.4f} over point and box clicks.")
+        out.append(
+            f"bf16 encoder vs ours fp32 (random weights): embedding relative error {bf16['relative_error']:.2e}; "
+            f"mask IoU mean {bf16['mean_iou']:.4f}, min {bf16['min_iou']:.4f} over point and box clicks."
+        )
     if c2f:
         ref = c2f["reference"]
-        out += ["", f"Segment everything on the stand-in model of tests/test_amg.py (320x240 image, "
-                    f"{points_per_side}x{points_per_side} points, pred_iou_thresh 0, stability 0.01 at offset 0.02):",
-                "", "| | reference | ours torch | ours coarse-to-fine |", "|---|---|---|---|"]
+        out += [
+            "",
+            f"Segment everything on the stand-in model of tests/test_amg.py (320x240 image, "
+            f"{points_per_side}x{points_per_side} points, pred_iou_thresh 0, stability 0.01 at offset 0.02):",
+            "",
+            "| | reference | ours torch | ours coarse-to-fine |",
+            "|---|---|---|---|",
+        ]
         sides = ("reference", "ours torch", "ours coarse-to-fine")
-        out.append("| time (ms) | " + " | ".join(
-            f"{c2f[s]['seconds'] * 1e3:.0f}" + ("" if s == "reference" else f" ({c2f[s]['seconds'] / ref['seconds']:.2f}x)")
-            for s in sides) + " |")
-        out.append("| decoded point prompts | " + " | ".join(
-            f"{c2f[s]['calls']}" + ("" if s == "reference" else f" ({c2f[s]['calls'] / ref['calls']:.2f}x)")
-            for s in sides) + " |")
+        out.append(
+            "| time (ms) | "
+            + " | ".join(
+                f"{c2f[s]['seconds'] * 1e3:.0f}"
+                + ("" if s == "reference" else f" ({c2f[s]['seconds'] / ref['seconds']:.2f}x)")
+                for s in sides
+            )
+            + " |"
+        )
+        out.append(
+            "| decoded point prompts | "
+            + " | ".join(
+                f"{c2f[s]['calls']}"
+                + ("" if s == "reference" else f" ({c2f[s]['calls'] / ref['calls']:.2f}x)")
+                for s in sides
+            )
+            + " |"
+        )
         out.append("| records | " + " | ".join(str(len(c2f[s]["records"])) for s in sides) + " |")
-        out.append(f"| recall of the full grid's objects, mask IoU >= 0.5 / >= 0.9 | - | - | "
-                   f"{c2f['recall'][0.5]:.3f} / {c2f['recall'][0.9]:.3f} |")
+        out.append(
+            f"| recall of the full grid's objects, mask IoU >= 0.5 / >= 0.9 | - | - | "
+            f"{c2f['recall'][0.5]:.3f} / {c2f['recall'][0.9]:.3f} |"
+        )
     if cold:
         c, w = cold["cold"], cold["warm_up"]
-        out += ["", f"First encode in a new process: {c['first'] * 1e3:.0f} ms, {c['first'] / c['steady']:.2f}x the "
-                    f"steady {c['steady'] * 1e3:.0f} ms; after `mobilesam.runtime.warm_up` at load "
-                    f"({w['warm_up']:.2f} s): {w['first'] * 1e3:.0f} ms, {w['first'] / w['steady']:.2f}x the steady "
-                    f"{w['steady'] * 1e3:.0f} ms."]
+        out += [
+            "",
+            f"First encode in a new process: {c['first'] * 1e3:.0f} ms, {c['first'] / c['steady']:.2f}x the "
+            f"steady {c['steady'] * 1e3:.0f} ms; after `mobilesam.runtime.warm_up` at load "
+            f"({w['warm_up']:.2f} s): {w['first'] * 1e3:.0f} ms, {w['first'] / w['steady']:.2f}x the steady "
+            f"{w['steady'] * 1e3:.0f} ms.",
+        ]
     return "\n".join(out)
 
 
@@ -460,13 +524,19 @@ def _ms(values) -> float:
 
 def report(image, args, allocator, enc, clicks, everything, everything_counts, rss, params, diffs) -> str:
     sides = list(enc)
-    rows = [("encoder (ms / image)", {s: _ms(enc[s]) for s in sides}),
-            ("decoder, point click (ms)", {s: _ms(clicks[s]["point"]) for s in sides}),
-            ("decoder, box click (ms)", {s: _ms(clicks[s]["box"]) for s in sides})]
+    rows = [
+        ("encoder (ms / image)", {s: _ms(enc[s]) for s in sides}),
+        ("decoder, point click (ms)", {s: _ms(clicks[s]["point"]) for s in sides}),
+        ("decoder, box click (ms)", {s: _ms(clicks[s]["box"]) for s in sides}),
+    ]
     if everything:
-        rows.append((f"segment everything, {args.points_per_side}x{args.points_per_side} points, "
-                     f"pred_iou_thresh {args.pred_iou_thresh:g} (ms)",
-                     {s: _ms(everything[s]) for s in everything}))
+        rows.append(
+            (
+                f"segment everything, {args.points_per_side}x{args.points_per_side} points, "
+                f"pred_iou_thresh {args.pred_iou_thresh:g} (ms)",
+                {s: _ms(everything[s]) for s in everything},
+            )
+        )
     else:
         rows.append(("segment everything (ms)", {}))
     header = "| | " + " | ".join(sides) + " |"
@@ -485,20 +555,39 @@ def report(image, args, allocator, enc, clicks, everything, everything_counts, r
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if rss:
         ref = rss["reference"]
-        lines.append("| peak RSS, one image + one click (MB) | " + " | ".join(
-            (f"{rss[s] / 1e6:.0f}" + ("" if s == "reference" else f" ({rss[s] / ref:.2f}x)")) if s in rss else "n/a"
-            for s in sides) + " |")
+        lines.append(
+            "| peak RSS, one image + one click (MB) | "
+            + " | ".join(
+                (f"{rss[s] / 1e6:.0f}" + ("" if s == "reference" else f" ({rss[s] / ref:.2f}x)"))
+                if s in rss
+                else "n/a"
+                for s in sides
+            )
+            + " |"
+        )
     if "ours onnx, no torch" in rss:
-        lines.append(f"| peak RSS, torch-free ONNX predictor (`mobilesam.onnx.StandalonePredictor`) (MB) | - | - | "
-                     f"{rss['ours onnx, no torch'] / 1e6:.0f} ({rss['ours onnx, no torch'] / rss['reference']:.2f}x) |"
-                     + " - |" * (len(sides) - 3))
-    lines.append("| max abs diff vs reference: embedding / logits | - | " + " | ".join(
-        f"{diffs[s]['embedding']:.1e} / {diffs[s]['logits']:.1e}" for s in sides[1:]) + " |")
-    lines.append("| min mask IoU vs reference (point, box) | - | " + " | ".join(
-        f"{diffs[s]['mask_iou']:.4f}" for s in sides[1:]) + " |")
+        lines.append(
+            f"| peak RSS, torch-free ONNX predictor (`mobilesam.onnx.StandalonePredictor`) (MB) | - | - | "
+            f"{rss['ours onnx, no torch'] / 1e6:.0f} ({rss['ours onnx, no torch'] / rss['reference']:.2f}x) |"
+            + " - |"
+            * (len(sides) - 3)
+        )
+    lines.append(
+        "| max abs diff vs reference: embedding / logits | - | "
+        + " | ".join(f"{diffs[s]['embedding']:.1e} / {diffs[s]['logits']:.1e}" for s in sides[1:])
+        + " |"
+    )
+    lines.append(
+        "| min mask IoU vs reference (point, box) | - | "
+        + " | ".join(f"{diffs[s]['mask_iou']:.4f}" for s in sides[1:])
+        + " |"
+    )
     if everything_counts:
-        lines.append("| masks found by segment everything | " + " | ".join(
-            str(everything_counts.get(s, "n/a")) for s in sides) + " |")
+        lines.append(
+            "| masks found by segment everything | "
+            + " | ".join(str(everything_counts.get(s, "n/a")) for s in sides)
+            + " |"
+        )
     p_ref, p_ours = params["reference"], params["ours torch"]
     out = [
         f"Image {image.shape[1]}x{image.shape[0]}; medians of {args.repeats} encoder runs, {args.clicks} clicks "
@@ -547,8 +636,9 @@ def main(argv=None) -> int:
             everything, everything_counts = {}, {}
             if not args.no_everything:
                 print("segment everything ...", file=sys.stderr, flush=True)
-                everything, everything_counts = time_everything(predictors, image, args.points_per_side,
-                                                                args.everything_repeats, args.pred_iou_thresh)
+                everything, everything_counts = time_everything(
+                    predictors, image, args.points_per_side, args.everything_repeats, args.pred_iou_thresh
+                )
             bf16 = bf16_vs_fp32(predictors, image, args.clicks) if use_bf16 else None
             c2f = None
             if not args.no_coarse_to_fine:
@@ -562,15 +652,18 @@ def main(argv=None) -> int:
             cold = cold_start(checkpoint, image, not args.no_allocator_tuning, threads, tmp)
         print("peak RSS (fresh process per side) ...", file=sys.stderr, flush=True)
         rss = peak_rss(checkpoint, tmp / "onnx", image, not args.no_allocator_tuning, threads)
-        rss["ours onnx, no torch"] = standalone_peak_rss(tmp / "onnx", image, not args.no_allocator_tuning,
-                                                         threads, tmp)
+        rss["ours onnx, no torch"] = standalone_peak_rss(
+            tmp / "onnx", image, not args.no_allocator_tuning, threads, tmp
+        )
     text = report(image, args, allocator, enc, clicks, everything, everything_counts, rss, params, diffs)
     extra = extra_report(bf16, c2f, cold, args.points_per_side)
     if extra:
         text += "\n\n" + extra
     if args.int8:
-        text += (f"\n\nONNX int8 (dynamic quantisation) vs ONNX fp32: mean mask IoU "
-                 f"{diffs['ours onnx int8']['mask_iou_vs_fp32']:.4f} over {args.clicks} point and box clicks.")
+        text += (
+            f"\n\nONNX int8 (dynamic quantisation) vs ONNX fp32: mean mask IoU "
+            f"{diffs['ours onnx int8']['mask_iou_vs_fp32']:.4f} over {args.clicks} point and box clicks."
+        )
     print(text)
     if args.output:
         args.output.write_text(text + "\n")
@@ -585,8 +678,12 @@ def _int8_vs_fp32(predictors, image) -> float:
     ious = []
     for point, box in zip(points, boxes):
         for kwargs in (dict(point_coords=point[None], point_labels=np.array([1])), dict(box=box)):
-            ious.append(_iou(fp32.predict(**kwargs, multimask_output=False)[0],
-                             int8.predict(**kwargs, multimask_output=False)[0]))
+            ious.append(
+                _iou(
+                    fp32.predict(**kwargs, multimask_output=False)[0],
+                    int8.predict(**kwargs, multimask_output=False)[0],
+                )
+            )
     return float(np.mean(ious))
 
 

@@ -14,8 +14,8 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script (label-studio-ml start): make the package importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,7 +30,7 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format="[%(asctime)s] [%(levelname)s] [%(name)s] %(message)s")
 
 
-def build_app(env: Optional[dict] = None):
+def build_app(env: dict | None = None):
     """The Flask app with a backend configured from `env` (default os.environ); the model starts loading."""
     backend = MobileSamBackend(Settings.from_env(env))
     backend.setup()
@@ -47,17 +47,23 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="MobileSAM ML backend for Label Studio")
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"),
-                        help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("HOST", "127.0.0.1"),
+        help="address to bind (default 127.0.0.1; 0.0.0.0 exposes it to the network)",
+    )
     parser.add_argument("-p", "--port", type=int, default=int(os.environ.get("PORT", 9090)))
     parser.add_argument("--model-type", help="overrides MOBILESAM_MODEL_TYPE")
     parser.add_argument("--checkpoint", help="overrides MOBILESAM_CHECKPOINT")
     parser.add_argument("--basic-auth-user", help="overrides BASIC_AUTH_USER")
     parser.add_argument("--basic-auth-pass", help="overrides BASIC_AUTH_PASS")
-    parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"),
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LOG_LEVEL", "INFO"),
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+    )
     parser.add_argument("-d", "--debug", action="store_true", help="log at DEBUG level")
     # label-studio-ml's template takes more options (--kwargs, --model-dir, --check): accept and ignore
     # them, so `label-studio-ml start labelstudio_backend` runs this file unchanged.
@@ -69,8 +75,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return args
 
 
-def serve(host: str = "127.0.0.1", port: int = 9090, env_overrides: Optional[dict] = None,
-          log_level: str = "INFO") -> None:
+def serve(
+    host: str = "127.0.0.1", port: int = 9090, env_overrides: dict | None = None, log_level: str = "INFO"
+) -> None:
     """Build the backend (model loading starts in the background) and serve until interrupted.
 
     The port is taken first: a port in use is a one-line error before any model thread exists.
@@ -86,8 +93,12 @@ def serve(host: str = "127.0.0.1", port: int = 9090, env_overrides: Optional[dic
         server = make_server(host, port, flask_app, threaded=True, fd=listener.fileno())
     finally:
         listener.close()  # the server holds its own duplicate
-    logging.getLogger(__name__).info("MobileSAM ML backend (%s) listening on http://%s:%d",
-                                     flask_app.config["backend"].model_version, host, server.socket.getsockname()[1])
+    logging.getLogger(__name__).info(
+        "MobileSAM ML backend (%s) listening on http://%s:%d",
+        flask_app.config["backend"].model_version,
+        host,
+        server.socket.getsockname()[1],
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -103,18 +114,27 @@ def listen(host: str, port: int) -> socket.socket:
         return socket.create_server((host, port), family=family, backlog=128)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            raise BackendError(f"port {port} on {host} is already in use (another backend or program is "
-                               "listening there): stop it, or choose another port with --port") from None
+            raise BackendError(
+                f"port {port} on {host} is already in use (another backend or program is "
+                "listening there): stop it, or choose another port with --port"
+            ) from None
         raise BackendError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        serve(args.host, args.port, {
-            "MOBILESAM_MODEL_TYPE": args.model_type, "MOBILESAM_CHECKPOINT": args.checkpoint,
-            "BASIC_AUTH_USER": args.basic_auth_user, "BASIC_AUTH_PASS": args.basic_auth_pass,
-        }, args.log_level)
+        serve(
+            args.host,
+            args.port,
+            {
+                "MOBILESAM_MODEL_TYPE": args.model_type,
+                "MOBILESAM_CHECKPOINT": args.checkpoint,
+                "BASIC_AUTH_USER": args.basic_auth_user,
+                "BASIC_AUTH_PASS": args.basic_auth_pass,
+            },
+            args.log_level,
+        )
     except (BackendError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

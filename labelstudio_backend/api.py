@@ -18,7 +18,6 @@ so no request costs more than a bounded amount of work.
 import hmac
 import logging
 import time
-from typing import Optional
 
 from flask import Flask, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
@@ -31,7 +30,7 @@ logger = logging.getLogger(__name__)
 MAX_LABEL_CONFIG_CHARS = 1 << 20  # real configs are kilobytes; parsed configs are cached, so bound them
 
 
-def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
+def create_app(backend: MobileSamBackend | None = None) -> Flask:
     """A Flask app serving `backend` (by default one configured from the environment)."""
     backend = backend or MobileSamBackend()
     app = Flask("labelstudio_backend")
@@ -44,11 +43,16 @@ def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
         if credentials is None:
             return None
         auth = request.authorization
-        if (auth is None or auth.type != "basic"
-                or not hmac.compare_digest((auth.username or "").encode(), credentials[0].encode())
-                or not hmac.compare_digest((auth.password or "").encode(), credentials[1].encode())):
-            response = jsonify(status="error", error="this ML backend requires HTTP basic auth "
-                                                     "(BASIC_AUTH_USER / BASIC_AUTH_PASS)")
+        if (
+            auth is None
+            or auth.type != "basic"
+            or not hmac.compare_digest((auth.username or "").encode(), credentials[0].encode())
+            or not hmac.compare_digest((auth.password or "").encode(), credentials[1].encode())
+        ):
+            response = jsonify(
+                status="error",
+                error="this ML backend requires HTTP basic auth (BASIC_AUTH_USER / BASIC_AUTH_PASS)",
+            )
             response.status_code = 401
             response.headers["WWW-Authenticate"] = 'Basic realm="MobileSAM ML backend"'
             return response
@@ -63,8 +67,13 @@ def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
         backend.count_request(request.endpoint or "unknown", response.status_code)
         started = request.environ.get("mobilesam.started")
         if started is not None and request.endpoint not in ("health", "metrics"):
-            logger.info("%s %s -> %d in %.0f ms", request.method, request.path, response.status_code,
-                        (time.perf_counter() - started) * 1000)
+            logger.info(
+                "%s %s -> %d in %.0f ms",
+                request.method,
+                request.path,
+                response.status_code,
+                (time.perf_counter() - started) * 1000,
+            )
         return response
 
     @app.get("/")
@@ -94,8 +103,13 @@ def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
         if not isinstance(label_config, str):
             raise BadRequest("'label_config' must be a string")
         _check_config_size(label_config, "label_config")
-        predictions = backend.predict(body["tasks"], context=params.get("context"), label_config=label_config,
-                                      project=str(body.get("project") or ""), params=params)
+        predictions = backend.predict(
+            body["tasks"],
+            context=params.get("context"),
+            label_config=label_config,
+            project=str(body.get("project") or ""),
+            params=params,
+        )
         return jsonify(results=predictions)
 
     @app.post("/webhook")
@@ -116,8 +130,14 @@ def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
 
     @app.errorhandler(BackendError)
     def backend_error(exc: BackendError):
-        logger.log(logging.ERROR if exc.status >= 500 else logging.WARNING, "%s %s -> %d: %s",
-                   request.method, request.path, exc.status, exc)
+        logger.log(
+            logging.ERROR if exc.status >= 500 else logging.WARNING,
+            "%s %s -> %d: %s",
+            request.method,
+            request.path,
+            exc.status,
+            exc,
+        )
         return _error(str(exc), exc.status)
 
     @app.errorhandler(HTTPException)
@@ -135,8 +155,11 @@ def create_app(backend: Optional[MobileSamBackend] = None) -> Flask:
 def _json_body() -> dict:
     limit = current_app.config["MAX_CONTENT_LENGTH"]
     if request.content_length is not None and request.content_length > limit:
-        raise BadRequest(f"the request body has {request.content_length} bytes, more than MOBILESAM_MAX_REQUEST_MB="
-                         f"{limit >> 20}", status=413)
+        raise BadRequest(
+            f"the request body has {request.content_length} bytes, more than MOBILESAM_MAX_REQUEST_MB="
+            f"{limit >> 20}",
+            status=413,
+        )
     try:
         body = request.get_json(force=True, silent=True)  # any Content-Type
     except RecursionError:  # json's C parser recurses once per nesting level
@@ -150,15 +173,20 @@ def _json_body() -> dict:
 
 def _check_config_size(config, name: str) -> None:
     if isinstance(config, str) and len(config) > MAX_LABEL_CONFIG_CHARS:
-        raise BadRequest(f"'{name}' has {len(config)} characters, more than {MAX_LABEL_CONFIG_CHARS}", status=413)
+        raise BadRequest(
+            f"'{name}' has {len(config)} characters, more than {MAX_LABEL_CONFIG_CHARS}", status=413
+        )
 
 
 def _check_region_count(context, limit: int) -> None:
     """Refuse an interactive request with more than `limit` regions before any of them is parsed."""
     items = context.get("result") if isinstance(context, dict) else None
     if isinstance(items, list) and len(items) > limit:
-        raise BadRequest(f"params.context.result has {len(items)} regions, more than MOBILESAM_MAX_PROMPT_REGIONS="
-                         f"{limit} in one request", status=413)
+        raise BadRequest(
+            f"params.context.result has {len(items)} regions, more than MOBILESAM_MAX_PROMPT_REGIONS="
+            f"{limit} in one request",
+            status=413,
+        )
 
 
 def _error(message: str, status: int):

@@ -15,8 +15,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Callable, Hashable, Optional
 
 from mobilesam.predictor import EmbeddingState
 
@@ -30,8 +30,8 @@ class _Pending:
 
     def __init__(self) -> None:
         self.done = threading.Event()
-        self.state: Optional[EmbeddingState] = None
-        self.error: Optional[BaseException] = None
+        self.state: EmbeddingState | None = None
+        self.error: BaseException | None = None
 
 
 class EmbeddingCache:
@@ -40,13 +40,13 @@ class EmbeddingCache:
             raise ValueError("an embedding cache needs room for at least one entry")
         self.max_items = max_items
         self.max_bytes = max_bytes
-        self._entries: "OrderedDict[Hashable, EmbeddingState]" = OrderedDict()
+        self._entries: OrderedDict[Hashable, EmbeddingState] = OrderedDict()
         self._pending: dict[Hashable, _Pending] = {}
         self._bytes = 0
         self._lock = threading.Lock()
         self.hits = self.misses = self.evictions = 0
 
-    def get(self, key: Hashable) -> Optional[EmbeddingState]:
+    def get(self, key: Hashable) -> EmbeddingState | None:
         with self._lock:
             state = self._entries.get(key)
             if state is None:
@@ -60,7 +60,9 @@ class EmbeddingCache:
         with self._lock:
             self._insert(key, state)
 
-    def get_or_compute(self, key: Hashable, compute: Callable[[], EmbeddingState]) -> tuple[EmbeddingState, bool]:
+    def get_or_compute(
+        self, key: Hashable, compute: Callable[[], EmbeddingState]
+    ) -> tuple[EmbeddingState, bool]:
         """The cached state for `key`, else `compute()`'s (stored). Returns (state, was_cached).
 
         If another thread is already computing `key`, wait for its result (and share its error).
@@ -120,9 +122,15 @@ class EmbeddingCache:
 
     def stats(self) -> dict:
         with self._lock:
-            return {"items": len(self._entries), "bytes": self._bytes, "max_items": self.max_items,
-                    "max_bytes": self.max_bytes, "hits": self.hits, "misses": self.misses,
-                    "evictions": self.evictions}
+            return {
+                "items": len(self._entries),
+                "bytes": self._bytes,
+                "max_items": self.max_items,
+                "max_bytes": self.max_bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+                "evictions": self.evictions,
+            }
 
     def _insert(self, key: Hashable, state: EmbeddingState) -> None:
         """Store under the lock, then evict least recently used entries beyond the bounds."""
@@ -130,8 +138,9 @@ class EmbeddingCache:
         if old is not None:
             self._bytes -= old.nbytes
         if state.nbytes > self.max_bytes:
-            logger.warning("embedding of %d bytes exceeds the cache's %d bytes; not cached", state.nbytes,
-                           self.max_bytes)
+            logger.warning(
+                "embedding of %d bytes exceeds the cache's %d bytes; not cached", state.nbytes, self.max_bytes
+            )
             return
         self._entries[key] = state
         self._bytes += state.nbytes
@@ -148,7 +157,7 @@ class EmbeddingStore:
         self.directory = Path(directory)
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
-        self._bytes: Optional[int] = None  # counted lazily: scanning a big directory at import is slow
+        self._bytes: int | None = None  # counted lazily: scanning a big directory at import is slow
         self._remove_stale_parts()
 
     def _remove_stale_parts(self, min_age_s: float = 60.0) -> None:
@@ -163,7 +172,9 @@ class EmbeddingStore:
             except (IndexError, ValueError):
                 pid = None
             try:
-                if pid == os.getpid() or (pid is not None and _alive(pid) and now - part.stat().st_mtime < min_age_s):
+                if pid == os.getpid() or (
+                    pid is not None and _alive(pid) and now - part.stat().st_mtime < min_age_s
+                ):
                     continue
                 part.unlink()
                 logger.info("removed %s, left by an interrupted write", part)
@@ -177,7 +188,7 @@ class EmbeddingStore:
     def __contains__(self, key: EmbeddingKey) -> bool:
         return self.path(key).is_file()
 
-    def load(self, key: EmbeddingKey) -> Optional[EmbeddingState]:
+    def load(self, key: EmbeddingKey) -> EmbeddingState | None:
         """The stored state, or None if absent or unreadable (a broken file is removed and logged)."""
         import torch
 
@@ -190,7 +201,9 @@ class EmbeddingStore:
                 return None
             features = data["features"]
             if features.ndim != 4 or features.shape[0] != 1 or not bool(features.isfinite().all()):
-                raise ValueError(f"features of shape {tuple(features.shape)} are not a finite (1, C, h, w) embedding")
+                raise ValueError(
+                    f"features of shape {tuple(features.shape)} are not a finite (1, C, h, w) embedding"
+                )
             return EmbeddingState(features, tuple(data["original_size"]), tuple(data["input_size"]))
         except Exception as exc:  # noqa: BLE001 - any unreadable file is a cache miss, never an outage
             logger.warning("ignoring unreadable embedding file %s (%s); it is removed", path, exc)
@@ -203,8 +216,15 @@ class EmbeddingStore:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.part")
-        torch.save({"key": list(key), "features": state.features.contiguous(),
-                    "original_size": list(state.original_size), "input_size": list(state.input_size)}, tmp)
+        torch.save(
+            {
+                "key": list(key),
+                "features": state.features.contiguous(),
+                "original_size": list(state.original_size),
+                "input_size": list(state.input_size),
+            },
+            tmp,
+        )
         os.replace(tmp, path)  # readers never see half a file
         self._account(path.stat().st_size)
         return path

@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO
 from urllib.parse import urljoin, urlsplit
 
 import numpy as np
@@ -48,11 +48,37 @@ logger = logging.getLogger(__name__)
 # Label Studio's own list of reserved networks (core/utils/io.py validate_ip), used when
 # USE_DEFAULT_BANNED_SUBNETS is on, as there.
 DEFAULT_BANNED_SUBNETS = (
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
-    "203.0.113.0/24", "224.0.0.0/4", "233.252.0.0/24", "240.0.0.0/4", "255.255.255.255/32", "::/128", "::1/128",
-    "::ffff:0:0/96", "::ffff:0:0:0/96", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001:0000::/32",
-    "2001:20::/28", "2001:db8::/32", "2002::/16", "fc00::/7", "fe80::/10", "ff00::/8",
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "233.252.0.0/24",
+    "240.0.0.0/4",
+    "255.255.255.255/32",
+    "::/128",
+    "::1/128",
+    "::ffff:0:0/96",
+    "::ffff:0:0:0/96",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001:0000::/32",
+    "2001:20::/28",
+    "2001:db8::/32",
+    "2002::/16",
+    "fc00::/7",
+    "fe80::/10",
+    "ff00::/8",
 )
 # Paths under which Label Studio serves task files; the only ones that get the token.
 _MEDIA_PATH = re.compile(r"^/(data/|storage-data/|tasks/\d+/presign/?$)")
@@ -94,10 +120,16 @@ class FetchPolicy:
 
     @classmethod
     def from_settings(cls, settings) -> "FetchPolicy":
-        return cls(label_studio_url=settings.label_studio_url, allowed_hosts=settings.allowed_image_hosts, ssrf_protection=settings.ssrf_protection,
-                   banned_subnets=settings.banned_subnets, max_bytes=settings.max_download_bytes,
-                   timeout=settings.fetch_timeout, deadline=settings.fetch_deadline,
-                   verify_ssl=settings.verify_ssl)
+        return cls(
+            label_studio_url=settings.label_studio_url,
+            allowed_hosts=settings.allowed_image_hosts,
+            ssrf_protection=settings.ssrf_protection,
+            banned_subnets=settings.banned_subnets,
+            max_bytes=settings.max_download_bytes,
+            timeout=settings.fetch_timeout,
+            deadline=settings.fetch_deadline,
+            verify_ssl=settings.verify_ssl,
+        )
 
     def host_allowed(self, host: str, port: int) -> bool:
         for pattern in self.allowed_hosts:
@@ -108,7 +140,7 @@ class FetchPolicy:
                 return True
         return False
 
-    def banned_network(self, ip: str) -> Optional[str]:
+    def banned_network(self, ip: str) -> str | None:
         """The banned subnet `ip` lies in, or None (always None with SSRF protection off)."""
         if not self.ssrf_protection:
             return None
@@ -135,17 +167,19 @@ class ImageLoader:
     or the one a project announced in /setup) and `access_token` its token.
     """
 
-    def __init__(self, policy: Optional[FetchPolicy] = None, max_fetches: int = 4) -> None:
+    def __init__(self, policy: FetchPolicy | None = None, max_fetches: int = 4) -> None:
         self.policy = policy or FetchPolicy()
         self._slots = threading.BoundedSemaphore(max_fetches)
         self.max_fetches = max_fetches
 
-    def __call__(self, url: str, hostname: str, access_token: str, max_pixels: int,
-                 task_id: Optional[int] = None) -> np.ndarray:
+    def __call__(
+        self, url: str, hostname: str, access_token: str, max_pixels: int, task_id: int | None = None
+    ) -> np.ndarray:
         # A short wait smooths bursts; never long, so waiting requests cannot pile up on request threads.
         if not self._slots.acquire(timeout=0.25):
-            raise FetchBusy(f"{self.max_fetches} image downloads are already running "
-                            f"(MOBILESAM_MAX_FETCHES); try again")
+            raise FetchBusy(
+                f"{self.max_fetches} image downloads are already running (MOBILESAM_MAX_FETCHES); try again"
+            )
         try:
             with self.open(url, hostname, access_token, task_id) as file:
                 return read_image(file, max_pixels, source=url)
@@ -153,10 +187,13 @@ class ImageLoader:
             self._slots.release()
 
     # ------------------------------------------------------------------ where a URL leads
-    def open(self, url: str, hostname: str, access_token: str, task_id: Optional[int] = None) -> BinaryIO:
+    def open(self, url: str, hostname: str, access_token: str, task_id: int | None = None) -> BinaryIO:
         """A binary file with the image's bytes (a local file, or a bounded download)."""
         from label_studio_sdk._extensions.label_studio_tools.core.utils.io import (
-            encode_presign_fileuri, is_cloud_storage_uri, resolve_local_storage_file)
+            encode_presign_fileuri,
+            is_cloud_storage_uri,
+            resolve_local_storage_file,
+        )
 
         if not isinstance(url, str) or not url:
             raise ImageFetchError(f"bad image URL {url!r}")
@@ -175,17 +212,20 @@ class ImageLoader:
                 raise ImageFetchError(f"could not fetch image {url}: cloud storage files need the task id")
             candidates = [f"/tasks/{int(task_id)}/presign/?fileuri={encode_presign_fileuri(url)}"]
         elif url.startswith("/data/upload/"):
-            candidates = [f"/storage-data/uploaded/?filepath={url[len('/data/'):]}", url]
+            candidates = [f"/storage-data/uploaded/?filepath={url[len('/data/') :]}", url]
         else:
             candidates = [url]
         if candidates[0].startswith("/"):
             if not hostname:
-                raise ImageFetchError(f"could not fetch image {url}: no Label Studio address to resolve it; set "
-                                      "LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY) or connect the backend from a "
-                                      "Label Studio project")
+                raise ImageFetchError(
+                    f"could not fetch image {url}: no Label Studio address to resolve it; set "
+                    "LABEL_STUDIO_URL (and LABEL_STUDIO_API_KEY) or connect the backend from a "
+                    "Label Studio project"
+                )
             if not access_token:
-                raise ImageFetchError(f"could not fetch image {url}: no token for Label Studio; set "
-                                      "LABEL_STUDIO_API_KEY")
+                raise ImageFetchError(
+                    f"could not fetch image {url}: no token for Label Studio; set LABEL_STUDIO_API_KEY"
+                )
             candidates = [hostname + c for c in candidates]
         for i, candidate in enumerate(candidates):
             try:
@@ -202,8 +242,10 @@ class ImageLoader:
         try:
             size = os.path.getsize(path)
             if size > self.policy.max_bytes:
-                raise ImageTooLargeError(f"image {url} has {size} bytes, more than MOBILESAM_MAX_DOWNLOAD_MB="
-                                         f"{self.policy.max_bytes >> 20}")
+                raise ImageTooLargeError(
+                    f"image {url} has {size} bytes, more than MOBILESAM_MAX_DOWNLOAD_MB="
+                    f"{self.policy.max_bytes >> 20}"
+                )
             return open(path, "rb")
         except OSError as exc:
             raise ImageFetchError(f"could not read image {url} from {path}: {exc}") from None
@@ -227,12 +269,18 @@ class ImageLoader:
                     scheme = "Bearer" if is_jwt_well_formed(access_token) else "Token"  # as label-studio-sdk
                     headers["Authorization"] = f"{scheme} {access_token}"
                 try:
-                    response = session.get(url, headers=headers, stream=True, allow_redirects=False,
-                                           timeout=(self.policy.timeout, self.policy.timeout))
+                    response = session.get(
+                        url,
+                        headers=headers,
+                        stream=True,
+                        allow_redirects=False,
+                        timeout=(self.policy.timeout, self.policy.timeout),
+                    )
                 except requests.RequestException as exc:
-                    raise ImageFetchError(f"could not fetch image {source}: {type(exc).__name__}: {exc}. Is "
-                                          f"LABEL_STUDIO_URL ({hostname or 'unset'}) reachable from the backend?"
-                                          ) from None
+                    raise ImageFetchError(
+                        f"could not fetch image {source}: {type(exc).__name__}: {exc}. Is "
+                        f"LABEL_STUDIO_URL ({hostname or 'unset'}) reachable from the backend?"
+                    ) from None
                 with response:
                     if response.is_redirect:
                         from_trusted = _safe_origin(url) == trusted
@@ -240,16 +288,19 @@ class ImageLoader:
                         continue
                     if response.status_code >= 400:
                         hint = " (check LABEL_STUDIO_API_KEY)" if response.status_code in (401, 403) else ""
-                        error = ImageFetchError(f"could not fetch image {source}: HTTP {response.status_code} "
-                                                f"from {url}{hint}")
+                        error = ImageFetchError(
+                            f"could not fetch image {source}: HTTP {response.status_code} from {url}{hint}"
+                        )
                         error.http_status = response.status_code
                         raise error
                     return self._read_body(response, source, deadline)
-            raise ImageFetchError(f"could not fetch image {source}: more than {self.policy.max_redirects} redirects")
+            raise ImageFetchError(
+                f"could not fetch image {source}: more than {self.policy.max_redirects} redirects"
+            )
         finally:
             session.close()
 
-    def _check_url(self, url: str, trusted: Optional[tuple], from_trusted: bool, source: str) -> bool:
+    def _check_url(self, url: str, trusted: tuple | None, from_trusted: bool, source: str) -> bool:
         """Refuse a URL the policy does not allow; True if it may carry the token."""
         try:
             origin = _origin(url)
@@ -264,21 +315,26 @@ class ImageLoader:
                 return False
             if self.policy.host_allowed(origin[1], origin[2]):
                 return False
-            raise ImageRefused(f"image {source}: {url} is not one of Label Studio's file paths (/data/, "
-                               "/storage-data/, /tasks/<id>/presign/); set LABEL_STUDIO_URL to fetch other paths "
-                               "from it")
+            raise ImageRefused(
+                f"image {source}: {url} is not one of Label Studio's file paths (/data/, "
+                "/storage-data/, /tasks/<id>/presign/); set LABEL_STUDIO_URL to fetch other paths "
+                "from it"
+            )
         if from_trusted or self.policy.host_allowed(origin[1], origin[2]):
             return False
         where = f"{trusted[0]}://{trusted[1]}:{trusted[2]}" if trusted else "none configured"
-        raise ImageRefused(f"image {source}: host {origin[1]}:{origin[2]} is neither Label Studio ({where}) nor in "
-                           f"MOBILESAM_ALLOWED_IMAGE_HOSTS")
+        raise ImageRefused(
+            f"image {source}: host {origin[1]}:{origin[2]} is neither Label Studio ({where}) nor in "
+            f"MOBILESAM_ALLOWED_IMAGE_HOSTS"
+        )
 
     def _read_body(self, response, source: str, deadline: float) -> BinaryIO:
         limit = self.policy.max_bytes
         declared = response.headers.get("Content-Length", "")
         if declared.isdigit() and int(declared) > limit:
-            raise ImageTooLargeError(f"image {source} has {declared} bytes, more than MOBILESAM_MAX_DOWNLOAD_MB="
-                                     f"{limit >> 20}")
+            raise ImageTooLargeError(
+                f"image {source} has {declared} bytes, more than MOBILESAM_MAX_DOWNLOAD_MB={limit >> 20}"
+            )
         spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
         try:
             total = 0
@@ -289,10 +345,14 @@ class ImageLoader:
                     break
                 total += len(chunk)
                 if total > limit:
-                    raise ImageTooLargeError(f"image {source} is larger than MOBILESAM_MAX_DOWNLOAD_MB={limit >> 20}")
+                    raise ImageTooLargeError(
+                        f"image {source} is larger than MOBILESAM_MAX_DOWNLOAD_MB={limit >> 20}"
+                    )
                 if time.monotonic() > deadline:
-                    raise ImageFetchError(f"could not fetch image {source}: not complete after "
-                                          f"MOBILESAM_FETCH_DEADLINE={self.policy.deadline:g} s")
+                    raise ImageFetchError(
+                        f"could not fetch image {source}: not complete after "
+                        f"MOBILESAM_FETCH_DEADLINE={self.policy.deadline:g} s"
+                    )
                 spool.write(chunk)
         except BackendError:
             spool.close()
@@ -304,14 +364,14 @@ class ImageLoader:
         return spool
 
 
-def _safe_origin(url: str) -> Optional[tuple[str, str, int]]:
+def _safe_origin(url: str) -> tuple[str, str, int] | None:
     try:
         return _origin(url)
     except ValueError:
         raise ImageFetchError(f"Label Studio address {url!r} must start with http:// or https://") from None
 
 
-def _guarded_session(policy: FetchPolicy, trusted: Optional[tuple[str, str, int]]):
+def _guarded_session(policy: FetchPolicy, trusted: tuple[str, str, int] | None):
     """A requests session whose connections are checked against the policy once connected, before any
     byte of the request is sent (Label Studio's own origin is exempt). Proxies from the environment are
     ignored: the check must see the real peer."""
@@ -327,8 +387,10 @@ def _guarded_session(policy: FetchPolicy, trusted: Optional[tuple[str, str, int]
         subnet = policy.banned_network(peer)
         if subnet is not None:
             sock.close()
-            raise ImageRefused(f"image host {connection.host} resolves to {peer}, a reserved address ({subnet}); "
-                               "only Label Studio itself may be private (SSRF_PROTECTION_ENABLED)")
+            raise ImageRefused(
+                f"image host {connection.host} resolves to {peer}, a reserved address ({subnet}); "
+                "only Label Studio itself may be private (SSRF_PROTECTION_ENABLED)"
+            )
 
     class GuardedHTTP(HTTPConnection):
         def _new_conn(self):
@@ -362,14 +424,15 @@ def _guarded_session(policy: FetchPolicy, trusted: Optional[tuple[str, str, int]
     return session
 
 
-def read_image(file: Union[str, BinaryIO], max_pixels: int, source: str = "") -> np.ndarray:
+def read_image(file: str | BinaryIO, max_pixels: int, source: str = "") -> np.ndarray:
     """Decode an image file (path or binary file) to (H, W, 3) uint8 as a browser shows it (EXIF
     orientation applied). 16-bit and float images are contrast-stretched by
     `mobilesam.image.to_rgb_uint8`. Images over `max_pixels` are refused from their header."""
     from PIL import Image, ImageOps
 
     from mobilesam.image import to_rgb_uint8
-    from mobilesam.io import ImageTooLargeError as CoreTooLarge, check_pixel_limit
+    from mobilesam.io import ImageTooLargeError as CoreTooLarge
+    from mobilesam.io import check_pixel_limit
 
     source = source or str(file)
     try:
@@ -388,7 +451,8 @@ def read_image(file: Union[str, BinaryIO], max_pixels: int, source: str = "") ->
 _default_loader = ImageLoader()
 
 
-def load_task_image(url: str, hostname: str, access_token: str, max_pixels: int,
-                    task_id: Optional[int] = None) -> np.ndarray:
+def load_task_image(
+    url: str, hostname: str, access_token: str, max_pixels: int, task_id: int | None = None
+) -> np.ndarray:
     """`ImageLoader` with the default policy (no extra hosts, SSRF protection on)."""
     return _default_loader(url, hostname, access_token, max_pixels, task_id)

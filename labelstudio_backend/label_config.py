@@ -6,7 +6,6 @@ BrushLabels (or PolygonLabels) control whose results Label Studio will show on i
 
 import functools
 from dataclasses import dataclass
-from typing import Optional
 
 from .errors import UnsupportedConfig
 
@@ -33,7 +32,7 @@ class ParsedConfig:
     images: dict  # Image tag name -> data key
     outputs: dict  # Image tag name -> {"brush": (name, labels), "polygon": (name, labels)}
 
-    def target(self, to_name: Optional[str], mode: str = "auto") -> OutputTarget:
+    def target(self, to_name: str | None, mode: str = "auto") -> OutputTarget:
         """The output for prompts on `to_name` (None: the only/first Image tag).
 
         mode "brush" / "polygon" prefers that kind and falls back to the other; "auto" prefers brush.
@@ -44,17 +43,21 @@ class ParsedConfig:
         if to_name is None:
             to_name = next(iter(self.images))
         if to_name not in self.images:
-            raise UnsupportedConfig(f"the prompt targets {to_name!r}, which is not an <Image> tag of the label "
-                                    f"config (Image tags: {', '.join(self.images)})")
+            raise UnsupportedConfig(
+                f"the prompt targets {to_name!r}, which is not an <Image> tag of the label "
+                f"config (Image tags: {', '.join(self.images)})"
+            )
         available = self.outputs.get(to_name, {})
         order = ("polygon", "brush") if mode == "polygon" else ("brush", "polygon")
         for kind in order:
             if kind in available:
                 from_name, labels = available[kind]
                 return OutputTarget(to_name, self.images[to_name], from_name, OUTPUT_TAGS[kind][1], labels)
-        raise UnsupportedConfig(f"the label config has no <BrushLabels> or <PolygonLabels> with toName=\"{to_name}\" "
-                                "to hold MobileSAM's masks; add one (e.g. <BrushLabels name=\"mask\" "
-                                f"toName=\"{to_name}\"> with the same labels as the smart tools)")
+        raise UnsupportedConfig(
+            f'the label config has no <BrushLabels> or <PolygonLabels> with toName="{to_name}" '
+            'to hold MobileSAM\'s masks; add one (e.g. <BrushLabels name="mask" '
+            f'toName="{to_name}"> with the same labels as the smart tools)'
+        )
 
 
 @functools.lru_cache(maxsize=32)
@@ -78,5 +81,7 @@ def parse_label_config(config: str) -> ParsedConfig:
         for kind, (tag, _) in OUTPUT_TAGS.items():
             if control.tag == tag:
                 for to_name in control.to_name:
-                    outputs.setdefault(to_name, {}).setdefault(kind, (control.name, tuple(control.labels or ())))
+                    outputs.setdefault(to_name, {}).setdefault(
+                        kind, (control.name, tuple(control.labels or ()))
+                    )
     return ParsedConfig(images, outputs)

@@ -24,11 +24,13 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
+
 from mobilesam.predictor import SamPredictor
 from mobilesam.runtime import configure_allocator, configure_threads, warm_up
 
@@ -39,7 +41,8 @@ from .label_config import OutputTarget, parse_label_config
 from .precompute import TaskImage, TaskJob
 from .prewarm import Prewarmer
 from .prompts import ClickPrompt, parse_context
-from .results import brush_result, polygon_results, resize_nearest, same_aspect as _same_aspect
+from .results import brush_result, polygon_results, resize_nearest
+from .results import same_aspect as _same_aspect
 from .settings import Settings
 from .tiled import TiledImages, region_to_full
 
@@ -81,21 +84,29 @@ def model_version_for(settings: Settings) -> str:
 class MobileSamBackend:
     """One instance per server process: the model, the embedding caches and the projects seen."""
 
-    def __init__(self, settings: Optional[Settings] = None, model_loader: Optional[Callable[[], Any]] = None,
-                 image_loader: Optional[Callable[..., np.ndarray]] = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        model_loader: Callable[[], Any] | None = None,
+        image_loader: Callable[..., np.ndarray] | None = None,
+    ) -> None:
         self.settings = settings or Settings.from_env()
         self.model_version = model_version_for(self.settings)
         self._model_loader = model_loader or self._load_model
-        self._image_loader = image_loader or ImageLoader(FetchPolicy.from_settings(self.settings),
-                                                         self.settings.max_fetches)
+        self._image_loader = image_loader or ImageLoader(
+            FetchPolicy.from_settings(self.settings), self.settings.max_fetches
+        )
         self.cache = EmbeddingCache(self.settings.cache_size, self.settings.cache_max_bytes)
-        self.store = (EmbeddingStore(self.settings.embedding_dir, self.settings.embedding_dir_max_bytes)
-                      if self.settings.embedding_dir else None)
+        self.store = (
+            EmbeddingStore(self.settings.embedding_dir, self.settings.embedding_dir_max_bytes)
+            if self.settings.embedding_dir
+            else None
+        )
         self._state_lock = threading.Lock()
         self._model_state = "not loaded"
-        self._model_error: Optional[str] = None
+        self._model_error: str | None = None
         self._model_ready = threading.Event()
-        self._loader_pid: Optional[int] = None
+        self._loader_pid: int | None = None
         self._encoder = self._decoder = None
         # Each predictor is used under its lock, and only from its own single worker thread: the
         # encoder's large temporaries then live in one malloc arena instead of one per request
@@ -103,21 +114,28 @@ class MobileSamBackend:
         self._encoder_lock = threading.Lock()
         self._decoder_lock = threading.Lock()
         # Each worker sets torch's threads for itself (OpenMP keeps the count per thread).
-        self._encoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-encoder",
-                                                  initializer=configure_threads)
-        self._decoder_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-decoder",
-                                                  initializer=configure_threads)
-        self._job_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mobilesam-jobs",
-                                              initializer=configure_threads)
+        self._encoder_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="mobilesam-encoder", initializer=configure_threads
+        )
+        self._decoder_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="mobilesam-decoder", initializer=configure_threads
+        )
+        self._job_thread = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="mobilesam-jobs", initializer=configure_threads
+        )
         self.prewarmer = Prewarmer(self._prewarm, max_pending=self.settings.prewarm_queue)
-        self.tiled = TiledImages(self.settings.tile_above, self._encode, self._decode,
-                                 lambda: getattr(self._predictors()[0], "model", None),
-                                 self.settings.embedding_dir / "tiles" if self.settings.embedding_dir else None,
-                                 self.model_version)
-        self._auto_results: "OrderedDict[tuple, Future]" = OrderedDict()
+        self.tiled = TiledImages(
+            self.settings.tile_above,
+            self._encode,
+            self._decode,
+            lambda: getattr(self._predictors()[0], "model", None),
+            self.settings.embedding_dir / "tiles" if self.settings.embedding_dir else None,
+            self.model_version,
+        )
+        self._auto_results: OrderedDict[tuple, Future] = OrderedDict()
         self._runtime: dict = {}
-        self._projects: "OrderedDict[str, dict]" = OrderedDict()
-        self._refinements: "OrderedDict[tuple, np.ndarray]" = OrderedDict()
+        self._projects: OrderedDict[str, dict] = OrderedDict()
+        self._refinements: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._metrics_lock = threading.Lock()
         self._counters: dict[str, int] = {}
         self._latencies = {"cached": deque(maxlen=1000), "uncached": deque(maxlen=1000)}
@@ -141,8 +159,12 @@ class MobileSamBackend:
     def _load_model(self):
         import mobilesam
 
-        return mobilesam.load_model(self.settings.model_type, self.settings.checkpoint, device=self.settings.device,
-                                    allow_download=self.settings.allow_download)
+        return mobilesam.load_model(
+            self.settings.model_type,
+            self.settings.checkpoint,
+            device=self.settings.device,
+            allow_download=self.settings.allow_download,
+        )
 
     def _load_in_background(self) -> None:
         started = time.perf_counter()
@@ -157,7 +179,10 @@ class MobileSamBackend:
             model = self._model_loader()
             model.eval()
             options = self._predictor_options(model)
-            encoder, decoder = mobilesam.SamPredictor(model, **options), mobilesam.SamPredictor(model, **options)
+            encoder, decoder = (
+                mobilesam.SamPredictor(model, **options),
+                mobilesam.SamPredictor(model, **options),
+            )
             # The first encode and decode of a process are several times slower than the next: pay
             # for them now, each on the thread that will do the work, not on an annotator's click.
             warm_up_s = self._encoder_thread.submit(self._warm_up, encoder).result()
@@ -172,9 +197,14 @@ class MobileSamBackend:
             self._encoder, self._decoder = encoder, decoder
             self._model_state = "ready"
         self._model_ready.set()
-        logger.info("model %s loaded in %.1f s (warm-up encode %.1f s, %d torch threads; allocator: %s)",
-                    self.model_version, time.perf_counter() - started, warm_up_s, self._runtime["torch_threads"],
-                    self._runtime["allocator"])
+        logger.info(
+            "model %s loaded in %.1f s (warm-up encode %.1f s, %d torch threads; allocator: %s)",
+            self.model_version,
+            time.perf_counter() - started,
+            warm_up_s,
+            self._runtime["torch_threads"],
+            self._runtime["allocator"],
+        )
 
     def _warm_up_decoder(self, decoder) -> None:
         import torch
@@ -206,8 +236,11 @@ class MobileSamBackend:
             from mobilesam.onnx import default_onnx_dir
 
             onnx_dir = default_onnx_dir(self.settings.model_type or model)
-        logger.info("ONNX Runtime backend (%s): models in %s (exported if missing or stale)",
-                    self.settings.onnx_precision, onnx_dir)
+        logger.info(
+            "ONNX Runtime backend (%s): models in %s (exported if missing or stale)",
+            self.settings.onnx_precision,
+            onnx_dir,
+        )
         return {"backend": "onnx", "onnx_dir": onnx_dir, "precision": self.settings.onnx_precision}
 
     def model_status(self) -> dict:
@@ -221,7 +254,9 @@ class MobileSamBackend:
         """(encoder, decoder) predictors, waiting for the model to load (up to MOBILESAM_LOAD_TIMEOUT)."""
         self.setup()
         if not self._model_ready.wait(self.settings.load_timeout):
-            raise ModelUnavailable(f"the model is still loading after {self.settings.load_timeout:g} s; try again")
+            raise ModelUnavailable(
+                f"the model is still loading after {self.settings.load_timeout:g} s; try again"
+            )
         with self._state_lock:
             if self._model_state != "ready":
                 raise ModelUnavailable(f"the model could not be loaded: {self._model_error}")
@@ -234,8 +269,10 @@ class MobileSamBackend:
         schema = body.get("schema")
         if schema is not None and not isinstance(schema, str):
             raise BadRequest(f"'schema' must be the label config as a string, got {type(schema).__name__}")
-        info = {"hostname": str(body.get("hostname") or "").rstrip("/"),
-                "access_token": str(body.get("access_token") or "")}
+        info = {
+            "hostname": str(body.get("hostname") or "").rstrip("/"),
+            "access_token": str(body.get("access_token") or ""),
+        }
         if len(project) > 256 or len(info["hostname"]) > 2048 or len(info["access_token"]) > 4096:
             raise BadRequest("/setup: project, hostname or access_token is implausibly long")
         with self._state_lock:
@@ -261,8 +298,9 @@ class MobileSamBackend:
         return {"status": "ok", "event": event, "trained": False}
 
     # ----------------------------------------------------------------------------- /predict
-    def predict(self, tasks: list, context: Optional[dict] = None, label_config: str = "",
-                project: str = "", **kwargs) -> list[dict]:
+    def predict(
+        self, tasks: list, context: dict | None = None, label_config: str = "", project: str = "", **kwargs
+    ) -> list[dict]:
         """One prediction per task; interactive (with `context`) for the single task Label Studio sends."""
         if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
             raise BadRequest("'tasks' must be a list of task objects")
@@ -296,29 +334,45 @@ class MobileSamBackend:
             logger.debug("no prewarm: %s", exc)
             return
         for task in tasks:
-            url = (task.get("data") or {}).get(target.data_key) if isinstance(task.get("data"), dict) else None
+            url = (
+                (task.get("data") or {}).get(target.data_key) if isinstance(task.get("data"), dict) else None
+            )
             if isinstance(url, str) and url:
                 self.prewarmer.submit((url, self.model_version), (project, task.get("id")))
 
-    def _prewarm(self, key: tuple[str, str], payload: tuple[str, Optional[int]]) -> None:
+    def _prewarm(self, key: tuple[str, str], payload: tuple[str, int | None]) -> None:
         """The prewarm worker's job: the task's embedding, in memory (and on disk) before the first click."""
         project, task_id = payload
         started = time.perf_counter()
-        if self.settings.tile_above and key not in self.cache and (self.store is None or key not in self.store):
+        if (
+            self.settings.tile_above
+            and key not in self.cache
+            and (self.store is None or key not in self.store)
+        ):
             # Only the pixels tell whether this image is tiled (opening a task gives no size).
             image = self._load_image(key[0], project, task_id)
             if self.tiled.wants(image.shape[:2]):
                 encoded = self.tiled.prewarm(key[0], image)
                 self._count("prewarm.tiled")
-                logger.info("task %s: prewarmed large image %s (%d tile(s) encoded) in %.0f ms", task_id, key[0],
-                            encoded, (time.perf_counter() - started) * 1000)
+                logger.info(
+                    "task %s: prewarmed large image %s (%d tile(s) encoded) in %.0f ms",
+                    task_id,
+                    key[0],
+                    encoded,
+                    (time.perf_counter() - started) * 1000,
+                )
                 return
             _, cached = self.embedding(key[0], project, task_id, image=image)
         else:
             _, cached = self.embedding(key[0], project, task_id)
         self._count("prewarm.cached" if cached else "prewarm.encoded")
-        logger.info("task %s: prewarmed %s (%s) in %.0f ms", task_id, key[0], "cached" if cached else "encoded",
-                    (time.perf_counter() - started) * 1000)
+        logger.info(
+            "task %s: prewarmed %s (%s) in %.0f ms",
+            task_id,
+            key[0],
+            "cached" if cached else "encoded",
+            (time.perf_counter() - started) * 1000,
+        )
 
     # ----------------------------------------------------------------------------- automatic masks
     def preannotate(self, tasks: list, label_config: str, project: str = "") -> list:
@@ -334,10 +388,15 @@ class MobileSamBackend:
         keys, todo = [], []
         with self._state_lock:
             for task in tasks:
-                url = (task.get("data") or {}).get(target.data_key) if isinstance(task.get("data"), dict) else None
+                url = (
+                    (task.get("data") or {}).get(target.data_key)
+                    if isinstance(task.get("data"), dict)
+                    else None
+                )
                 if not isinstance(url, str) or not url:
-                    logger.error("task %s has no image in data.%s: no automatic masks", task.get("id"),
-                                 target.data_key)
+                    logger.error(
+                        "task %s has no image in data.%s: no automatic masks", task.get("id"), target.data_key
+                    )
                     keys.append(None)
                     continue
                 key = (url, self.model_version, target, label)
@@ -350,9 +409,13 @@ class MobileSamBackend:
             self._job_thread.submit(self._run_auto_masks, todo, target, label, project)
         _, pending = wait(futures, timeout=self.settings.auto_masks_wait)
         if pending:
-            logger.info("automatic masks: %d of %d task(s) still running after %g s; they continue in the "
-                        "background (Retrieve predictions again to collect them)", len(pending), len(futures),
-                        self.settings.auto_masks_wait)
+            logger.info(
+                "automatic masks: %d of %d task(s) still running after %g s; they continue in the "
+                "background (Retrieve predictions again to collect them)",
+                len(pending),
+                len(futures),
+                self.settings.auto_masks_wait,
+            )
         answers = []
         with self._state_lock:
             for key in keys:
@@ -371,13 +434,13 @@ class MobileSamBackend:
         self._count("predict.automatic", sum(1 for a in answers if a))
         return answers if any(answers) else []
 
-    def _run_auto_masks(self, todo: list, target: OutputTarget, label: Optional[str], project: str) -> None:
+    def _run_auto_masks(self, todo: list, target: OutputTarget, label: str | None, project: str) -> None:
         futures = {id(task): future for task, future in todo}
 
         def work(task: TaskImage, stop: threading.Event) -> dict:
             return self._automatic_masks(task, target, label, project, stop)
 
-        def deliver(task: TaskImage, result, error: Optional[str]) -> None:
+        def deliver(task: TaskImage, result, error: str | None) -> None:
             if error is not None:
                 self._count("errors.automatic")
             futures[id(task)].set_result(result if error is None else None)
@@ -390,8 +453,9 @@ class MobileSamBackend:
                 if not future.done():
                     future.set_result(None)
 
-    def automatic_prediction(self, task: TaskImage, label_config: str, project: str = "",
-                             stop: Optional[threading.Event] = None) -> Optional[dict]:
+    def automatic_prediction(
+        self, task: TaskImage, label_config: str, project: str = "", stop: threading.Event | None = None
+    ) -> dict | None:
         """The automatic-mask prediction for one task, None when it found no mask (used by
         `mobilesam labelstudio precompute --predictions`)."""
         target = parse_label_config(label_config).target(None, self.settings.output)
@@ -399,20 +463,31 @@ class MobileSamBackend:
 
     def _generator_options(self) -> dict:
         settings = self.settings
-        return {"points_per_side": settings.auto_masks_points_per_side, "pred_iou_thresh": settings.auto_masks_min_iou,
-                "stability_score_thresh": settings.auto_masks_min_stability}
+        return {
+            "points_per_side": settings.auto_masks_points_per_side,
+            "pred_iou_thresh": settings.auto_masks_min_iou,
+            "stability_score_thresh": settings.auto_masks_min_stability,
+        }
 
-    def _auto_label(self, target: OutputTarget) -> Optional[str]:
+    def _auto_label(self, target: OutputTarget) -> str | None:
         label = self.settings.auto_masks_label
         if not label:
             return target.labels[0] if target.labels else None
         if target.labels and label not in target.labels:
-            raise UnsupportedConfig(f"MOBILESAM_AUTO_MASKS_LABEL={label!r} is not a label of <{target.from_name}> "
-                                    f"(labels: {', '.join(target.labels)})")
+            raise UnsupportedConfig(
+                f"MOBILESAM_AUTO_MASKS_LABEL={label!r} is not a label of <{target.from_name}> "
+                f"(labels: {', '.join(target.labels)})"
+            )
         return label
 
-    def _automatic_masks(self, task: TaskImage, target: OutputTarget, label: Optional[str], project: str,
-                         stop: Optional[threading.Event]) -> Optional[dict]:
+    def _automatic_masks(
+        self,
+        task: TaskImage,
+        target: OutputTarget,
+        label: str | None,
+        project: str,
+        stop: threading.Event | None,
+    ) -> dict | None:
         """Segment-everything masks as one region per object (largest first), labelled `label`.
 
         The image's embedding comes from (and goes to) the shared cache, so the annotator's clicks on
@@ -432,20 +507,28 @@ class MobileSamBackend:
             items = self._mask_results(record["segmentation"].astype(bool), target, label, 0, one_region=True)
             results.extend(items)
             scores.extend([float(record["predicted_iou"])] * bool(items))
-        logger.info("task %s: %d automatic masks in %.1f s", task.task_id, len(results),
-                    time.perf_counter() - started)
+        logger.info(
+            "task %s: %d automatic masks in %.1f s", task.task_id, len(results), time.perf_counter() - started
+        )
         if not results:
             return None  # no empty prediction: Label Studio would show an empty tab and never ask again
-        return {"result": results, "score": float(np.mean(scores)) if scores else 0.0,
-                "model_version": self.model_version}
+        return {
+            "result": results,
+            "score": float(np.mean(scores)) if scores else 0.0,
+            "model_version": self.model_version,
+        }
 
     def _interactive(self, task: dict, context: dict, label_config: str, project: str) -> dict:
         prompt = parse_context(context)
         self._check_claimed_size(prompt.original_size, None)
         if prompt.stale_ids:
             self._count("prompts.stale_keypoints", len(prompt.stale_ids))
-            logger.info("task %s: ignored keypoint(s) %s without is_positive next to this click's smart "
-                        "keypoints (stale points from a draft)", task.get("id"), ", ".join(prompt.stale_ids))
+            logger.info(
+                "task %s: ignored keypoint(s) %s without is_positive next to this click's smart "
+                "keypoints (stale points from a draft)",
+                task.get("id"),
+                ", ".join(prompt.stale_ids),
+            )
         target = parse_label_config(label_config).target(prompt.to_name, self.settings.output)
         url = self._image_url(task, target)
         self.prewarmer.cancel((url, self.model_version))  # this click encodes it now
@@ -461,15 +544,23 @@ class MobileSamBackend:
         with self._metrics_lock:
             self._latencies["cached" if cached else "uncached"].append(elapsed)
         self._count("predict.interactive")
-        logger.info("task %s: %s on %s (%s embedding) in %.0f ms, score %.3f", task.get("id"),
-                    "box" if prompt.box is not None else f"{len(prompt.points)} point(s)", url,
-                    "cached" if cached else "new", elapsed * 1000, score)
+        logger.info(
+            "task %s: %s on %s (%s embedding) in %.0f ms, score %.3f",
+            task.get("id"),
+            "box" if prompt.box is not None else f"{len(prompt.points)} point(s)",
+            url,
+            "cached" if cached else "new",
+            elapsed * 1000,
+            score,
+        )
         return {"result": result, "score": score, "model_version": self.model_version}
 
-    def _tiled_interactive(self, task: dict, prompt: ClickPrompt, target: OutputTarget, url: str, project: str,
-                           started: float) -> dict:
+    def _tiled_interactive(
+        self, task: dict, prompt: ClickPrompt, target: OutputTarget, url: str, project: str, started: float
+    ) -> dict:
         """A click on an image above MOBILESAM_TILE_ABOVE: decoded by the core's tiled predictor at full
         resolution (see `tiled.TiledImages`); the mask is built from the object's bounding region."""
+
         def load() -> np.ndarray:  # the claimed size is checked against the pixels before any tiling
             image = self._load_image(url, project, task.get("id"))
             self._check_claimed_size(prompt.original_size, image.shape[:2], url)
@@ -480,27 +571,54 @@ class MobileSamBackend:
         height, width = self._check_claimed_size(prompt.original_size, real, url)
         region, encoded = self.tiled.segment(entry, *prompt.in_pixels(*real))
         if (height, width) != tuple(real):  # Label Studio sizes the file differently: scale the whole mask
-            result = self._mask_results(resize_nearest(region_to_full(region, *real) > 0, height, width), target,
-                                        prompt.label, prompt.image_rotation)
+            result = self._mask_results(
+                resize_nearest(region_to_full(region, *real) > 0, height, width),
+                target,
+                prompt.label,
+                prompt.image_rotation,
+            )
         elif target.result_type == "polygonlabels":
-            result = polygon_results(region.mask, target, prompt.label, prompt.image_rotation,
-                                     tolerance=self.settings.polygon_tolerance, origin=region.box[:2],
-                                     size=(height, width))
+            result = polygon_results(
+                region.mask,
+                target,
+                prompt.label,
+                prompt.image_rotation,
+                tolerance=self.settings.polygon_tolerance,
+                origin=region.box[:2],
+                size=(height, width),
+            )
         else:
-            result = [brush_result(region_to_full(region, height, width), target, prompt.label,
-                                   prompt.image_rotation)]
+            result = [
+                brush_result(
+                    region_to_full(region, height, width), target, prompt.label, prompt.image_rotation
+                )
+            ]
         elapsed = time.perf_counter() - started
         with self._metrics_lock:
             self._latencies["uncached" if encoded else "cached"].append(elapsed)
         self._count("predict.interactive")
         self._count("predict.tiled")
-        logger.info("task %s: %s on large image %s (%s, %d tile(s) decoded, %d encoded) in %.0f ms, score %.3f",
-                    task.get("id"), "box" if prompt.box is not None else f"{len(prompt.points)} point(s)", url,
-                    "open" if was_open else "opened", len(region.tiles), encoded, elapsed * 1000, region.score)
+        logger.info(
+            "task %s: %s on large image %s (%s, %d tile(s) decoded, %d encoded) in %.0f ms, score %.3f",
+            task.get("id"),
+            "box" if prompt.box is not None else f"{len(prompt.points)} point(s)",
+            url,
+            "open" if was_open else "opened",
+            len(region.tiles),
+            encoded,
+            elapsed * 1000,
+            region.score,
+        )
         return {"result": result, "score": region.score, "model_version": self.model_version}
 
-    def _mask_results(self, mask: np.ndarray, target: OutputTarget, label: Optional[str],
-                      rotation: float, one_region: bool = False) -> list[dict]:
+    def _mask_results(
+        self,
+        mask: np.ndarray,
+        target: OutputTarget,
+        label: str | None,
+        rotation: float,
+        one_region: bool = False,
+    ) -> list[dict]:
         """Result items for a mask: one brush item, or a polygon per component (only the largest
         with `one_region`)."""
         if target.result_type == "polygonlabels":
@@ -515,12 +633,15 @@ class MobileSamBackend:
             raise BadRequest(f"task {task.get('id')} has no 'data' object")
         url = data.get(target.data_key)
         if not isinstance(url, str) or not url:
-            raise BadRequest(f"task {task.get('id')} has no image URL in data.{target.data_key} "
-                             f"(the <Image name=\"{target.to_name}\"> tag reads ${target.data_key})")
+            raise BadRequest(
+                f"task {task.get('id')} has no image URL in data.{target.data_key} "
+                f'(the <Image name="{target.to_name}"> tag reads ${target.data_key})'
+            )
         return url
 
-    def _check_claimed_size(self, claimed: Optional[tuple[int, int]], real: Optional[tuple[int, int]],
-                            url: str = "") -> tuple[int, int]:
+    def _check_claimed_size(
+        self, claimed: tuple[int, int] | None, real: tuple[int, int] | None, url: str = ""
+    ) -> tuple[int, int]:
         """The (H, W) the mask is returned at: the size Label Studio claims, checked before anything of that
         size is allocated (against the pixel limit, then against the image itself: same aspect, at most
         twice its sides), else the image's own."""
@@ -528,11 +649,18 @@ class MobileSamBackend:
             return real
         height, width = claimed
         if height * width > self.settings.max_image_pixels:
-            raise ImageTooLargeError(f"original_width x original_height = {width} x {height} is more than "
-                                     f"MOBILESAM_MAX_IMAGE_PIXELS={self.settings.max_image_pixels}")
-        if real is not None and (not _same_aspect(real, claimed) or height > 2 * real[0] or width > 2 * real[1]):
-            raise BadRequest(f"original_width x original_height = {width} x {height} does not match image {url} "
-                             f"({real[1]} x {real[0]})", status=422)
+            raise ImageTooLargeError(
+                f"original_width x original_height = {width} x {height} is more than "
+                f"MOBILESAM_MAX_IMAGE_PIXELS={self.settings.max_image_pixels}"
+            )
+        if real is not None and (
+            not _same_aspect(real, claimed) or height > 2 * real[0] or width > 2 * real[1]
+        ):
+            raise BadRequest(
+                f"original_width x original_height = {width} x {height} does not match image {url} "
+                f"({real[1]} x {real[0]})",
+                status=422,
+            )
         return height, width
 
     def _credentials(self, project: str) -> tuple[str, str]:
@@ -541,12 +669,20 @@ class MobileSamBackend:
         with self._state_lock:
             info = self._projects.get(str(project)) or {}
         if self.settings.label_studio_url:
-            return self.settings.label_studio_url, self.settings.label_studio_api_key or info.get("access_token", "")
+            return self.settings.label_studio_url, self.settings.label_studio_api_key or info.get(
+                "access_token", ""
+            )
         return info.get("hostname", ""), info.get("access_token", "")
 
     # ----------------------------------------------------------------------------- embeddings
-    def embedding(self, url: str, project: str = "", task_id: Optional[int] = None,
-                  expected_size: Optional[tuple[int, int]] = None, image: Optional[np.ndarray] = None):
+    def embedding(
+        self,
+        url: str,
+        project: str = "",
+        task_id: int | None = None,
+        expected_size: tuple[int, int] | None = None,
+        image: np.ndarray | None = None,
+    ):
         """(EmbeddingState, was_cached) for the image at `url`: memory, then disk, then the encoder
         (on `image` when the caller has already fetched it).
 
@@ -554,22 +690,34 @@ class MobileSamBackend:
         (the file behind the URL changed) and is computed again.
         """
         key = (url, self.model_version)
-        state, cached = self.cache.get_or_compute(key, lambda: self._compute_embedding(key, project, task_id,
-                                                                                       image=image))
+        state, cached = self.cache.get_or_compute(
+            key, lambda: self._compute_embedding(key, project, task_id, image=image)
+        )
         if cached and expected_size and not _same_aspect(state.original_size, expected_size):
-            logger.info("cached embedding of %s has size %s, Label Studio says %s: recomputing", url,
-                        state.original_size, expected_size)
+            logger.info(
+                "cached embedding of %s has size %s, Label Studio says %s: recomputing",
+                url,
+                state.original_size,
+                expected_size,
+            )
             self.cache.discard(key)
-            state, cached = self.cache.get_or_compute(key, lambda: self._compute_embedding(key, project, task_id,
-                                                                                             use_store=False))
+            state, cached = self.cache.get_or_compute(
+                key, lambda: self._compute_embedding(key, project, task_id, use_store=False)
+            )
         return state, cached
 
-    def _load_image(self, url: str, project: str, task_id: Optional[int]) -> np.ndarray:
+    def _load_image(self, url: str, project: str, task_id: int | None) -> np.ndarray:
         hostname, token = self._credentials(project)
         return self._image_loader(url, hostname, token, self.settings.max_image_pixels, task_id)
 
-    def _compute_embedding(self, key: tuple[str, str], project: str, task_id: Optional[int], use_store: bool = True,
-                           image: Optional[np.ndarray] = None):
+    def _compute_embedding(
+        self,
+        key: tuple[str, str],
+        project: str,
+        task_id: int | None,
+        use_store: bool = True,
+        image: np.ndarray | None = None,
+    ):
         if use_store and self.store is not None:
             state = self.store.load(key)
             if state is not None:
@@ -609,7 +757,7 @@ class MobileSamBackend:
 
         return self._decoder_thread.submit(decode).result()
 
-    def precompute(self, url: str, project: str = "", task_id: Optional[int] = None) -> bool:
+    def precompute(self, url: str, project: str = "", task_id: int | None = None) -> bool:
         """Make sure the embedding of `url` is on disk (and in memory); True if it had to be encoded."""
         key = (url, self.model_version)
         if self.store is not None and key in self.store:
@@ -633,15 +781,15 @@ class MobileSamBackend:
         multimask = prompt.multimask and previous is None
         masks, scores, logits = self._decode(state, coords, labels, box, multimask, previous)
         best = int(np.argmax(scores))
-        self._remember_logits(image_key, prompt.region_ids, logits[best:best + 1])
+        self._remember_logits(image_key, prompt.region_ids, logits[best : best + 1])
         return masks[best], float(scores[best])
 
-    def _previous_logits(self, image_key: str, region_ids: tuple[str, ...]) -> Optional[np.ndarray]:
+    def _previous_logits(self, image_key: str, region_ids: tuple[str, ...]) -> np.ndarray | None:
         if len(region_ids) < 2:
             return None
         with self._state_lock:
             for i in range(len(region_ids) - 1, -1, -1):
-                earlier = frozenset(region_ids[:i] + region_ids[i + 1:])
+                earlier = frozenset(region_ids[:i] + region_ids[i + 1 :])
                 logits = self._refinements.get((image_key, earlier))
                 if logits is not None:
                     return logits
@@ -669,9 +817,15 @@ class MobileSamBackend:
         with self._metrics_lock:
             counters = dict(sorted(self._counters.items()))
             latency = {kind: _percentiles(values) for kind, values in self._latencies.items()}
-        return {**self.model_status(), "counters": counters, "embedding_cache": self.cache.stats(),
-                "interactive_latency_s": latency, "prewarm": self.prewarmer.stats(),
-                "tiled_images": self.tiled.stats(), "runtime": dict(self._runtime)}
+        return {
+            **self.model_status(),
+            "counters": counters,
+            "embedding_cache": self.cache.stats(),
+            "interactive_latency_s": latency,
+            "prewarm": self.prewarmer.stats(),
+            "tiled_images": self.tiled.stats(),
+            "runtime": dict(self._runtime),
+        }
 
     def close(self) -> None:
         """Stop background work: pending prewarms are cancelled, worker threads end after their current job."""
@@ -703,7 +857,11 @@ def _percentiles(values) -> dict:
     if not values:
         return {"count": 0}
     data = np.asarray(values)
-    return {"count": int(data.size), "p50": float(np.percentile(data, 50)), "p99": float(np.percentile(data, 99))}
+    return {
+        "count": int(data.size),
+        "p50": float(np.percentile(data, 50)),
+        "p99": float(np.percentile(data, 99)),
+    }
 
 
 # label-studio-ml's name for the model class, so its tooling finds it

@@ -16,8 +16,9 @@ when the time is up; automatic mask generation stops on it), logs its progress, 
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 from mobilesam.errors import Cancelled, MobileSamError
 
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 class TaskImage:
     """A task and the URL of its image, as stored in the task's data."""
 
-    task_id: Optional[int]
+    task_id: int | None
     url: str
 
 
@@ -57,16 +58,25 @@ class TaskJob:
     where the work honours `stop`).
     """
 
-    def __init__(self, name: str, work: Callable[[TaskImage, threading.Event], Any],
-                 task_timeout: Optional[float] = None, log_every: float = 5.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        work: Callable[[TaskImage, threading.Event], Any],
+        task_timeout: float | None = None,
+        log_every: float = 5.0,
+    ) -> None:
         self.name = name
         self.work = work
         self.task_timeout = task_timeout
         self.log_every = log_every
 
-    def run(self, tasks: list[TaskImage], cancel: Optional[threading.Event] = None,
-            on_result: Optional[Callable[[TaskImage, Any, Optional[str]], None]] = None,
-            progress: Optional[Callable[[int, int], None]] = None) -> JobReport:
+    def run(
+        self,
+        tasks: list[TaskImage],
+        cancel: threading.Event | None = None,
+        on_result: Callable[[TaskImage, Any, str | None], None] | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> JobReport:
         """Process `tasks`; on_result(task, result, error) after each; progress(done, total)."""
         report = JobReport()
         started = last_log = time.monotonic()
@@ -89,11 +99,17 @@ class TaskJob:
             now = time.monotonic()
             if now - last_log >= self.log_every or done == len(tasks):
                 last_log = now
-                logger.info("%s: %d/%d tasks in %.1f s (%d failed)", self.name, done, len(tasks), now - started,
-                            len(report.failed))
+                logger.info(
+                    "%s: %d/%d tasks in %.1f s (%d failed)",
+                    self.name,
+                    done,
+                    len(tasks),
+                    now - started,
+                    len(report.failed),
+                )
         return report
 
-    def _run_one(self, task: TaskImage, cancel: Optional[threading.Event]) -> tuple[Any, Optional[str]]:
+    def _run_one(self, task: TaskImage, cancel: threading.Event | None) -> tuple[Any, str | None]:
         stop = threading.Event()
         timer = None
         if self.task_timeout is not None:
@@ -115,7 +131,7 @@ class TaskJob:
             relay.set()
 
 
-def _relay(cancel: Optional[threading.Event], stop: threading.Event) -> threading.Event:
+def _relay(cancel: threading.Event | None, stop: threading.Event) -> threading.Event:
     """Pass a job-wide cancel on to one task's `stop` until the returned event is set."""
     finished = threading.Event()
     if cancel is None:
@@ -132,7 +148,7 @@ def _relay(cancel: Optional[threading.Event], stop: threading.Event) -> threadin
 
 
 # ----------------------------------------------------------------------------- the command line's way in
-def _has_prediction(client, task_id: Optional[int], model_version: str) -> bool:
+def _has_prediction(client, task_id: int | None, model_version: str) -> bool:
     return any(p.model_version == model_version for p in client.predictions.list(task=task_id))
 
 
@@ -178,10 +194,15 @@ def project_images(url: str, api_key: str, project_id: int) -> list[tuple[int, s
     return [(task.task_id, task.url) for task in project_tasks(url, api_key, project_id)[1]]
 
 
-def precompute_project(backend: "MobileSamBackend", url: str, api_key: str, project_id: int,
-                       progress: Optional[Callable[[int, int], None]] = None,
-                       cancel: Optional[threading.Event] = None,
-                       predictions: bool = False) -> PrecomputeReport:
+def precompute_project(
+    backend: "MobileSamBackend",
+    url: str,
+    api_key: str,
+    project_id: int,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+    predictions: bool = False,
+) -> PrecomputeReport:
     """Store the embedding of each task's image; with `predictions`, also upload automatic masks as
     predictions of tasks that have none of this model version. Failures are reported per task.
 
@@ -204,13 +225,20 @@ def precompute_project(backend: "MobileSamBackend", url: str, api_key: str, proj
         if client is not None and not _has_prediction(client, task.task_id, backend.model_version):
             prediction = backend.automatic_prediction(task, label_config, stop=stop)
             if prediction is not None:
-                client.predictions.create(task=task.task_id, result=prediction["result"],
-                                          score=prediction["score"], model_version=prediction["model_version"])
+                client.predictions.create(
+                    task=task.task_id,
+                    result=prediction["result"],
+                    score=prediction["score"],
+                    model_version=prediction["model_version"],
+                )
                 report.predictions += 1
 
     name = "automatic masks" if predictions else "embeddings"
-    job = TaskJob(f"project {project_id} {name}", work,
-                  task_timeout=backend.settings.auto_masks_task_timeout if predictions else None)
+    job = TaskJob(
+        f"project {project_id} {name}",
+        work,
+        task_timeout=backend.settings.auto_masks_task_timeout if predictions else None,
+    )
     outcome = job.run(tasks, cancel=cancel, progress=progress)
     report.failed = outcome.failed
     if outcome.cancelled:

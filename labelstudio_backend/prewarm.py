@@ -12,7 +12,8 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Hashable, Optional
+from collections.abc import Callable, Hashable
+from typing import Any
 
 logger = logging.getLogger(__name__)
 
@@ -20,19 +21,20 @@ logger = logging.getLogger(__name__)
 class Prewarmer:
     """Runs `work(key, payload)` for submitted keys in one background thread; never blocks `submit`."""
 
-    def __init__(self, work: Callable[[Hashable, Any], None], max_pending: int = 4,
-                 name: str = "mobilesam-prewarm") -> None:
+    def __init__(
+        self, work: Callable[[Hashable, Any], None], max_pending: int = 4, name: str = "mobilesam-prewarm"
+    ) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         self._work = work
         self.max_pending = max_pending
         self._name = name
-        self._pending: "OrderedDict[Hashable, Any]" = OrderedDict()
-        self._running: Optional[Hashable] = None
+        self._pending: OrderedDict[Hashable, Any] = OrderedDict()
+        self._running: Hashable | None = None
         self._cond = threading.Condition()
         self._closed = False
-        self._thread: Optional[threading.Thread] = None
-        self._pid: Optional[int] = None
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
         self.counts = {"queued": 0, "done": 0, "failed": 0, "dropped": 0, "cancelled": 0, "duplicates": 0}
 
     def submit(self, key: Hashable, payload: Any = None) -> bool:
@@ -86,8 +88,12 @@ class Prewarmer:
 
     def stats(self) -> dict:
         with self._cond:
-            return {**self.counts, "pending": len(self._pending), "running": self._running is not None,
-                    "max_pending": self.max_pending}
+            return {
+                **self.counts,
+                "pending": len(self._pending),
+                "running": self._running is not None,
+                "max_pending": self.max_pending,
+            }
 
     def _ensure_worker(self) -> None:
         """Start the worker (again in a forked child: threads do not survive fork)."""

@@ -17,7 +17,7 @@ it is ignored (and listed in `ClickPrompt.stale_ids` for the log). When no keypo
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -38,15 +38,17 @@ class ClickPrompt:
 
     points: np.ndarray
     point_labels: np.ndarray
-    box: Optional[np.ndarray]
-    label: Optional[str]
-    to_name: Optional[str]
-    original_size: Optional[tuple[int, int]]  # (H, W) as Label Studio reports it
+    box: np.ndarray | None
+    label: str | None
+    to_name: str | None
+    original_size: tuple[int, int] | None  # (H, W) as Label Studio reports it
     image_rotation: float  # degrees, echoed back in the result
     region_ids: tuple[str, ...]
     stale_ids: tuple[str, ...] = ()  # keypoints ignored as stale draft points
 
-    def in_pixels(self, height: int, width: int) -> tuple[Optional[np.ndarray], Optional[np.ndarray], Optional[np.ndarray]]:
+    def in_pixels(
+        self, height: int, width: int
+    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """(point_coords (N, 2), point_labels (N,), box (4,)) in pixels of an image of this size."""
         scale = np.array([width / 100.0, height / 100.0])
         coords = self.points * scale if len(self.points) else None
@@ -63,22 +65,30 @@ class ClickPrompt:
 def parse_context(context: Any) -> ClickPrompt:
     """Validate `params.context` and collect its keypoints and rectangles. Raises BadRequest."""
     if not isinstance(context, dict):
-        raise BadRequest(f"params.context must be an object with a 'result' list, got {type(context).__name__}")
+        raise BadRequest(
+            f"params.context must be an object with a 'result' list, got {type(context).__name__}"
+        )
     items = context.get("result")
     if not isinstance(items, list) or not items:
         raise BadRequest("params.context.result must be a non-empty list of keypoint/rectangle regions")
     points, point_labels, boxes, ids, stale = [], [], [], [], []
     label = to_name = original_size = None
     rotation = 0
-    flagged = any(isinstance(item, dict) and item.get("type") == "keypointlabels"
-                  and item.get("is_positive") is not None for item in items)
+    flagged = any(
+        isinstance(item, dict)
+        and item.get("type") == "keypointlabels"
+        and item.get("is_positive") is not None
+        for item in items
+    )
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise BadRequest(f"context.result[{index}] must be an object, got {type(item).__name__}")
         kind = item.get("type")
         if kind not in PROMPT_TYPES:
-            raise BadRequest(f"context.result[{index}] has type {kind!r}; MobileSAM takes "
-                             f"{' and '.join(PROMPT_TYPES)} as prompts")
+            raise BadRequest(
+                f"context.result[{index}] has type {kind!r}; MobileSAM takes "
+                f"{' and '.join(PROMPT_TYPES)} as prompts"
+            )
         value = item.get("value")
         if not isinstance(value, dict):
             raise BadRequest(f"context.result[{index}] ({kind}) has no 'value' object")
@@ -101,8 +111,12 @@ def parse_context(context: Any) -> ClickPrompt:
         point_labels=np.array(point_labels, dtype=np.int64),
         # SAM takes one box; Label Studio lists the newest smart region last.
         box=np.array(boxes[-1], dtype=np.float64) if boxes else None,
-        label=label, to_name=to_name, original_size=original_size, image_rotation=rotation,
-        region_ids=tuple(ids), stale_ids=tuple(stale),
+        label=label,
+        to_name=to_name,
+        original_size=original_size,
+        image_rotation=rotation,
+        region_ids=tuple(ids),
+        stale_ids=tuple(stale),
     )
 
 
@@ -119,7 +133,9 @@ def _number(value: dict, key: str, where: str) -> float:
 
 def _check_inside(x: float, y: float, where: str) -> None:
     if not (-EPS <= x <= 100 + EPS and -EPS <= y <= 100 + EPS):
-        raise BadRequest(f"{where}: point ({x:g}%, {y:g}%) is outside the image (coordinates are percent, 0..100)")
+        raise BadRequest(
+            f"{where}: point ({x:g}%, {y:g}%) is outside the image (coordinates are percent, 0..100)"
+        )
 
 
 def _point(value: dict, where: str) -> tuple[float, float]:
@@ -128,7 +144,7 @@ def _point(value: dict, where: str) -> tuple[float, float]:
     return x, y
 
 
-def _box(value: dict, where: str, original_size: Optional[tuple[int, int]]) -> tuple[float, float, float, float]:
+def _box(value: dict, where: str, original_size: tuple[int, int] | None) -> tuple[float, float, float, float]:
     x, y = _number(value, "x", where), _number(value, "y", where)
     w, h = _number(value, "width", where), _number(value, "height", where)
     if w < 0 or h < 0:
@@ -154,8 +170,10 @@ def _rotated_bounds(x, y, w, h, angle, original_size, where):
     height, width = original_size
     sx, sy = width / 100.0, height / 100.0
     cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    corners = [(x * sx + dx * cos - dy * sin, y * sy + dx * sin + dy * cos)
-               for dx, dy in ((0, 0), (w * sx, 0), (0, h * sy), (w * sx, h * sy))]
+    corners = [
+        (x * sx + dx * cos - dy * sin, y * sy + dx * sin + dy * cos)
+        for dx, dy in ((0, 0), (w * sx, 0), (0, h * sy), (w * sx, h * sy))
+    ]
     xs, ys = [c[0] / sx for c in corners], [c[1] / sy for c in corners]
     return min(xs), min(ys), max(xs), max(ys)
 
@@ -169,7 +187,7 @@ def _rotation(item: dict, where: str) -> float:
     return raw
 
 
-def _first_label(value: dict, kind: str) -> Optional[str]:
+def _first_label(value: dict, kind: str) -> str | None:
     for key in (kind, "labels"):
         labels = value.get(key)
         if isinstance(labels, list) and labels:
@@ -177,11 +195,14 @@ def _first_label(value: dict, kind: str) -> Optional[str]:
     return None
 
 
-def _original_size(item: dict, where: str) -> Optional[tuple[int, int]]:
+def _original_size(item: dict, where: str) -> tuple[int, int] | None:
     width, height = item.get("original_width"), item.get("original_height")
     if width is None and height is None:
         return None
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 1 <= v < 1e9 for v in (width, height)):
-        raise BadRequest(f"{where}: original_width/original_height must be positive numbers, "
-                         f"got {width!r} x {height!r}")
+    if not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 1 <= v < 1e9 for v in (width, height)
+    ):
+        raise BadRequest(
+            f"{where}: original_width/original_height must be positive numbers, got {width!r} x {height!r}"
+        )
     return int(round(height)), int(round(width))

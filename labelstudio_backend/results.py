@@ -1,7 +1,6 @@
 """Masks as Label Studio result items: `brushlabels` (RLE) or `polygonlabels` (percent points)."""
 
 import uuid
-from typing import Optional
 
 import numpy as np
 
@@ -22,26 +21,41 @@ def same_aspect(a: tuple[int, int], b: tuple[int, int], tolerance: float = 0.02)
     return abs(a[0] / a[1] - b[0] / b[1]) <= tolerance * (b[0] / b[1])
 
 
-def brush_result(mask: np.ndarray, target: OutputTarget, label: Optional[str], image_rotation: float = 0) -> dict:
+def brush_result(
+    mask: np.ndarray, target: OutputTarget, label: str | None, image_rotation: float = 0
+) -> dict:
     """A brushlabels item for an (H, W) bool (or uint8 0/255) mask; RLE by label-studio-sdk, 0/255 as
     Label Studio draws it."""
     from label_studio_sdk.converter.brush import mask2rle
 
     height, width = mask.shape
     rle = mask2rle(mask if mask.dtype == np.uint8 else mask.astype(np.uint8) * np.uint8(255))
-    return _item(target, width, height, image_rotation,
-                 {"format": "rle", "rle": [int(v) for v in rle], target.result_type: _labels(label, target)})
+    return _item(
+        target,
+        width,
+        height,
+        image_rotation,
+        {"format": "rle", "rle": [int(v) for v in rle], target.result_type: _labels(label, target)},
+    )
 
 
-def polygon_results(mask: np.ndarray, target: OutputTarget, label: Optional[str], image_rotation: float = 0,
-                    tolerance: float = 1.0, min_area: int = 4, origin: tuple[int, int] = (0, 0),
-                    size: Optional[tuple[int, int]] = None) -> list[dict]:
+def polygon_results(
+    mask: np.ndarray,
+    target: OutputTarget,
+    label: str | None,
+    image_rotation: float = 0,
+    tolerance: float = 1.0,
+    min_area: int = 4,
+    origin: tuple[int, int] = (0, 0),
+    size: tuple[int, int] | None = None,
+) -> list[dict]:
     """One polygonlabels item per connected component of an (H, W) bool mask (outer outline, holes filled:
     Label Studio polygons have no holes), simplified to within `tolerance` pixels.
 
     The mask may be a part of the image: its top-left pixel at `origin` (row, col) of an image of
     `size` (H, W) (default: the mask is the whole image)."""
-    from skimage.measure import approximate_polygon, find_contours, label as label_components, regionprops
+    from skimage.measure import approximate_polygon, find_contours, regionprops
+    from skimage.measure import label as label_components
 
     height, width = mask.shape if size is None else size
     items = []
@@ -58,12 +72,19 @@ def polygon_results(mask: np.ndarray, target: OutputTarget, label: Optional[str]
         xs = (contour[:, 1] - 1 + left + 0.5) / width * 100
         ys = (contour[:, 0] - 1 + top + 0.5) / height * 100
         points = np.clip(np.stack([xs, ys], axis=1), 0, 100).round(4).tolist()
-        items.append(_item(target, width, height, image_rotation,
-                           {"points": points, "closed": True, target.result_type: _labels(label, target)}))
+        items.append(
+            _item(
+                target,
+                width,
+                height,
+                image_rotation,
+                {"points": points, "closed": True, target.result_type: _labels(label, target)},
+            )
+        )
     return items
 
 
-def _labels(label: Optional[str], target: OutputTarget) -> list[str]:
+def _labels(label: str | None, target: OutputTarget) -> list[str]:
     if label:
         return [label]
     return [target.labels[0]] if target.labels else []

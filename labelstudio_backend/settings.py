@@ -42,12 +42,13 @@
 
 import ipaddress
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
 
 from mobilesam.model_zoo import MODEL_TYPES
-from mobilesam.onnx import BACKENDS, PRECISIONS as ONNX_PRECISIONS
+from mobilesam.onnx import BACKENDS
+from mobilesam.onnx import PRECISIONS as ONNX_PRECISIONS
 
 from .images import DEFAULT_BANNED_SUBNETS
 
@@ -62,9 +63,9 @@ def _default_embedding_dir() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    model_type: Optional[str] = None
-    checkpoint: Optional[str] = None
-    device: Optional[str] = None
+    model_type: str | None = None
+    checkpoint: str | None = None
+    device: str | None = None
     allow_download: bool = True
     label_studio_url: str = ""
     label_studio_api_key: str = ""
@@ -72,7 +73,7 @@ class Settings:
     basic_auth_pass: str = ""
     cache_size: int = 32
     cache_max_bytes: int = 512 << 20
-    embedding_dir: Optional[Path] = None
+    embedding_dir: Path | None = None
     embedding_dir_max_bytes: int = 10240 << 20
     max_image_pixels: int = 100_000_000
     tile_above: int = 2048
@@ -89,7 +90,7 @@ class Settings:
     prewarm_queue: int = 4
     load_timeout: float = 90.0
     backend: str = "torch"
-    onnx_dir: Optional[Path] = None  # None: mobilesam.onnx.default_onnx_dir(model type)
+    onnx_dir: Path | None = None  # None: mobilesam.onnx.default_onnx_dir(model type)
     onnx_precision: str = "fp32"
     allowed_image_hosts: tuple[str, ...] = ()
     ssrf_protection: bool = True
@@ -103,7 +104,7 @@ class Settings:
     max_prompt_regions: int = 100
 
     @classmethod
-    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
         """Settings from `env` (default os.environ); raises ValueError naming a malformed variable."""
         env = os.environ if env is None else env
         embedding_dir = env.get("MOBILESAM_EMBEDDING_DIR", "").strip()
@@ -147,8 +148,10 @@ class Settings:
             onnx_precision=env.get("MOBILESAM_ONNX_PRECISION", "").strip().lower() or "fp32",
             allowed_image_hosts=_list(env, "MOBILESAM_ALLOWED_IMAGE_HOSTS"),
             ssrf_protection=_flag(env, "SSRF_PROTECTION_ENABLED", True),
-            banned_subnets=((DEFAULT_BANNED_SUBNETS if _flag(env, "USE_DEFAULT_BANNED_SUBNETS", True) else ())
-                            + _list(env, "USER_ADDITIONAL_BANNED_SUBNETS")),
+            banned_subnets=(
+                (DEFAULT_BANNED_SUBNETS if _flag(env, "USE_DEFAULT_BANNED_SUBNETS", True) else ())
+                + _list(env, "USER_ADDITIONAL_BANNED_SUBNETS")
+            ),
             verify_ssl=_flag(env, "VERIFY_SSL", True),
             max_download_bytes=_int(env, "MOBILESAM_MAX_DOWNLOAD_MB", 64) << 20,
             fetch_timeout=_float(env, "MOBILESAM_FETCH_TIMEOUT", 5.0),
@@ -162,30 +165,42 @@ class Settings:
 
     def validate(self) -> None:
         if self.output not in OUTPUT_MODES:
-            raise ValueError(f"MOBILESAM_OUTPUT must be one of {', '.join(OUTPUT_MODES)}, not {self.output!r}")
+            raise ValueError(
+                f"MOBILESAM_OUTPUT must be one of {', '.join(OUTPUT_MODES)}, not {self.output!r}"
+            )
         if bool(self.basic_auth_user) != bool(self.basic_auth_pass):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         if self.cache_size < 1 or self.cache_max_bytes < 1:
             raise ValueError("MOBILESAM_CACHE_SIZE and MOBILESAM_CACHE_MAX_MB must be at least 1")
         if self.auto_masks_points_per_side < 1 or self.prewarm_queue < 1:
-            raise ValueError("MOBILESAM_AUTO_MASKS_POINTS_PER_SIDE and MOBILESAM_PREWARM_QUEUE must be at least 1")
+            raise ValueError(
+                "MOBILESAM_AUTO_MASKS_POINTS_PER_SIDE and MOBILESAM_PREWARM_QUEUE must be at least 1"
+            )
         if not (self.auto_masks_task_timeout > 0 and self.auto_masks_wait >= 0):
-            raise ValueError("MOBILESAM_AUTO_MASKS_TASK_TIMEOUT must be positive and MOBILESAM_AUTO_MASKS_WAIT "
-                             "not negative")
+            raise ValueError(
+                "MOBILESAM_AUTO_MASKS_TASK_TIMEOUT must be positive and MOBILESAM_AUTO_MASKS_WAIT "
+                "not negative"
+            )
         if self.max_image_pixels < 1:
             raise ValueError("MOBILESAM_MAX_IMAGE_PIXELS must be positive")
         if self.tile_above < 0:
             raise ValueError(f"MOBILESAM_TILE_ABOVE must be 0 (never tile) or pixels, got {self.tile_above}")
         if self.label_studio_url and not self.label_studio_url.startswith(("http://", "https://")):
-            raise ValueError(f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}")
-        for name, value in (("MOBILESAM_MAX_DOWNLOAD_MB", self.max_download_bytes),
-                            ("MOBILESAM_MAX_FETCHES", self.max_fetches),
-                            ("MOBILESAM_MAX_REQUEST_MB", self.max_request_bytes),
-                            ("MOBILESAM_MAX_PROMPT_REGIONS", self.max_prompt_regions)):
+            raise ValueError(
+                f"LABEL_STUDIO_URL must start with http:// or https://, got {self.label_studio_url!r}"
+            )
+        for name, value in (
+            ("MOBILESAM_MAX_DOWNLOAD_MB", self.max_download_bytes),
+            ("MOBILESAM_MAX_FETCHES", self.max_fetches),
+            ("MOBILESAM_MAX_REQUEST_MB", self.max_request_bytes),
+            ("MOBILESAM_MAX_PROMPT_REGIONS", self.max_prompt_regions),
+        ):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1")
-        for name, value in (("MOBILESAM_FETCH_TIMEOUT", self.fetch_timeout),
-                            ("MOBILESAM_FETCH_DEADLINE", self.fetch_deadline)):
+        for name, value in (
+            ("MOBILESAM_FETCH_TIMEOUT", self.fetch_timeout),
+            ("MOBILESAM_FETCH_DEADLINE", self.fetch_deadline),
+        ):
             if not 0 < value < float("inf"):
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
         for subnet in self.banned_subnets:
@@ -196,11 +211,13 @@ class Settings:
         if self.backend not in BACKENDS:
             raise ValueError(f"MOBILESAM_BACKEND must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
         if self.onnx_precision not in ONNX_PRECISIONS:
-            raise ValueError(f"MOBILESAM_ONNX_PRECISION must be one of {', '.join(ONNX_PRECISIONS)}, "
-                             f"not {self.onnx_precision!r}")
+            raise ValueError(
+                f"MOBILESAM_ONNX_PRECISION must be one of {', '.join(ONNX_PRECISIONS)}, "
+                f"not {self.onnx_precision!r}"
+            )
 
     @property
-    def basic_auth(self) -> Optional[tuple[str, str]]:
+    def basic_auth(self) -> tuple[str, str] | None:
         return (self.basic_auth_user, self.basic_auth_pass) if self.basic_auth_user else None
 
 

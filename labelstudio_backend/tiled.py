@@ -20,9 +20,9 @@ logits do not describe the object beyond the tile.
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 
@@ -73,17 +73,25 @@ class TiledImages:
     cache_dir: the core tile cache folder (None: memory only); model_id: the backend's model version.
     """
 
-    def __init__(self, tile_above: int, encode: Callable, decode: Callable, model: Callable[[], object],
-                 cache_dir: Optional[Path] = None, model_id: str = "", max_images: int = MAX_IMAGES,
-                 max_bytes: int = MAX_IMAGE_BYTES) -> None:
+    def __init__(
+        self,
+        tile_above: int,
+        encode: Callable,
+        decode: Callable,
+        model: Callable[[], object],
+        cache_dir: Path | None = None,
+        model_id: str = "",
+        max_images: int = MAX_IMAGES,
+        max_bytes: int = MAX_IMAGE_BYTES,
+    ) -> None:
         self.tile_above = int(tile_above)
         self._encode, self._decode, self._model = encode, decode, model
         self.cache_dir, self.model_id = cache_dir, model_id
         self.max_images, self.max_bytes = max_images, max_bytes
-        self._images: "OrderedDict[str, _OpenImage]" = OrderedDict()
+        self._images: OrderedDict[str, _OpenImage] = OrderedDict()
         self._lock = threading.Lock()
 
-    def wants(self, size: Optional[tuple[int, int]]) -> bool:
+    def wants(self, size: tuple[int, int] | None) -> bool:
         """Whether an image of (H, W) `size` is decoded tile by tile."""
         return bool(size) and self.tile_above > 0 and max(size) > self.tile_above
 
@@ -91,8 +99,13 @@ class TiledImages:
         with self._lock:
             return url in self._images
 
-    def open(self, url: str, load: Callable[[], np.ndarray], expected_size: Optional[tuple[int, int]] = None,
-             image: Optional[np.ndarray] = None) -> tuple[_OpenImage, bool]:
+    def open(
+        self,
+        url: str,
+        load: Callable[[], np.ndarray],
+        expected_size: tuple[int, int] | None = None,
+        image: np.ndarray | None = None,
+    ) -> tuple[_OpenImage, bool]:
         """(the image's tiles, whether it was already open). An open image whose aspect ratio disagrees
         with `expected_size` (what Label Studio says now) is stale (the file changed) and is read again."""
         with self._lock:
@@ -101,15 +114,21 @@ class TiledImages:
                 if expected_size is None or same_aspect(entry.embeddings.shape, expected_size):
                     self._images.move_to_end(url)
                     return entry, True
-                logger.info("open tiled image %s has size %s, Label Studio says %s: reading it again", url,
-                            entry.embeddings.shape, expected_size)
+                logger.info(
+                    "open tiled image %s has size %s, Label Studio says %s: reading it again",
+                    url,
+                    entry.embeddings.shape,
+                    expected_size,
+                )
                 del self._images[url]
         entry = self._build(load() if image is None else image)
         with self._lock:
             self._images[url] = entry
             self._images.move_to_end(url)
-            while len(self._images) > 1 and (len(self._images) > self.max_images
-                                             or sum(e.nbytes for e in self._images.values()) > self.max_bytes):
+            while len(self._images) > 1 and (
+                len(self._images) > self.max_images
+                or sum(e.nbytes for e in self._images.values()) > self.max_bytes
+            ):
                 self._images.popitem(last=False)
         return entry, False
 
@@ -117,12 +136,14 @@ class TiledImages:
         from mobilesam.tiling import TiledEmbeddings, TiledPredictor
 
         predictor = _RoutedPredictor(self._encode, self._decode, self._model())
-        embeddings = TiledEmbeddings(image, predictor, cache_dir=self.cache_dir, max_in_memory=TILES_IN_MEMORY,
-                                     model_id=self.model_id)
+        embeddings = TiledEmbeddings(
+            image, predictor, cache_dir=self.cache_dir, max_in_memory=TILES_IN_MEMORY, model_id=self.model_id
+        )
         return _OpenImage(embeddings, TiledPredictor(embeddings), threading.Lock(), int(image.nbytes))
 
-    def segment(self, entry: _OpenImage, coords: Optional[np.ndarray], labels: Optional[np.ndarray],
-                box: Optional[np.ndarray]):
+    def segment(
+        self, entry: _OpenImage, coords: np.ndarray | None, labels: np.ndarray | None, box: np.ndarray | None
+    ):
         """The `RegionMask` (object's bounding region, full resolution) for a prompt in image pixels,
         and how many tiles had to be encoded for it."""
         with entry.lock:
@@ -144,9 +165,12 @@ class TiledImages:
     def stats(self) -> dict:
         with self._lock:
             entries = list(self._images.values())
-        return {"images": len(entries), "image_bytes": sum(e.nbytes for e in entries),
-                "tiles_encoded": sum(e.embeddings.encoder_calls for e in entries),
-                "tiles_from_disk": sum(e.embeddings.disk_hits for e in entries)}
+        return {
+            "images": len(entries),
+            "image_bytes": sum(e.nbytes for e in entries),
+            "tiles_encoded": sum(e.embeddings.encoder_calls for e in entries),
+            "tiles_from_disk": sum(e.embeddings.disk_hits for e in entries),
+        }
 
 
 def region_to_full(region, height: int, width: int) -> np.ndarray:

@@ -8,7 +8,7 @@ layer, so the active layer's own keymap never swallows it.
 """
 
 import weakref
-from typing import Callable
+from collections.abc import Callable
 
 from napari.components import ViewerModel
 from napari.utils.action_manager import action_manager
@@ -49,6 +49,7 @@ def _dispatch(name: str) -> Callable:
         widget = _widgets.get(viewer)
         if widget is not None:
             widget.key_actions()[name]()
+
     run.__name__ = f"mobilesam_{name}"
     return run
 

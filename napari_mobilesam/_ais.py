@@ -32,8 +32,11 @@ class AutomaticSection(Section):
     def __init__(self) -> None:
         self.automatic_button = PushButton(text="Segment automatically (image / current slice)")
         self.decoder_weights = _wrapping(Label(label="Decoder", value="-"))
-        super().__init__("Segment automatically (micro-sam models)", [self.automatic_button, self.decoder_weights],
-                         collapsed=True)
+        super().__init__(
+            "Segment automatically (micro-sam models)",
+            [self.automatic_button, self.decoder_weights],
+            collapsed=True,
+        )
 
 
 class AutomaticSegmentation:
@@ -54,14 +57,18 @@ class AutomaticSegmentation:
         button, label = self.section.automatic_button, self.section.decoder_weights
         if model_type not in AIS_MODELS:
             button.enabled = False
-            button.tooltip = (f"{model_type} has no automatic instance segmentation decoder; choose "
-                              f"{' or '.join(AIS_MODELS)} in the Model section")
+            button.tooltip = (
+                f"{model_type} has no automatic instance segmentation decoder; choose "
+                f"{' or '.join(AIS_MODELS)} in the Model section"
+            )
             label.value = "-"
             return
         button.enabled = True
-        button.tooltip = (f"Label every object of the image (or the current slice) with {model_type}'s instance "
-                          f"segmentation decoder (also with a checkpoint file: the decoder is the Model "
-                          f"choice's): one encoder pass, into '<image> {LAYER_SUFFIX}'")
+        button.tooltip = (
+            f"Label every object of the image (or the current slice) with {model_type}'s instance "
+            f"segmentation decoder (also with a checkpoint file: the decoder is the Model "
+            f"choice's): one encoder pass, into '<image> {LAYER_SUFFIX}'"
+        )
         label.value = _describe_decoder_file(decoder_weights_name(model_type))
 
     def segment_automatically(self) -> None:
@@ -71,8 +78,11 @@ class AutomaticSegmentation:
         widget = self.widget
         model_type = widget.model_type.value
         if model_type not in AIS_MODELS:
-            widget._notify("warning", f"MobileSAM: {model_type} has no automatic instance segmentation decoder; "
-                                      f"choose {' or '.join(AIS_MODELS)}")
+            widget._notify(
+                "warning",
+                f"MobileSAM: {model_type} has no automatic instance segmentation decoder; "
+                f"choose {' or '.join(AIS_MODELS)}",
+            )
             return
         current = widget._current_image()
         if current is None or widget._refuse_if_busy():
@@ -93,9 +103,12 @@ class AutomaticSegmentation:
             progress(1, 1)
             return labels
 
-        widget._prepare(f"MobileSAM: segmenting automatically ({model_type})", [z],
-                        then=lambda labels: widget._show_slice_labels(image_layer, info, z, labels, LAYER_SUFFIX),
-                        extra=segment)
+        widget._prepare(
+            f"MobileSAM: segmenting automatically ({model_type})",
+            [z],
+            then=lambda labels: widget._show_slice_labels(image_layer, info, z, labels, LAYER_SUFFIX),
+            extra=segment,
+        )
 
     def _load_decoder(self, decoder_type: str, predictor):
         """The decoder for the predictor's model (worker thread): resolved as `mobilesam ais` does,
@@ -105,9 +118,11 @@ class AutomaticSegmentation:
         try:
             path = Path(resolve_decoder_checkpoint(decoder_type))
         except MissingWeightsError as exc:
-            raise MissingDecoderError(f"no {decoder_type} weights (the automatic segmentation decoder): {exc} "
-                                      f"You can also set ${DECODER_CHECKPOINT_ENV} to a *_decoder.pt file. "
-                                      "Nothing was changed.") from None
+            raise MissingDecoderError(
+                f"no {decoder_type} weights (the automatic segmentation decoder): {exc} "
+                f"You can also set ${DECODER_CHECKPOINT_ENV} to a *_decoder.pt file. "
+                "Nothing was changed."
+            ) from None
         image_size = predictor.model.image_encoder.img_size
         stat = path.stat()
         identity = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, image_size, str(predictor.device))

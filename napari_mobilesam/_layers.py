@@ -6,7 +6,6 @@ layer's transform, so they overlay the image exactly.
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -34,7 +33,7 @@ class ImageInfo:
     """
 
     spatial_shape: tuple[int, ...]
-    channel_axis: Optional[int]
+    channel_axis: int | None
     spatial_axes: tuple[int, ...]
 
     @property
@@ -57,7 +56,9 @@ def describe_image(layer, channels: str = "auto") -> ImageInfo:
         info = ImageInfo(shape[:-1], -1, tuple(range(len(shape) - 1)))
     elif channels == CHANNEL_CHOICES[1]:
         if len(shape) != 3:
-            raise LayerError(f"layer {layer.name!r} has shape {shape}; 'first axis is channels' needs (C, Y, X)")
+            raise LayerError(
+                f"layer {layer.name!r} has shape {shape}; 'first axis is channels' needs (C, Y, X)"
+            )
         info = ImageInfo(shape[1:], 0, (1, 2))
     else:
         info = ImageInfo(shape, None, tuple(range(len(shape))))
@@ -69,15 +70,22 @@ def describe_image(layer, channels: str = "auto") -> ImageInfo:
     return info
 
 
-def _layer_transform(image_layer, axes: Optional[tuple[int, ...]] = None) -> dict:
+def _layer_transform(image_layer, axes: tuple[int, ...] | None = None) -> dict:
     """Keyword arguments that give a new layer the same data->world transform as `image_layer`
     (restricted to `axes` for a layer with fewer dimensions, e.g. labels of a channels-first image)."""
     if axes is None or len(axes) == image_layer.ndim:
-        return {"scale": image_layer.scale, "translate": image_layer.translate,
-                "rotate": image_layer.rotate, "shear": image_layer.shear,
-                "affine": image_layer.affine.affine_matrix}
+        return {
+            "scale": image_layer.scale,
+            "translate": image_layer.translate,
+            "rotate": image_layer.rotate,
+            "shear": image_layer.shear,
+            "affine": image_layer.affine.affine_matrix,
+        }
     axes = list(axes)
-    return {"scale": np.asarray(image_layer.scale)[axes], "translate": np.asarray(image_layer.translate)[axes]}
+    return {
+        "scale": np.asarray(image_layer.scale)[axes],
+        "translate": np.asarray(image_layer.translate)[axes],
+    }
 
 
 @dataclass
@@ -143,19 +151,37 @@ def ensure_prompt_layers(viewer, image_layer, info: ImageInfo) -> PromptLayers:
     transform = _layer_transform(image_layer)
     labels_transform = _layer_transform(image_layer, info.spatial_axes)
 
-    objects = _labels_layer(viewer, names["objects"], info.spatial_shape, np.int32, labels_transform, opacity=0.5)
-    current = _labels_layer(viewer, names["current"], info.spatial_shape, np.uint8, labels_transform, opacity=0.6)
+    objects = _labels_layer(
+        viewer, names["objects"], info.spatial_shape, np.int32, labels_transform, opacity=0.5
+    )
+    current = _labels_layer(
+        viewer, names["current"], info.spatial_shape, np.uint8, labels_transform, opacity=0.6
+    )
     current.colormap = _current_colormap()
     boxes = _find(viewer, names["boxes"], Shapes, ndim)
     if boxes is None:
-        boxes = viewer.add_shapes(ndim=ndim, name=names["boxes"], edge_color="yellow", face_color="transparent",
-                                  edge_width=2, **transform)
+        boxes = viewer.add_shapes(
+            ndim=ndim,
+            name=names["boxes"],
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=2,
+            **transform,
+        )
         boxes.mode = "add_rectangle"
     points = _find(viewer, names["prompts"], Points, ndim)
     if points is None:
         features = pd.DataFrame({"label": pd.Categorical([], categories=[POSITIVE, NEGATIVE])})
-        points = viewer.add_points(ndim=ndim, name=names["prompts"], features=features, face_color="label",
-                                   face_color_cycle=PROMPT_COLORS, border_color="white", size=10, **transform)
+        points = viewer.add_points(
+            ndim=ndim,
+            name=names["prompts"],
+            features=features,
+            face_color="label",
+            face_color_cycle=PROMPT_COLORS,
+            border_color="white",
+            size=10,
+            **transform,
+        )
         points.feature_defaults = {"label": POSITIVE}
         points.mode = "add"
     return PromptLayers(points, boxes, current, objects)
@@ -165,7 +191,7 @@ def sync_transform(viewer, image_layer, info: ImageInfo) -> None:
     """Give the image's plugin layers its current scale and translate (after the user changed them)."""
     full = {"scale": image_layer.scale, "translate": image_layer.translate}
     spatial = _layer_transform(image_layer, info.spatial_axes)
-    for role, name in layer_names(image_layer.name).items():
+    for name in layer_names(image_layer.name).values():
         if name not in viewer.layers:
             continue
         layer = viewer.layers[name]
@@ -173,7 +199,7 @@ def sync_transform(viewer, image_layer, info: ImageInfo) -> None:
         layer.scale, layer.translate = values["scale"], values["translate"]
 
 
-def remove_prompt_layers(viewer, image_name: str) -> Optional[str]:
+def remove_prompt_layers(viewer, image_name: str) -> str | None:
     """Remove an image's prompt, box and current-object layers (and an empty objects layer).
     Returns the objects layer's name when it was kept because it holds committed labels."""
     names = layer_names(image_name)
@@ -210,13 +236,18 @@ def set_point_label_mode(points: Points, label: str) -> None:
 def to_image_coords(layer, coords: np.ndarray, image_layer) -> np.ndarray:
     """(N, D) data coordinates of `layer` -> (N, D) data coordinates of `image_layer`, via world."""
     coords = np.asarray(coords, dtype=float).reshape(-1, layer.ndim)
-    return np.array([image_layer.world_to_data(layer.data_to_world(c)) for c in coords],
-                    dtype=float).reshape(-1, image_layer.ndim)
+    return np.array([image_layer.world_to_data(layer.data_to_world(c)) for c in coords], dtype=float).reshape(
+        -1, image_layer.ndim
+    )
 
 
 def read_points(points: Points, image_layer, info: ImageInfo) -> tuple[np.ndarray, np.ndarray]:
     """All prompt points in image data coordinates (N, D) ((z,) y, x order) and labels (N,) 1/0."""
-    coords = to_image_coords(points, points.data, image_layer) if len(points.data) else np.zeros((0, image_layer.ndim))
+    coords = (
+        to_image_coords(points, points.data, image_layer)
+        if len(points.data)
+        else np.zeros((0, image_layer.ndim))
+    )
     coords = coords[:, list(info.spatial_axes)]
     labels = np.array([1 if str(v) == POSITIVE else 0 for v in points.features["label"]], dtype=np.int64)
     return coords, labels
@@ -224,10 +255,12 @@ def read_points(points: Points, image_layer, info: ImageInfo) -> tuple[np.ndarra
 
 def read_boxes(shapes: Shapes, image_layer, info: ImageInfo) -> list[np.ndarray]:
     """Each shape's corners as (K, D) image data coordinates (any shape counts as its bounding box)."""
-    return [to_image_coords(shapes, vertices, image_layer)[:, list(info.spatial_axes)] for vertices in shapes.data]
+    return [
+        to_image_coords(shapes, vertices, image_layer)[:, list(info.spatial_axes)] for vertices in shapes.data
+    ]
 
 
 def current_slice(viewer, image_layer) -> int:
     """Index along the image's first axis of the slice shown in the viewer."""
-    world = np.asarray(viewer.dims.point)[-image_layer.ndim:]
+    world = np.asarray(viewer.dims.point)[-image_layer.ndim :]
     return int(np.round(image_layer.world_to_data(world)[0]))

@@ -8,7 +8,6 @@ these helpers only turn the widget's settings into calls to it.
 import logging
 import os
 from pathlib import Path
-from typing import Optional
 
 import mobilesam
 from mobilesam.errors import MobileSamError
@@ -44,19 +43,25 @@ def build_predictor(model_key: tuple[str, str, str], model=None):
         raise BackendUnavailable(f"the {backend} backend could not be started: {exc}") from exc
 
 
-def make_segmenter(predictor, data, info, cache_dir: Optional[str], model_key: tuple[str, str, str]):
+def make_segmenter(predictor, data, info, cache_dir: str | None, model_key: tuple[str, str, str]):
     """The image's segmenter. Its embeddings land in `cache_dir` (None: memory only); the default
     folder has a size budget, and a chosen folder first reuses what the default one already holds."""
     default = default_cache_dir()
     if cache_dir is not None and not _can_persist():
         if Path(cache_dir) != default:
-            raise MobileSamError("an embedding cache folder needs zarr: pip install 'napari-mobilesam[volume]'")
+            raise MobileSamError(
+                "an embedding cache folder needs zarr: pip install 'napari-mobilesam[volume]'"
+            )
         cache_dir = None  # the default persistence is a bonus, not a requirement
     in_default = cache_dir is not None and Path(cache_dir) == default
-    options = dict(cache_dir=cache_dir, model_id=_model_id(predictor, model_key) if cache_dir else None,
-                   cache_max_bytes=_megabytes(EMBEDDING_CACHE_ENV, DEFAULT_EMBEDDING_CACHE_MB) * 2**20
-                   if in_default else None,
-                   read_also=(default,) if cache_dir is not None and not in_default else ())
+    options = dict(
+        cache_dir=cache_dir,
+        model_id=_model_id(predictor, model_key) if cache_dir else None,
+        cache_max_bytes=_megabytes(EMBEDDING_CACHE_ENV, DEFAULT_EMBEDDING_CACHE_MB) * 2**20
+        if in_default
+        else None,
+        read_also=(default,) if cache_dir is not None and not in_default else (),
+    )
     if info.is_volume:
         return VolumeSegmenter(predictor, data, info, max_in_memory=_slices_in_memory(), **options)
     return ImageSegmenter(predictor, data, info, **options)
@@ -97,7 +102,7 @@ def slice_prompts(by_slice: dict[int, PlanePrompt]) -> list:
     return out
 
 
-def _model_id(predictor, model_key: tuple[str, str, str]) -> Optional[str]:
+def _model_id(predictor, model_key: tuple[str, str, str]) -> str | None:
     """Identity of the weights for the embedding cache (`mobilesam.serving.model_identity`): from the
     checkpoint file when one is chosen, else from the loaded weights. A predictor without a `model`
     (a custom or stand-in one) is identified by the widget's model setting."""

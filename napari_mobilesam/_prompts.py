@@ -5,7 +5,6 @@ Input coordinates are image data coordinates as napari has them: (y, x) for 2D i
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -19,15 +18,15 @@ class PlanePrompt:
 
     points: tuple[tuple[float, float], ...] = ()
     labels: tuple[int, ...] = ()
-    box: Optional[tuple[float, float, float, float]] = None
+    box: tuple[float, float, float, float] | None = None
 
-    def point_arrays(self) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    def point_arrays(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(N, 2) float (x, y) coordinates and (N,) int labels, or (None, None) without points."""
         if not self.points:
             return None, None
         return np.array(self.points, dtype=np.float64), np.array(self.labels, dtype=np.int64)
 
-    def box_array(self) -> Optional[np.ndarray]:
+    def box_array(self) -> np.ndarray | None:
         """(4,) XYXY box, or None."""
         return None if self.box is None else np.array(self.box, dtype=np.float64)
 
@@ -49,8 +48,12 @@ def _inside(value: float, size: int) -> bool:
     return -0.5 <= value < size - 0.5
 
 
-def group_prompts(point_coords: np.ndarray, point_labels: np.ndarray, boxes: list[np.ndarray],
-                  spatial_shape: tuple[int, ...]) -> GroupedPrompts:
+def group_prompts(
+    point_coords: np.ndarray,
+    point_labels: np.ndarray,
+    boxes: list[np.ndarray],
+    spatial_shape: tuple[int, ...],
+) -> GroupedPrompts:
     """Sort prompts into slices.
 
     point_coords: (N, D) image data coordinates, D = len(spatial_shape) (2 or 3).
@@ -65,7 +68,7 @@ def group_prompts(point_coords: np.ndarray, point_labels: np.ndarray, boxes: lis
     found_boxes: dict[int, list] = {}
     outside = 0
 
-    def slice_of(coord) -> Optional[int]:
+    def slice_of(coord) -> int | None:
         if ndim == 2:
             return 0
         return int(np.round(coord[0])) if _inside(coord[0], spatial_shape[0]) else None
@@ -86,7 +89,9 @@ def group_prompts(point_coords: np.ndarray, point_labels: np.ndarray, boxes: lis
         if z is None or y1 < -0.5 or x1 < -0.5 or y0 >= height - 0.5 or x0 >= width - 0.5:
             outside += 1
             continue
-        found_boxes.setdefault(z, []).append((max(x0, 0.0), max(y0, 0.0), min(x1, width - 1.0), min(y1, height - 1.0)))
+        found_boxes.setdefault(z, []).append(
+            (max(x0, 0.0), max(y0, 0.0), min(x1, width - 1.0), min(y1, height - 1.0))
+        )
 
     by_slice = {}
     for z in sorted(set(points) | set(found_boxes)):

@@ -5,7 +5,7 @@ with the CLI, so a volume looks the same in napari and in batch processing.
 """
 
 import os
-from typing import Callable, Optional, Union
+from collections.abc import Callable
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -14,7 +14,7 @@ def _is_nifti(path) -> bool:
     return isinstance(path, (str, os.PathLike)) and str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
-def napari_get_reader(path: Union[str, list]) -> Optional[Callable]:
+def napari_get_reader(path: str | list) -> Callable | None:
     """Return `read_nifti` when `path` (or every path of a list) is a NIfTI file, else None."""
     paths = path if isinstance(path, (list, tuple)) else [path]
     if not paths or not all(_is_nifti(p) for p in paths):
@@ -22,7 +22,7 @@ def napari_get_reader(path: Union[str, list]) -> Optional[Callable]:
     return read_nifti
 
 
-def read_nifti(path: Union[str, list]) -> list[tuple]:
+def read_nifti(path: str | list) -> list[tuple]:
     """One Image layer per file: data (Z, Y, X), scale = voxel spacing, name = file name."""
     from mobilesam.volume import read_volume
 

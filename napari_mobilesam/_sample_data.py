@@ -23,10 +23,14 @@ def synthetic_volume(shape=(24, 128, 128), seed: int = 0) -> np.ndarray:
     zz = zz * VOLUME_SCALE[0]
     volume = rng.normal(300, 40, size=shape).astype(np.float32)
     depth = shape[0] * VOLUME_SCALE[0]
-    centres = [(0.5, 0.3, 0.3, 22, 1800), (0.4, 0.7, 0.35, 18, 1200), (0.6, 0.45, 0.72, 26, 2500),
-               (0.3, 0.75, 0.75, 14, 900)]
+    centres = [
+        (0.5, 0.3, 0.3, 22, 1800),
+        (0.4, 0.7, 0.35, 18, 1200),
+        (0.6, 0.45, 0.72, 26, 2500),
+        (0.3, 0.75, 0.75, 14, 900),
+    ]
     for cz, cy, cx, radius, brightness in centres:
-        inside = (zz - cz * depth) ** 2 + (yy - cy * shape[1]) ** 2 + (xx - cx * shape[2]) ** 2 < radius ** 2
+        inside = (zz - cz * depth) ** 2 + (yy - cy * shape[1]) ** 2 + (xx - cx * shape[2]) ** 2 < radius**2
         volume[inside] += brightness
     return np.clip(volume, 0, 65535).astype(np.uint16)
 

@@ -7,8 +7,17 @@ section object, so the widget reads e.g. `self.model.checkpoint.value`.
 
 import os
 
-from magicgui.widgets import (CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, ProgressBar, PushButton,
-                              SpinBox)
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+)
 
 from mobilesam.model_zoo import MODEL_TYPES
 
@@ -61,50 +70,101 @@ class Section(Container):
 
 class ModelSection(Section):
     def __init__(self, backends) -> None:
-        self.model_type = ComboBox(label="Model", choices=MODEL_TYPES, value="vit_t",
-                                   tooltip="vit_t is MobileSAM (fast); vit_b/l/h are the original SAM models. "
-                                           "Ignored when a checkpoint file is chosen (its architecture is read "
-                                           "from the file)")
-        self.checkpoint = FileEdit(label="Checkpoint", mode="r", filter="*.pt *.pth", value="",
-                                   tooltip="Optional weights file; empty = $MOBILESAM_CHECKPOINT if set, else "
-                                           "the official weights of the chosen model from the cache folder")
-        self.backend = ComboBox(label="Backend", choices=backends, value="torch",
-                                tooltip="torch runs the model itself; onnx runs it with ONNX Runtime (needs "
-                                        "napari-mobilesam[onnx]; the first use exports the model to the cache "
-                                        f"folder). Default from ${BACKEND_ENV}")
+        self.model_type = ComboBox(
+            label="Model",
+            choices=MODEL_TYPES,
+            value="vit_t",
+            tooltip="vit_t is MobileSAM (fast); vit_b/l/h are the original SAM models. "
+            "Ignored when a checkpoint file is chosen (its architecture is read "
+            "from the file)",
+        )
+        self.checkpoint = FileEdit(
+            label="Checkpoint",
+            mode="r",
+            filter="*.pt *.pth",
+            value="",
+            tooltip="Optional weights file; empty = $MOBILESAM_CHECKPOINT if set, else "
+            "the official weights of the chosen model from the cache folder",
+        )
+        self.backend = ComboBox(
+            label="Backend",
+            choices=backends,
+            value="torch",
+            tooltip="torch runs the model itself; onnx runs it with ONNX Runtime (needs "
+            "napari-mobilesam[onnx]; the first use exports the model to the cache "
+            f"folder). Default from ${BACKEND_ENV}",
+        )
         self.weights = _wrapping(Label(label="Weights", value="-"))
         super().__init__("Model", [self.model_type, self.checkpoint, self.backend, self.weights])
 
 
 class ImageSection(Section):
     def __init__(self, image_choices) -> None:
-        self.image = ComboBox(label="Image", choices=image_choices, nullable=True,
-                              tooltip="Follows napari: a newly opened or selected image becomes the target")
-        self.channels = ComboBox(label="Channels", choices=CHANNEL_CHOICES, value="auto",
-                                 tooltip="auto: RGB layers have channels last, other 3-D layers are volumes (Z, Y, X)")
+        self.image = ComboBox(
+            label="Image",
+            choices=image_choices,
+            nullable=True,
+            tooltip="Follows napari: a newly opened or selected image becomes the target",
+        )
+        self.channels = ComboBox(
+            label="Channels",
+            choices=CHANNEL_CHOICES,
+            value="auto",
+            tooltip="auto: RGB layers have channels last, other 3-D layers are volumes (Z, Y, X)",
+        )
         self.reading = _wrapping(Label(label="Read as", value="-"))
-        self.embed_button = PushButton(text="Compute embeddings",
-                                       tooltip="Encode the image (every slice of a volume) now; saved in the "
-                                               "embedding cache, so reopening the same data costs nothing")
-        self.cache_dir = FileEdit(label="Embedding cache", mode="d", value="",
-                                  tooltip="Folder for saved embeddings; empty = the default cache folder "
-                                          "(content-addressed, oldest entries evicted beyond the size budget)")
+        self.embed_button = PushButton(
+            text="Compute embeddings",
+            tooltip="Encode the image (every slice of a volume) now; saved in the "
+            "embedding cache, so reopening the same data costs nothing",
+        )
+        self.cache_dir = FileEdit(
+            label="Embedding cache",
+            mode="d",
+            value="",
+            tooltip="Folder for saved embeddings; empty = the default cache folder "
+            "(content-addressed, oldest entries evicted beyond the size budget)",
+        )
         # Large 2-D images (see _tiled.py): tiles instead of one shrunk embedding, overridable here.
-        self.tile_large = CheckBox(text="Tile large images", value=True,
-                                   tooltip="2-D images longer than 2048 px: tiles encoded where you click, "
-                                           "instead of shrinking the whole image to 1024 px")
-        self.tile_size = SpinBox(label="Tile size", value=768, min=256, max=4096, step=64,
-                                 tooltip="Tile interior in pixels; each tile is encoded with 128 px of context per side")
+        self.tile_large = CheckBox(
+            text="Tile large images",
+            value=True,
+            tooltip="2-D images longer than 2048 px: tiles encoded where you click, "
+            "instead of shrinking the whole image to 1024 px",
+        )
+        self.tile_size = SpinBox(
+            label="Tile size",
+            value=768,
+            min=256,
+            max=4096,
+            step=64,
+            tooltip="Tile interior in pixels; each tile is encoded with 128 px of context per side",
+        )
         self.tiling = _wrapping(Label(label="Tiling", value="-"))
-        super().__init__("Image and embeddings", [self.image, self.channels, self.reading, self.embed_button,
-                                                  self.cache_dir, self.tile_large, self.tile_size, self.tiling])
+        super().__init__(
+            "Image and embeddings",
+            [
+                self.image,
+                self.channels,
+                self.reading,
+                self.embed_button,
+                self.cache_dir,
+                self.tile_large,
+                self.tile_size,
+                self.tiling,
+            ],
+        )
 
 
 class PromptSection(Section):
     def __init__(self) -> None:
         self.auto_segment = CheckBox(text="Segment on every prompt change", value=True)
-        self.candidate = ComboBox(label="Mask candidate", choices=CANDIDATES, value="best",
-                                  tooltip="SAM proposes 3 masks; 'best' takes the highest predicted IoU")
+        self.candidate = ComboBox(
+            label="Mask candidate",
+            choices=CANDIDATES,
+            value="best",
+            tooltip="SAM proposes 3 masks; 'best' takes the highest predicted IoU",
+        )
         self.scores = Label(label="Predicted IoU", value="-")
         self.point_mode = Label(label="New points", value=POSITIVE)
         self.segment_button = PushButton(text=f"Segment [{KEYS['segment']}]")
@@ -112,41 +172,88 @@ class PromptSection(Section):
         self.commit_button = PushButton(text=f"Commit [{KEYS['commit']}]")
         self.clear_button = PushButton(text=f"Clear [{KEYS['clear']}]")
         self.key_help = _wrapping(Label(label="Keys", value=KEY_HELP))
-        super().__init__("Prompts (click points, draw boxes)", [
-            self.auto_segment, self.candidate, self.scores, self.point_mode,
-            _row(self.segment_button, self.toggle_button), _row(self.commit_button, self.clear_button),
-            self.key_help])
+        super().__init__(
+            "Prompts (click points, draw boxes)",
+            [
+                self.auto_segment,
+                self.candidate,
+                self.scores,
+                self.point_mode,
+                _row(self.segment_button, self.toggle_button),
+                _row(self.commit_button, self.clear_button),
+                self.key_help,
+            ],
+        )
 
 
 class VolumeSection(Section):
     def __init__(self, default_iou: float, projections, default_projection: str) -> None:
         self.iou_threshold = FloatSpinBox(
-            label="Stop below IoU", value=default_iou, min=0.0, max=1.0, step=0.05,
-            tooltip="Propagation of an object stops where its mask overlaps the previous slice's less than this")
-        self.projection = ComboBox(label="Projection", choices=projections, value=default_projection,
-                                   tooltip="How each slice's mask prompts the next slice (see mobilesam.volume)")
-        self.volume_button = PushButton(text=f"Segment volume [{KEYS['volume']}]",
-                                        tooltip="Propagate the current object from its prompted slices through z")
-        self.all_objects_button = PushButton(text="All objects",
-                                             tooltip="Propagate every committed object through z at once")
-        super().__init__("Volume (Z, Y, X)", [self.iou_threshold, self.projection,
-                                              _row(self.volume_button, self.all_objects_button)])
+            label="Stop below IoU",
+            value=default_iou,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            tooltip="Propagation of an object stops where its mask overlaps the previous slice's less than this",
+        )
+        self.projection = ComboBox(
+            label="Projection",
+            choices=projections,
+            value=default_projection,
+            tooltip="How each slice's mask prompts the next slice (see mobilesam.volume)",
+        )
+        self.volume_button = PushButton(
+            text=f"Segment volume [{KEYS['volume']}]",
+            tooltip="Propagate the current object from its prompted slices through z",
+        )
+        self.all_objects_button = PushButton(
+            text="All objects", tooltip="Propagate every committed object through z at once"
+        )
+        super().__init__(
+            "Volume (Z, Y, X)",
+            [self.iou_threshold, self.projection, _row(self.volume_button, self.all_objects_button)],
+        )
 
 
 class EverythingSection(Section):
     def __init__(self, default_points_per_side: int) -> None:
-        self.points_per_side = SpinBox(label="Points per side", value=default_points_per_side, min=1, max=128,
-                                       tooltip="Grid of point prompts; the time grows with its square "
-                                               "(the estimate below is updated as you change it)")
-        self.everything_iou = FloatSpinBox(label="Min predicted IoU", value=0.88, min=0.0, max=1.0, step=0.01,
-                                           tooltip="Masks whose predicted IoU is lower are dropped")
-        self.everything_stability = FloatSpinBox(label="Min stability", value=0.95, min=0.0, max=1.0, step=0.01,
-                                                 tooltip="Masks that change under small threshold shifts are dropped")
+        self.points_per_side = SpinBox(
+            label="Points per side",
+            value=default_points_per_side,
+            min=1,
+            max=128,
+            tooltip="Grid of point prompts; the time grows with its square "
+            "(the estimate below is updated as you change it)",
+        )
+        self.everything_iou = FloatSpinBox(
+            label="Min predicted IoU",
+            value=0.88,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Masks whose predicted IoU is lower are dropped",
+        )
+        self.everything_stability = FloatSpinBox(
+            label="Min stability",
+            value=0.95,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Masks that change under small threshold shifts are dropped",
+        )
         self.estimate = _wrapping(Label(label="Estimate", value="-"))
         self.everything_button = PushButton(text="Segment everything (image / current slice)")
-        super().__init__("Segment everything", [self.points_per_side, self.everything_iou,
-                                                self.everything_stability, self.estimate, self.everything_button],
-                         collapsed=True)
+        super().__init__(
+            "Segment everything",
+            [
+                self.points_per_side,
+                self.everything_iou,
+                self.everything_stability,
+                self.estimate,
+                self.everything_button,
+            ],
+            collapsed=True,
+        )
 
 
 class StatusSection(Container):

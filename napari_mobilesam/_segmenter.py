@@ -9,7 +9,7 @@ treated as a volume of one slice (index 0) so the widget has one code path.
 runs both at once, since they share the predictor.
 """
 
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -20,7 +20,7 @@ from mobilesam.volume import VolumeEmbeddings
 from ._layers import ImageInfo
 from ._prompts import PlanePrompt
 
-ProgressFn = Optional[Callable[[int, int], None]]
+ProgressFn = Callable[[int, int], None] | None
 
 
 class ImageSegmenter:
@@ -32,13 +32,28 @@ class ImageSegmenter:
 
     is_volume = False
 
-    def __init__(self, predictor, data, info: ImageInfo, cache_dir=None, model_id: Optional[str] = None,
-                 cache_max_bytes: Optional[int] = None, read_also=()) -> None:
+    def __init__(
+        self,
+        predictor,
+        data,
+        info: ImageInfo,
+        cache_dir=None,
+        model_id: str | None = None,
+        cache_max_bytes: int | None = None,
+        read_also=(),
+    ) -> None:
         self.predictor = predictor
         self.info = info
         self._data = data
-        self.embeddings = _PlaneEmbeddings(data, info, predictor, cache_dir=cache_dir, model_id=model_id,
-                                           cache_max_bytes=cache_max_bytes, read_also=read_also)
+        self.embeddings = _PlaneEmbeddings(
+            data,
+            info,
+            predictor,
+            cache_dir=cache_dir,
+            model_id=model_id,
+            cache_max_bytes=cache_max_bytes,
+            read_also=read_also,
+        )
 
     def has_embedding(self, z: int) -> bool:
         # Memory only: the disk lookup hashes the whole image, which is the worker's job.
@@ -67,8 +82,9 @@ class ImageSegmenter:
         """Candidate masks (C, H, W) bool and their predicted IoU (C,) for the prompt on slice z."""
         self.activate(z)
         coords, labels = prompt.point_arrays()
-        masks, scores, _ = self.predictor.predict(point_coords=coords, point_labels=labels,
-                                                  box=prompt.box_array(), multimask_output=True)
+        masks, scores, _ = self.predictor.predict(
+            point_coords=coords, point_labels=labels, box=prompt.box_array(), multimask_output=True
+        )
         return np.asarray(masks, dtype=bool), np.asarray(scores, dtype=np.float32)
 
 
@@ -82,9 +98,15 @@ class _PlaneEmbeddings(VolumeEmbeddings):
         self._image, self._image_channel_axis, self._rgb = image, channel_axis, None
         # value_range is unused (slice_image reads the image its own way); giving it skips the
         # volume-wide intensity estimate.
-        super().__init__(image[np.newaxis], predictor, axis=0,
-                         channel_axis=None if channel_axis is None else channel_axis + 1,
-                         max_in_memory=1, value_range=(0.0, 1.0), **options)
+        super().__init__(
+            image[np.newaxis],
+            predictor,
+            axis=0,
+            channel_axis=None if channel_axis is None else channel_axis + 1,
+            max_in_memory=1,
+            value_range=(0.0, 1.0),
+            **options,
+        )
 
     def slice_image(self, z: int) -> np.ndarray:
         self._check_index(z)
@@ -98,17 +120,33 @@ class VolumeSegmenter(ImageSegmenter):
 
     is_volume = True
 
-    def __init__(self, predictor, data, info: ImageInfo, cache_dir=None, model_id: Optional[str] = None,
-                 max_in_memory: int = 16, cache_max_bytes: Optional[int] = None, read_also=()) -> None:
+    def __init__(
+        self,
+        predictor,
+        data,
+        info: ImageInfo,
+        cache_dir=None,
+        model_id: str | None = None,
+        max_in_memory: int = 16,
+        cache_max_bytes: int | None = None,
+        read_also=(),
+    ) -> None:
         """data: the layer's array as napari holds it (numpy, dask, zarr: slices are read on demand).
         model_id: identity of the weights for the disk cache; None = a fingerprint of the model's weights.
         max_in_memory: slice embeddings kept in memory (4 MB each).
         cache_max_bytes: size budget of the cache folder (least recently used slices evicted), or None.
         read_also: other cache folders whose embeddings are reused (copied) instead of encoding again."""
         self.predictor, self.info, self._data = predictor, info, data
-        self.embeddings = VolumeEmbeddings(data, predictor, axis=0, cache_dir=cache_dir, model_id=model_id,
-                                           max_in_memory=max_in_memory, cache_max_bytes=cache_max_bytes,
-                                           read_also=read_also)
+        self.embeddings = VolumeEmbeddings(
+            data,
+            predictor,
+            axis=0,
+            cache_dir=cache_dir,
+            model_id=model_id,
+            max_in_memory=max_in_memory,
+            cache_max_bytes=cache_max_bytes,
+            read_also=read_also,
+        )
 
     def has_embedding(self, z: int) -> bool:
         return self.embeddings.is_cached(z)

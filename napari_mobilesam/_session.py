@@ -11,8 +11,9 @@ The widget reads prompts out of napari layers, hands them to the session and pai
 back; everything here is unit-testable with plain arrays and a stand-in predictor.
 """
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Optional
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class SegmenterKey:
 
     model: Hashable
     info: Hashable
-    cache_dir: Optional[str]
+    cache_dir: str | None
 
 
 @dataclass
@@ -53,7 +54,7 @@ class ImageSession:
 
     name: str
     segmenter: Any = None
-    segmenter_key: Optional[SegmenterKey] = None
+    segmenter_key: SegmenterKey | None = None
     segmenter_data: Any = None  # the array the segmenter was built from (layer.data may be replaced)
     shown: dict[int, PlanePrompt] = field(default_factory=dict)  # slice -> prompt whose mask is shown
     shown_boxes: dict[int, tuple] = field(default_factory=dict)  # slice -> extra boxes shown as objects
@@ -87,16 +88,22 @@ class ImageSession:
 
     def changed_slices(self, grouped: GroupedPrompts) -> list[int]:
         """Slices whose prompts differ from those whose masks are shown (incl. removed ones)."""
-        return [z for z in sorted(set(grouped.by_slice) | set(self.shown))
-                if (grouped.by_slice.get(z), grouped.extra_boxes.get(z, ()))
-                != (self.shown.get(z), self.shown_boxes.get(z, ()))]
+        return [
+            z
+            for z in sorted(set(grouped.by_slice) | set(self.shown))
+            if (grouped.by_slice.get(z), grouped.extra_boxes.get(z, ()))
+            != (self.shown.get(z), self.shown_boxes.get(z, ()))
+        ]
 
     def missing_embeddings(self, grouped: GroupedPrompts, segmenter) -> list[int]:
         """Changed slices with prompts whose embedding is not computed yet (all, without a segmenter)."""
-        return [z for z in self.changed_slices(grouped) if z in grouped.by_slice
-                and (segmenter is None or not segmenter.has_embedding(z))]
+        return [
+            z
+            for z in self.changed_slices(grouped)
+            if z in grouped.by_slice and (segmenter is None or not segmenter.has_embedding(z))
+        ]
 
-    def segment(self, grouped: GroupedPrompts, choice: str) -> dict[int, Optional[np.ndarray]]:
+    def segment(self, grouped: GroupedPrompts, choice: str) -> dict[int, np.ndarray | None]:
         """Decode every changed slice with this session's own segmenter.
 
         Returns slice -> label mask to show (uint8: 1 = the prompted object, 2.. = one per extra box),
@@ -104,7 +111,7 @@ class ImageSession:
         """
         if self.segmenter is None:
             raise RuntimeError(f"no embeddings for {self.name!r} yet")
-        out: dict[int, Optional[np.ndarray]] = {}
+        out: dict[int, np.ndarray | None] = {}
         for z in self.changed_slices(grouped):
             prompt = grouped.by_slice.get(z)
             if prompt is None:
@@ -113,8 +120,10 @@ class ImageSession:
                 out[z] = None
             else:
                 self.candidates[z] = self.segmenter.predict(z, prompt)
-                self.extra_objects[z] = [self._best(self.segmenter.predict(z, PlanePrompt(box=box)))
-                                         for box in grouped.extra_boxes.get(z, ())]
+                self.extra_objects[z] = [
+                    self._best(self.segmenter.predict(z, PlanePrompt(box=box)))
+                    for box in grouped.extra_boxes.get(z, ())
+                ]
                 out[z] = self.labels(z, choice)
             self.shown[z] = prompt
             self.shown_boxes[z] = grouped.extra_boxes.get(z, ())
@@ -161,7 +170,7 @@ class ImageSession:
         return [i for i, by_slice in sorted(self.object_prompts.items()) if by_slice and i in present]
 
 
-def nonzero_box(array: np.ndarray) -> Optional[tuple[slice, ...]]:
+def nonzero_box(array: np.ndarray) -> tuple[slice, ...] | None:
     """The bounding box (one slice per axis) of the nonzero elements of `array`, or None if none."""
     box = []
     for axis in range(array.ndim):
@@ -185,7 +194,7 @@ class Sessions:
             self._sessions[id(image)] = entry
         return entry[1]
 
-    def drop(self, image) -> Optional[ImageSession]:
+    def drop(self, image) -> ImageSession | None:
         entry = self._sessions.pop(id(image), None)
         return entry[1] if entry is not None else None
 

@@ -8,7 +8,8 @@ activity dock, with a cancel button) and exposes `cancel()` for the widget's can
 
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from napari.qt.threading import create_worker
 from napari.utils import cancelable_progress
@@ -25,10 +26,15 @@ class BackgroundTask:
     (on_progress drives the dock's own progress bar).
     """
 
-    def __init__(self, work: Callable[..., Any], description: str,
-                 on_done: Callable[[Any], None], on_error: Callable[[BaseException], None],
-                 on_finally: Optional[Callable[[], None]] = None,
-                 on_progress: Optional[Callable[[int, int], None]] = None) -> None:
+    def __init__(
+        self,
+        work: Callable[..., Any],
+        description: str,
+        on_done: Callable[[Any], None],
+        on_error: Callable[[BaseException], None],
+        on_finally: Callable[[], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.description = description
         self._on_progress = on_progress
         self.cancel_event = threading.Event()
@@ -38,8 +44,9 @@ class BackgroundTask:
         # GUI thread, so the update is posted there.
         self._post_report = ensure_main_thread(self._report)
         self._last_post = 0.0
-        self.worker = create_worker(lambda: work(progress=self._throttled_report, cancel=self.cancel_event),
-                                    _ignore_errors=True)
+        self.worker = create_worker(
+            lambda: work(progress=self._throttled_report, cancel=self.cancel_event), _ignore_errors=True
+        )
         self.worker.returned.connect(on_done)
         self.worker.errored.connect(on_error)
         self.worker.finished.connect(self._close_bar)

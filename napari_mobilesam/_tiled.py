@@ -18,8 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from mobilesam.tiling import (LazyImage, RegionMask, TiledEmbeddings, TiledPredictor, open_image,
-                              segment_everything_tiled)
+
+from mobilesam.tiling import (
+    LazyImage,
+    RegionMask,
+    TiledEmbeddings,
+    TiledPredictor,
+    open_image,
+    segment_everything_tiled,
+)
 from mobilesam.tiling.grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE, TileGrid
 
 from ._layers import ImageInfo
@@ -43,23 +50,27 @@ def level0(layer):
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
-def tiling_for(info: ImageInfo, enabled: bool, tile_shape: int,
-               threshold: int = DEFAULT_TILE_ABOVE) -> Tiling | None:
+def tiling_for(
+    info: ImageInfo, enabled: bool, tile_shape: int, threshold: int = DEFAULT_TILE_ABOVE
+) -> Tiling | None:
     """The tiling to use for an image, or None for the ordinary (whole-image) path."""
     if not enabled or info.is_volume or max(info.spatial_shape) <= threshold:
         return None
     return Tiling(int(tile_shape), DEFAULT_HALO)
 
 
-def describe_tiling(info: ImageInfo | None, tiling: Tiling | None, enabled: bool,
-                    threshold: int = DEFAULT_TILE_ABOVE) -> str:
+def describe_tiling(
+    info: ImageInfo | None, tiling: Tiling | None, enabled: bool, threshold: int = DEFAULT_TILE_ABOVE
+) -> str:
     """The dock's one-line answer to "is this image tiled, and how"."""
     if info is None or info.is_volume:
         return "-"
     height, width = info.spatial_shape
     if tiling is not None:
-        return (f"Tiled: {tiling.tile_shape} px tiles + {tiling.halo} halo "
-                f"(image {width} x {height}; tiles encoded where you click)")
+        return (
+            f"Tiled: {tiling.tile_shape} px tiles + {tiling.halo} halo "
+            f"(image {width} x {height}; tiles encoded where you click)"
+        )
     if max(height, width) > threshold:
         return f"off: the {width} x {height} image is shrunk to 1024 px for one embedding"
     return f"not needed ({width} x {height} is at most {threshold} px)"
@@ -74,14 +85,16 @@ class TiledSegmenter:
     is_volume = False
     is_tiled = True
 
-    def __init__(self, predictor, data, info: ImageInfo, tiling: Tiling, cache_dir=None,
-                 model_id: str | None = None) -> None:
+    def __init__(
+        self, predictor, data, info: ImageInfo, tiling: Tiling, cache_dir=None, model_id: str | None = None
+    ) -> None:
         self.predictor = predictor
         self.info = info
         self.tiling = tiling
         image = LazyImage(data, channel_axis=info.channel_axis)
-        self.embeddings = TiledEmbeddings(image, predictor, tiling.tile_shape, tiling.halo, cache_dir=cache_dir,
-                                          model_id=model_id)
+        self.embeddings = TiledEmbeddings(
+            image, predictor, tiling.tile_shape, tiling.halo, cache_dir=cache_dir, model_id=model_id
+        )
         self.tiled = TiledPredictor(self.embeddings)
         self.pasted: list[tuple[int, int, int, int]] = []  # (y0, x0, y1, x1) regions painted in the layer
 
@@ -122,8 +135,15 @@ class TiledSegmenter:
                 self.pasted.append(region.box)
 
 
-def segment_tiled(widget, layers, image_layer, info: ImageInfo, grouped: GroupedPrompts, session: ImageSession,
-                  tiling: Tiling) -> None:
+def segment_tiled(
+    widget,
+    layers,
+    image_layer,
+    info: ImageInfo,
+    grouped: GroupedPrompts,
+    session: ImageSession,
+    tiling: Tiling,
+) -> None:
     """The tiled counterpart of `MobileSamWidget.segment_prompts`: encode the needed tiles and decode
     in the background worker, then paste the region masks into the current-object layer."""
     segmenter = _current_segmenter(widget, image_layer, info, session, tiling)[2]
@@ -149,24 +169,47 @@ def segment_tiled(widget, layers, image_layer, info: ImageInfo, grouped: Grouped
         tiles = sorted({t for region in regions for t in region.tiles})
         widget.scores.value = f"{regions[0].score:.2f} (tiled: {len(tiles)} tile(s))"
 
-    _run(widget, image_layer, info, session, tiling, "MobileSAM: segmenting (tiled)",
-         lambda segmenter_, progress, cancel: segmenter_.segment(prompts, progress, cancel), show, layers)
+    _run(
+        widget,
+        image_layer,
+        info,
+        session,
+        tiling,
+        "MobileSAM: segmenting (tiled)",
+        lambda segmenter_, progress, cancel: segmenter_.segment(prompts, progress, cancel),
+        show,
+        layers,
+    )
 
 
 def embed_all_tiled(widget, image_layer, info: ImageInfo, session: ImageSession, tiling: Tiling) -> None:
     """Compute embeddings: every tile of the image, in the worker, with progress and Cancel."""
 
     def show(segmenter_, encoded):
-        widget._notify("info", f"MobileSAM: {len(segmenter_.embeddings.grid)} tile embeddings ready "
-                               f"({encoded} encoded now); click to segment")
+        widget._notify(
+            "info",
+            f"MobileSAM: {len(segmenter_.embeddings.grid)} tile embeddings ready "
+            f"({encoded} encoded now); click to segment",
+        )
 
-    _run(widget, image_layer, info, session, tiling, "MobileSAM: computing tile embeddings",
-         lambda segmenter_, progress, cancel: segmenter_.embeddings.embed_all(progress=progress, cancel=cancel),
-         show, None)
+    _run(
+        widget,
+        image_layer,
+        info,
+        session,
+        tiling,
+        "MobileSAM: computing tile embeddings",
+        lambda segmenter_, progress, cancel: segmenter_.embeddings.embed_all(
+            progress=progress, cancel=cancel
+        ),
+        show,
+        None,
+    )
 
 
-def segment_everything_in_tiles(widget, image_layer, info: ImageInfo, session: ImageSession, tiling: Tiling,
-                                settings: dict, show) -> None:
+def segment_everything_in_tiles(
+    widget, image_layer, info: ImageInfo, session: ImageSession, tiling: Tiling, settings: dict, show
+) -> None:
     """The tiled counterpart of `MobileSamWidget.segment_everything`: automatic masks per tile from
     the image's tile embeddings, objects joined across tile borders (in the worker, progress per tile
     step, Cancel); then `show(labels)` with the (H, W) label image in the GUI thread."""
@@ -176,13 +219,30 @@ def segment_everything_in_tiles(widget, image_layer, info: ImageInfo, session: I
         embeddings = segmenter_.embeddings
         with tempfile.TemporaryDirectory(prefix="mobilesam-everything-") as folder:
             output = Path(folder) / "labels.zarr"  # written tile by tile by the core, read back once
-            segment_everything_tiled(embeddings.image, lambda: generator, output, tiling.tile_shape, tiling.halo,
-                                     progress=progress, cancel=cancel, embeddings=embeddings)
+            segment_everything_tiled(
+                embeddings.image,
+                lambda: generator,
+                output,
+                tiling.tile_shape,
+                tiling.halo,
+                progress=progress,
+                cancel=cancel,
+                embeddings=embeddings,
+            )
             return open_image(output).read((0, 0, *embeddings.shape))
 
     tiles = len(TileGrid(info.spatial_shape, tiling.tile_shape, tiling.halo))
-    _run(widget, image_layer, info, session, tiling, f"MobileSAM: segmenting everything ({tiles} tiles)",
-         everything, lambda segmenter_, labels: show(labels), None)
+    _run(
+        widget,
+        image_layer,
+        info,
+        session,
+        tiling,
+        f"MobileSAM: segmenting everything ({tiles} tiles)",
+        everything,
+        lambda segmenter_, labels: show(labels),
+        None,
+    )
 
 
 def mask_generator(predictor, settings: dict):
@@ -217,7 +277,9 @@ def _run(widget, image_layer, info, session, tiling, description: str, job, show
         if predictor is None:
             predictor = build_predictor(model_key, model)
         if segmenter is None:
-            segmenter = TiledSegmenter(predictor, data, info, tiling, key.cache_dir, _model_id(predictor, model_key))
+            segmenter = TiledSegmenter(
+                predictor, data, info, tiling, key.cache_dir, _model_id(predictor, model_key)
+            )
         return predictor, segmenter, job(segmenter, progress, cancel)
 
     def done(outcome):
@@ -242,5 +304,6 @@ def _run(widget, image_layer, info, session, tiling, description: str, job, show
         widget._pending_segment = False
         widget._report_error(exc)
 
-    widget._start_task(BackgroundTask(work, description, on_done=done, on_error=failed,
-                                      on_progress=widget._show_progress))
+    widget._start_task(
+        BackgroundTask(work, description, on_done=done, on_error=failed, on_progress=widget._show_progress)
+    )

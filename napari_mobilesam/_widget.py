@@ -14,8 +14,8 @@ core's predictor and volume embeddings.
 import logging
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 from magicgui.widgets import Container
@@ -30,17 +30,42 @@ from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTI
 
 from ._actions import current_shortcut, register_actions
 from ._ais import attach as attach_automatic_segmentation
-from ._layers import (NEGATIVE, POSITIVE, LayerError, PromptLayers, current_slice, describe_image,
-                      ensure_prompt_layers, layer_names, read_boxes, read_points, remove_prompt_layers,
-                      set_point_label_mode, sync_transform)
-from ._prompts import GroupedPrompts, group_prompts
-from ._sections import (EverythingSection, ImageSection, ModelSection, PromptSection, StatusSection,
-                        VolumeSection, backend_default)
+from ._layers import (
+    NEGATIVE,
+    POSITIVE,
+    LayerError,
+    PromptLayers,
+    current_slice,
+    describe_image,
+    ensure_prompt_layers,
+    layer_names,
+    read_boxes,
+    read_points,
+    remove_prompt_layers,
+    set_point_label_mode,
+    sync_transform,
+)
 from ._model import BackendUnavailable, build_predictor, default_cache_dir, make_segmenter, slice_prompts
-from ._session import ImageSession, Sessions, SegmenterKey, next_candidate, pick_candidate
+from ._prompts import GroupedPrompts, group_prompts
+from ._sections import (
+    EverythingSection,
+    ImageSection,
+    ModelSection,
+    PromptSection,
+    StatusSection,
+    VolumeSection,
+    backend_default,
+)
+from ._session import ImageSession, SegmenterKey, Sessions, next_candidate, pick_candidate
 from ._tasks import BackgroundTask
-from ._tiled import (describe_tiling, embed_all_tiled, level0, segment_everything_in_tiles, segment_tiled,
-                     tiling_for)
+from ._tiled import (
+    describe_tiling,
+    embed_all_tiled,
+    level0,
+    segment_everything_in_tiles,
+    segment_tiled,
+    tiling_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +84,9 @@ class MobileSamWidget(Container):
         self.sessions = Sessions()
         self._predictor = None
         self._model_key = None
-        self._layers: Optional[PromptLayers] = None
+        self._layers: PromptLayers | None = None
         self._layers_of = None  # the image layer `_layers` belong to
-        self._task: Optional[BackgroundTask] = None
+        self._task: BackgroundTask | None = None
         self._pending_segment = False
         self._muted = False  # while the widget itself edits prompt layers
 
@@ -87,15 +112,32 @@ class MobileSamWidget(Container):
         self.everything_section = EverythingSection(DEFAULT_POINTS_PER_SIDE)
         self.status_section = StatusSection()
         # Every section widget is also an attribute of the dock (widget.checkpoint, widget.image, ...).
-        for section in (self.model_section, self.image_section, self.prompt_section, self.volume_section,
-                        self.everything_section, self.status_section):
+        for section in (
+            self.model_section,
+            self.image_section,
+            self.prompt_section,
+            self.volume_section,
+            self.everything_section,
+            self.status_section,
+        ):
             for name, value in vars(section).items():
-                if not name.startswith("_") and name not in ("body", "header", "title") and hasattr(value, "native"):
+                if (
+                    not name.startswith("_")
+                    and name not in ("body", "header", "title")
+                    and hasattr(value, "native")
+                ):
                     setattr(self, name, value)
         # The sections scroll; the status line, progress bar and Cancel stay in view below them.
-        self.sections = Container(widgets=[self.model_section, self.image_section, self.prompt_section,
-                                           self.volume_section, self.everything_section],
-                                  labels=False)
+        self.sections = Container(
+            widgets=[
+                self.model_section,
+                self.image_section,
+                self.prompt_section,
+                self.volume_section,
+                self.everything_section,
+            ],
+            labels=False,
+        )
         self.automatic = attach_automatic_segmentation(self)  # 'Segment automatically' (micro-sam models)
         self.extend([self.sections, self.status_section])
         _scroll_area_around(self.native.layout(), self.sections)
@@ -114,10 +156,14 @@ class MobileSamWidget(Container):
         self.tile_large.changed.connect(self._on_tiling_changed)
         self.tile_size.changed.connect(self._on_tiling_changed)
         buttons = {
-            self.segment_button: self.segment_prompts, self.toggle_button: self.toggle_point_label,
-            self.commit_button: self.commit, self.clear_button: self.clear,
-            self.volume_button: self.segment_volume, self.all_objects_button: self.segment_all_objects,
-            self.embed_button: self.compute_embeddings, self.everything_button: self.segment_everything,
+            self.segment_button: self.segment_prompts,
+            self.toggle_button: self.toggle_point_label,
+            self.commit_button: self.commit,
+            self.clear_button: self.clear,
+            self.volume_button: self.segment_volume,
+            self.all_objects_button: self.segment_all_objects,
+            self.embed_button: self.compute_embeddings,
+            self.everything_button: self.segment_everything,
             self.cancel_button: self.cancel,
         }
         for button, action in buttons.items():
@@ -127,8 +173,12 @@ class MobileSamWidget(Container):
 
     def key_actions(self) -> dict[str, Callable[[], None]]:
         return {
-            "segment": self.segment_prompts, "volume": self.segment_volume, "commit": self.commit,
-            "clear": self.clear, "toggle": self.toggle_point_label, "candidate": self.next_candidate,
+            "segment": self.segment_prompts,
+            "volume": self.segment_volume,
+            "commit": self.commit,
+            "clear": self.clear,
+            "toggle": self.toggle_point_label,
+            "candidate": self.next_candidate,
         }
 
     def _bind_keys(self) -> None:
@@ -167,13 +217,18 @@ class MobileSamWidget(Container):
         if isinstance(exc, Cancelled):
             self._notify("info", f"MobileSAM: cancelled ({exc})")
         elif isinstance(exc, MissingWeightsError):
-            self._notify("error", "MobileSAM: no model weights. Choose a checkpoint file in 'Checkpoint' "
-                                  f"(Model section), or: {exc}")
+            self._notify(
+                "error",
+                "MobileSAM: no model weights. Choose a checkpoint file in 'Checkpoint' "
+                f"(Model section), or: {exc}",
+            )
         elif isinstance(exc, (MobileSamError, ValueError, LayerError)):
             self._notify("error", f"MobileSAM: {_without_unsafe_advice(str(exc))}")
         else:
             logger.error("MobileSAM task failed", exc_info=(type(exc), exc, exc.__traceback__))
-            self._notify("error", f"MobileSAM failed: {type(exc).__name__}: {_without_unsafe_advice(str(exc))}")
+            self._notify(
+                "error", f"MobileSAM failed: {type(exc).__name__}: {_without_unsafe_advice(str(exc))}"
+            )
 
     # ---------------------------------------------------------------- image and layers
     def _image_choices(self, _widget=None):
@@ -190,8 +245,10 @@ class MobileSamWidget(Container):
         """A click with an image layer active adds nothing: say where prompts go (no pop-up)."""
         layer = viewer.layers.selection.active
         if isinstance(layer, Image) and event.type == "mouse_press":
-            self.status.value = (f"Clicks on the image layer {layer.name!r} add no prompts: select "
-                                 f"'{layer.name} prompts' (points) or '{layer.name} boxes' in the layer list")
+            self.status.value = (
+                f"Clicks on the image layer {layer.name!r} add no prompts: select "
+                f"'{layer.name} prompts' (points) or '{layer.name} boxes' in the layer list"
+            )
 
     def _on_layer_removed(self, event) -> None:
         layer = event.value
@@ -211,8 +268,10 @@ class MobileSamWidget(Container):
         """The image is gone: its prompt layers go too; committed objects are kept (and said so)."""
         kept = remove_prompt_layers(self.viewer, image_layer.name)
         if kept:
-            self._notify("info", f"MobileSAM: image {image_layer.name!r} removed; its committed objects stay "
-                                 f"in {kept!r}")
+            self._notify(
+                "info",
+                f"MobileSAM: image {image_layer.name!r} removed; its committed objects stay in {kept!r}",
+            )
 
     def _on_selection(self, event=None) -> None:
         active = self.viewer.layers.selection.active
@@ -238,7 +297,7 @@ class MobileSamWidget(Container):
             session.drop_segmenter()  # the image is read differently: other embeddings
         self._on_image_changed()
 
-    def _session(self) -> Optional[ImageSession]:
+    def _session(self) -> ImageSession | None:
         layer = self.image.value
         if layer is None:
             return None
@@ -288,8 +347,10 @@ class MobileSamWidget(Container):
         if layer is None or layer not in self.viewer.layers:
             active = self.viewer.layers.selection.active
             if active is not None and not isinstance(active, Image):
-                raise LayerError(f"MobileSAM segments Image layers, and the selected layer {active.name!r} "
-                                 f"is a {active.__class__.__name__} layer; add or open an image first")
+                raise LayerError(
+                    f"MobileSAM segments Image layers, and the selected layer {active.name!r} "
+                    f"is a {active.__class__.__name__} layer; add or open an image first"
+                )
             raise LayerError("no image layer: open or add an image, then choose it in the MobileSAM widget")
         return layer
 
@@ -297,8 +358,10 @@ class MobileSamWidget(Container):
         info = describe_image(image_layer, self.channels.value)
         height, width = info.spatial_shape[-2:]
         if height * width > MAX_PIXELS:  # refused before any layer is allocated
-            raise LayerError(f"image {image_layer.name!r} has slices of {height} × {width} pixels, more than the "
-                             f"{MAX_PIXELS:,} pixel limit; crop or downsample it (napari: Layers > Transform)")
+            raise LayerError(
+                f"image {image_layer.name!r} has slices of {height} × {width} pixels, more than the "
+                f"{MAX_PIXELS:,} pixel limit; crop or downsample it (napari: Layers > Transform)"
+            )
         return info
 
     def _prompt_layers(self) -> PromptLayers:
@@ -374,8 +437,11 @@ class MobileSamWidget(Container):
             session.drop_segmenter()
 
     def _all_sessions(self):
-        return [self.sessions.get(layer) for layer in self.viewer.layers
-                if isinstance(layer, Image) and layer in self.sessions]
+        return [
+            self.sessions.get(layer)
+            for layer in self.viewer.layers
+            if isinstance(layer, Image) and layer in self.sessions
+        ]
 
     @property
     def _segmenter(self):
@@ -392,8 +458,10 @@ class MobileSamWidget(Container):
         if self.auto_segment.value and self._layers is not None:
             self.segment_prompts()
 
-    def _cache_dir(self, info) -> Optional[str]:
-        chosen = str(self.cache_dir.value) if self.cache_dir.value and str(self.cache_dir.value) != "." else ""
+    def _cache_dir(self, info) -> str | None:
+        chosen = (
+            str(self.cache_dir.value) if self.cache_dir.value and str(self.cache_dir.value) != "." else ""
+        )
         # Without a chosen folder, embeddings (2D and volumes) are persisted in the default one.
         return chosen or str(default_cache_dir())
 
@@ -406,8 +474,13 @@ class MobileSamWidget(Container):
             self._notify("error", f"MobileSAM: {exc}")
             return None
 
-    def _prepare(self, description: str, slices: list[int], then: Callable, extra: Optional[Callable] = None,
-                 ) -> None:
+    def _prepare(
+        self,
+        description: str,
+        slices: list[int],
+        then: Callable,
+        extra: Callable | None = None,
+    ) -> None:
         """In a worker: load the model, build the image's segmenter, encode `slices`, run
         `extra(segmenter, progress, cancel)`; then call `then(result_of_extra)` in the GUI thread."""
         current = self._current_image()
@@ -460,8 +533,9 @@ class MobileSamWidget(Container):
             if isinstance(exc, BackendUnavailable):
                 self._restore_backend()
 
-        self._start_task(BackgroundTask(work, description, on_done=done, on_error=failed,
-                                        on_progress=self._show_progress))
+        self._start_task(
+            BackgroundTask(work, description, on_done=done, on_error=failed, on_progress=self._show_progress)
+        )
 
     def _restore_backend(self) -> None:
         """Go back to the backend of the last working predictor (torch if none worked yet); its
@@ -493,7 +567,7 @@ class MobileSamWidget(Container):
         self._task = None
         self.progress.visible = False
         self.cancel_button.enabled = False
-        self.status.value = f"done: {description[len('MobileSAM: '):]}" if description else "ready"
+        self.status.value = f"done: {description[len('MobileSAM: ') :]}" if description else "ready"
 
     def _run_pending(self) -> None:
         if self._pending_segment:
@@ -527,8 +601,11 @@ class MobileSamWidget(Container):
             embed_all_tiled(self, image_layer, info, self._session(), tiling)
             return
         slices = list(range(info.spatial_shape[0])) if info.is_volume else [0]
-        self._prepare("MobileSAM: computing embeddings", slices,
-                      then=lambda _: self._notify("info", "MobileSAM: embeddings ready; click to segment"))
+        self._prepare(
+            "MobileSAM: computing embeddings",
+            slices,
+            then=lambda _: self._notify("info", "MobileSAM: embeddings ready; click to segment"),
+        )
 
     precompute_embeddings = compute_embeddings  # the name used before the explicit embeddings step
 
@@ -536,10 +613,15 @@ class MobileSamWidget(Container):
     def _grouped_prompts(self, layers: PromptLayers, image_layer) -> GroupedPrompts:
         info = self._describe(image_layer)
         coords, labels = read_points(layers.points, image_layer, info)
-        grouped = group_prompts(coords, labels, read_boxes(layers.boxes, image_layer, info), info.spatial_shape)
+        grouped = group_prompts(
+            coords, labels, read_boxes(layers.boxes, image_layer, info), info.spatial_shape
+        )
         if grouped.outside:
-            self._notify("warning", f"MobileSAM: {grouped.outside} prompt(s) outside the image "
-                                    f"{image_layer.name!r} were ignored (they are kept in the layer)")
+            self._notify(
+                "warning",
+                f"MobileSAM: {grouped.outside} prompt(s) outside the image "
+                f"{image_layer.name!r} were ignored (they are kept in the layer)",
+            )
         return grouped
 
     def _on_prompts_changed(self, event=None) -> None:
@@ -588,15 +670,21 @@ class MobileSamWidget(Container):
             return
         if segmenter is None or session.missing_embeddings(grouped, segmenter):
             missing = session.missing_embeddings(grouped, segmenter)
-            self._prepare("MobileSAM: computing image embedding", missing, then=lambda _: self.segment_prompts())
+            self._prepare(
+                "MobileSAM: computing image embedding", missing, then=lambda _: self.segment_prompts()
+            )
             return
         choice = self.candidate.value
         height, width = info.spatial_shape[-2:]
         if height * width > BACKGROUND_DECODE_PIXELS:  # full-size masks of huge slices: off the GUI thread
-            self._start_task(BackgroundTask(lambda progress, cancel: session.segment(grouped, choice),
-                                            "MobileSAM: segmenting",
-                                            on_done=lambda shown: self._finish_segment(layers, session, shown),
-                                            on_error=self._on_segment_error))
+            self._start_task(
+                BackgroundTask(
+                    lambda progress, cancel: session.segment(grouped, choice),
+                    "MobileSAM: segmenting",
+                    on_done=lambda shown: self._finish_segment(layers, session, shown),
+                    on_error=self._on_segment_error,
+                )
+            )
             return
         try:
             shown = session.segment(grouped, choice)
@@ -629,7 +717,7 @@ class MobileSamWidget(Container):
         index = pick_candidate((masks, scores), self.candidate.value)
         self.scores.value = " / ".join(("[%.2f]" if i == index else "%.2f") % s for i, s in enumerate(scores))
 
-    def _paint(self, layers: PromptLayers, z: int, labels: Optional[np.ndarray]) -> None:
+    def _paint(self, layers: PromptLayers, z: int, labels: np.ndarray | None) -> None:
         target = layers.current.data if layers.current.ndim == 2 else layers.current.data[z]
         target[...] = 0 if labels is None else labels.astype(target.dtype)
 
@@ -703,7 +791,9 @@ class MobileSamWidget(Container):
         layers = self._prompt_layers()
         image_layer = self._image_layer()
         if not self._describe(image_layer).is_volume:
-            raise LayerError(f"{image_layer.name!r} is a 2D image; volume segmentation needs a (Z, Y, X) layer")
+            raise LayerError(
+                f"{image_layer.name!r} is a 2D image; volume segmentation needs a (Z, Y, X) layer"
+            )
         return layers, image_layer, self._grouped_prompts(layers, image_layer)
 
     def segment_volume(self) -> None:
@@ -723,8 +813,14 @@ class MobileSamWidget(Container):
         session = self._session()
 
         def propagate(segmenter, progress, cancel):
-            return propagate_object(segmenter.embeddings, prompts, iou_threshold=iou, projection=projection,
-                                    progress=progress, cancel=cancel)
+            return propagate_object(
+                segmenter.embeddings,
+                prompts,
+                iou_threshold=iou,
+                projection=projection,
+                progress=progress,
+                cancel=cancel,
+            )
 
         def show(mask):
             current = self._live_layers(layers).current
@@ -754,8 +850,14 @@ class MobileSamWidget(Container):
         iou, projection = self.iou_threshold.value, self.projection.value
 
         def propagate(segmenter, progress, cancel):
-            labels = segment_objects(segmenter.embeddings, objects, iou_threshold=iou, projection=projection,
-                                     progress=progress, cancel=cancel)
+            labels = segment_objects(
+                segmenter.embeddings,
+                objects,
+                iou_threshold=iou,
+                projection=projection,
+                progress=progress,
+                cancel=cancel,
+            )
             return label_of[labels]
 
         def show(labels):
@@ -777,17 +879,22 @@ class MobileSamWidget(Container):
         image_layer = image_layer or self._image_layer()
         names = layer_names(image_layer.name)
         missing = [layer.name for layer in layers.all() if layer not in self.viewer.layers]
-        self._notify("warning", f"MobileSAM: layer(s) {', '.join(missing)} were removed while working; "
-                                f"the result is in new layers named {names['objects']!r} etc.")
+        self._notify(
+            "warning",
+            f"MobileSAM: layer(s) {', '.join(missing)} were removed while working; "
+            f"the result is in new layers named {names['objects']!r} etc.",
+        )
         self._layers = None
         fresh = ensure_prompt_layers(self.viewer, image_layer, self._describe(image_layer))
         return fresh
 
     # ---------------------------------------------------------------- everything
     def _update_estimate(self, _value=None) -> None:
-        prompts = self.points_per_side.value ** 2
+        prompts = self.points_per_side.value**2
         seconds = prompts * SECONDS_PER_PROMPT_CPU
-        self.estimate.value = f"{prompts} prompts, roughly {seconds / 60:.1f} min on a 2-core CPU (Cancel stops it)"
+        self.estimate.value = (
+            f"{prompts} prompts, roughly {seconds / 60:.1f} min on a 2-core CPU (Cancel stops it)"
+        )
 
     def segment_everything(self) -> None:
         """Automatic masks for the current 2D image or slice, into '<image> everything' Labels."""
@@ -798,9 +905,12 @@ class MobileSamWidget(Container):
         z = current_slice(self.viewer, image_layer) if info.is_volume else 0
         # Small batches: Cancel is checked between batches (a batch of 16 took up to 3 s on a
         # loaded 2-core machine; 8 keeps Cancel near a second).
-        settings = {"points_per_side": self.points_per_side.value, "points_per_batch": 8,
-                    "pred_iou_thresh": self.everything_iou.value,
-                    "stability_score_thresh": self.everything_stability.value}
+        settings = {
+            "points_per_side": self.points_per_side.value,
+            "points_per_batch": 8,
+            "pred_iou_thresh": self.everything_iou.value,
+            "stability_score_thresh": self.everything_stability.value,
+        }
 
         def generate(segmenter, progress, cancel):
             from mobilesam import SamAutomaticMaskGenerator
@@ -809,8 +919,12 @@ class MobileSamWidget(Container):
             generator = SamAutomaticMaskGenerator(segmenter.predictor.model, **settings)
             # The embedding computed (or cached) for the plugin: nothing is encoded twice, and
             # Cancel is honoured from the first batch on.
-            records = generator.generate(segmenter.slice_rgb(z), progress=progress, cancel=cancel,
-                                         embedding=segmenter.embeddings.get(z))
+            records = generator.generate(
+                segmenter.slice_rgb(z),
+                progress=progress,
+                cancel=cancel,
+                embedding=segmenter.embeddings.get(z),
+            )
             return records_to_label_image(records, shape=info.spatial_shape[-2:])
 
         def show(labels):
@@ -820,8 +934,9 @@ class MobileSamWidget(Container):
         if tiling is not None:  # a large image: per tile, from the tile embeddings prompts use too
             segment_everything_in_tiles(self, image_layer, info, self._session(), tiling, settings, show)
             return
-        self._prepare("MobileSAM: segmenting everything", [0] if not info.is_volume else [z], then=show,
-                      extra=generate)
+        self._prepare(
+            "MobileSAM: segmenting everything", [0] if not info.is_volume else [z], then=show, extra=generate
+        )
 
     def _show_slice_labels(self, image_layer, info, z: int, labels: np.ndarray, suffix: str) -> None:
         """Write `labels` of slice z (or of the 2D image) into the '<image> <suffix>' Labels layer,
@@ -833,8 +948,12 @@ class MobileSamWidget(Container):
 
             self._muted = True  # the new layer must not take the clicks away from the prompts
             try:
-                layer = self.viewer.add_labels(np.zeros(info.spatial_shape, np.int32), name=name, opacity=0.5,
-                                               **_layer_transform(image_layer, info.spatial_axes))
+                layer = self.viewer.add_labels(
+                    np.zeros(info.spatial_shape, np.int32),
+                    name=name,
+                    opacity=0.5,
+                    **_layer_transform(image_layer, info.spatial_axes),
+                )
             finally:
                 self._muted = False
         target = layer.data[z] if info.is_volume else layer.data
@@ -877,6 +996,7 @@ def _without_unsafe_advice(text: str) -> str:
 def _key_handler(action: Callable[[], None]) -> Callable:
     def handler(_viewer_or_layer):
         action()
+
     return handler
 
 

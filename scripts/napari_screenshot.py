@@ -82,7 +82,8 @@ def main(argv=None) -> int:
 
         viewer.text_overlay.visible = True
         viewer.text_overlay.text = f"MobileSAM with {weights}" + (
-            " (masks are meaningless)" if weights == "random weights" else "")
+            " (masks are meaningless)" if weights == "random weights" else ""
+        )
         _close_toasts(viewer)
         for _ in range(20):
             app.processEvents()

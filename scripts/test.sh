@@ -58,6 +58,11 @@ run_pytest() {  # name, pytest args...
   return "$code"
 }
 status=0
+# Lint and format are part of the suite (rules in pyproject.toml, [tool.ruff]).
+if ! .venv/bin/ruff check . || ! .venv/bin/ruff format --check .; then
+  echo "ruff: lint or format check failed (run: .venv/bin/ruff check --fix . && .venv/bin/ruff format .)" >&2
+  status=1
+fi
 run_pytest core --ignore=tests/napari "$@" || status=$?
 run_pytest napari tests/napari "$@" || status=$?
 .venv/bin/python - "$reports" <<'PY'

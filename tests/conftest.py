@@ -10,7 +10,9 @@ from mobilesam.testing import save_random_checkpoint
 @pytest.fixture(scope="session")
 def vit_t_checkpoint(tmp_path_factory):
     """A random-weight vit_t checkpoint in `mobile_sam.pt` format, built by our own code."""
-    return save_random_checkpoint(tmp_path_factory.mktemp("weights") / "mobile_sam_random.pt", "vit_t", seed=0)
+    return save_random_checkpoint(
+        tmp_path_factory.mktemp("weights") / "mobile_sam_random.pt", "vit_t", seed=0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -7,9 +7,16 @@ import torch
 
 import mobilesam
 from mobilesam.errors import CheckpointError
-from mobilesam.instance_segmentation import AISParameters, InstanceSegmenter, load_decoder, watershed_from_maps
+from mobilesam.instance_segmentation import (
+    AISParameters,
+    InstanceSegmenter,
+    load_decoder,
+    watershed_from_maps,
+)
 
-micro_sam_is = pytest.importorskip("micro_sam.instance_segmentation", reason="micro-sam (test oracle) not installed")
+micro_sam_is = pytest.importorskip(
+    "micro_sam.instance_segmentation", reason="micro-sam (test oracle) not installed"
+)
 from torch_em.model import UNETR  # noqa: E402  (installed with micro-sam)
 
 IMAGE_SIZE = 256  # small model input keeps the decoder at 256 x 256 on CPU
@@ -19,8 +26,16 @@ def _oracle_decoder(encoder, transposed: bool, seed: int):
     """micro-sam's DecoderAdapter (as `get_decoder` builds it) with seeded random weights and
     non-trivial BatchNorm statistics."""
     torch.manual_seed(seed)
-    unetr = UNETR(backbone="sam", encoder=encoder, out_channels=3, use_sam_stats=True, final_activation="Sigmoid",
-                  use_skip_connection=False, resize_input=True, use_conv_transpose=transposed)
+    unetr = UNETR(
+        backbone="sam",
+        encoder=encoder,
+        out_channels=3,
+        use_sam_stats=True,
+        final_activation="Sigmoid",
+        use_skip_connection=False,
+        resize_input=True,
+        use_conv_transpose=transposed,
+    )
     for module in unetr.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.2, 0.2)
@@ -67,7 +82,9 @@ def test_decoder_state_dict_matches_micro_sam(small_sam, transposed, tmp_path):
     path = tmp_path / "vit_t_decoder.pt"
     torch.save(state, path)
     ours = load_decoder(path, image_size=IMAGE_SIZE)  # strict; weights_only=True
-    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {k: tuple(v.shape) for k, v in state.items()}
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in state.items()
+    }
 
 
 @pytest.mark.parametrize("transposed", [False, True], ids=["bilinear", "transposed"])
@@ -103,8 +120,9 @@ def _blob_maps(seed):
     h, w = 160, 200
     yy, xx = np.mgrid[:h, :w]
     truth = np.zeros((h, w), np.int32)
-    for i, (cy, cx, r) in enumerate(zip(rng.integers(20, h - 20, 12), rng.integers(20, w - 20, 12),
-                                        rng.integers(8, 20, 12)), start=1):
+    for i, (cy, cx, r) in enumerate(
+        zip(rng.integers(20, h - 20, 12), rng.integers(20, w - 20, 12), rng.integers(8, 20, 12)), start=1
+    ):
         truth[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = i
     foreground = (truth > 0).astype(np.float32)
     inside = ndi.distance_transform_edt(truth > 0)

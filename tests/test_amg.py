@@ -64,8 +64,10 @@ def reference_generators():
     import mobile_sam
     import segment_anything
 
-    return {"mobile_sam": mobile_sam.SamAutomaticMaskGenerator,
-            "segment_anything": segment_anything.SamAutomaticMaskGenerator}
+    return {
+        "mobile_sam": mobile_sam.SamAutomaticMaskGenerator,
+        "segment_anything": segment_anything.SamAutomaticMaskGenerator,
+    }
 
 
 def structured_pair(encoder_seed: int = 0, seed: int = 0, img_size: int = 256):
@@ -80,11 +82,19 @@ def structured_pair(encoder_seed: int = 0, seed: int = 0, img_size: int = 256):
     side = img_size // 16
     reference = Sam(
         image_encoder=ColourEncoder(img_size, encoder_seed),
-        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(side, side),
-                                     input_image_size=(img_size, img_size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3,
-                                 iou_head_hidden_dim=256,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256,
+            image_embedding_size=(side, side),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        ),
     ).eval()
     with torch.no_grad():
         for conv in (reference.mask_decoder.output_upscaling[0], reference.mask_decoder.output_upscaling[3]):
@@ -121,11 +131,25 @@ def assert_records_equal(ours, ref) -> float:
 
 
 STRUCTURED_CASES = {  # (stand-in encoder seed, generator settings)
-    "no crops": (7, dict(points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.01,
-                         stability_score_offset=0.02)),
-    "one crop layer": (5, dict(points_per_side=6, pred_iou_thresh=0.0, stability_score_thresh=0.01,
-                               stability_score_offset=0.02, crop_n_layers=1, crop_nms_thresh=0.6,
-                               crop_n_points_downscale_factor=2, points_per_batch=7)),
+    "no crops": (
+        7,
+        dict(
+            points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.01, stability_score_offset=0.02
+        ),
+    ),
+    "one crop layer": (
+        5,
+        dict(
+            points_per_side=6,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.01,
+            stability_score_offset=0.02,
+            crop_n_layers=1,
+            crop_nms_thresh=0.6,
+            crop_n_points_downscale_factor=2,
+            points_per_batch=7,
+        ),
+    ),
 }
 
 
@@ -147,8 +171,14 @@ def test_records_equal_reference(reference_name, case):
 @pytest.mark.parametrize("output_mode", ["uncompressed_rle", "coco_rle"])
 def test_output_modes_and_small_region_cleanup_equal_reference(output_mode):
     reference, ours = structured_pair(encoder_seed=6)
-    settings = dict(points_per_side=8, pred_iou_thresh=0.001, stability_score_thresh=0.0, stability_score_offset=0.02,
-                    min_mask_region_area=300, output_mode=output_mode)
+    settings = dict(
+        points_per_side=8,
+        pred_iou_thresh=0.001,
+        stability_score_thresh=0.0,
+        stability_score_offset=0.02,
+        min_mask_region_area=300,
+        output_mode=output_mode,
+    )
     image = blobs_image()
     image[100:104, 150:154] = 60  # a small hole in the disk
     expected = reference_generators()["mobile_sam"](reference, **settings).generate(image)
@@ -170,8 +200,13 @@ def random_vit_t(tmp_path_factory):
 
 
 # Random-weight masks all span the image, so NMS is off (1.0) or it would keep one of them.
-RANDOM_SETTINGS = dict(points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0,
-                       stability_score_offset=0.05, box_nms_thresh=1.0)
+RANDOM_SETTINGS = dict(
+    points_per_side=3,
+    pred_iou_thresh=0.0,
+    stability_score_thresh=0.0,
+    stability_score_offset=0.05,
+    box_nms_thresh=1.0,
+)
 
 
 def record_embeddings(predictor) -> list:
@@ -181,6 +216,7 @@ def record_embeddings(predictor) -> list:
     def recording_set_image(image):
         set_image(image)
         states.append(EmbeddingState(predictor.features, predictor.original_size, predictor.input_size))
+
     predictor.set_image = recording_set_image
     return states
 
@@ -200,12 +236,16 @@ def test_random_vit_t_end_to_end_and_shared_embedding(random_vit_t):
     reference_generator = mobile_sam.SamAutomaticMaskGenerator(reference, **RANDOM_SETTINGS)
     reference_embeddings = record_embeddings(reference_generator.predictor)
     expected = reference_generator.generate(image)
-    diff_e2e = assert_records_equal(SamAutomaticMaskGenerator(ours, **RANDOM_SETTINGS).generate(image), expected)
+    diff_e2e = assert_records_equal(
+        SamAutomaticMaskGenerator(ours, **RANDOM_SETTINGS).generate(image), expected
+    )
     shared = SamAutomaticMaskGenerator(ours, **RANDOM_SETTINGS)
     replay_embeddings(shared, reference_embeddings)
     diff_shared = assert_records_equal(shared.generate(image), expected)
-    print(f"\n[vit_t random] {len(expected)} records equal; score max|diff| end to end = {diff_e2e:.3g}, "
-          f"shared embedding = {diff_shared:.3g}")
+    print(
+        f"\n[vit_t random] {len(expected)} records equal; score max|diff| end to end = {diff_e2e:.3g}, "
+        f"shared embedding = {diff_shared:.3g}"
+    )
     assert len(expected) >= 9
 
 
@@ -220,14 +260,32 @@ def test_random_vit_b_equals_segment_anything():
     torch.manual_seed(1)
     reference = Sam(
         image_encoder=ImageEncoderViT(
-            depth=12, embed_dim=768, img_size=size, mlp_ratio=4, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=12, patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=[2, 5, 8, 11],
-            window_size=14, out_chans=256),
-        prompt_encoder=PromptEncoder(embed_dim=256, image_embedding_size=(size // 16, size // 16),
-                                     input_image_size=(size, size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3, transformer_dim=256, iou_head_depth=3,
-                                 iou_head_hidden_dim=256,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8)),
+            depth=12,
+            embed_dim=768,
+            img_size=size,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=12,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=[2, 5, 8, 11],
+            window_size=14,
+            out_chans=256,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=256,
+            image_embedding_size=(size // 16, size // 16),
+            input_image_size=(size, size),
+            mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer_dim=256,
+            iou_head_depth=3,
+            iou_head_hidden_dim=256,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
+        ),
     ).eval()
     ours = mobilesam.build_sam("vit_b", image_size=size, exact=True)
     ours.load_state_dict(reference.state_dict())
@@ -298,9 +356,16 @@ def test_remove_small_regions_equals_reference(mode):
 
 def square_record(y0, x0, size, iou, shape=(30, 40)):
     mask = np.zeros(shape, bool)
-    mask[y0:y0 + size, x0:x0 + size] = True
-    return {"segmentation": mask, "area": int(mask.sum()), "bbox": [x0, y0, size, size], "predicted_iou": iou,
-            "point_coords": [[x0 + 0.5, y0 + 0.5]], "stability_score": 0.9, "crop_box": [0, 0, 40, 30]}
+    mask[y0 : y0 + size, x0 : x0 + size] = True
+    return {
+        "segmentation": mask,
+        "area": int(mask.sum()),
+        "bbox": [x0, y0, size, size],
+        "predicted_iou": iou,
+        "point_coords": [[x0 + 0.5, y0 + 0.5]],
+        "stability_score": 0.9,
+        "crop_box": [0, 0, 40, 30],
+    }
 
 
 def test_label_image_orders_without_overlaps():
@@ -322,12 +387,15 @@ def test_coco_json_round_trips_masks_from_every_output_mode(structured):
 
     _, ours = structured
     image = blobs_image(120, 160)
-    records = {mode: SamAutomaticMaskGenerator(ours, points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0,
-                                               output_mode=mode).generate(image)
-               for mode in ("binary_mask", "uncompressed_rle", "coco_rle")}
+    records = {
+        mode: SamAutomaticMaskGenerator(
+            ours, points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0, output_mode=mode
+        ).generate(image)
+        for mode in ("binary_mask", "uncompressed_rle", "coco_rle")
+    }
     masks = [r["segmentation"] for r in records["binary_mask"]]
     assert masks and all(m.shape == (120, 160) for m in masks)
-    for mode, recs in records.items():
+    for recs in records.values():
         assert all(np.array_equal(record_mask(r), m) for r, m in zip(recs, masks, strict=True))
         coco = json.loads(json.dumps(records_to_coco_json(recs, image_id=7, file_name="x.png")))
         assert coco["images"] == [{"id": 7, "file_name": "x.png", "height": 120, "width": 160}]
@@ -373,20 +441,44 @@ def test_cli_everything_writes_labels_and_json(vit_t_checkpoint, vit_t_model, tm
     image_path = tmp_path / "blobs.tif"
     tifffile.imwrite(image_path, image)
     out, coco_path = tmp_path / "labels.tif", tmp_path / "masks.json"
-    settings = ["--points-per-side", "3", "--pred-iou-thresh", "0", "--stability-score-thresh", "0",
-                "--box-nms-thresh", "0.95"]
-    code = main(["everything", str(image_path), "-o", str(out), "--json", str(coco_path),
-                 "--checkpoint", str(vit_t_checkpoint), *settings])
+    settings = [
+        "--points-per-side",
+        "3",
+        "--pred-iou-thresh",
+        "0",
+        "--stability-score-thresh",
+        "0",
+        "--box-nms-thresh",
+        "0.95",
+    ]
+    code = main(
+        [
+            "everything",
+            str(image_path),
+            "-o",
+            str(out),
+            "--json",
+            str(coco_path),
+            "--checkpoint",
+            str(vit_t_checkpoint),
+            *settings,
+        ]
+    )
     assert code == 0
-    records = SamAutomaticMaskGenerator(vit_t_model, points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0,
-                                        box_nms_thresh=0.95).generate(image)
+    records = SamAutomaticMaskGenerator(
+        vit_t_model, points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=0.95
+    ).generate(image)
     labels = tifffile.imread(out)
     assert labels.dtype == np.int32
     assert np.array_equal(labels, records_to_label_image(records, shape=(96, 128)))
     coco = json.loads(coco_path.read_text())
     assert len(coco["annotations"]) == len(records) > 0 and coco["images"][0]["file_name"] == "blobs.tif"
     assert f"{len(records)} masks" in capsys.readouterr().out
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blobs.tif", "labels.tif", "masks.json"]  # no temp files
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "blobs.tif",
+        "labels.tif",
+        "masks.json",
+    ]  # no temp files
 
 
 def test_cli_everything_rejects_bad_output(tmp_path, capsys):
@@ -411,6 +503,8 @@ def test_fast_path_records_equal_reference_with_iou_filtering():
     ours.set_exact(False)
     records = SamAutomaticMaskGenerator(ours, **settings).generate(image)
     diff = assert_records_equal(records, expected)
-    print(f"\n[fast path, pred_iou_thresh={settings['pred_iou_thresh']:.3f}] {len(records)} of "
-          f"{len(everything)} records equal; score max|diff| = {diff:.3g}")
+    print(
+        f"\n[fast path, pred_iou_thresh={settings['pred_iou_thresh']:.3f}] {len(records)} of "
+        f"{len(everything)} records equal; score max|diff| = {diff:.3g}"
+    )
     assert 3 <= len(records) < len(everything)

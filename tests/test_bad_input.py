@@ -71,9 +71,17 @@ BAD_PROMPTS = [
     ({"point_coords": [[5.0, 3.0, 1.0]], "point_labels": [1]}, r"point_coords must be \(N, 2\)"),
     ({"point_coords": [[5.0, 3.0]], "point_labels": [1, 0]}, r"point_coords must be \(N, 2\) with N labels"),
     ({"point_coords": [[5.0, 3.0]]}, r"point_labels must be supplied"),
-    ({"point_coords": np.zeros((MAX_POINTS_PER_PROMPT + 1, 2)), "point_labels": np.ones(MAX_POINTS_PER_PROMPT + 1)},
-     rf"point_coords has {MAX_POINTS_PER_PROMPT + 1} points; at most {MAX_POINTS_PER_PROMPT}"),
-    ({"point_coords": np.zeros((10_000, 2)), "point_labels": np.ones(10_000)}, r"point_coords has 10000 points"),
+    (
+        {
+            "point_coords": np.zeros((MAX_POINTS_PER_PROMPT + 1, 2)),
+            "point_labels": np.ones(MAX_POINTS_PER_PROMPT + 1),
+        },
+        rf"point_coords has {MAX_POINTS_PER_PROMPT + 1} points; at most {MAX_POINTS_PER_PROMPT}",
+    ),
+    (
+        {"point_coords": np.zeros((10_000, 2)), "point_labels": np.ones(10_000)},
+        r"point_coords has 10000 points",
+    ),
     ({"box": [NAN, 0, 10, 10]}, r"box .*not finite"),
     ({"box": [0, 0, INF, 10]}, r"box .*not finite"),
     ({"box": [50, 10, 20, 40]}, r"box \(50, 10, 20, 40\) is inverted"),
@@ -86,8 +94,9 @@ BAD_PROMPTS = [
 ]
 
 
-@pytest.mark.parametrize("prompt, message", BAD_PROMPTS,
-                         ids=[f"{i}-{'-'.join(p)}" for i, (p, _) in enumerate(BAD_PROMPTS)])
+@pytest.mark.parametrize(
+    "prompt, message", BAD_PROMPTS, ids=[f"{i}-{'-'.join(p)}" for i, (p, _) in enumerate(BAD_PROMPTS)]
+)
 def test_bad_prompt_is_a_clear_error_naming_the_argument(predictor, prompt, message):
     with pytest.raises(ValueError, match=message):
         predictor.predict(**prompt)
@@ -95,9 +104,14 @@ def test_bad_prompt_is_a_clear_error_naming_the_argument(predictor, prompt, mess
 
 def test_good_prompts_still_work_with_finite_scores(predictor):
     _, _, low_res = predictor.predict(**ONE_POINT, multimask_output=False)
-    for prompt in (ONE_POINT, {"box": [40, 30, 120, 90]}, {"box": [40, 30, 40, 90]},  # zero width is allowed
-                   {**ONE_POINT, "mask_input": low_res}, {**ONE_POINT, "mask_input": low_res[0]},
-                   {"point_coords": [[-10, -10], [500, 500]], "point_labels": [1, -1]}):  # outside: as SAM
+    for prompt in (
+        ONE_POINT,
+        {"box": [40, 30, 120, 90]},
+        {"box": [40, 30, 40, 90]},  # zero width is allowed
+        {**ONE_POINT, "mask_input": low_res},
+        {**ONE_POINT, "mask_input": low_res[0]},
+        {"point_coords": [[-10, -10], [500, 500]], "point_labels": [1, -1]},
+    ):  # outside: as SAM
         masks, scores, _ = predictor.predict(**prompt)
         assert masks.shape[1:] == (120, 160) and np.isfinite(scores).all()
 
@@ -109,8 +123,9 @@ def test_nan_embedding_is_refused(small_model, image):
     features = state.features.clone()
     features[0, 0, 0, 0] = NAN
     with pytest.raises(ValueError, match="embedding has values that are not finite"):
-        mobilesam.SamPredictor(small_model).set_embedding(EmbeddingState(features, state.original_size,
-                                                                         state.input_size))
+        mobilesam.SamPredictor(small_model).set_embedding(
+            EmbeddingState(features, state.original_size, state.input_size)
+        )
 
 
 # ---- property-based: prompt validation and coordinate transforms ------------------------------
@@ -120,18 +135,22 @@ sizes = st.integers(1, 5000)
 
 
 @settings(max_examples=300, deadline=None)
-@given(points=st.lists(st.tuples(floats, floats), min_size=1, max_size=6),
-       labels=st.lists(st.sampled_from([-2, -1, 0, 1, 2, 3, 4, 7, 0.5]), min_size=1, max_size=6),
-       box=st.one_of(st.none(), st.tuples(floats, floats, floats, floats)),
-       height=sizes, width=sizes)
+@given(
+    points=st.lists(st.tuples(floats, floats), min_size=1, max_size=6),
+    labels=st.lists(st.sampled_from([-2, -1, 0, 1, 2, 3, 4, 7, 0.5]), min_size=1, max_size=6),
+    box=st.one_of(st.none(), st.tuples(floats, floats, floats, floats)),
+    height=sizes,
+    width=sizes,
+)
 def test_prompt_validation_accepts_exactly_the_valid_prompts(points, labels, box, height, width):
     """Either a ValueError naming an argument, or finite model-input prompts of the right shapes."""
     points_ok = len(points) == len(labels) and np.isfinite(points).all() and set(labels) <= {-1, 0, 1, 2, 3}
     box_ok = box is None or (np.isfinite(box).all() and box[2] >= box[0] and box[3] >= box[1])
     transform = ResizeLongestSide(IMAGE_SIZE)
     try:
-        coords, out_labels, out_box, _ = model_input_prompts(transform, (height, width), np.array(points),
-                                                             np.array(labels), box)
+        coords, out_labels, out_box, _ = model_input_prompts(
+            transform, (height, width), np.array(points), np.array(labels), box
+        )
     except ValueError as exc:
         assert not (points_ok and box_ok), f"valid prompt refused: {exc}"
         assert re.match(r"(point_coords|point_labels|box)\b", str(exc)), str(exc)
@@ -144,8 +163,13 @@ def test_prompt_validation_accepts_exactly_the_valid_prompts(points, labels, box
 
 
 @settings(max_examples=300, deadline=None)
-@given(height=sizes, width=st.integers(1, 200_000), target=st.sampled_from([64, 256, 1024]),
-       fx=st.floats(0, 1), fy=st.floats(0, 1))
+@given(
+    height=sizes,
+    width=st.integers(1, 200_000),
+    target=st.sampled_from([64, 256, 1024]),
+    fx=st.floats(0, 1),
+    fy=st.floats(0, 1),
+)
 def test_coordinate_transform_properties(height, width, target, fx, fy):
     new_h, new_w = ResizeLongestSide.get_preprocess_shape(height, width, target)
     assert max(new_h, new_w) == target and min(new_h, new_w) >= 1  # never a 0-pixel side
@@ -157,8 +181,10 @@ def test_coordinate_transform_properties(height, width, target, fx, fy):
     back = mapped[0] * np.array([width / new_w, height / new_h])
     np.testing.assert_allclose(back, point[0], rtol=1e-9, atol=1e-9)
     box = np.array([0.0, 0.0, fx * width, fy * height])
-    np.testing.assert_allclose(transform.apply_boxes(box, (height, width))[0],
-                               transform.apply_coords(box.reshape(2, 2), (height, width)).reshape(4))
+    np.testing.assert_allclose(
+        transform.apply_boxes(box, (height, width))[0],
+        transform.apply_coords(box.reshape(2, 2), (height, width)).reshape(4),
+    )
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -193,29 +219,37 @@ def _embedding(model, image):
 
 # ---- SamAutomaticMaskGenerator settings --------------------------------------------------------
 
-@pytest.mark.parametrize("setting, message", [
-    ({"points_per_side": 100_000}, rf"points_per_side must be between 1 and {MAX_POINTS_PER_SIDE}, got 100000"),
-    ({"points_per_side": 0}, r"points_per_side must be between 1"),
-    ({"points_per_side": 2.5}, r"points_per_side must be an integer"),
-    ({"crop_n_layers": 30}, rf"crop_n_layers must be between 0 and {MAX_CROP_LAYERS}, got 30"),
-    ({"crop_n_layers": -1}, r"crop_n_layers must be between 0 and .*got -1"),
-    ({"crop_n_points_downscale_factor": 0}, r"crop_n_points_downscale_factor must be at least 1, got 0"),
-    ({"pred_iou_thresh": NAN}, r"pred_iou_thresh must be a finite number"),
-    ({"stability_score_thresh": NAN}, r"stability_score_thresh must be a finite number"),
-    ({"stability_score_thresh": 1.5}, r"stability_score_thresh .*at most 1"),
-    ({"stability_score_offset": -1.0}, r"stability_score_offset .*at least 0"),
-    ({"box_nms_thresh": INF}, r"box_nms_thresh must be a finite number"),
-    ({"crop_nms_thresh": -0.1}, r"crop_nms_thresh"),
-    ({"crop_overlap_ratio": 2.0}, r"crop_overlap_ratio"),
-    ({"min_mask_region_area": NAN}, r"min_mask_region_area"),
-    ({"points_per_batch": 0}, r"points_per_batch must be at least 1"),
-])
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (
+            {"points_per_side": 100_000},
+            rf"points_per_side must be between 1 and {MAX_POINTS_PER_SIDE}, got 100000",
+        ),
+        ({"points_per_side": 0}, r"points_per_side must be between 1"),
+        ({"points_per_side": 2.5}, r"points_per_side must be an integer"),
+        ({"crop_n_layers": 30}, rf"crop_n_layers must be between 0 and {MAX_CROP_LAYERS}, got 30"),
+        ({"crop_n_layers": -1}, r"crop_n_layers must be between 0 and .*got -1"),
+        ({"crop_n_points_downscale_factor": 0}, r"crop_n_points_downscale_factor must be at least 1, got 0"),
+        ({"pred_iou_thresh": NAN}, r"pred_iou_thresh must be a finite number"),
+        ({"stability_score_thresh": NAN}, r"stability_score_thresh must be a finite number"),
+        ({"stability_score_thresh": 1.5}, r"stability_score_thresh .*at most 1"),
+        ({"stability_score_offset": -1.0}, r"stability_score_offset .*at least 0"),
+        ({"box_nms_thresh": INF}, r"box_nms_thresh must be a finite number"),
+        ({"crop_nms_thresh": -0.1}, r"crop_nms_thresh"),
+        ({"crop_overlap_ratio": 2.0}, r"crop_overlap_ratio"),
+        ({"min_mask_region_area": NAN}, r"min_mask_region_area"),
+        ({"points_per_batch": 0}, r"points_per_batch must be at least 1"),
+    ],
+)
 def test_generator_settings_are_checked_in_the_constructor(small_model, setting, message):
     with pytest.raises(ValueError, match=message):
         mobilesam.SamAutomaticMaskGenerator(small_model, **setting)
 
 
 # ---- images --------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(0, 0, 3), (0, 10, 3), (10, 0, 3)])
 def test_empty_image_is_a_clear_error(small_model, shape):
@@ -244,10 +278,14 @@ def test_tiff_channels_follow_the_metadata_else_a_warned_guess(tmp_path):
     tifffile.imwrite(tmp_path / "plain.tif", planes)
     data, axis = read_image_with_channel_axis(tmp_path / "plain.tif")
     assert axis is None and data.shape == (64, 80, 5)
-    with pytest.warns(UserWarning, match=r"shape \(64, 80, 5\): guessed that axis 2 \(5 entries\) holds the channels"):
+    with pytest.warns(
+        UserWarning, match=r"shape \(64, 80, 5\): guessed that axis 2 \(5 entries\) holds the channels"
+    ):
         assert to_rgb_uint8(data).shape == (64, 80, 3)
     # ImageJ states channels first: no guess, no warning
-    tifffile.imwrite(tmp_path / "imagej.tif", np.moveaxis(planes, -1, 0), imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(
+        tmp_path / "imagej.tif", np.moveaxis(planes, -1, 0), imagej=True, metadata={"axes": "CYX"}
+    )
     data, axis = read_image_with_channel_axis(tmp_path / "imagej.tif")
     assert axis == 0 and data.shape == (5, 64, 80)
     import warnings
@@ -258,7 +296,9 @@ def test_tiff_channels_follow_the_metadata_else_a_warned_guess(tmp_path):
     assert rgb.shape == (64, 80, 3)
     np.testing.assert_array_equal(rgb, to_rgb_uint8(planes, channel_axis=-1, value_range=None))
     # RGB samples ("YXS") are channels last
-    tifffile.imwrite(tmp_path / "rgb.tif", rng.integers(0, 255, (64, 80, 3), dtype=np.uint8), photometric="rgb")
+    tifffile.imwrite(
+        tmp_path / "rgb.tif", rng.integers(0, 255, (64, 80, 3), dtype=np.uint8), photometric="rgb"
+    )
     assert read_image_with_channel_axis(tmp_path / "rgb.tif")[1] == 2
 
 
@@ -271,7 +311,16 @@ def test_cli_reads_a_64x80_image_with_5_channels_as_such(tmp_path, capsys):
     tifffile.imwrite(plain, np.zeros((64, 80, 5), np.uint16))
     tifffile.imwrite(imagej, np.zeros((5, 64, 80), np.uint16), imagej=True, metadata={"axes": "CYX"})
     for path, guessed in ((plain, 1), (imagej, 0)):
-        argv = ["segment", str(path), "--point", "70,10", "-o", str(tmp_path / "m.png"), "--checkpoint", "/none.pt"]
+        argv = [
+            "segment",
+            str(path),
+            "--point",
+            "70,10",
+            "-o",
+            str(tmp_path / "m.png"),
+            "--checkpoint",
+            "/none.pt",
+        ]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             code = main(argv)  # the point is inside: it gets as far as looking for the weights
@@ -284,11 +333,27 @@ def test_cli_reads_a_64x80_image_with_5_channels_as_such(tmp_path, capsys):
 
 # ---- CLI: negative coordinates, damaged files, impossible paths -----------------------------------
 
+
 def test_negative_coordinates_are_values_not_options():
-    assert join_negative_values(["segment", "x.png", "--point", "-5,3", "--box", "-5,-5,20,20", "-o", "o.png"]) == [
-        "segment", "x.png", "--point=-5,3", "--box=-5,-5,20,20", "-o", "o.png"]
-    args = build_parser().parse_args(join_negative_values(
-        ["segment", "x.png", "--point", "-5,3", "--point", "-.5,-2,0", "--box", "-5,-5,20,20", "-o", "o.png"]))
+    assert join_negative_values(
+        ["segment", "x.png", "--point", "-5,3", "--box", "-5,-5,20,20", "-o", "o.png"]
+    ) == ["segment", "x.png", "--point=-5,3", "--box=-5,-5,20,20", "-o", "o.png"]
+    args = build_parser().parse_args(
+        join_negative_values(
+            [
+                "segment",
+                "x.png",
+                "--point",
+                "-5,3",
+                "--point",
+                "-.5,-2,0",
+                "--box",
+                "-5,-5,20,20",
+                "-o",
+                "o.png",
+            ]
+        )
+    )
     assert args.point == [(-5.0, 3.0, 1), (-0.5, -2.0, 0)] and args.box == (-5.0, -5.0, 20.0, 20.0)
     with pytest.raises(SystemExit):  # a real option after --point is still an option: "expected one argument"
         build_parser().parse_args(join_negative_values(["segment", "x.png", "--point", "-o", "o.png"]))
@@ -307,15 +372,20 @@ def _volumes(tmp_path):
 
     vol = np.random.default_rng(3).integers(0, 60000, (4, 32, 32)).astype(np.uint16)
     cases = []
-    for name, write in [("u.tif", lambda p: tifffile.imwrite(p, vol, imagej=True, metadata={"axes": "ZYX"})),
-                        ("c.tif", lambda p: tifffile.imwrite(p, vol, compression="zlib")),
-                        ("n.nii", lambda p: nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), np.eye(4)), p)),
-                        ("n.nii.gz", lambda p: nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), np.eye(4)), p))]:
+    for name, write in [
+        ("u.tif", lambda p: tifffile.imwrite(p, vol, imagej=True, metadata={"axes": "ZYX"})),
+        ("c.tif", lambda p: tifffile.imwrite(p, vol, compression="zlib")),
+        ("n.nii", lambda p: nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), np.eye(4)), p)),
+        ("n.nii.gz", lambda p: nib.save(nib.Nifti1Image(vol.transpose(2, 1, 0), np.eye(4)), p)),
+    ]:
         good = tmp_path / f"good_{name}"
         write(good)
         data = good.read_bytes()
-        for kind, content in [("truncated", data[: len(data) * 2 // 3]), ("garbage", bytes(range(256)) * 40),
-                              ("empty", b"")]:
+        for kind, content in [
+            ("truncated", data[: len(data) * 2 // 3]),
+            ("garbage", bytes(range(256)) * 40),
+            ("empty", b""),
+        ]:
             path = tmp_path / f"{kind}_{name}"
             path.write_bytes(content)
             cases.append(path)
@@ -326,8 +396,10 @@ def test_cli_damaged_volumes_are_one_line_errors(tmp_path, capsys):
     cases = _volumes(tmp_path)
     assert len(cases) == 12
     for path in cases:
-        for command in (["volume", str(path), "--prompt", "z=0:point=1,1", "-o", str(tmp_path / "o.tif")],
-                        ["embed", str(path), "--cache", str(tmp_path / "cache")]):
+        for command in (
+            ["volume", str(path), "--prompt", "z=0:point=1,1", "-o", str(tmp_path / "o.tif")],
+            ["embed", str(path), "--cache", str(tmp_path / "cache")],
+        ):
             code = main([*command, "--checkpoint", "/none.pt"])
             err = capsys.readouterr().err
             assert code == 1, (path, err)
@@ -349,7 +421,10 @@ def test_cli_cache_on_a_file_and_output_under_a_file(tmp_path, capsys):
     assert main(["embed", str(stack), "--cache", str(blocker), "--checkpoint", "/none.pt"]) == 1
     assert f"--cache {blocker} is a file, not a folder" in capsys.readouterr().err
     assert main(["volume", str(stack), *common, "-o", str(blocker / "o.tif")]) == 1
-    assert f"cannot write output {blocker / 'o.tif'}: {blocker} is a file, not a folder" in capsys.readouterr().err
+    assert (
+        f"cannot write output {blocker / 'o.tif'}: {blocker} is a file, not a folder"
+        in capsys.readouterr().err
+    )
     for command in (["segment", "sample", "--point", "5,5"], ["everything", "sample"]):
         assert main([*command, "-o", str(blocker / "sub" / "m.tif"), "--checkpoint", "/none.pt"]) == 1
         err = capsys.readouterr().err

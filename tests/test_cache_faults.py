@@ -33,8 +33,11 @@ class StandInPredictor:
     def set_image(self, image):
         self.encoder_calls += 1
         rng = np.random.default_rng(int(image.sum()) % (2**32))
-        self._state = EmbeddingState(torch.from_numpy(rng.normal(size=(1, 256, 64, 64)).astype(np.float32) + 1),
-                                     image.shape[:2], (64, 64))
+        self._state = EmbeddingState(
+            torch.from_numpy(rng.normal(size=(1, 256, 64, 64)).astype(np.float32) + 1),
+            image.shape[:2],
+            (64, 64),
+        )
 
     def get_embedding_state(self):
         return self._state
@@ -183,7 +186,9 @@ with atomic_write({target!r}) as tmp:
 def test_temp_file_of_a_killed_writer_is_removed_by_the_next_write(tmp_path):
     target = tmp_path / "out" / "mask.tif"
     core = str(Path(__import__("mobilesam").__file__).parents[1])
-    proc = subprocess.run([sys.executable, "-c", KILLED_WRITER.format(core=core, target=str(target))], check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_WRITER.format(core=core, target=str(target))], check=False
+    )
     assert proc.returncode == -9
     (left,) = list(target.parent.iterdir())
     assert TEMP_MARK in left.name and not target.exists()
@@ -216,11 +221,15 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path):
 def test_output_under_a_file_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
-    with pytest.raises(ValueError, match=r"file.txt is a file, not a folder"), atomic_write(blocker / "o.tif"):
+    with (
+        pytest.raises(ValueError, match=r"file.txt is a file, not a folder"),
+        atomic_write(blocker / "o.tif"),
+    ):
         pass
 
 
 # ---- weights cache ----------------------------------------------------------------------------
+
 
 def test_weights_download_replaces_a_stale_part_and_never_uses_it(tmp_path, monkeypatch):
     import hashlib
@@ -232,8 +241,13 @@ def test_weights_download_replaces_a_stale_part_and_never_uses_it(tmp_path, monk
     monkeypatch.delenv("MOBILESAM_CHECKPOINT", raising=False)
     payload = b"checkpoint bytes" * 1000
     info = weights.weights_info("vit_t")
-    monkeypatch.setattr(weights, "weights_info", lambda model_type: type(info)(
-        **{**info.__dict__, "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}))
+    monkeypatch.setattr(
+        weights,
+        "weights_info",
+        lambda model_type: type(info)(
+            **{**info.__dict__, "sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
+        ),
+    )
     target = weights.cached_path("vit_t")
     target.parent.mkdir(parents=True, exist_ok=True)
     # What a killed download of the previous version (fixed name) and of this one leave behind.

@@ -12,7 +12,9 @@ def test_random_checkpoint_roundtrip(vit_t_checkpoint):
     model = mobilesam.build_sam("vit_t", vit_t_checkpoint)
     saved = torch.load(vit_t_checkpoint, weights_only=True)
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
-    assert mobilesam.sam_model_registry["vit_t"](checkpoint=vit_t_checkpoint).state_dict().keys() == saved.keys()
+    assert (
+        mobilesam.sam_model_registry["vit_t"](checkpoint=vit_t_checkpoint).state_dict().keys() == saved.keys()
+    )
 
 
 def test_wrong_architecture_is_named(vit_t_checkpoint):
@@ -23,7 +25,7 @@ def test_wrong_architecture_is_named(vit_t_checkpoint):
 
 def test_truncated_file(vit_t_checkpoint, tmp_path):
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes(vit_t_checkpoint.read_bytes()[: 1_000_000])
+    truncated.write_bytes(vit_t_checkpoint.read_bytes()[:1_000_000])
     with pytest.raises(CheckpointError, match="truncated, corrupt, or not a PyTorch checkpoint"):
         mobilesam.build_sam("vit_t", truncated)
 

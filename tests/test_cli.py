@@ -26,14 +26,29 @@ def test_help_lists_subcommands(capsys):
 
 def test_segment_sample_writes_the_predictors_mask(vit_t_checkpoint, vit_t_model, tmp_path, capsys):
     out = tmp_path / "mask.png"
-    code = main(["segment", "sample", "--point", "120,150", "--point", "300,40,0", "--box", "60,80,250,230",
-                 "--checkpoint", str(vit_t_checkpoint), "-o", str(out)])
+    code = main(
+        [
+            "segment",
+            "sample",
+            "--point",
+            "120,150",
+            "--point",
+            "300,40,0",
+            "--box",
+            "60,80,250,230",
+            "--checkpoint",
+            str(vit_t_checkpoint),
+            "-o",
+            str(out),
+        ]
+    )
     assert code == 0
     mask = np.array(Image.open(out))
     predictor = mobilesam.SamPredictor(vit_t_model)
     predictor.set_image(mobilesam.image.to_rgb_uint8(read_image("sample")))
-    masks, scores, _ = predictor.predict(np.array([[120, 150], [300, 40]]), np.array([1, 0]),
-                                         np.array([60, 80, 250, 230]))
+    masks, scores, _ = predictor.predict(
+        np.array([[120, 150], [300, 40]]), np.array([1, 0]), np.array([60, 80, 250, 230])
+    )
     best = int(np.argmax(scores))
     assert mask.shape == (303, 384) and set(np.unique(mask)) <= {0, 255}
     assert np.array_equal(mask == 255, masks[best])
@@ -82,8 +97,18 @@ def test_offline_without_weights_fails_clearly(offline_home, tmp_path, capsys, m
 
 
 def test_missing_image_is_a_clear_error(vit_t_checkpoint, tmp_path, capsys):
-    code = main(["segment", str(tmp_path / "nope.png"), "--point", "1,1", "--checkpoint", str(vit_t_checkpoint),
-                 "-o", str(tmp_path / "o.png")])
+    code = main(
+        [
+            "segment",
+            str(tmp_path / "nope.png"),
+            "--point",
+            "1,1",
+            "--checkpoint",
+            str(vit_t_checkpoint),
+            "-o",
+            str(tmp_path / "o.png"),
+        ]
+    )
     assert code == 1 and "nope.png does not exist" in capsys.readouterr().err
 
 

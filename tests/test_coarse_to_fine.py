@@ -42,8 +42,10 @@ def test_coarse_to_fine_finds_the_full_grids_objects_with_fewer_points(stand_in)
     calls = []
     expected = full.generate(image)
     got = fast.generate(image, progress=lambda done, total: calls.append((done, total)))
-    print(f"full grid: {full.decoded_points} points, {len(expected)} records; coarse to fine: "
-          f"{fast.decoded_points} points, {len(got)} records, recall@0.5 {_recall(expected, got, 0.5):.3f}")
+    print(
+        f"full grid: {full.decoded_points} points, {len(expected)} records; coarse to fine: "
+        f"{fast.decoded_points} points, {len(got)} records, recall@0.5 {_recall(expected, got, 0.5):.3f}"
+    )
     assert full.decoded_points == 256 and fast.decoded_points < 256 / 2
     assert len(expected) >= 3 and got
     assert _recall(expected, got, 0.5) >= 0.95
@@ -54,7 +56,9 @@ def test_coarse_to_fine_finds_the_full_grids_objects_with_fewer_points(stand_in)
 
 def test_coarse_to_fine_with_crops_and_nothing_confident(stand_in):
     image = blobs_image(120, 160)
-    crops = SamAutomaticMaskGenerator(stand_in, points_per_side=8, crop_n_layers=1, coarse_to_fine=True, **SETTINGS)
+    crops = SamAutomaticMaskGenerator(
+        stand_in, points_per_side=8, crop_n_layers=1, coarse_to_fine=True, **SETTINGS
+    )
     assert crops.generate(image) and crops.decoded_points < 5 * 64
     # Nothing passes SAM's default thresholds on the stand-in: no records, and uniform regions
     # are not refined point by point.

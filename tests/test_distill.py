@@ -44,8 +44,27 @@ def cli(*args) -> int:
 
 
 def train_args(images, embeddings, out, *extra):
-    return ["distill", "train", "--images", images, "--embeddings", embeddings, "--out", out, "--batch-size", 4,
-            "--lr", 2e-3, "--val-fraction", 0.25, "--num-workers", 0, "--log-interval", 1, *extra]
+    return [
+        "distill",
+        "train",
+        "--images",
+        images,
+        "--embeddings",
+        embeddings,
+        "--out",
+        out,
+        "--batch-size",
+        4,
+        "--lr",
+        2e-3,
+        "--val-fraction",
+        0.25,
+        "--num-workers",
+        0,
+        "--log-interval",
+        1,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +75,27 @@ def teacher_set(tmp_path_factory):
     # seed != the student's (--seed 0): an identical random start would make the test meaningless
     teacher = save_random_checkpoint(root / "teacher.pt", "vit_t", seed=1234, image_size=SIZE)
     embeddings = root / "embeddings"
-    assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", teacher,
-               "--images", images, "--out", embeddings, "--image-size", SIZE, "--chunk-size", 4,
-               "--num-workers", 0) == 0
+    assert (
+        cli(
+            "distill",
+            "embed-teacher",
+            "--teacher",
+            "vit_t",
+            "--teacher-checkpoint",
+            teacher,
+            "--images",
+            images,
+            "--out",
+            embeddings,
+            "--image-size",
+            SIZE,
+            "--chunk-size",
+            4,
+            "--num-workers",
+            0,
+        )
+        == 0
+    )
     return root, images, teacher, embeddings
 
 
@@ -76,8 +113,9 @@ def test_embed_teacher_manifest_and_resume(teacher_set, capsys):
     assert manifest["preprocessing"]["resize_longest_side"] == SIZE and manifest["chunk_size"] == 4
     # 16 images -> 4 chunk files of 4 embeddings, each with its index
     chunk = embeddings / "chunks" / "_root-000000"
-    assert sorted(p.name for p in chunk.parent.iterdir()) == [f"_root-{k:06d}.{s}" for k in range(4)
-                                                              for s in ("json", "npy")]
+    assert sorted(p.name for p in chunk.parent.iterdir()) == [
+        f"_root-{k:06d}.{s}" for k in range(4) for s in ("json", "npy")
+    ]
     index = json.loads(chunk.with_suffix(".json").read_text())
     assert index["names"] == [f"img_{i:02d}.png" for i in range(4)] and index["precision"] == "fp32"
     array = np.load(chunk.with_suffix(".npy"))
@@ -93,16 +131,51 @@ def test_embed_teacher_manifest_and_resume(teacher_set, capsys):
     # rerun: nothing recomputed; a deleted chunk is recomputed identically
     chunk.with_suffix(".json").unlink()
     capsys.readouterr()
-    assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", teacher,
-               "--images", images, "--out", embeddings, "--image-size", SIZE, "--chunk-size", 4,
-               "--num-workers", 0) == 0
+    assert (
+        cli(
+            "distill",
+            "embed-teacher",
+            "--teacher",
+            "vit_t",
+            "--teacher-checkpoint",
+            teacher,
+            "--images",
+            images,
+            "--out",
+            embeddings,
+            "--image-size",
+            SIZE,
+            "--chunk-size",
+            4,
+            "--num-workers",
+            0,
+        )
+        == 0
+    )
     assert "16 images: 4 embedded, 12 already done (1 of 4 chunks" in capsys.readouterr().out
     assert np.array_equal(np.load(chunk.with_suffix(".npy")), array)
 
     # another teacher must not be mixed into the same store
     other = save_random_checkpoint(root / "other_teacher.pt", "vit_t", seed=5, image_size=SIZE)
-    assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", other,
-               "--images", images, "--out", embeddings, "--image-size", SIZE, "--chunk-size", 4) == 1
+    assert (
+        cli(
+            "distill",
+            "embed-teacher",
+            "--teacher",
+            "vit_t",
+            "--teacher-checkpoint",
+            other,
+            "--images",
+            images,
+            "--out",
+            embeddings,
+            "--image-size",
+            SIZE,
+            "--chunk-size",
+            4,
+        )
+        == 1
+    )
     assert "another teacher checkpoint" in capsys.readouterr().err
 
 
@@ -110,8 +183,23 @@ def test_vit_b_teacher_embeddings(tmp_path):
     """Any SAM encoder can teach: a (random) vit_b gives the same (256, S/16, S/16) embeddings."""
     images = synthetic_images(tmp_path / "images", 2, seed=3)
     teacher = save_random_checkpoint(tmp_path / "vit_b.pt", "vit_b", seed=0, image_size=SIZE)
-    assert cli("distill", "embed-teacher", "--teacher", "vit_b", "--teacher-checkpoint", teacher,
-               "--images", images, "--out", tmp_path / "emb", "--image-size", SIZE) == 0
+    assert (
+        cli(
+            "distill",
+            "embed-teacher",
+            "--teacher",
+            "vit_b",
+            "--teacher-checkpoint",
+            teacher,
+            "--images",
+            images,
+            "--out",
+            tmp_path / "emb",
+            "--image-size",
+            SIZE,
+        )
+        == 0
+    )
     manifest = json.loads((tmp_path / "emb" / "manifest.json").read_text())
     assert manifest["teacher"]["model_type"] == "vit_b" and manifest["embedding_shape"] == [256, 8, 8]
     assert np.load(tmp_path / "emb" / "chunks" / "_root-000000.npy").shape == (2, 256, 8, 8)
@@ -131,7 +219,10 @@ def one_thread():
 def test_train_export_evaluate_learns(teacher_set, tmp_path, one_thread):
     root, images, teacher, embeddings = teacher_set
     run = tmp_path / "run"
-    assert cli(*train_args(images, embeddings, run, "--epochs", 4, "--eval-interval", 4, "--num-workers", 1)) == 0
+    assert (
+        cli(*train_args(images, embeddings, run, "--epochs", 4, "--eval-interval", 4, "--num-workers", 1))
+        == 0
+    )
     mse = val_mse_rows(run)
     assert len(mse) == 4  # steps 0, 4, 8, 12
     assert mse[-1] <= 0.5 * mse[0], f"validation MSE {mse[0]:.3f} -> {mse[-1]:.3f}"
@@ -151,13 +242,34 @@ def test_train_export_evaluate_learns(teacher_set, tmp_path, one_thread):
     miou = {}
     for name in ("student", "untrained"):
         out = tmp_path / f"{name}.json"
-        assert cli("evaluate", "--model", tmp_path / f"{name}.pt", "--reference", teacher, "--images", held_out,
-                   "--n", 4, "--image-size", SIZE, "--json", out) == 0
+        assert (
+            cli(
+                "evaluate",
+                "--model",
+                tmp_path / f"{name}.pt",
+                "--reference",
+                teacher,
+                "--images",
+                held_out,
+                "--n",
+                4,
+                "--image-size",
+                SIZE,
+                "--json",
+                out,
+            )
+            == 0
+        )
         result = json.loads(out.read_text())
-        assert result["objects"] >= 8 and result["model"]["encoder_params"] == result["reference"]["encoder_params"]
+        assert (
+            result["objects"] >= 8
+            and result["model"]["encoder_params"] == result["reference"]["encoder_params"]
+        )
         miou[name] = result["miou"]
-    print(f"validation MSE {mse[0]:.4f} -> {mse[-1]:.4f} ({1 - mse[-1] / mse[0]:.0%} lower); "
-          f"mIoU vs teacher: untrained {miou['untrained']:.3f}, trained {miou['student']:.3f}")
+    print(
+        f"validation MSE {mse[0]:.4f} -> {mse[-1]:.4f} ({1 - mse[-1] / mse[0]:.0%} lower); "
+        f"mIoU vs teacher: untrained {miou['untrained']:.3f}, trained {miou['student']:.3f}"
+    )
     assert miou["student"] >= miou["untrained"] + 0.15, miou
 
 
@@ -185,9 +297,23 @@ def test_torchrun_two_processes(teacher_set, tmp_path):
     run = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "mobilesam",
-         *map(str, train_args(images, embeddings, run, "--epochs", 1, "--eval-interval", 3, "--device", "cpu"))],
-        capture_output=True, text=True, env=env, timeout=240)
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mobilesam",
+            *map(
+                str,
+                train_args(images, embeddings, run, "--epochs", 1, "--eval-interval", 3, "--device", "cpu"),
+            ),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = torch.load(run / "ckpt.pt", weights_only=True)
     assert ckpt["step"] == ckpt["max_steps"] == 3
@@ -203,10 +329,42 @@ def test_1024_export_loads_strict_into_reference(tmp_path, vit_t_checkpoint):
     reference MobileSAM code loads with strict=True."""
     mobile_sam = pytest.importorskip("mobile_sam", reason="reference oracle (dev extra) not installed")
     images = synthetic_images(tmp_path / "images", 1, seed=1)
-    assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", vit_t_checkpoint,
-               "--images", images, "--out", tmp_path / "emb") == 0
-    assert cli("distill", "train", "--images", images, "--embeddings", tmp_path / "emb", "--out", tmp_path / "run",
-               "--batch-size", 1, "--val-fraction", 0, "--num-workers", 0, "--stop-after", 0) == 0
+    assert (
+        cli(
+            "distill",
+            "embed-teacher",
+            "--teacher",
+            "vit_t",
+            "--teacher-checkpoint",
+            vit_t_checkpoint,
+            "--images",
+            images,
+            "--out",
+            tmp_path / "emb",
+        )
+        == 0
+    )
+    assert (
+        cli(
+            "distill",
+            "train",
+            "--images",
+            images,
+            "--embeddings",
+            tmp_path / "emb",
+            "--out",
+            tmp_path / "run",
+            "--batch-size",
+            1,
+            "--val-fraction",
+            0,
+            "--num-workers",
+            0,
+            "--stop-after",
+            0,
+        )
+        == 0
+    )
     assert cli("distill", "export", tmp_path / "run", "-o", tmp_path / "mobile_sam.pt") == 0
     state = torch.load(tmp_path / "mobile_sam.pt", weights_only=True)
     mobile_sam.sam_model_registry["vit_t"]().load_state_dict(state, strict=True)
@@ -232,8 +390,24 @@ def test_coupled_mode_trains_through_frozen_decoder(teacher_set, tmp_path, one_t
     """--mode coupled: mask loss through the teacher's frozen prompt encoder + mask decoder."""
     _, images, teacher, embeddings = teacher_set
     run = tmp_path / "coupled"
-    assert cli(*train_args(images, embeddings, run, "--epochs", 1, "--mode", "coupled",
-                           "--points-per-image", 2, "--eval-interval", 3)) == 0
+    assert (
+        cli(
+            *train_args(
+                images,
+                embeddings,
+                run,
+                "--epochs",
+                1,
+                "--mode",
+                "coupled",
+                "--points-per-image",
+                2,
+                "--eval-interval",
+                3,
+            )
+        )
+        == 0
+    )
     ckpt = torch.load(run / "ckpt.pt", weights_only=True)
     assert ckpt["config"]["mode"] == "coupled" and ckpt["step"] == 3
     with open(run / "metrics.csv", newline="") as f:

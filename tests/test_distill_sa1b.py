@@ -48,14 +48,24 @@ def sa1b_image(rng: np.random.Generator, index: int) -> tuple[bytes, dict]:
         disk = (yy - cy) ** 2 + (xx - cx) ** 2 < r * r
         img[disk] = rng.uniform(0, 255, 3)
         ys, xs = np.nonzero(disk)
-        annotations.append({"id": k, "segmentation": mask_to_coco_rle(disk), "area": int(disk.sum()),
-                            "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
-                            "predicted_iou": 0.9, "stability_score": 0.95, "point_coords": [[cx, cy]]})
+        annotations.append(
+            {
+                "id": k,
+                "segmentation": mask_to_coco_rle(disk),
+                "area": int(disk.sum()),
+                "bbox": [int(xs.min()), int(ys.min()), int(np.ptp(xs)) + 1, int(np.ptp(ys)) + 1],
+                "predicted_iou": 0.9,
+                "stability_score": 0.95,
+                "point_coords": [[cx, cy]],
+            }
+        )
     img = np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(img).save(buffer, format="JPEG", quality=90)
-    meta = {"image": {"image_id": index, "width": w, "height": h, "file_name": f"sa_{index}.jpg"},
-            "annotations": annotations}
+    meta = {
+        "image": {"image_id": index, "width": w, "height": h, "file_name": f"sa_{index}.jpg"},
+        "annotations": annotations,
+    }
     return buffer.getvalue(), meta
 
 
@@ -105,8 +115,24 @@ def sa1b(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", teacher,
-                   "--images", shards, "--out", root / "emb_single", *EMBED, "--num-workers", 0) == 0
+        assert (
+            cli(
+                "distill",
+                "embed-teacher",
+                "--teacher",
+                "vit_t",
+                "--teacher-checkpoint",
+                teacher,
+                "--images",
+                shards,
+                "--out",
+                root / "emb_single",
+                *EMBED,
+                "--num-workers",
+                0,
+            )
+            == 0
+        )
     finally:
         torch.set_num_threads(threads)
     return root, shards, unpacked, teacher, root / "emb_single"
@@ -143,14 +169,37 @@ def test_tar_shards_read_in_place(sa1b, capsys):
         open_source([root / "broken.tar"])
     with pytest.raises(FileNotFoundError, match="shard .*sa_000009.tar does not exist"):
         open_source([shards / "sa_000000.tar", shards / "sa_000009.tar"])
-    assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", teacher, "--images", shards,
-               "--out", root / "emb_bf16", "--precision", "bf16", "--device", "cpu", *EMBED) == 1
+    assert (
+        cli(
+            "distill",
+            "embed-teacher",
+            "--teacher",
+            "vit_t",
+            "--teacher-checkpoint",
+            teacher,
+            "--images",
+            shards,
+            "--out",
+            root / "emb_bf16",
+            "--precision",
+            "bf16",
+            "--device",
+            "cpu",
+            *EMBED,
+        )
+        == 1
+    )
     assert "--precision bf16 needs a CUDA device" in capsys.readouterr().err
 
 
 def run_torchrun(args, env) -> subprocess.Popen:
-    return subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "mobilesam",
-                             *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "mobilesam", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_torchrun_embed_teacher_survives_a_killed_rank(sa1b, tmp_path):
@@ -158,8 +207,23 @@ def test_torchrun_embed_teacher_survives_a_killed_rank(sa1b, tmp_path):
     store holds each image exactly once, equal to the single-process store bit for bit."""
     _, shards, _, teacher, single = sa1b
     out = tmp_path / "emb"
-    args = ["distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", teacher, "--images", shards,
-            "--out", out, *EMBED, "--device", "cpu", "--num-workers", 1]
+    args = [
+        "distill",
+        "embed-teacher",
+        "--teacher",
+        "vit_t",
+        "--teacher-checkpoint",
+        teacher,
+        "--images",
+        shards,
+        "--out",
+        out,
+        *EMBED,
+        "--device",
+        "cpu",
+        "--num-workers",
+        1,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = run_torchrun(args, env)
     # chunks are dealt round-robin: rank 1 has the 2nd, 4th, ... of the 12
@@ -174,8 +238,11 @@ def test_torchrun_embed_teacher_survives_a_killed_rank(sa1b, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode != 0
 
-    finished = {p.stem: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (out / "chunks").glob("*.npy")
-                if p.with_suffix(".json").exists()}
+    finished = {
+        p.stem: (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in (out / "chunks").glob("*.npy")
+        if p.with_suffix(".json").exists()
+    }
     assert 1 <= len(finished) < 12, f"the kill came too late to interrupt anything: {sorted(finished)}"
     proc = run_torchrun(args, env)
     stdout, stderr = proc.communicate(timeout=240)
@@ -189,15 +256,38 @@ def test_torchrun_embed_teacher_survives_a_killed_rank(sa1b, tmp_path):
     names = [n for p in sorted((out / "chunks").glob("*.json")) for n in json.loads(p.read_text())["names"]]
     assert sorted(names) == open_source(shards).names  # each image exactly once
     assert not list((out / "chunks").glob(".*"))  # no temporary files left behind
-    assert json.loads((out / "manifest.json").read_text()) == json.loads((single / "manifest.json").read_text())
+    assert json.loads((out / "manifest.json").read_text()) == json.loads(
+        (single / "manifest.json").read_text()
+    )
     distributed, reference = chunk_arrays(out), chunk_arrays(single)
     assert distributed.keys() == reference.keys() and len(reference) == 12
     assert all(np.array_equal(distributed[k], reference[k]) for k in reference)
 
 
 def train_args(images, embeddings, out, *extra):
-    return ["distill", "train", "--images", images, "--embeddings", embeddings, "--out", out, "--batch-size", 4,
-            "--lr", 2e-3, "--val-fraction", 0.25, "--num-workers", 0, "--log-interval", 1, "--seed", 3, *extra]
+    return [
+        "distill",
+        "train",
+        "--images",
+        images,
+        "--embeddings",
+        embeddings,
+        "--out",
+        out,
+        "--batch-size",
+        4,
+        "--lr",
+        2e-3,
+        "--val-fraction",
+        0.25,
+        "--num-workers",
+        0,
+        "--log-interval",
+        1,
+        "--seed",
+        3,
+        *extra,
+    ]
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -219,17 +309,50 @@ def write_legacy_store(chunked: Path, out: Path) -> None:
 def test_training_from_shards_equals_training_from_folder(sa1b, tmp_path, one_thread):
     _, shards, unpacked, teacher, single = sa1b
     folder_store = tmp_path / "emb_folder"
-    assert cli("distill", "embed-teacher", "--teacher", "vit_t", "--teacher-checkpoint", teacher,
-               "--images", unpacked, "--out", folder_store, *EMBED, "--num-workers", 0) == 0
+    assert (
+        cli(
+            "distill",
+            "embed-teacher",
+            "--teacher",
+            "vit_t",
+            "--teacher-checkpoint",
+            teacher,
+            "--images",
+            unpacked,
+            "--out",
+            folder_store,
+            *EMBED,
+            "--num-workers",
+            0,
+        )
+        == 0
+    )
     a, b = chunk_arrays(single), chunk_arrays(folder_store)
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
     write_legacy_store(folder_store, tmp_path / "emb_legacy")
-    runs = {"shards": (shards, single), "folder": (unpacked, folder_store),
-            "legacy": (unpacked, tmp_path / "emb_legacy")}
+    runs = {
+        "shards": (shards, single),
+        "folder": (unpacked, folder_store),
+        "legacy": (unpacked, tmp_path / "emb_legacy"),
+    }
     for label, (images, store) in runs.items():
-        assert cli(*train_args(images, store, tmp_path / label, "--epochs", 1, "--eval-interval", 2,
-                               "--num-workers", 1 if label == "shards" else 0)) == 0
+        assert (
+            cli(
+                *train_args(
+                    images,
+                    store,
+                    tmp_path / label,
+                    "--epochs",
+                    1,
+                    "--eval-interval",
+                    2,
+                    "--num-workers",
+                    1 if label == "shards" else 0,
+                )
+            )
+            == 0
+        )
     ckpt = torch.load(tmp_path / "shards" / "ckpt.pt", weights_only=True)
     assert ckpt["step"] == 4 and len(ckpt["val_images"]) == 6  # 18 training images, batches of 4
     assert same_weights(tmp_path / "shards", tmp_path / "folder")
@@ -250,15 +373,37 @@ def test_sigterm_during_torchrun_training_checkpoints_and_resumes_exactly(sa1b, 
     """SIGTERM to every process of a 2-rank gloo run (as a cluster preempting a job step): both ranks stop
     after the same step with a checkpoint, and the rerun ends with the weights of an uninterrupted run."""
     _, shards, _, _, single = sa1b
-    args = ("--epochs", 2, "--eval-interval", 3, "--checkpoint-interval", 1000, "--num-workers", 1,
-            "--device", "cpu")  # 8 steps
+    args = (
+        "--epochs",
+        2,
+        "--eval-interval",
+        3,
+        "--checkpoint-interval",
+        1000,
+        "--num-workers",
+        1,
+        "--device",
+        "cpu",
+    )  # 8 steps
     env = dict(os.environ, OMP_NUM_THREADS="1")
     run, whole = tmp_path / "preempted", tmp_path / "whole"
     # a session of its own: the signal goes to the whole process group (torchrun, ranks, loader workers)
-    proc = subprocess.Popen([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "mobilesam",
-                             *map(str, train_args(shards, single, run, *args))],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            TORCHRUN,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "mobilesam",
+            *map(str, train_args(shards, single, run, *args)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     metrics = run / "metrics.csv"
     deadline = time.monotonic() + 240
     while not (metrics.exists() and "\n2," in metrics.read_text()):
@@ -273,9 +418,21 @@ def test_sigterm_during_torchrun_training_checkpoints_and_resumes_exactly(sa1b, 
 
     logs = {}
     for out in (run, whole):  # resume; and the same run uninterrupted
-        proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "mobilesam",
-                               *map(str, train_args(shards, single, out, *args))],
-                              capture_output=True, text=True, env=env, timeout=240)
+        proc = subprocess.run(
+            [
+                TORCHRUN,
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                "-m",
+                "mobilesam",
+                *map(str, train_args(shards, single, out, *args)),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=240,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         logs[out] = proc.stdout + proc.stderr
     assert f"resuming {run} at step {step}/8" in logs[run]
@@ -290,13 +447,36 @@ def test_evaluate_on_sa1b_annotations(sa1b, tmp_path):
     _, shards, _, teacher, _ = sa1b
     student = save_random_checkpoint(tmp_path / "student.pt", "vit_t", seed=99, image_size=SIZE)
     results = {}
-    for prompt, label, model in (("point", "self", teacher), ("point", "student", student),
-                                 ("box", "student", student)):
+    for prompt, label, model in (
+        ("point", "self", teacher),
+        ("point", "student", student),
+        ("box", "student", student),
+    ):
         out = tmp_path / f"{prompt}_{label}.json"
-        assert cli("evaluate", "--model", model, "--reference", teacher, "--images", shards / "sa_000003.tar",
-                   "--prompt", prompt, "--n", 5, "--max-images", 2, "--image-size", SIZE, "--json", out) == 0
+        assert (
+            cli(
+                "evaluate",
+                "--model",
+                model,
+                "--reference",
+                teacher,
+                "--images",
+                shards / "sa_000003.tar",
+                "--prompt",
+                prompt,
+                "--n",
+                5,
+                "--max-images",
+                2,
+                "--image-size",
+                SIZE,
+                "--json",
+                out,
+            )
+            == 0
+        )
         results[prompt, label] = json.loads(out.read_text())
-    for (prompt, label), result in results.items():
+    for result in results.values():
         # every annotated disk (3 per image, fewer than --n 5) and nothing else is an object
         assert result["objects_from"] == "annotations" and result["images"] == 2
         assert result["objects"] == 2 * DISKS

@@ -8,7 +8,9 @@ import torch
 import mobilesam
 from mobilesam.errors import CheckpointError
 
-efficientsam_zoo = pytest.importorskip("efficientsam.sam_model_zoo", reason="efficientsam (test oracle) not installed")
+efficientsam_zoo = pytest.importorskip(
+    "efficientsam.sam_model_zoo", reason="efficientsam (test oracle) not installed"
+)
 from efficientsam.models.efficientvit.sam import EfficientViTSamPredictor  # noqa: E402
 
 
@@ -67,9 +69,13 @@ def test_mask_logits_match_with_and_without_mask_input(pair, prompt):
 
 def test_wrong_architecture_both_ways(pair, vit_t_checkpoint):
     _, _, path = pair
-    with pytest.raises(CheckpointError, match=r"is a efficientvit_sam_l0 model \(EfficientViT-SAM L0.*you asked for vit_t"):
+    with pytest.raises(
+        CheckpointError, match=r"is a efficientvit_sam_l0 model \(EfficientViT-SAM L0.*you asked for vit_t"
+    ):
         mobilesam.build_sam("vit_t", path)
-    with pytest.raises(CheckpointError, match=r"is a vit_t model \(MobileSAM.*you asked for efficientvit_sam_l0"):
+    with pytest.raises(
+        CheckpointError, match=r"is a vit_t model \(MobileSAM.*you asked for efficientvit_sam_l0"
+    ):
         mobilesam.build_sam("efficientvit_sam_l0", vit_t_checkpoint)
 
 

@@ -39,14 +39,18 @@ def test_cache_keeps_to_its_budget_and_evicts_oldest_first(tmp_path):
     per_slice = sum(f.stat().st_size for f in _slice_dirs(cache)[0].rglob("*") if f.is_file())
 
     encoder = TinyEncoder()
-    embeddings = VolumeEmbeddings(volume, encoder, cache_dir=cache, model_id="m", cache_max_bytes=3 * per_slice)
+    embeddings = VolumeEmbeddings(
+        volume, encoder, cache_dir=cache, model_id="m", cache_max_bytes=3 * per_slice
+    )
     for z in range(6):
         embeddings.get(z)
     total = sum(f.stat().st_size for d in _slice_dirs(cache) for f in d.rglob("*") if f.is_file())
     assert total <= 3 * per_slice and len(_slice_dirs(cache)) == 3
     # The three most recent slices are on disk; a fresh session loads them and re-encodes the rest.
     fresh_encoder = TinyEncoder()
-    fresh = VolumeEmbeddings(volume, fresh_encoder, cache_dir=cache, model_id="m", cache_max_bytes=3 * per_slice)
+    fresh = VolumeEmbeddings(
+        volume, fresh_encoder, cache_dir=cache, model_id="m", cache_max_bytes=3 * per_slice
+    )
     assert [fresh.is_cached(z) for z in range(6)] == [False, False, False, True, True, True]
     np.testing.assert_allclose(fresh.get(5).features, embeddings.get(5).features)
     assert fresh_encoder.encoded == 0
@@ -70,5 +74,7 @@ def test_a_new_cache_folder_reuses_another_folders_embeddings(tmp_path):
     third = TinyEncoder()  # the chosen folder now holds them itself
     assert VolumeEmbeddings(volume, third, cache_dir=chosen, model_id="m").embed_all() == 0
     other_model = TinyEncoder()
-    VolumeEmbeddings(volume, other_model, cache_dir=tmp_path / "x.zarr", model_id="n", read_also=[default]).get(0)
+    VolumeEmbeddings(
+        volume, other_model, cache_dir=tmp_path / "x.zarr", model_id="n", read_also=[default]
+    ).get(0)
     assert other_model.encoded == 1  # another model's embeddings are never borrowed

@@ -9,10 +9,10 @@ Binary masks may differ only where a logit is within float rounding of the thres
 import numpy as np
 import pytest
 import torch
+from test_parity import Pair, _image, _max_diff
 
 import mobilesam
 from mobilesam import EmbeddingState
-from test_parity import Pair, _image, _max_diff
 
 TOL = 1e-4
 
@@ -51,14 +51,19 @@ def test_image_embeddings_close(pair):
 
 PROMPTS = {
     "point": dict(point_coords=np.array([[120.0, 90.0]]), point_labels=np.array([1])),
-    "points": dict(point_coords=np.array([[120.0, 90.0], [40.0, 200.0], [10.0, 10.0]]),
-                   point_labels=np.array([1, 0, 1])),
+    "points": dict(
+        point_coords=np.array([[120.0, 90.0], [40.0, 200.0], [10.0, 10.0]]), point_labels=np.array([1, 0, 1])
+    ),
     "box": dict(box=np.array([30.0, 40.0, 200.0, 220.0])),
-    "box+points": dict(box=np.array([30.0, 40.0, 200.0, 220.0]), point_coords=np.array([[100.0, 100.0]]),
-                       point_labels=np.array([0])),
+    "box+points": dict(
+        box=np.array([30.0, 40.0, 200.0, 220.0]),
+        point_coords=np.array([[100.0, 100.0]]),
+        point_labels=np.array([0]),
+    ),
     # 20 points: 8 heads x 26 tokens > 128, the decoder's other order of attention arithmetic.
-    "many points": dict(point_coords=np.random.default_rng(0).uniform(0, 240, (20, 2)),
-                        point_labels=np.arange(20) % 2),
+    "many points": dict(
+        point_coords=np.random.default_rng(0).uniform(0, 240, (20, 2)), point_labels=np.arange(20) % 2
+    ),
 }
 
 
@@ -102,8 +107,12 @@ def test_batched_prompts_close(pair):
     points = rng.uniform(0, [w, h], (16, 2))
     coords = torch.as_tensor(pair.ours.transform.apply_coords(points, (h, w)), dtype=torch.float)[:, None]
     labels = torch.ones(16, 1, dtype=torch.int)
-    boxes = torch.as_tensor(pair.ours.transform.apply_boxes(np.array(
-        [[10, 10, 100, 100], [50, 60, 200, 240], [0, 0, w, h]]), (h, w)), dtype=torch.float)
+    boxes = torch.as_tensor(
+        pair.ours.transform.apply_boxes(
+            np.array([[10, 10, 100, 100], [50, 60, 200, 240], [0, 0, w, h]]), (h, w)
+        ),
+        dtype=torch.float,
+    )
     for args in ((coords, labels, None), (None, None, boxes)):
         ours = [t.numpy() for t in pair.ours.predict_torch(*args, return_logits=False)]
         ref = [t.numpy() for t in pair.ref.predict_torch(*args, return_logits=False)]
@@ -113,12 +122,15 @@ def test_batched_prompts_close(pair):
         assert (ours[0] != ref[0]).mean() <= 1e-4
 
 
-@pytest.mark.parametrize("input_size,original_size", [
-    ((768, 1024), (768, 1024)),    # second resampling is the identity
-    ((681, 1024), (300, 451)),     # downsampled to the original
-    ((1024, 17), (3000, 50)),      # upsampled, extreme aspect ratio
-    ((1024, 1024), (1024, 1024)),
-])
+@pytest.mark.parametrize(
+    "input_size,original_size",
+    [
+        ((768, 1024), (768, 1024)),  # second resampling is the identity
+        ((681, 1024), (300, 451)),  # downsampled to the original
+        ((1024, 17), (3000, 50)),  # upsampled, extreme aspect ratio
+        ((1024, 1024), (1024, 1024)),
+    ],
+)
 def test_postprocess_masks_close(input_size, original_size):
     model = mobilesam.build_sam("vit_t", image_size=1024)
     low = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 4
@@ -141,10 +153,17 @@ def test_sam_forward_fast_matches_exact():
     fast, exact = _fast_and_exact()
     rng = np.random.default_rng(0)
     batch = [
-        {"image": torch.as_tensor(rng.integers(0, 255, (3, 256, 192)), dtype=torch.float), "original_size": (300, 225),
-         "point_coords": torch.tensor([[[50.0, 60.0], [100.0, 30.0]]]), "point_labels": torch.tensor([[1, 0]])},
-        {"image": torch.as_tensor(rng.integers(0, 255, (3, 170, 256)), dtype=torch.float), "original_size": (170, 256),
-         "boxes": torch.tensor([[10.0, 10.0, 120.0, 90.0], [0.0, 0.0, 255.0, 169.0]])},
+        {
+            "image": torch.as_tensor(rng.integers(0, 255, (3, 256, 192)), dtype=torch.float),
+            "original_size": (300, 225),
+            "point_coords": torch.tensor([[[50.0, 60.0], [100.0, 30.0]]]),
+            "point_labels": torch.tensor([[1, 0]]),
+        },
+        {
+            "image": torch.as_tensor(rng.integers(0, 255, (3, 170, 256)), dtype=torch.float),
+            "original_size": (170, 256),
+            "boxes": torch.tensor([[10.0, 10.0, 120.0, 90.0], [0.0, 0.0, 255.0, 169.0]]),
+        },
     ]
     for ours, ref in zip(fast(batch, multimask_output=True), exact(batch, multimask_output=True)):
         assert _max_diff(ours["low_res_logits"], ref["low_res_logits"]) <= TOL
@@ -163,8 +182,11 @@ def test_batched_mask_inputs_fast_matches_exact():
     for predictor in predictors:
         predictor.set_image(image)
         model_boxes = predictor.transform.apply_boxes_torch(boxes, predictor.original_size)
-        outputs.append(predictor.predict_torch(None, None, model_boxes, masks_in, multimask_output=False,
-                                               return_logits=True))
+        outputs.append(
+            predictor.predict_torch(
+                None, None, model_boxes, masks_in, multimask_output=False, return_logits=True
+            )
+        )
     (logits, iou, low), (ref_logits, ref_iou, ref_low) = outputs
     assert logits.shape == ref_logits.shape == (3, 1, 200, 160)
     assert max(_max_diff(low, ref_low), _max_diff(iou, ref_iou), _max_diff(logits, ref_logits)) <= TOL

@@ -44,7 +44,9 @@ def test_same_layout_variants_load_a_mobilesam_layout_checkpoint(name, vit_t_che
 def test_wrong_architecture_checkpoint_names_both(name, tmp_path):
     path = tmp_path / "sam_vit_b.pth"
     torch.save({"image_encoder.pos_embed": torch.zeros(1, 64, 64, 768)}, path)  # what identifies a ViT-B
-    with pytest.raises(CheckpointError, match=rf"is a vit_b model \(SAM ViT-B\), you asked for {name} \(a vit_t model\)"):
+    with pytest.raises(
+        CheckpointError, match=rf"is a vit_b model \(SAM ViT-B\), you asked for {name} \(a vit_t model\)"
+    ):
         mobilesam.build_sam(name, path)
 
 
@@ -54,7 +56,9 @@ def test_micro_sam_training_format_checkpoint_loads(vit_t_checkpoint, tmp_path):
     path = tmp_path / "best.pt"
     torch.save({"model_state": {f"sam.{k}": v for k, v in saved.items()}, "decoder_state": {}}, path)
     model = mobilesam.build_sam("vit_t_lm", path)
-    assert torch.equal(model.state_dict()["mask_decoder.iou_token.weight"], saved["mask_decoder.iou_token.weight"])
+    assert torch.equal(
+        model.state_dict()["mask_decoder.iou_token.weight"], saved["mask_decoder.iou_token.weight"]
+    )
 
 
 @pytest.mark.parametrize("name", MODEL_TYPES)
@@ -80,8 +84,24 @@ def test_ais_cli_writes_instance_labels(vit_t_checkpoint, tmp_path, capsys):
     decoder_path = tmp_path / "vit_t_lm_decoder.pt"
     torch.save(decoder.state_dict(), decoder_path)
     out = tmp_path / "labels.tif"
-    assert cli.main(["ais", "sample", "-o", str(out), "--checkpoint", str(vit_t_checkpoint),
-                     "--decoder-checkpoint", str(decoder_path), "--no-download", "--min-size", "5"]) == 0
+    assert (
+        cli.main(
+            [
+                "ais",
+                "sample",
+                "-o",
+                str(out),
+                "--checkpoint",
+                str(vit_t_checkpoint),
+                "--decoder-checkpoint",
+                str(decoder_path),
+                "--no-download",
+                "--min-size",
+                "5",
+            ]
+        )
+        == 0
+    )
     labels = tifffile.imread(out)
     image = mobilesam.io.read_image("sample")
     assert labels.dtype == np.uint32 and labels.shape == image.shape[:2]
@@ -99,6 +119,8 @@ def test_ais_cli_refuses_a_model_without_decoder_and_a_png_output(tmp_path, caps
 
 def test_every_variant_names_a_known_architecture():
     for variant in MODEL_VARIANTS.values():
-        assert variant.architecture in MODEL_VARIANTS and MODEL_VARIANTS[variant.architecture].architecture == \
-            variant.architecture
+        assert (
+            variant.architecture in MODEL_VARIANTS
+            and MODEL_VARIANTS[variant.architecture].architecture == variant.architecture
+        )
         assert variant.weights.model_type == variant.name and variant.weights.licence

@@ -17,7 +17,9 @@ IMAGE_SIZE = 256
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
-    return save_random_checkpoint(tmp_path_factory.mktemp("w") / "small.pt", "vit_t", seed=3, image_size=IMAGE_SIZE)
+    return save_random_checkpoint(
+        tmp_path_factory.mktemp("w") / "small.pt", "vit_t", seed=3, image_size=IMAGE_SIZE
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,10 +87,16 @@ def test_embedding_matches_torch(predictors):
 
 PROMPTS = {
     "one point": dict(point_coords=np.array([[160, 120]]), point_labels=np.array([1])),
-    "fg and bg points": dict(point_coords=np.array([[160, 120], [20, 200], [300, 30]]), point_labels=np.array([1, 0, 0])),
+    "fg and bg points": dict(
+        point_coords=np.array([[160, 120], [20, 200], [300, 30]]), point_labels=np.array([1, 0, 0])
+    ),
     "box": dict(box=np.array([100, 60, 230, 190])),
-    "box and point": dict(point_coords=np.array([[160, 120]]), point_labels=np.array([1]),
-                          box=np.array([100, 60, 230, 190]), multimask_output=False),
+    "box and point": dict(
+        point_coords=np.array([[160, 120]]),
+        point_labels=np.array([1]),
+        box=np.array([100, 60, 230, 190]),
+        multimask_output=False,
+    ),
 }
 
 
@@ -112,7 +120,9 @@ def test_predict_matches_torch(predictors, name):
 def test_batched_prompts_match_torch(predictors):
     torch_predictor, onnx_predictor = predictors
     onnx_predictor.set_embedding(torch_predictor.get_embedding_state())
-    coords = torch.tensor([[[40.0, 50.0], [100.0, 120.0]], [[200.0, 30.0], [10.0, 10.0]], [[128.0, 128.0], [60.0, 90.0]]])
+    coords = torch.tensor(
+        [[[40.0, 50.0], [100.0, 120.0]], [[200.0, 30.0], [10.0, 10.0]], [[128.0, 128.0], [60.0, 90.0]]]
+    )
     labels = torch.tensor([[1, 0], [1, 1], [1, 0]])
     boxes = torch.tensor([[10.0, 10.0, 120.0, 150.0], [50.0, 20.0, 250.0, 180.0], [0.0, 0.0, 60.0, 60.0]])
     for kwargs in (dict(boxes=None), dict(boxes=boxes)):

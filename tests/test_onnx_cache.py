@@ -103,7 +103,9 @@ def test_concurrent_users_export_once_and_share_sessions(concurrent_start, small
     assert not list(folder.glob("*.part"))
 
 
-def test_other_weights_replace_every_file_including_int8(small_model, other_model, exported_copy, count_exports):
+def test_other_weights_replace_every_file_including_int8(
+    small_model, other_model, exported_copy, count_exports
+):
     tmp_path = exported_copy
     OnnxBackend(small_model, onnx_dir=tmp_path, precision="int8")
     int8_encoder = tmp_path / "encoder.int8.onnx"

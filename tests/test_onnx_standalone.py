@@ -32,7 +32,11 @@ def _image(h=150, w=230):
 PROMPTS = [
     dict(point_coords=np.array([[100, 70]]), point_labels=np.array([1])),
     dict(box=np.array([50, 30, 180, 120]), multimask_output=False),
-    dict(point_coords=np.array([[100, 70], [10, 10]]), point_labels=np.array([1, 0]), box=np.array([50, 30, 180, 120])),
+    dict(
+        point_coords=np.array([[100, 70], [10, 10]]),
+        point_labels=np.array([1, 0]),
+        box=np.array([50, 30, 180, 120]),
+    ),
 ]
 
 

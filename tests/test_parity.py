@@ -78,7 +78,8 @@ PROMPTS = {
     ),
     "box": dict(box=np.array([40, 60, 220, 240])),
     "box and points": dict(
-        box=np.array([40, 60, 220, 240]), point_coords=np.array([[100, 120], [210, 70]]),
+        box=np.array([40, 60, 220, 240]),
+        point_coords=np.array([[100, 120], [210, 70]]),
         point_labels=np.array([1, 0]),
     ),
 }
@@ -96,8 +97,13 @@ def test_predict_matches(pair, prompt, multimask):
 
     assert masks.shape == ref_masks.shape == (3 if multimask else 1, *p.ref.original_size)
     assert masks.dtype == np.bool_
-    diffs = dict(logits=_max_diff(ref_logits, logits), iou=_max_diff(ref_iou, iou), low_res=_max_diff(ref_low, low))
-    print(f"\n[{model_type}] {prompt}, multimask={multimask}: " + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items()))
+    diffs = dict(
+        logits=_max_diff(ref_logits, logits), iou=_max_diff(ref_iou, iou), low_res=_max_diff(ref_low, low)
+    )
+    print(
+        f"\n[{model_type}] {prompt}, multimask={multimask}: "
+        + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items())
+    )
     assert diffs["logits"] <= TOL and diffs["low_res"] <= TOL and diffs["iou"] <= TOL
     assert np.array_equal(masks, ref_masks)
 
@@ -109,8 +115,10 @@ def test_mask_input_refinement_matches(pair):
     _, ref_iou, ref_low = p.ref.predict(**first)
     best = int(np.argmax(ref_iou))
     second = dict(
-        point_coords=np.array([[150, 140], [80, 200]]), point_labels=np.array([1, 0]),
-        mask_input=ref_low[best][None], multimask_output=False,
+        point_coords=np.array([[150, 140], [80, 200]]),
+        point_labels=np.array([1, 0]),
+        mask_input=ref_low[best][None],
+        multimask_output=False,
     )
     ref_masks, ref_iou2, ref_low2 = p.ref.predict(**second)
     masks, iou2, low2 = p.ours.predict(**second)
@@ -130,7 +138,9 @@ def test_batched_boxes_predict_torch_match(pair):
     ours = p.ours.predict_torch(None, None, boxes=our_boxes, multimask_output=True, return_logits=True)
     assert ours[0].shape == (3, 3, *p.ref.original_size)
     diffs = [_max_diff(a.numpy(), b.numpy()) for a, b in zip(ref, ours)]
-    print(f"\n[{model_type}] 3 batched boxes: logits {diffs[0]:.3g}, iou {diffs[1]:.3g}, low_res {diffs[2]:.3g}")
+    print(
+        f"\n[{model_type}] 3 batched boxes: logits {diffs[0]:.3g}, iou {diffs[1]:.3g}, low_res {diffs[2]:.3g}"
+    )
     assert max(diffs) <= TOL
     assert torch.equal(ref[0] > 0, ours[0] > 0)
 
@@ -169,7 +179,9 @@ def test_parameter_counts_match_reference():
         return sum(p.numel() for p in module.parameters())
 
     for part in ("image_encoder", "prompt_encoder", "mask_decoder"):
-        print(f"\nvit_t {part}: ours {count(getattr(ours, part)):,}, reference {count(getattr(reference, part)):,}")
+        print(
+            f"\nvit_t {part}: ours {count(getattr(ours, part)):,}, reference {count(getattr(reference, part)):,}"
+        )
         assert count(getattr(ours, part)) == count(getattr(reference, part))
     assert round(count(ours.image_encoder) / 1e6, 2) == 6.07
     assert round(count(ours.mask_decoder) / 1e6, 2) == 4.06
@@ -203,12 +215,15 @@ def test_sam_forward_batched_images_match(tmp_path):
     for shape, box in (((200, 300), [20, 30, 150, 160]), ((310, 170), [5, 40, 160, 300])):
         img = _image(*shape)
         tensor = torch.as_tensor(resize.apply_image(img)).permute(2, 0, 1).contiguous()
-        batch.append({
-            "image": tensor, "original_size": shape,
-            "boxes": resize.apply_boxes_torch(torch.tensor([box], dtype=torch.float), shape),
-            "point_coords": resize.apply_coords_torch(torch.tensor([[[60.0, 90.0]]]), shape),
-            "point_labels": torch.tensor([[1]]),
-        })
+        batch.append(
+            {
+                "image": tensor,
+                "original_size": shape,
+                "boxes": resize.apply_boxes_torch(torch.tensor([box], dtype=torch.float), shape),
+                "point_coords": resize.apply_coords_torch(torch.tensor([[[60.0, 90.0]]]), shape),
+                "point_labels": torch.tensor([[1]]),
+            }
+        )
     with torch.no_grad():
         expected = reference(batch, multimask_output=True)
     got = ours(batch, multimask_output=True)

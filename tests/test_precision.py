@@ -49,7 +49,9 @@ def test_bf16_encoder_is_close_to_fp32_and_masks_agree(sample_image):
         p.set_image(sample_image)
     ious = []
     for x, y in [(160, 120), (60, 50), (260, 180), (100, 200)]:
-        a, b = (p.predict(np.array([[x, y]]), np.array([1]), multimask_output=False)[0][0] for p in predictors)
+        a, b = (
+            p.predict(np.array([[x, y]]), np.array([1]), multimask_output=False)[0][0] for p in predictors
+        )
         ious.append((a & b).sum() / max((a | b).sum(), 1))
     print(f"mask IoU bf16 vs fp32: min {min(ious):.4f}")
     assert min(ious) >= 0.9

@@ -67,7 +67,13 @@ def test_configure_allocator_respects_environment(monkeypatch):
 def test_configure_allocator_is_noop_without_glibc(monkeypatch):
     monkeypatch.setattr(runtime, "_status", None)
     monkeypatch.setattr(runtime, "_glibc", lambda: None)
-    for name in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_CONF", "LD_PRELOAD", runtime.OPT_OUT_ENV):
+    for name in (
+        "MALLOC_MMAP_THRESHOLD_",
+        "MALLOC_TRIM_THRESHOLD_",
+        "MALLOC_CONF",
+        "LD_PRELOAD",
+        runtime.OPT_OUT_ENV,
+    ):
         monkeypatch.delenv(name, raising=False)
     status = runtime.configure_allocator()
     assert not status.applied and "glibc" in status.reason

@@ -39,11 +39,11 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def disks(shape, centres, radius, value=200) -> tuple[np.ndarray, list[np.ndarray]]:
     """(H, W, 3) uint8 image of disks on black, and each disk's truth mask."""
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
     image = np.zeros((*shape, 3), np.uint8)
     truths = []
     for k, (cx, cy) in enumerate(centres):
-        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+        disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
         image[disk] = [value, 100 + 10 * (k % 10), 50]
         truths.append(disk)
     return image, truths
@@ -54,6 +54,7 @@ def full_mask(region, shape) -> np.ndarray:
 
 
 # ---- grid ---------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(256, 256), (200, 130), (50, 300)])
 def test_grid_interiors_partition_the_image_and_outer_boxes_share_one_size(shape):
@@ -76,6 +77,7 @@ def test_grid_interiors_partition_the_image_and_outer_boxes_share_one_size(shape
 
 
 # ---- prompts ------------------------------------------------------------------------------------
+
 
 def corner_image():
     """256 x 256, 4 x 4 tiles of 64: a disk of radius 40 centred on the corner (128, 128), wider than the halo."""
@@ -121,11 +123,16 @@ def test_prompt_errors_name_the_problem():
 
 # ---- embeddings cache ---------------------------------------------------------------------------
 
+
 def test_tile_embeddings_lazy_cached_on_disk_with_progress_and_cancel(tmp_path):
     image, _ = corner_image()
     # uint16 (one intensity range for all tiles) with a ramp, so that no two tiles hold the same pixels.
-    image16 = image[..., 0].astype(np.uint16) * 100 + np.arange(256 * 256, dtype=np.uint16).reshape(256, 256) % 4000
-    first = TiledEmbeddings(image16, ComponentPredictor(), TILE, HALO, cache_dir=tmp_path, model_id="stand-in")
+    image16 = (
+        image[..., 0].astype(np.uint16) * 100 + np.arange(256 * 256, dtype=np.uint16).reshape(256, 256) % 4000
+    )
+    first = TiledEmbeddings(
+        image16, ComponentPredictor(), TILE, HALO, cache_dir=tmp_path, model_id="stand-in"
+    )
     first.get(0)  # lazily: one tile
     assert first.encoder_calls == 1
     cancel, seen = threading.Event(), []
@@ -134,16 +141,21 @@ def test_tile_embeddings_lazy_cached_on_disk_with_progress_and_cancel(tmp_path):
         seen.append((done, total))
         if done == 5:
             cancel.set()
+
     with pytest.raises(Cancelled):
         first.embed_all(progress=progress, cancel=cancel)
     assert seen[-1] == (5, 16) and first.encoder_calls == 5  # tile 0 came from memory
-    again = TiledEmbeddings(image16, ComponentPredictor(), TILE, HALO, cache_dir=tmp_path, model_id="stand-in")
+    again = TiledEmbeddings(
+        image16, ComponentPredictor(), TILE, HALO, cache_dir=tmp_path, model_id="stand-in"
+    )
     assert again.embed_all() == 11 and again.disk_hits == 5  # finished tiles were kept
     changed = image16.copy()
     changed[0, 0] = 20000
     # Same contrast range as before (a changed range would rightly change every tile's key).
     changed = LazyImage(changed, value_range=again.image.intensity_range)
-    other = TiledEmbeddings(changed, ComponentPredictor(), TILE, HALO, cache_dir=tmp_path, model_id="stand-in")
+    other = TiledEmbeddings(
+        changed, ComponentPredictor(), TILE, HALO, cache_dir=tmp_path, model_id="stand-in"
+    )
     assert other.embed_all() == 1  # only tile 0 holds the changed pixel
     assert np.array_equal(other.tile_image(5), again.tile_image(5))
 
@@ -152,20 +164,29 @@ def test_lazy_sources_tiff_ome_zarr_levels_and_dask(tmp_path):
     import dask.array as da
     import zarr
 
-    data = (np.arange(300 * 200, dtype=np.uint16).reshape(300, 200) % 997)
+    data = np.arange(300 * 200, dtype=np.uint16).reshape(300, 200) % 997
     tifffile.imwrite(tmp_path / "tiled.tif", data, tile=(64, 64))
     with tifffile.TiffWriter(tmp_path / "pyramid.tif") as tif:
         tif.write(data, tile=(64, 64), subifds=1)
         tif.write(data[::2, ::2], tile=(64, 64), subfiletype=1)
     group = zarr.open_group(str(tmp_path / "img.ome.zarr"), mode="w")
     for level in (0, 1):
-        group.create_array(str(level), data=data[:: 2**level, :: 2**level][None], chunks=(1, 64, 64))  # (c, y, x)
+        group.create_array(
+            str(level), data=data[:: 2**level, :: 2**level][None], chunks=(1, 64, 64)
+        )  # (c, y, x)
     axes = [{"name": "c", "type": "channel"}, {"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
-    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": [{"path": "0"}, {"path": "1"}]}]}
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [{"axes": axes, "datasets": [{"path": "0"}, {"path": "1"}]}],
+    }
     box = (70, 30, 150, 190)
-    for source, level, expected in [(tmp_path / "tiled.tif", 0, data), (tmp_path / "pyramid.tif", 1, data[::2, ::2]),
-                                    (tmp_path / "img.ome.zarr", 0, data), (tmp_path / "img.ome.zarr", 1, data[::2, ::2]),
-                                    (da.from_array(data, chunks=64), 0, data)]:
+    for source, level, expected in [
+        (tmp_path / "tiled.tif", 0, data),
+        (tmp_path / "pyramid.tif", 1, data[::2, ::2]),
+        (tmp_path / "img.ome.zarr", 0, data),
+        (tmp_path / "img.ome.zarr", 1, data[::2, ::2]),
+        (da.from_array(data, chunks=64), 0, data),
+    ]:
         image = open_image(source, level=level)
         assert image.shape == expected.shape
         region = image.read(box)
@@ -176,15 +197,16 @@ def test_lazy_sources_tiff_ome_zarr_levels_and_dask(tmp_path):
 
 # ---- segment everything -------------------------------------------------------------------------
 
+
 def border_objects():
     """256 x 256 in 4 x 4 tiles of 64: disks on every interior border and corner, and inside tiles."""
     centres = [(x, y) for y in (64, 128, 192) for x in (64, 128, 192)]  # corners
     centres += [(x, y) for y in (32, 96, 160, 224) for x in (64, 128, 192)]  # on vertical borders
     centres += [(x, y) for y in (64, 128, 192) for x in (32, 96, 160, 224)]  # on horizontal borders
-    centres = [c for c in centres if all((c[0] - o[0]) ** 2 + (c[1] - o[1]) ** 2 > 24 ** 2 for o in [])]
+    centres = [c for c in centres if all((c[0] - o[0]) ** 2 + (c[1] - o[1]) ** 2 > 24**2 for o in [])]
     kept = []
     for c in centres:  # disks of radius 9 need 2 px of background between them
-        if all((c[0] - o[0]) ** 2 + (c[1] - o[1]) ** 2 >= 20 ** 2 for o in kept):
+        if all((c[0] - o[0]) ** 2 + (c[1] - o[1]) ** 2 >= 20**2 for o in kept):
             kept.append(c)
     return disks((256, 256), kept, 9)
 
@@ -220,8 +242,15 @@ def test_segment_everything_corner_object_ome_zarr_output_and_cancel(tmp_path):
     assert count == 1 and dice(labels == 1, truths[0]) >= 0.98
     cancel = threading.Event()
     with pytest.raises(Cancelled):
-        segment_everything_tiled(image, component_generator, tmp_path / "other.tif", TILE, HALO,
-                                 progress=lambda done, total: cancel.set() if done == 3 else None, cancel=cancel)
+        segment_everything_tiled(
+            image,
+            component_generator,
+            tmp_path / "other.tif",
+            TILE,
+            HALO,
+            progress=lambda done, total: cancel.set() if done == 3 else None,
+            cancel=cancel,
+        )
     assert sorted(os.listdir(tmp_path)) == ["labels.zarr"]  # nothing half-written
 
 
@@ -233,8 +262,15 @@ def test_segment_everything_reuses_cached_tile_embeddings(tmp_path):
     assert embed_tiles(image, ComponentPredictor, tmp_path / "cache", "stand-in", TILE, HALO) == (16, 16)
     assert embed_tiles(image, ComponentPredictor, tmp_path / "cache", "stand-in", TILE, HALO) == (0, 16)
     generator = ComponentGenerator(predictor=ComponentPredictor())
-    count = segment_everything_tiled(image, lambda: generator, tmp_path / "labels.tif", TILE, HALO,
-                                     cache_dir=tmp_path / "cache", model_id="stand-in")
+    count = segment_everything_tiled(
+        image,
+        lambda: generator,
+        tmp_path / "labels.tif",
+        TILE,
+        HALO,
+        cache_dir=tmp_path / "cache",
+        model_id="stand-in",
+    )
     assert generator.predictor.set_image_calls == 0  # every tile's embedding came from the cache
     assert count == len(truths)
     assert_one_label_per_object(tifffile.imread(tmp_path / "labels.tif"), truths)
@@ -244,30 +280,37 @@ def test_segment_everything_reuses_cached_tile_embeddings(tmp_path):
     shared = TiledEmbeddings(image, ComponentPredictor(), TILE, HALO)
     assert shared.embed_all([0, 5]) == 2
     generator = ComponentGenerator(predictor=ComponentPredictor())
-    count = segment_everything_tiled(shared.image, lambda: generator, tmp_path / "shared.tif", TILE, HALO,
-                                     embeddings=shared)
+    count = segment_everything_tiled(
+        shared.image, lambda: generator, tmp_path / "shared.tif", TILE, HALO, embeddings=shared
+    )
     assert shared.encoder_calls == 16 and generator.predictor.set_image_calls == 0
     assert count == len(truths)
     assert_one_label_per_object(tifffile.imread(tmp_path / "shared.tif"), truths)
     with pytest.raises(ValueError, match="not the tiles asked for"):
-        segment_everything_tiled(shared.image, lambda: generator, tmp_path / "other.tif", TILE * 2, HALO,
-                                 embeddings=shared)
+        segment_everything_tiled(
+            shared.image, lambda: generator, tmp_path / "other.tif", TILE * 2, HALO, embeddings=shared
+        )
 
 
 def test_20000_square_ome_zarr_segmented_with_memory_bounded_by_tiles(tmp_path):
     probe = Path(__file__).with_name("tiling_memory_probe.py")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, str(probe), str(tmp_path)], capture_output=True, text=True, env=env,
-                         timeout=600)
+    out = subprocess.run(
+        [sys.executable, str(probe), str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     growth = result["peak"] - result["baseline"]
     tile_bytes = result["tile_outer_pixels"] * (3 + 4)  # RGB tile + int32 labels of one tile
     full_labels = result["image_pixels"] * 4
-    print(f"\n20000^2 OME-Zarr in {result['seconds']:.1f} s: peak RSS growth {growth / 2**20:.0f} MiB "
-          f"= {growth / tile_bytes:.1f} tiles' RGB+labels = {growth / full_labels:.3f} of the full label image")
+    print(
+        f"\n20000^2 OME-Zarr in {result['seconds']:.1f} s: peak RSS growth {growth / 2**20:.0f} MiB "
+        f"= {growth / tile_bytes:.1f} tiles' RGB+labels = {growth / full_labels:.3f} of the full label image"
+    )
     assert result["count"] == 7
-    assert all(len(a) == 2 and a[1] == result["areas"][0][1] for a in result["areas"])  # one label per disk, whole
+    assert all(
+        len(a) == 2 and a[1] == result["areas"][0][1] for a in result["areas"]
+    )  # one label per disk, whole
     assert growth < 10 * tile_bytes and growth < full_labels / 4
 
 
@@ -284,8 +327,14 @@ def test_two_worker_local_cluster_gives_the_same_labels_even_when_a_worker_dies(
     try:
         assert len(client.scheduler_info()["workers"]) == 2
         # The first worker to reach its 2nd tile exits mid-task; Dask reruns its tiles elsewhere.
-        there = segment_everything_tiled(image, functools.partial(dying_once_generator, str(marker)),
-                                         tmp_path / "cluster.tif", TILE, HALO, client=client)
+        there = segment_everything_tiled(
+            image,
+            functools.partial(dying_once_generator, str(marker)),
+            tmp_path / "cluster.tif",
+            TILE,
+            HALO,
+            client=client,
+        )
     finally:
         client.close()
         client.cluster.close()
@@ -295,6 +344,7 @@ def test_two_worker_local_cluster_gives_the_same_labels_even_when_a_worker_dies(
 
 
 # ---- real model ---------------------------------------------------------------------------------
+
 
 def test_real_model_tiled_equals_untiled_inside_one_tile(small_model):
     """Random-weight vit_t at 256 px input: a point inside one tile's interior gives, inside that
@@ -320,6 +370,7 @@ def test_real_model_tiled_equals_untiled_inside_one_tile(small_model):
 
 
 # ---- CLI ----------------------------------------------------------------------------------------
+
 
 def test_cli_everything_and_embed_tiled(tmp_path, monkeypatch, capsys):
     import mobilesam.tiling as tiling
@@ -349,12 +400,16 @@ def test_cli_everything_and_embed_tiled(tmp_path, monkeypatch, capsys):
     tifffile.imwrite(folder / "b.tif", image[:128, :192])
     assert main(["everything", str(folder), "-o", str(tmp_path / "out"), *common]) == 0
     assert sorted(os.listdir(tmp_path / "out")) == ["a.tif", "b.tif"]
-    assert np.array_equal(tifffile.imread(tmp_path / "out" / "a.tif"), tifffile.imread(tmp_path / "labels.tif"))
+    assert np.array_equal(
+        tifffile.imread(tmp_path / "out" / "a.tif"), tifffile.imread(tmp_path / "labels.tif")
+    )
     assert tifffile.imread(tmp_path / "out" / "b.tif").shape == (128, 192)
     capsys.readouterr()
     assert main(["embed", str(folder), "--cache", str(tmp_path / "cache"), *common]) == 0
     # a.tif is big.tif again: all its tiles come from the cache. Of b.tif's 2 x 3 tiles, the first
     # two see exactly the pixels of big.tif's first two (content keys): 4 are encoded.
     cache = str(tmp_path / "cache")
-    assert capsys.readouterr().out.splitlines() == [f"16 tiles: 0 encoded, 16 already cached -> {cache}",
-                                                    f"6 tiles: 4 encoded, 2 already cached -> {cache}"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"16 tiles: 0 encoded, 16 already cached -> {cache}",
+        f"6 tiles: 4 encoded, 2 already cached -> {cache}",
+    ]

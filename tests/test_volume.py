@@ -42,15 +42,26 @@ class OraclePredictor:
     def set_embedding(self, state):
         self.labels = state.features[0, 0].numpy()
 
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                multimask_output=True, return_logits=False):
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output=True,
+        return_logits=False,
+    ):
         self.prompts.append((point_coords, point_labels, box, mask_input))
         chosen = self._choose(point_coords, point_labels, box, mask_input)
         mask = (self.labels == chosen) if chosen else np.zeros(self.labels.shape, bool)
         n = 3 if multimask_output else 1
         logits = np.where(mask, 10.0, -10.0).astype(np.float32)
         out = logits if return_logits else mask
-        return np.repeat(out[None], n, 0), np.full(n, 0.9, np.float32), np.repeat(to_low_res(logits)[None], n, 0)
+        return (
+            np.repeat(out[None], n, 0),
+            np.full(n, 0.9, np.float32),
+            np.repeat(to_low_res(logits)[None], n, 0),
+        )
 
     def _choose(self, points, labels, box, mask_input):
         votes = []
@@ -128,7 +139,9 @@ def tube(shape=SHAPE, z_range=(3, 29), radius=6.0, start=(32, 14), drift=(0.3, 1
 @pytest.mark.parametrize("projection", PROJECTIONS)
 def test_ellipsoid_from_one_point_every_projection(projection):
     embeddings = VolumeEmbeddings(render(BALL), OraclePredictor())
-    result = propagate_object(embeddings, [SlicePrompt(15, points=interior_point(BALL[15]))], projection=projection)
+    result = propagate_object(
+        embeddings, [SlicePrompt(15, points=interior_point(BALL[15]))], projection=projection
+    )
     assert result.shape == SHAPE and result.dtype == bool
     assert dice(result, BALL) >= 0.95
     outside = ~BALL.any(axis=(1, 2))
@@ -152,8 +165,10 @@ def test_stops_when_next_slice_holds_another_object():
     """A second object continues right where the first ends, partly under its box: the IoU test stops."""
     first = ellipsoid(SHAPE, (8, 30, 30), (6.5, 12, 12))
     second = ellipsoid(SHAPE, (22, 36, 40), (7.5, 14, 14)) & (np.arange(32)[:, None, None] >= 15)
-    result = propagate_object(VolumeEmbeddings(render(first, second), OraclePredictor()),
-                              [SlicePrompt(8, points=interior_point(first[8]))])
+    result = propagate_object(
+        VolumeEmbeddings(render(first, second), OraclePredictor()),
+        [SlicePrompt(8, points=interior_point(first[8]))],
+    )
     assert dice(result, first) >= 0.95
     assert not (result & second).any()
 
@@ -164,8 +179,13 @@ def test_two_touching_objects_no_overlaps_and_embeddings_shared():
     assert (np.abs(np.diff((left.astype(int) - right.astype(int)), axis=2)) == 2).any(), "objects must touch"
     predictor = OraclePredictor()
     embeddings = VolumeEmbeddings(render(left, right), predictor, max_in_memory=2)
-    labels = segment_objects(embeddings, [[SlicePrompt(15, points=interior_point(left[15]))],
-                                          [SlicePrompt(14, points=interior_point(right[14]))]])
+    labels = segment_objects(
+        embeddings,
+        [
+            [SlicePrompt(15, points=interior_point(left[15]))],
+            [SlicePrompt(14, points=interior_point(right[14]))],
+        ],
+    )
     assert labels.dtype == np.int32 and set(np.unique(labels)) == {0, 1, 2}
     assert (labels[left] == 1).mean() >= 0.95 and (labels[right] == 2).mean() >= 0.95
     assert not ((labels == 1) & right).any() and not ((labels == 2) & left).any()
@@ -190,9 +210,13 @@ class GreedyOracle(OraclePredictor):
 def test_overlapping_answers_split_by_logit():
     left = ellipsoid(SHAPE, (15, 32, 20), (6.5, 12, 10))
     right = ellipsoid(SHAPE, (15, 32, 43), (6.5, 12, 12)) & ~left
-    labels = segment_objects(VolumeEmbeddings(render(left, right), GreedyOracle()),
-                             [[SlicePrompt(15, points=interior_point(left[15]))],
-                              [SlicePrompt(15, points=interior_point(right[15]))]])
+    labels = segment_objects(
+        VolumeEmbeddings(render(left, right), GreedyOracle()),
+        [
+            [SlicePrompt(15, points=interior_point(left[15]))],
+            [SlicePrompt(15, points=interior_point(right[15]))],
+        ],
+    )
     # The greedy neighbour never takes an object's pixels; each object is still found whole
     # (apart from its tips, where the dilated answer's box reaches the other object).
     assert not (labels[left] == 2).any() and not (labels[right] == 1).any()
@@ -210,8 +234,10 @@ def test_two_prompted_slices_fill_the_gap_from_both_ends():
     volume = render(obj)
     one = propagate_object(VolumeEmbeddings(volume, OraclePredictor()), [SlicePrompt(4, points=[[20, 20]])])
     assert dice(one, low) >= 0.95
-    both = propagate_object(VolumeEmbeddings(volume, OraclePredictor()),
-                            [SlicePrompt(4, points=[[20, 20]]), SlicePrompt(18, points=[[44, 42]])])
+    both = propagate_object(
+        VolumeEmbeddings(volume, OraclePredictor()),
+        [SlicePrompt(4, points=[[20, 20]]), SlicePrompt(18, points=[[44, 42]])],
+    )
     assert dice(both, obj) >= 0.95
 
 
@@ -239,8 +265,11 @@ def test_channel_volume_and_channel_axis():
 def test_progress_and_cancel():
     embeddings = VolumeEmbeddings(render(BALL), OraclePredictor())
     calls = []
-    propagate_object(embeddings, [SlicePrompt(15, points=interior_point(BALL[15]))],
-                     progress=lambda done, total: calls.append((done, total)))
+    propagate_object(
+        embeddings,
+        [SlicePrompt(15, points=interior_point(BALL[15]))],
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls[-1][0] == calls[-1][1] == 32
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
@@ -251,8 +280,12 @@ def test_progress_and_cancel():
             cancel.set()
 
     with pytest.raises(Cancelled):
-        propagate_object(embeddings, [SlicePrompt(15, points=interior_point(BALL[15]))],
-                         progress=cancel_after_five, cancel=cancel)
+        propagate_object(
+            embeddings,
+            [SlicePrompt(15, points=interior_point(BALL[15]))],
+            progress=cancel_after_five,
+            cancel=cancel,
+        )
     cancel.clear()
     with pytest.raises(Cancelled):
         embeddings.embed_all(progress=cancel_after_five, cancel=cancel)
@@ -310,8 +343,11 @@ def test_memory_bounded_on_a_200_slice_memmap(tmp_path):
     embeddings = VolumeEmbeddings(volume, predictor, max_in_memory=4)
     assert len(volume.reads) <= 16, "intensity range must come from a sample of slices"
     seen_sizes = []
-    result = propagate_object(embeddings, [SlicePrompt(100, points=interior_point(obj[100]))],
-                              progress=lambda d, t: seen_sizes.append(len(embeddings.in_memory)))
+    result = propagate_object(
+        embeddings,
+        [SlicePrompt(100, points=interior_point(obj[100]))],
+        progress=lambda d, t: seen_sizes.append(len(embeddings.in_memory)),
+    )
     assert dice(result, obj) >= 0.95
     assert max(seen_sizes) <= 4
     assert predictor.encoder_calls == 192  # 190 object slices + one empty slice at each end

@@ -42,7 +42,9 @@ SMALL_INPUT = 256
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
-    return save_random_checkpoint(tmp_path_factory.mktemp("w") / "small.pt", "vit_t", seed=0, image_size=SMALL_INPUT)
+    return save_random_checkpoint(
+        tmp_path_factory.mktemp("w") / "small.pt", "vit_t", seed=0, image_size=SMALL_INPUT
+    )
 
 
 @pytest.fixture
@@ -71,7 +73,9 @@ def test_disk_cache_reused_and_invalidated(tmp_path, small_checkpoint, counted_p
     predictor, calls = counted_predictor
     volume = small_volume()
     model_id = model_fingerprint("vit_t", small_checkpoint)
-    assert model_id == f"vit_t-{mobilesam.weights.sha256sum(small_checkpoint)}-in1024"  # model_identity's format
+    assert (
+        model_id == f"vit_t-{mobilesam.weights.sha256sum(small_checkpoint)}-in1024"
+    )  # model_identity's format
     cache = tmp_path / "cache.zarr"
 
     first = VolumeEmbeddings(volume, predictor, cache_dir=cache, model_id=model_id)
@@ -182,7 +186,9 @@ def test_read_volume_tiff_and_nifti_keep_spacing(tmp_path):
 
     vol = small_volume(4, 32)
     tif = tmp_path / "stack.tif"
-    tifffile.imwrite(tif, vol, imagej=True, resolution=(1 / 0.5, 1 / 0.25), metadata={"spacing": 2.0, "axes": "ZYX"})
+    tifffile.imwrite(
+        tif, vol, imagej=True, resolution=(1 / 0.5, 1 / 0.25), metadata={"spacing": 2.0, "axes": "ZYX"}
+    )
     data, spacing = read_volume(tif)
     assert spacing == pytest.approx((2.0, 0.25, 0.5))
     assert np.array_equal(np.asarray(data[2]), vol[2])
@@ -201,7 +207,9 @@ def test_read_volume_tiff_and_nifti_keep_spacing(tmp_path):
 
     out = write_labels(tmp_path / "labels.nii.gz", (vol > 2000).astype(np.int32) * 3, (3.0, 0.9, 0.8))
     back, back_spacing = read_volume(out)
-    assert np.array_equal(np.asarray(back), (vol > 2000) * 3) and back_spacing == pytest.approx((3.0, 0.9, 0.8))
+    assert np.array_equal(np.asarray(back), (vol > 2000) * 3) and back_spacing == pytest.approx(
+        (3.0, 0.9, 0.8)
+    )
 
     for name, image in (("flat.tif", vol[0]), ("rgb.tif", np.zeros((32, 32, 3), np.uint8))):
         tifffile.imwrite(tmp_path / name, image)
@@ -244,7 +252,9 @@ def class_encoder_calls(monkeypatch):
     return calls
 
 
-def test_cli_embed_then_volume_uses_the_cache(tmp_path, stack_file, vit_t_checkpoint, class_encoder_calls, capsys):
+def test_cli_embed_then_volume_uses_the_cache(
+    tmp_path, stack_file, vit_t_checkpoint, class_encoder_calls, capsys
+):
     cache = tmp_path / "emb"
     common = ["--checkpoint", str(vit_t_checkpoint), "--no-download"]
     assert main(["embed", str(stack_file), "--cache", str(cache), *common]) == 0
@@ -252,9 +262,23 @@ def test_cli_embed_then_volume_uses_the_cache(tmp_path, stack_file, vit_t_checkp
     assert "3 encoded, 0 already cached" in capsys.readouterr().out
 
     out = tmp_path / "labels.tif"
-    code = main(["volume", str(stack_file), "--cache", str(cache), "-o", str(out), *common,
-                 "--prompt", "z=1:point=33,30", "--prompt", "object=3:z=2:box=2,2,20,20:point=5,5,1",
-                 "--iou-threshold", "0"])
+    code = main(
+        [
+            "volume",
+            str(stack_file),
+            "--cache",
+            str(cache),
+            "-o",
+            str(out),
+            *common,
+            "--prompt",
+            "z=1:point=33,30",
+            "--prompt",
+            "object=3:z=2:box=2,2,20,20:point=5,5,1",
+            "--iou-threshold",
+            "0",
+        ]
+    )
     assert code == 0
     assert len(class_encoder_calls) == 3, "volume must reuse the embeddings from `embed`"
     printed = capsys.readouterr().out
@@ -269,32 +293,70 @@ def test_cli_embed_then_volume_uses_the_cache(tmp_path, stack_file, vit_t_checkp
     assert len(class_encoder_calls) == 3 and "0 encoded, 3 already cached" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("prompt, message", [
-    ("z=3:point=10,10", r"z=3 is outside the volume \(slices 0..2\)"),
-    ("z=-1:point=10,10", r"z=-1 is outside the volume"),
-    ("z=1:point=64,10", r"point \(64, 10\) on slice z=1 is outside the 64x64"),
-    ("z=1:box=70,70,90,90", "does not overlap"),
-    ("point=10,10", "has no slice: add z=Z"),
-    ("z=1:point=10", "bad value"),
-    ("z=1:circle=3", "unknown key 'circle'"),
-    ("z=1", "needs points or a box"),
-    ("z=1:box=5,5,1,1", "x1 > x0"),
-])
-def test_cli_volume_bad_prompts_are_usage_errors(tmp_path, stack_file, prompt, message, capsys, class_encoder_calls):
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("z=3:point=10,10", r"z=3 is outside the volume \(slices 0..2\)"),
+        ("z=-1:point=10,10", r"z=-1 is outside the volume"),
+        ("z=1:point=64,10", r"point \(64, 10\) on slice z=1 is outside the 64x64"),
+        ("z=1:box=70,70,90,90", "does not overlap"),
+        ("point=10,10", "has no slice: add z=Z"),
+        ("z=1:point=10", "bad value"),
+        ("z=1:circle=3", "unknown key 'circle'"),
+        ("z=1", "needs points or a box"),
+        ("z=1:box=5,5,1,1", "x1 > x0"),
+    ],
+)
+def test_cli_volume_bad_prompts_are_usage_errors(
+    tmp_path, stack_file, prompt, message, capsys, class_encoder_calls
+):
     with pytest.raises(SystemExit) as exit_info:
-        main(["volume", str(stack_file), "--prompt", prompt, "-o", str(tmp_path / "o.tif"),
-              "--checkpoint", "/nonexistent.pt"])
+        main(
+            [
+                "volume",
+                str(stack_file),
+                "--prompt",
+                prompt,
+                "-o",
+                str(tmp_path / "o.tif"),
+                "--checkpoint",
+                "/nonexistent.pt",
+            ]
+        )
     assert exit_info.value.code == 2
     assert __import__("re").search(message, capsys.readouterr().err)
     assert not (tmp_path / "o.tif").exists() and not class_encoder_calls
 
 
 def test_cli_volume_other_errors(tmp_path, stack_file, capsys):
-    assert main(["volume", str(tmp_path / "missing.tif"), "--prompt", "z=0:point=1,1", "-o", str(tmp_path / "o.tif")]) == 1
+    assert (
+        main(
+            [
+                "volume",
+                str(tmp_path / "missing.tif"),
+                "--prompt",
+                "z=0:point=1,1",
+                "-o",
+                str(tmp_path / "o.tif"),
+            ]
+        )
+        == 1
+    )
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["volume", str(stack_file), "-o", str(tmp_path / "o.tif")])
     assert "at least one --prompt" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["volume", str(stack_file), "--prompt", "z=0:point=1,1", "--axis", "5", "-o", str(tmp_path / "o.tif")])
+        main(
+            [
+                "volume",
+                str(stack_file),
+                "--prompt",
+                "z=0:point=1,1",
+                "--axis",
+                "5",
+                "-o",
+                str(tmp_path / "o.tif"),
+            ]
+        )
     assert "--axis 5 is out of range" in capsys.readouterr().err

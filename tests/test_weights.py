@@ -43,12 +43,26 @@ def _fake_official(monkeypatch, url, data):
 
 
 def test_official_registry_is_complete():
-    assert set(weights.OFFICIAL_WEIGHTS) == {"vit_t", "vit_b", "vit_l", "vit_h", "tinysam", "vit_t_lm",
-                                             "vit_t_lm_decoder", "vit_t_em_organelles", "vit_t_em_organelles_decoder",
-                                             "efficientvit_sam_l0"}
+    assert set(weights.OFFICIAL_WEIGHTS) == {
+        "vit_t",
+        "vit_b",
+        "vit_l",
+        "vit_h",
+        "tinysam",
+        "vit_t_lm",
+        "vit_t_lm_decoder",
+        "vit_t_em_organelles",
+        "vit_t_em_organelles_decoder",
+        "efficientvit_sam_l0",
+    }
     for info in weights.OFFICIAL_WEIGHTS.values():
         assert info.url.startswith("https://") and info.licence
-        if info.model_type in ("vit_t", "vit_b", "vit_l", "vit_h"):  # Meta / MobileSAM publish sha256 and size
+        if info.model_type in (
+            "vit_t",
+            "vit_b",
+            "vit_l",
+            "vit_h",
+        ):  # Meta / MobileSAM publish sha256 and size
             assert info.url.endswith(info.filename)
             assert len(info.sha256) == 64 and int(info.sha256, 16) >= 0 and info.size > 10_000_000
         elif info.xxh128:  # micro-sam publishes xxh128 only
@@ -62,12 +76,20 @@ def test_download_checks_xxh128_where_that_is_what_upstream_publishes(home, file
     served, base = file_server
     data = b"pretend micro-sam checkpoint" * 1000
     (served / "vit_t.pt").write_bytes(data)
-    good = weights.WeightsInfo("vit_t_lm", "vit_t_lm.pt", f"{base}/vit_t.pt", None, None, "CC-BY-4.0",
-                               xxh128=xxhash.xxh128(data).hexdigest())
+    good = weights.WeightsInfo(
+        "vit_t_lm",
+        "vit_t_lm.pt",
+        f"{base}/vit_t.pt",
+        None,
+        None,
+        "CC-BY-4.0",
+        xxh128=xxhash.xxh128(data).hexdigest(),
+    )
     monkeypatch.setitem(weights.OFFICIAL_WEIGHTS, "vit_t_lm", good)
     assert weights.download("vit_t_lm", progress=False).read_bytes() == data
-    bad = weights.WeightsInfo("vit_t_em_organelles", "em.pt", f"{base}/vit_t.pt", None, None, "CC-BY-4.0",
-                              xxh128="0" * 32)
+    bad = weights.WeightsInfo(
+        "vit_t_em_organelles", "em.pt", f"{base}/vit_t.pt", None, None, "CC-BY-4.0", xxh128="0" * 32
+    )
     monkeypatch.setitem(weights.OFFICIAL_WEIGHTS, "vit_t_em_organelles", bad)
     with pytest.raises(MissingWeightsError, match="has xxh128 .*expected 0+; the file was discarded"):
         weights.download("vit_t_em_organelles", progress=False)
@@ -108,7 +130,9 @@ def test_offline_message_says_where_to_put_the_file(home, monkeypatch):
     with pytest.raises(MissingWeightsError) as info:
         weights.resolve_checkpoint("vit_t", progress=False)
     message = str(info.value)
-    assert "offline" in message and str(home / "mobile_sam.pt") in message and "MOBILESAM_CHECKPOINT" in message
+    assert (
+        "offline" in message and str(home / "mobile_sam.pt") in message and "MOBILESAM_CHECKPOINT" in message
+    )
 
 
 def test_no_download_allowed(home):

@@ -15,7 +15,15 @@ import zarr
 SIDE, CHUNK, TILE, HALO = 20_000, 1024, 2048, 128
 RADIUS = 200
 # Disk centres on tile corners, tile borders and inside tiles (x, y).
-CENTRES = [(2048, 2048), (4096, 10000), (10240, 6144), (15000, 14336), (18432, 18432), (700, 19000), (9000, 9000)]
+CENTRES = [
+    (2048, 2048),
+    (4096, 10000),
+    (10240, 6144),
+    (15000, 14336),
+    (18432, 18432),
+    (700, 19000),
+    (9000, 9000),
+]
 
 
 def write_ome_zarr(path: Path) -> None:
@@ -24,7 +32,9 @@ def write_ome_zarr(path: Path) -> None:
     datasets = []
     for level in (0, 1):
         side = SIDE >> level
-        array = group.create_array(str(level), shape=(side, side), chunks=(CHUNK, CHUNK), dtype="uint8", fill_value=0)
+        array = group.create_array(
+            str(level), shape=(side, side), chunks=(CHUNK, CHUNK), dtype="uint8", fill_value=0
+        )
         for cx, cy in CENTRES:
             cx, cy, r = cx >> level, cy >> level, RADIUS >> level
             y0, x0, y1, x1 = max(0, cy - r), max(0, cx - r), min(side, cy + r + 1), min(side, cx + r + 1)
@@ -32,7 +42,9 @@ def write_ome_zarr(path: Path) -> None:
             block = np.asarray(array[y0:y1, x0:x1])
             block[(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 180
             array[y0:y1, x0:x1] = block
-        datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [2.0**level] * 2}]})
+        datasets.append(
+            {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [2.0**level] * 2}]}
+        )
     axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
     group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
 
@@ -53,8 +65,9 @@ def main(workdir: Path) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     baseline = _status_bytes("VmRSS")
     start = time.perf_counter()
-    count = segment_everything_tiled(image_path, component_generator, workdir / "labels.zarr", tile_shape=TILE,
-                                     halo=HALO)
+    count = segment_everything_tiled(
+        image_path, component_generator, workdir / "labels.zarr", tile_shape=TILE, halo=HALO
+    )
     seconds = time.perf_counter() - start
     peak = _status_bytes("VmHWM")
     labels = open_image(workdir / "labels.zarr")
@@ -65,8 +78,19 @@ def main(workdir: Path) -> None:
         values = np.unique(region[region > 0])
         areas.append([int(v) for v in values] + [int(np.count_nonzero(region))])
     outer = (TILE + 2 * HALO) ** 2
-    print(json.dumps({"count": count, "seconds": seconds, "baseline": baseline, "peak": peak, "areas": areas,
-                      "tile_outer_pixels": outer, "image_pixels": SIDE * SIDE}))
+    print(
+        json.dumps(
+            {
+                "count": count,
+                "seconds": seconds,
+                "baseline": baseline,
+                "peak": peak,
+                "areas": areas,
+                "tile_outer_pixels": outer,
+                "image_pixels": SIDE * SIDE,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

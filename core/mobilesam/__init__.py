@@ -12,11 +12,19 @@ from ._lazy import lazy_attributes
 # Attributes load on first use (PEP 562), so `import mobilesam` stays light and the torch-free
 # ONNX predictor (`mobilesam.onnx.standalone`) never pulls in torch.
 _LAZY = {
-    "build_sam": "build_sam", "build_sam_vit_b": "build_sam", "build_sam_vit_h": "build_sam",
-    "build_sam_vit_l": "build_sam", "build_sam_vit_t": "build_sam", "sam_model_registry": "build_sam",
+    "build_sam": "build_sam",
+    "build_sam_vit_b": "build_sam",
+    "build_sam_vit_h": "build_sam",
+    "build_sam_vit_l": "build_sam",
+    "build_sam_vit_t": "build_sam",
+    "sam_model_registry": "build_sam",
     "SamAutomaticMaskGenerator": "automatic_mask_generator",
-    "Cancelled": "errors", "CheckpointError": "errors", "MissingWeightsError": "errors", "MobileSamError": "errors",
-    "EmbeddingState": "predictor", "SamPredictor": "predictor",
+    "Cancelled": "errors",
+    "CheckpointError": "errors",
+    "MissingWeightsError": "errors",
+    "MobileSamError": "errors",
+    "EmbeddingState": "predictor",
+    "SamPredictor": "predictor",
 }
 
 
@@ -39,16 +47,29 @@ class _Package(types.ModuleType):
 sys.modules[__name__].__class__ = _Package
 
 
-__version__ = "0.1.0"
+from ._version import __version__ as __version__  # noqa: E402  (re-exported)
 
 __all__ = [
-    "build_sam", "build_sam_vit_t", "build_sam_vit_b", "build_sam_vit_l", "build_sam_vit_h",
-    "sam_model_registry", "SamPredictor", "EmbeddingState", "SamAutomaticMaskGenerator",
-    "CheckpointError", "MissingWeightsError", "MobileSamError", "Cancelled", "load_model",
+    "build_sam",
+    "build_sam_vit_t",
+    "build_sam_vit_b",
+    "build_sam_vit_l",
+    "build_sam_vit_h",
+    "sam_model_registry",
+    "SamPredictor",
+    "EmbeddingState",
+    "SamAutomaticMaskGenerator",
+    "CheckpointError",
+    "MissingWeightsError",
+    "MobileSamError",
+    "Cancelled",
+    "load_model",
 ]
 
 
-def load_model(model_type=None, checkpoint=None, device=None, allow_download=True, exact=False, precision="fp32"):
+def load_model(
+    model_type=None, checkpoint=None, device=None, allow_download=True, exact=False, precision="fp32"
+):
     """Build a model with weights resolved by `mobilesam.weights.resolve_checkpoint`.
 
     model_type None means: the architecture of the given checkpoint, else "vit_t".

@@ -10,12 +10,12 @@ the official code.
 
 import math
 from itertools import product
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
 
-ArrayOrTensor = Union[np.ndarray, torch.Tensor]
+ArrayOrTensor = np.ndarray | torch.Tensor
 
 
 # --- point grids and crops ----------------------------------------------------------------------
@@ -35,8 +35,9 @@ def build_all_layer_point_grids(n_per_side: int, n_layers: int, scale_per_layer:
     return [build_point_grid(int(n_per_side / (scale_per_layer**i))) for i in range(n_layers + 1)]
 
 
-def generate_crop_boxes(image_size: tuple[int, int], n_layers: int,
-                        overlap_ratio: float) -> tuple[list[list[int]], list[int]]:
+def generate_crop_boxes(
+    image_size: tuple[int, int], n_layers: int, overlap_ratio: float
+) -> tuple[list[list[int]], list[int]]:
     """XYXY crop boxes and their layer index: the whole image, then (2**i)**2 overlapping crops
     for layer i = 1..n_layers (column-major order, as the official code)."""
     height, width = image_size
@@ -74,8 +75,9 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return boxes * rows.any(dim=1, keepdim=True)
 
 
-def is_box_near_crop_edge(boxes: torch.Tensor, crop_box: list[int], image_box: list[int],
-                          atol: float = 20.0) -> torch.Tensor:
+def is_box_near_crop_edge(
+    boxes: torch.Tensor, crop_box: list[int], image_box: list[int], atol: float = 20.0
+) -> torch.Tensor:
     """(N, 4) crop-frame boxes -> (N,) bool: an edge within `atol` px of a crop edge that is not
     also an image edge (such masks are probably cut off by the crop)."""
     crop = torch.as_tensor(crop_box, dtype=torch.float, device=boxes.device)

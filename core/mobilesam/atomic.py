@@ -12,11 +12,12 @@ import os
 import re
 import secrets
 import socket
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Union
 
-PathLike = Union[str, os.PathLike]
+from ._types import PathLike
+
 TEMP_MARK = "mobilesam-tmp"
 # .<name>.mobilesam-tmp-<host>-<pid>-<random><suffix>
 _cleaned_folders: set[str] = set()  # folders this process has already cleaned up
@@ -65,7 +66,7 @@ def remove_stale_temp_files(folder: PathLike) -> list[Path]:
 
 
 @contextmanager
-def atomic_write(path: PathLike, suffix: Optional[str] = None) -> Iterator[Path]:
+def atomic_write(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Context manager yielding a temporary path to write; on success it replaces `path`.
 
     suffix: the temporary file's ending (default: `path`'s own, e.g. ".nii.gz", so writers that
@@ -80,7 +81,9 @@ def atomic_write(path: PathLike, suffix: Optional[str] = None) -> Iterator[Path]
     if folder not in _cleaned_folders:  # once per process: a folder of 10,000 outputs is not rescanned
         remove_stale_temp_files(folder)
         _cleaned_folders.add(folder)
-    tmp = path.with_name(f".{path.name}.{TEMP_MARK}-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    tmp = path.with_name(
+        f".{path.name}.{TEMP_MARK}-{_host_tag()}-{os.getpid()}-{secrets.token_hex(4)}{suffix}"
+    )
     try:
         yield tmp
         os.replace(tmp, path)

@@ -16,8 +16,9 @@ ordered differently so that little is spent on masks that are thrown away:
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,8 +68,14 @@ class _Candidates:
 
     def select(self, index: torch.Tensor) -> "_Candidates":
         """The candidates at `index` (int64 indices, in that order)."""
-        return _Candidates([self.masks[i] for i in index.tolist()], self.boxes[index], self.iou[index],
-                           self.stability[index], self.points[index], self.crop_boxes[index])
+        return _Candidates(
+            [self.masks[i] for i in index.tolist()],
+            self.boxes[index],
+            self.iou[index],
+            self.stability[index],
+            self.points[index],
+            self.crop_boxes[index],
+        )
 
     @staticmethod
     def concat(parts: list["_Candidates"]) -> "_Candidates":
@@ -76,8 +83,10 @@ class _Candidates:
             return _Candidates()
         return _Candidates(
             [m for p in parts for m in p.masks],
-            torch.cat([p.boxes for p in parts]), torch.cat([p.iou for p in parts]),
-            torch.cat([p.stability for p in parts]), torch.cat([p.points for p in parts]),
+            torch.cat([p.boxes for p in parts]),
+            torch.cat([p.iou for p in parts]),
+            torch.cat([p.stability for p in parts]),
+            torch.cat([p.points for p in parts]),
             torch.cat([p.crop_boxes for p in parts]),
         )
 
@@ -91,7 +100,7 @@ class SamAutomaticMaskGenerator:
     def __init__(
         self,
         model: Sam,
-        points_per_side: Optional[int] = 32,
+        points_per_side: int | None = 32,
         points_per_batch: int = 64,
         pred_iou_thresh: float = 0.88,
         stability_score_thresh: float = 0.95,
@@ -101,7 +110,7 @@ class SamAutomaticMaskGenerator:
         crop_nms_thresh: float = 0.7,
         crop_overlap_ratio: float = 512 / 1500,
         crop_n_points_downscale_factor: int = 1,
-        point_grids: Optional[list[np.ndarray]] = None,
+        point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
         output_mode: str = "binary_mask",
         coarse_to_fine: bool = False,
@@ -129,13 +138,19 @@ class SamAutomaticMaskGenerator:
             found are nearly those of the full grid at a fraction of the decoder calls
             (benchmarks/run.py measures both). The default (False) equals the official output.
         """
-        check_generator_settings(points_per_side=points_per_side, points_per_batch=points_per_batch,
-                                 pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh,
-                                 stability_score_offset=stability_score_offset, box_nms_thresh=box_nms_thresh,
-                                 crop_n_layers=crop_n_layers, crop_nms_thresh=crop_nms_thresh,
-                                 crop_overlap_ratio=crop_overlap_ratio,
-                                 crop_n_points_downscale_factor=crop_n_points_downscale_factor,
-                                 min_mask_region_area=min_mask_region_area)
+        check_generator_settings(
+            points_per_side=points_per_side,
+            points_per_batch=points_per_batch,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            stability_score_offset=stability_score_offset,
+            box_nms_thresh=box_nms_thresh,
+            crop_n_layers=crop_n_layers,
+            crop_nms_thresh=crop_nms_thresh,
+            crop_overlap_ratio=crop_overlap_ratio,
+            crop_n_points_downscale_factor=crop_n_points_downscale_factor,
+            min_mask_region_area=min_mask_region_area,
+        )
         if (points_per_side is None) == (point_grids is None):
             raise ValueError("give exactly one of points_per_side or point_grids")
         if output_mode not in OUTPUT_MODES:
@@ -145,13 +160,16 @@ class SamAutomaticMaskGenerator:
         if points_per_side is not None:
             if points_per_side < 1:
                 raise ValueError(f"points_per_side must be at least 1, got {points_per_side}")
-            self.point_grids = build_all_layer_point_grids(points_per_side, crop_n_layers,
-                                                           crop_n_points_downscale_factor)
+            self.point_grids = build_all_layer_point_grids(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
         else:
             self.point_grids = [np.asarray(g, dtype=np.float64) for g in point_grids]
         if len(self.point_grids) < crop_n_layers + 1:
-            raise ValueError(f"{crop_n_layers} crop layers need {crop_n_layers + 1} point grids, "
-                             f"got {len(self.point_grids)}")
+            raise ValueError(
+                f"{crop_n_layers} crop layers need {crop_n_layers + 1} point grids, "
+                f"got {len(self.point_grids)}"
+            )
 
         self.predictor = SamPredictor(model)
         self.points_per_batch = points_per_batch
@@ -169,8 +187,13 @@ class SamAutomaticMaskGenerator:
         self.coarse_to_fine_similarity = 0.99
         self.decoded_points = 0  # point prompts decoded by the last `generate` (all crops)
 
-    def generate(self, image: np.ndarray, progress: Optional[ProgressCallback] = None,
-                 cancel: Optional[threading.Event] = None, embedding=None) -> list[dict[str, Any]]:
+    def generate(
+        self,
+        image: np.ndarray,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+        embedding=None,
+    ) -> list[dict[str, Any]]:
         """Records for the masks of everything in an (H, W, 3) uint8 RGB image.
 
         Each record has: segmentation ((H, W) bool, or an RLE dict per `output_mode`),
@@ -185,8 +208,10 @@ class SamAutomaticMaskGenerator:
         """
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"generate needs an (H, W, 3) uint8 RGB image, got shape {image.shape} "
-                             f"dtype {image.dtype}; convert other images with mobilesam.image.to_rgb_uint8")
+            raise ValueError(
+                f"generate needs an (H, W, 3) uint8 RGB image, got shape {image.shape} "
+                f"dtype {image.dtype}; convert other images with mobilesam.image.to_rgb_uint8"
+            )
         self.decoded_points = 0
         with torch.inference_mode():
             candidates = self._generate_masks(image, progress, cancel, embedding)
@@ -196,16 +221,23 @@ class SamAutomaticMaskGenerator:
 
     # --- mask generation --------------------------------------------------------------------------
 
-    def _generate_masks(self, image: np.ndarray, progress: Optional[ProgressCallback],
-                        cancel: Optional[threading.Event], embedding=None) -> _Candidates:
+    def _generate_masks(
+        self,
+        image: np.ndarray,
+        progress: ProgressCallback | None,
+        cancel: threading.Event | None,
+        embedding=None,
+    ) -> _Candidates:
         image_size = image.shape[:2]
         crop_boxes, layers = generate_crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)
         # One unit of progress per crop encoding and per decoded batch.
         total = sum(1 + -(-len(self.point_grids[layer]) // self.points_per_batch) for layer in layers)
         ticker = _Ticker(total, progress, cancel)
         ticker.check()
-        parts = [self._process_crop(image, box, layer, ticker, embedding if layer == 0 else None)
-                 for box, layer in zip(crop_boxes, layers)]
+        parts = [
+            self._process_crop(image, box, layer, ticker, embedding if layer == 0 else None)
+            for box, layer in zip(crop_boxes, layers)
+        ]
         candidates = _Candidates.concat(parts)
         if len(crop_boxes) > 1 and len(candidates):
             # Prefer masks from smaller crops (official score: 1 / crop area, float32).
@@ -214,12 +246,15 @@ class SamAutomaticMaskGenerator:
             candidates = candidates.select(keep)
         return candidates
 
-    def _process_crop(self, image: np.ndarray, crop_box: list[int], layer: int,
-                      ticker: "_Ticker", embedding=None) -> _Candidates:
+    def _process_crop(
+        self, image: np.ndarray, crop_box: list[int], layer: int, ticker: "_Ticker", embedding=None
+    ) -> _Candidates:
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1, :]
         crop_size = crop.shape[:2]
-        if embedding is not None and tuple(embedding.original_size) == tuple(crop_size):  # layer 0: the whole image
+        if embedding is not None and tuple(embedding.original_size) == tuple(
+            crop_size
+        ):  # layer 0: the whole image
             self.predictor.set_embedding(embedding)
         else:
             self.predictor.set_image(crop)
@@ -227,8 +262,9 @@ class SamAutomaticMaskGenerator:
 
         points = self.point_grids[layer] * np.array(crop_size)[None, ::-1]
         if self.coarse_to_fine:
-            parts = self._decode_coarse_to_fine(self.point_grids[layer], points, crop_size, crop_box,
-                                                image.shape[:2], ticker)
+            parts = self._decode_coarse_to_fine(
+                self.point_grids[layer], points, crop_size, crop_box, image.shape[:2], ticker
+            )
         else:
             parts = []
             for batch in chunks(len(points), self.points_per_batch):
@@ -243,9 +279,15 @@ class SamAutomaticMaskGenerator:
         candidates.points = uncrop_points(candidates.points, crop_box)
         return candidates
 
-    def _decode_coarse_to_fine(self, grid: np.ndarray, points: np.ndarray, crop_size: tuple[int, int],
-                               crop_box: list[int], image_size: tuple[int, int], ticker: "_Ticker"
-                               ) -> list[_Candidates]:
+    def _decode_coarse_to_fine(
+        self,
+        grid: np.ndarray,
+        points: np.ndarray,
+        crop_size: tuple[int, int],
+        crop_box: list[int],
+        image_size: tuple[int, int],
+        ticker: "_Ticker",
+    ) -> list[_Candidates]:
         """Decode the grid level by level (`grid_levels`); grid (N, 2) in [0, 1], points (N, 2)
         crop-frame pixels. A finer point is skipped when a kept mask (the smallest of each
         prompt's) covers it, or when its image embedding matches that of an already decoded
@@ -262,8 +304,9 @@ class SamAutomaticMaskGenerator:
             todo = np.flatnonzero(levels == level)
             if level > 0:
                 todo = todo[~covered[pixels[todo, 1], pixels[todo, 0]]]
-                similar = _nearest_similarity(embedding, decoded, todo, ix[todo], iy[todo],
-                                              self.coarse_to_fine_strides[level - 1])
+                similar = _nearest_similarity(
+                    embedding, decoded, todo, ix[todo], iy[todo], self.coarse_to_fine_strides[level - 1]
+                )
                 todo = todo[similar < self.coarse_to_fine_similarity]
             for batch in chunks(len(todo), self.points_per_batch):
                 part = self._process_batch(points[todo[batch]], crop_size, crop_box, image_size)
@@ -287,8 +330,9 @@ class SamAutomaticMaskGenerator:
         vectors = features[:, torch.as_tensor(rows), torch.as_tensor(cols)].T.cpu().numpy()
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
-    def _process_batch(self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int],
-                       image_size: tuple[int, int]) -> _Candidates:
+    def _process_batch(
+        self, points: np.ndarray, crop_size: tuple[int, int], crop_box: list[int], image_size: tuple[int, int]
+    ) -> _Candidates:
         """Decode (B, 2) crop-frame points; keep the masks that pass every per-mask filter."""
         model, predictor = self.predictor.model, self.predictor
         self.decoded_points += len(points)
@@ -297,8 +341,9 @@ class SamAutomaticMaskGenerator:
         labels = torch.ones(len(coords), dtype=torch.int, device=predictor.device)
         # The predicted IoU does not depend on the masks: filter before upscaling and upsampling.
         min_iou = self.pred_iou_thresh if self.pred_iou_thresh > 0.0 else None
-        low_res, iou, flat = predictor.decode_confident((coords[:, None, :], labels[:, None]), None, None,
-                                                        multimask_output=True, min_iou=min_iou)
+        low_res, iou, flat = predictor.decode_confident(
+            (coords[:, None, :], labels[:, None]), None, None, multimask_output=True, min_iou=min_iou
+        )
         point_of_mask = torch.as_tensor(points)[flat.cpu() // model.mask_decoder.num_multimask_outputs]
         index = torch.arange(len(iou), device=iou.device)
 
@@ -316,14 +361,16 @@ class SamAutomaticMaskGenerator:
             inside = ~is_box_near_crop_edge(boxes, crop_box, [0, 0, image_size[1], image_size[0]])
             masks = masks[inside].cpu().numpy()
             chosen = chosen[inside]
-            parts.append(_Candidates(
-                masks=list(np.packbits(masks, axis=-1)),
-                boxes=boxes[inside].cpu(),
-                iou=iou[chosen].float().cpu(),
-                stability=stability[inside].cpu(),
-                points=point_of_mask[chosen.cpu()],
-                crop_boxes=torch.tensor([crop_box], dtype=torch.int64).expand(len(masks), 4),
-            ))
+            parts.append(
+                _Candidates(
+                    masks=list(np.packbits(masks, axis=-1)),
+                    boxes=boxes[inside].cpu(),
+                    iou=iou[chosen].float().cpu(),
+                    stability=stability[inside].cpu(),
+                    points=point_of_mask[chosen.cpu()],
+                    crop_boxes=torch.tensor([crop_box], dtype=torch.int64).expand(len(masks), 4),
+                )
+            )
         return _Candidates.concat(parts)
 
     # --- small regions ----------------------------------------------------------------------------
@@ -393,8 +440,9 @@ def _smallest_mask_per_point(candidates: _Candidates) -> list[int]:
     return list(best.values())
 
 
-def _nearest_similarity(embedding: np.ndarray, decoded: np.ndarray, points: np.ndarray, ix: np.ndarray,
-                        iy: np.ndarray, reach: int) -> np.ndarray:
+def _nearest_similarity(
+    embedding: np.ndarray, decoded: np.ndarray, points: np.ndarray, ix: np.ndarray, iy: np.ndarray, reach: int
+) -> np.ndarray:
     """For grid points (indices `points`, cells (ix, iy)): the highest cosine similarity of their
     embedding (rows of `embedding`, unit length) with that of a decoded point within `reach`
     columns and rows, -1 where there is none. decoded: (columns, rows) grid of the decoded
@@ -410,8 +458,9 @@ def _nearest_similarity(embedding: np.ndarray, decoded: np.ndarray, points: np.n
     return best
 
 
-def grid_levels(grid: np.ndarray, strides: tuple[int, ...] = (4, 2)
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def grid_levels(
+    grid: np.ndarray, strides: tuple[int, ...] = (4, 2)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Coarse-to-fine level of each point of a grid (N, 2): 0 for every strides[0]-th column and
     row (centred), 1 for every strides[1]-th of the rest, ..., len(strides) for the others; and
     each point's column and row. Columns and rows are the ranks of the distinct x and y values,
@@ -428,7 +477,7 @@ def grid_levels(grid: np.ndarray, strides: tuple[int, ...] = (4, 2)
 class _Ticker:
     """Counts finished units of work for a progress callback and honours a cancel event."""
 
-    def __init__(self, total: int, progress: Optional[ProgressCallback], cancel: Optional[threading.Event]):
+    def __init__(self, total: int, progress: ProgressCallback | None, cancel: threading.Event | None):
         self.total, self.done, self.progress, self.cancel = total, 0, progress, cancel
 
     def check(self) -> None:
@@ -448,9 +497,19 @@ MAX_POINTS_PER_SIDE = 1024
 MAX_CROP_LAYERS = 4
 
 
-def check_generator_settings(points_per_side, points_per_batch, pred_iou_thresh, stability_score_thresh,
-                             stability_score_offset, box_nms_thresh, crop_n_layers, crop_nms_thresh,
-                             crop_overlap_ratio, crop_n_points_downscale_factor, min_mask_region_area) -> None:
+def check_generator_settings(
+    points_per_side,
+    points_per_batch,
+    pred_iou_thresh,
+    stability_score_thresh,
+    stability_score_offset,
+    box_nms_thresh,
+    crop_n_layers,
+    crop_nms_thresh,
+    crop_overlap_ratio,
+    crop_n_points_downscale_factor,
+    min_mask_region_area,
+) -> None:
     """Raise ValueError naming the setting if a `SamAutomaticMaskGenerator` setting is out of range
     (before anything is allocated)."""
 
@@ -467,8 +526,15 @@ def check_generator_settings(points_per_side, points_per_batch, pred_iou_thresh,
         except (TypeError, ValueError):
             raise ValueError(f"{name} must be a number, got {value!r}") from None
         if not (math.isfinite(value) and low <= value <= high):
-            bounds = " ".join(filter(None, (f"at least {low:g}" if math.isfinite(low) else "",
-                                            f"at most {high:g}" if math.isfinite(high) else "")))
+            bounds = " ".join(
+                filter(
+                    None,
+                    (
+                        f"at least {low:g}" if math.isfinite(low) else "",
+                        f"at most {high:g}" if math.isfinite(high) else "",
+                    ),
+                )
+            )
             raise ValueError(f"{name} must be a finite number {bounds}".rstrip() + f", got {value}")
 
     if points_per_side is not None:

@@ -5,9 +5,9 @@ Checkpoints are the official `mobile_sam.pt` / `sam_vit_{b,l,h}_*.pth` state dic
 """
 
 import os
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 import torch
 
@@ -22,8 +22,12 @@ def build_image_encoder(model_type: str, image_size: int = 1024) -> torch.nn.Mod
     return get_variant(model_type).build_encoder(image_size)
 
 
-def build_sam(model_type: str = "vit_t", checkpoint: Optional[Union[str, os.PathLike]] = None,
-              image_size: int = 1024, exact: bool = False) -> Sam:
+def build_sam(
+    model_type: str = "vit_t",
+    checkpoint: str | os.PathLike | None = None,
+    image_size: int = 1024,
+    exact: bool = False,
+) -> Sam:
     """Build a SAM model; `checkpoint` is a path to an official-format state dict or None.
 
     `exact=True` runs the official order of operations (bit-identical to segment_anything /
@@ -57,7 +61,7 @@ def build_sam(model_type: str = "vit_t", checkpoint: Optional[Union[str, os.Path
     return sam
 
 
-def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint safely (`weights_only=True`) and return its state dict.
 
     Accepts a bare state dict or one wrapped as {"model": ...} / {"state_dict": ...}.
@@ -74,17 +78,21 @@ def read_state_dict(path: Union[str, os.PathLike]) -> dict[str, torch.Tensor]:
             "or not a PyTorch checkpoint"
         ) from None
     if isinstance(obj, dict):
-        for key in ("model", "state_dict", "model_state"):  # model_state: micro-sam / torch_em training format
+        for key in (
+            "model",
+            "state_dict",
+            "model_state",
+        ):  # model_state: micro-sam / torch_em training format
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
         if obj and all(isinstance(k, str) and k.startswith("sam.") for k in obj):
-            obj = {k[len("sam."):]: v for k, v in obj.items()}
+            obj = {k[len("sam.") :]: v for k, v in obj.items()}
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"checkpoint {path} holds no state dict of tensors")
     return obj
 
 
-def detect_model_type(state_dict: dict[str, torch.Tensor]) -> Optional[str]:
+def detect_model_type(state_dict: dict[str, torch.Tensor]) -> str | None:
     """Which architecture (key layout: vit_t, vit_b, vit_l, vit_h) a SAM state dict belongs to, or
     None if it is not a SAM checkpoint. Variants sharing a layout (vit_t, tinysam, vit_t_lm, ...)
     cannot be told apart by their keys."""
@@ -100,19 +108,29 @@ def detect_model_type(state_dict: dict[str, torch.Tensor]) -> Optional[str]:
     return None
 
 
-def load_checkpoint(sam: Sam, path: Union[str, os.PathLike], model_type: str) -> None:
+def load_checkpoint(sam: Sam, path: str | os.PathLike, model_type: str) -> None:
     state_dict = read_state_dict(path)
     found = detect_model_type(state_dict)
     if found is None and "out_conv.weight" in state_dict:
-        raise CheckpointError(f"checkpoint {path} is a micro-sam instance segmentation decoder, not a SAM model; "
-                              f"you asked for {model_type} (pass it as the decoder checkpoint)")
+        raise CheckpointError(
+            f"checkpoint {path} is a micro-sam instance segmentation decoder, not a SAM model; "
+            f"you asked for {model_type} (pass it as the decoder checkpoint)"
+        )
     if found is None:
-        raise CheckpointError(f"checkpoint {path} is not a SAM/MobileSAM checkpoint (no image encoder weights)")
+        raise CheckpointError(
+            f"checkpoint {path} is not a SAM/MobileSAM checkpoint (no image encoder weights)"
+        )
     wanted = get_variant(model_type)
     if found != wanted.architecture:
-        asked = model_type if model_type == wanted.architecture else f"{model_type} (a {wanted.architecture} model)"
-        raise CheckpointError(f"checkpoint {path} is a {found} model ({MODEL_VARIANTS[found].description}), "
-                              f"you asked for {asked}")
+        asked = (
+            model_type
+            if model_type == wanted.architecture
+            else f"{model_type} (a {wanted.architecture} model)"
+        )
+        raise CheckpointError(
+            f"checkpoint {path} is a {found} model ({MODEL_VARIANTS[found].description}), "
+            f"you asked for {asked}"
+        )
     own = sam.state_dict()
     missing = [k for k in own if k not in state_dict]
     unexpected = [k for k in state_dict if k not in own]
@@ -124,8 +142,10 @@ def load_checkpoint(sam: Sam, path: Union[str, os.PathLike], model_type: str) ->
         problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
     if wrong_shape:
         k = wrong_shape[0]
-        problems.append(f"{len(wrong_shape)} tensors of another shape (e.g. {k}: file "
-                        f"{tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})")
+        problems.append(
+            f"{len(wrong_shape)} tensors of another shape (e.g. {k}: file "
+            f"{tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})"
+        )
     if problems:
         raise CheckpointError(f"checkpoint {path} does not match {model_type}: " + "; ".join(problems))
     sam.load_state_dict(state_dict, strict=True)

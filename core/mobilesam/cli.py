@@ -7,7 +7,7 @@ import importlib
 import re
 import sys
 import zlib
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .errors import MobileSamError
 from .runtime import configure_allocator
@@ -62,7 +62,7 @@ def join_negative_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     # Before any model is built: keeps torch's large buffers in the heap (~2x faster encoder on glibc).
     configure_allocator()
     parser = build_parser()

@@ -10,7 +10,6 @@ through z.
 """
 
 import warnings
-from typing import Optional
 
 import numpy as np
 
@@ -18,8 +17,9 @@ MAX_GUESSED_CHANNELS = 4  # an end axis this short is taken for channels without
 MAX_PIXELS = 1 << 28  # 268M pixels (16384 x 16384): larger is almost surely a mistake
 
 
-def intensity_range(data: np.ndarray, low: float = 0.5, high: float = 99.5,
-                    max_samples: int = 2_000_000) -> tuple[float, float]:
+def intensity_range(
+    data: np.ndarray, low: float = 0.5, high: float = 99.5, max_samples: int = 2_000_000
+) -> tuple[float, float]:
     """Robust (low, high) intensity percentiles of `data`, sampled for large arrays.
 
     Raises ValueError if `data` is empty or has no finite values.
@@ -59,15 +59,21 @@ def guess_channel_axis(shape: tuple[int, ...]) -> int:
     if first <= MAX_GUESSED_CHANNELS < last:
         return 0
     axis = -1 if last <= first else 0
-    warnings.warn(f"image of shape {tuple(shape)}: guessed that axis {axis % len(shape)} "
-                  f"({shape[axis]} entries) holds the channels; pass channel_axis to say otherwise",
-                  stacklevel=3)
+    warnings.warn(
+        f"image of shape {tuple(shape)}: guessed that axis {axis % len(shape)} "
+        f"({shape[axis]} entries) holds the channels; pass channel_axis to say otherwise",
+        stacklevel=3,
+    )
     return axis
 
 
-def to_rgb_uint8(image: np.ndarray, channel_axis: Optional[int] = None,
-                 value_range: Optional[tuple[float, float]] = None,
-                 low: float = 0.5, high: float = 99.5) -> np.ndarray:
+def to_rgb_uint8(
+    image: np.ndarray,
+    channel_axis: int | None = None,
+    value_range: tuple[float, float] | None = None,
+    low: float = 0.5,
+    high: float = 99.5,
+) -> np.ndarray:
     """Convert a 2-D image with 0..N channels to (H, W, 3) uint8.
 
     image: (H, W) grayscale, or (H, W, C) / (C, H, W) with `channel_axis` saying where C is

@@ -16,14 +16,15 @@ same quantized height; everything else is identical.
 
 import os
 from dataclasses import dataclass
-from typing import Optional, Union
 
 import numpy as np
 import torch
 
 from .errors import CheckpointError
 
-DECODER_CHECKPOINT_ENV = "MOBILESAM_DECODER_CHECKPOINT"  # AIS decoders' own variable (models: MOBILESAM_CHECKPOINT)
+DECODER_CHECKPOINT_ENV = (
+    "MOBILESAM_DECODER_CHECKPOINT"  # AIS decoders' own variable (models: MOBILESAM_CHECKPOINT)
+)
 
 # Gaussian kernels reach 3 sigma, as vigra's / bioimage_cpp's do (scipy's default is 4).
 GAUSSIAN_TRUNCATE = 3.0
@@ -47,12 +48,17 @@ def smooth(image: np.ndarray, sigma: float) -> np.ndarray:
 
     if sigma <= 0:
         return image
-    return gaussian_filter(image.astype(np.float64), sigma, mode="mirror",
-                           truncate=GAUSSIAN_TRUNCATE).astype(np.float32)
+    return gaussian_filter(image.astype(np.float64), sigma, mode="mirror", truncate=GAUSSIAN_TRUNCATE).astype(
+        np.float32
+    )
 
 
-def watershed_from_maps(foreground: np.ndarray, center_distances: np.ndarray, boundary_distances: np.ndarray,
-                        params: AISParameters = AISParameters()) -> np.ndarray:
+def watershed_from_maps(
+    foreground: np.ndarray,
+    center_distances: np.ndarray,
+    boundary_distances: np.ndarray,
+    params: AISParameters = AISParameters(),
+) -> np.ndarray:
     """Instance labels (H, W) uint32 from the decoder's three (H, W) maps (unsmoothed)."""
     from skimage.measure import label
     from skimage.segmentation import relabel_sequential, watershed
@@ -61,7 +67,11 @@ def watershed_from_maps(foreground: np.ndarray, center_distances: np.ndarray, bo
     center = smooth(center_distances, params.distance_smoothing)
     boundary = smooth(boundary_distances, params.distance_smoothing)
     fg_mask = foreground > params.foreground_threshold
-    seeds = (center < params.center_distance_threshold) & (boundary < params.boundary_distance_threshold) & fg_mask
+    seeds = (
+        (center < params.center_distance_threshold)
+        & (boundary < params.boundary_distance_threshold)
+        & fg_mask
+    )
     markers = label(seeds)  # full (8-) connectivity, as micro-sam
     labels = watershed(boundary, markers=markers, mask=fg_mask)  # 4-connected flooding, as micro-sam
     if params.min_size > 0:
@@ -83,8 +93,14 @@ class InstanceSegmenter:
         self.decoder = decoder.eval()
 
     @classmethod
-    def from_checkpoints(cls, model_type: str, checkpoint=None, decoder_checkpoint=None,
-                         allow_download: bool = True, device: Optional[str] = None) -> "InstanceSegmenter":
+    def from_checkpoints(
+        cls,
+        model_type: str,
+        checkpoint=None,
+        decoder_checkpoint=None,
+        allow_download: bool = True,
+        device: str | None = None,
+    ) -> "InstanceSegmenter":
         """Load a micro-sam model (e.g. vit_t_lm) and its decoder, resolved like `mobilesam.load_model`."""
         from . import load_model
 
@@ -95,7 +111,7 @@ class InstanceSegmenter:
         return cls(sam, decoder.to(sam.device))
 
     @torch.inference_mode()
-    def predict_maps(self, image: Optional[np.ndarray] = None) -> np.ndarray:
+    def predict_maps(self, image: np.ndarray | None = None) -> np.ndarray:
         """(3, H, W) float32 foreground, centre-distance and boundary-distance maps of an RGB image;
         image None: of the image whose embedding the predictor holds (set_image / set_embedding)."""
         if image is not None:
@@ -103,7 +119,7 @@ class InstanceSegmenter:
         maps = self.decoder(self.predictor.features, self.predictor.input_size, self.predictor.original_size)
         return maps[0].float().cpu().numpy()
 
-    def segment(self, image: Optional[np.ndarray], params: AISParameters = AISParameters()) -> np.ndarray:
+    def segment(self, image: np.ndarray | None, params: AISParameters = AISParameters()) -> np.ndarray:
         """(H, W) uint32 instance labels of an (H, W, 3) uint8 RGB image (None: the predictor's
         current one, see `predict_maps`); 0 is background."""
         foreground, center, boundary = self.predict_maps(image)
@@ -127,8 +143,10 @@ def decoder_weights_name(model_type: str) -> str:
 
     variant = get_variant(model_type)
     if variant.ais_decoder is None:
-        raise ValueError(f"{model_type} has no automatic instance segmentation decoder; choose one of "
-                         f"{', '.join(ais_model_types())}")
+        raise ValueError(
+            f"{model_type} has no automatic instance segmentation decoder; choose one of "
+            f"{', '.join(ais_model_types())}"
+        )
     return variant.ais_decoder.model_type
 
 
@@ -137,30 +155,35 @@ def resolve_decoder_checkpoint(decoder_type: str, decoder_checkpoint=None, allow
     file, else a download (`mobilesam.weights.resolve_checkpoint`)."""
     from .weights import resolve_checkpoint
 
-    return resolve_checkpoint(decoder_type, decoder_checkpoint, allow_download=allow_download,
-                              env_var=DECODER_CHECKPOINT_ENV)
+    return resolve_checkpoint(
+        decoder_type, decoder_checkpoint, allow_download=allow_download, env_var=DECODER_CHECKPOINT_ENV
+    )
 
 
-def read_decoder_state(path: Union[str, os.PathLike]) -> dict:
+def read_decoder_state(path: str | os.PathLike) -> dict:
     """micro-sam's decoder state from a `*_decoder.pt` file (a bare state dict) or from a combined
     checkpoint {"model_state": ..., "decoder_state": ...}; read with weights_only=True."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"decoder checkpoint {path} could not be read ({type(exc).__name__}: "
-                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+        raise CheckpointError(
+            f"decoder checkpoint {path} could not be read ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("decoder_state"), dict):
         obj = obj["decoder_state"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"decoder checkpoint {path} holds no state dict of tensors")
     if "out_conv.weight" not in obj or not any(k.startswith("decoder.samplers") for k in obj):
         found = "a SAM model checkpoint" if any(k.startswith("image_encoder.") for k in obj) else "not one"
-        raise CheckpointError(f"{path} is {found}; an instance segmentation decoder (micro-sam "
-                              "*_decoder.pt, keys out_conv.*, decoder.samplers.*) was asked for")
+        raise CheckpointError(
+            f"{path} is {found}; an instance segmentation decoder (micro-sam "
+            "*_decoder.pt, keys out_conv.*, decoder.samplers.*) was asked for"
+        )
     return obj
 
 
-def load_decoder(path: Union[str, os.PathLike], image_size: int = 1024):
+def load_decoder(path: str | os.PathLike, image_size: int = 1024):
     """micro-sam's AIS decoder with the weights of `path`, strictly loaded, in eval mode."""
     from .modeling.instance_decoder import InstanceSegmentationDecoder
 
@@ -172,8 +195,10 @@ def load_decoder(path: Union[str, os.PathLike], image_size: int = 1024):
     wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or wrong:
         example = (missing or unexpected or wrong)[0]
-        raise CheckpointError(f"decoder checkpoint {path} does not match micro-sam's decoder: {len(missing)} "
-                              f"missing, {len(unexpected)} unexpected, {len(wrong)} of another shape "
-                              f"(e.g. {example})")
+        raise CheckpointError(
+            f"decoder checkpoint {path} does not match micro-sam's decoder: {len(missing)} "
+            f"missing, {len(unexpected)} unexpected, {len(wrong)} of another shape "
+            f"(e.g. {example})"
+        )
     decoder.load_state_dict(state, strict=True)
     return decoder.eval()

@@ -9,16 +9,16 @@ import os
 import zlib
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Optional, Union
+from typing import BinaryIO
 
 import numpy as np
 import tifffile
 from PIL import Image
 
+from ._types import PathLike
 from .atomic import atomic_write
 from .errors import MobileSamError
 
-PathLike = Union[str, os.PathLike]
 TIFF_SUFFIXES = (".tif", ".tiff")
 SAMPLE_NAME = "sample"
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000  # MOBILESAM_MAX_IMAGE_PIXELS overrides it
@@ -41,8 +41,9 @@ def max_image_pixels() -> int:
     return limit
 
 
-def check_pixel_limit(source: Union[PathLike, BinaryIO], max_pixels: Optional[int] = None,
-                      name: str = "") -> tuple[int, int]:
+def check_pixel_limit(
+    source: PathLike | BinaryIO, max_pixels: int | None = None, name: str = ""
+) -> tuple[int, int]:
     """(height, width) of the image in `source` (a path or a seekable binary file), read from its header.
 
     Nothing is decoded: a 30000 x 30000 zlib TIFF of zeros (1 MB on disk, 900 M pixels) is refused
@@ -69,9 +70,11 @@ def check_pixel_limit(source: Union[PathLike, BinaryIO], max_pixels: Optional[in
         if start is not None:
             source.seek(start)
     if pixels > limit:
-        raise ImageTooLargeError(f"image {name} has {pixels} pixels ({width} x {height}"
-                                 f"{'' if pixels == width * height else ', several planes'}), more than "
-                                 f"MOBILESAM_MAX_IMAGE_PIXELS={limit}")
+        raise ImageTooLargeError(
+            f"image {name} has {pixels} pixels ({width} x {height}"
+            f"{'' if pixels == width * height else ', several planes'}), more than "
+            f"MOBILESAM_MAX_IMAGE_PIXELS={limit}"
+        )
     return height, width
 
 
@@ -87,12 +90,16 @@ def _is_tiff(source) -> bool:
 
 def _tiff_header_size(source) -> tuple[int, int, int]:
     """(height, width, pixels of the first series without its samples axis) from the TIFF tags."""
-    if hasattr(source, "read"):  # tifffile wants a file object whose name is a path (temporary files' are not)
+    if hasattr(
+        source, "read"
+    ):  # tifffile wants a file object whose name is a path (temporary files' are not)
         source = _NamedStream(source)
     with tifffile.TiffFile(source) as tif:
         series = tif.series[0]
         shape = dict(zip(series.axes, series.shape))
-        pixels = int(np.prod([n for axis, n in zip(series.axes, series.shape) if axis != "S"], dtype=np.float64))
+        pixels = int(
+            np.prod([n for axis, n in zip(series.axes, series.shape) if axis != "S"], dtype=np.float64)
+        )
         return int(shape.get("Y", series.shape[0])), int(shape.get("X", series.shape[-1])), pixels
 
 
@@ -113,7 +120,7 @@ class _NamedStream:
         return getattr(self._file, attribute)
 
 
-def read_image(path: PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
+def read_image(path: PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read a 2-D image (H, W) or (H, W, C) in its own dtype; `sample` names the bundled one.
 
     Images over `max_pixels` (default `max_image_pixels()`) are refused from their header.
@@ -135,7 +142,7 @@ def read_image(path: PathLike, max_pixels: Optional[int] = None) -> np.ndarray:
         raise ValueError(f"could not read image {path}: {exc}") from None
 
 
-def read_image_with_channel_axis(path: PathLike) -> tuple[np.ndarray, Optional[int]]:
+def read_image_with_channel_axis(path: PathLike) -> tuple[np.ndarray, int | None]:
     """`read_image`, plus the axis of channels as the file states it, or None if it does not say
     (2-D images, TIFFs without axes metadata): then `mobilesam.image.to_rgb_uint8` guesses.
 
@@ -160,7 +167,9 @@ def write_image(path: PathLike, array: np.ndarray) -> Path:
     if suffix not in TIFF_SUFFIXES + (".png",):
         raise ValueError(f"output {path} must end in .png, .tif or .tiff")
     if suffix == ".png" and (array.ndim != 2 or array.dtype not in (np.uint8, np.uint16)):
-        raise ValueError(f"PNG output needs a 2-D uint8/uint16 image, got {array.shape} {array.dtype}; use .tif")
+        raise ValueError(
+            f"PNG output needs a 2-D uint8/uint16 image, got {array.shape} {array.dtype}; use .tif"
+        )
     with atomic_write(path) as tmp:
         if suffix == ".png":
             Image.fromarray(array).save(tmp, format="PNG")

@@ -1,7 +1,7 @@
 """Turn automatic-mask records into what people load elsewhere: an instance label image, or
 COCO-style JSON annotations."""
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +24,9 @@ def record_mask(record: dict[str, Any]) -> np.ndarray:
     return mask_utils.decode(rle).astype(bool)
 
 
-def records_to_label_image(records: list[dict[str, Any]], shape: Optional[tuple[int, int]] = None,
-                           order: str = "area") -> np.ndarray:
+def records_to_label_image(
+    records: list[dict[str, Any]], shape: tuple[int, int] | None = None, order: str = "area"
+) -> np.ndarray:
     """(H, W) int32 instance labels: 0 is background, 1..N the records' masks, without overlaps.
 
     order "area": larger masks are painted first and smaller ones on top, so small objects inside
@@ -44,10 +45,13 @@ def records_to_label_image(records: list[dict[str, Any]], shape: Optional[tuple[
     shape = tuple(int(s) for s in shape)
     labels = np.zeros(shape, dtype=np.int32)
     if order == "area":
-        ranked = sorted(range(len(records)), key=lambda i: -int(records[i]["area"]))  # stable: ties keep order
+        ranked = sorted(
+            range(len(records)), key=lambda i: -int(records[i]["area"])
+        )  # stable: ties keep order
     else:
-        ranked = sorted(range(len(records)),
-                        key=lambda i: (-records[i]["predicted_iou"], -records[i]["stability_score"]))
+        ranked = sorted(
+            range(len(records)), key=lambda i: (-records[i]["predicted_iou"], -records[i]["stability_score"])
+        )
     for label, i in enumerate(ranked, start=1):
         if masks[i].shape != shape:
             raise ValueError(f"mask {i} has shape {masks[i].shape}, the label image {shape}")
@@ -58,8 +62,9 @@ def records_to_label_image(records: list[dict[str, Any]], shape: Optional[tuple[
     return labels
 
 
-def records_to_coco_json(records: list[dict[str, Any]], image_id: int = 1,
-                         file_name: Optional[str] = None) -> dict[str, Any]:
+def records_to_coco_json(
+    records: list[dict[str, Any]], image_id: int = 1, file_name: str | None = None
+) -> dict[str, Any]:
     """A COCO-format dict {"images", "annotations", "categories"} with one "object" category.
 
     Segmentations are compressed COCO RLE (str counts), bbox is [x, y, w, h]; each annotation
@@ -70,24 +75,29 @@ def records_to_coco_json(records: list[dict[str, Any]], image_id: int = 1,
     for index, record in enumerate(records, start=1):
         mask = record_mask(record)
         height, width = mask.shape
-        annotations.append({
-            "id": index,
-            "image_id": image_id,
-            "category_id": 1,
-            "segmentation": mask_to_coco_rle(mask),
-            "area": int(record["area"]),
-            "bbox": [float(v) for v in record["bbox"]],
-            "iscrowd": 0,
-            "score": float(record["predicted_iou"]),
-            "predicted_iou": float(record["predicted_iou"]),
-            "stability_score": float(record["stability_score"]),
-            "point_coords": [[float(v) for v in p] for p in record["point_coords"]],
-            "crop_box": [float(v) for v in record["crop_box"]],
-        })
+        annotations.append(
+            {
+                "id": index,
+                "image_id": image_id,
+                "category_id": 1,
+                "segmentation": mask_to_coco_rle(mask),
+                "area": int(record["area"]),
+                "bbox": [float(v) for v in record["bbox"]],
+                "iscrowd": 0,
+                "score": float(record["predicted_iou"]),
+                "predicted_iou": float(record["predicted_iou"]),
+                "stability_score": float(record["stability_score"]),
+                "point_coords": [[float(v) for v in p] for p in record["point_coords"]],
+                "crop_box": [float(v) for v in record["crop_box"]],
+            }
+        )
     image = {"id": image_id}
     if file_name is not None:
         image["file_name"] = file_name
     if height is not None:
         image.update(height=int(height), width=int(width))
-    return {"images": [image], "annotations": annotations,
-            "categories": [{"id": 1, "name": "object", "supercategory": "object"}]}
+    return {
+        "images": [image],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
+    }

@@ -6,7 +6,6 @@ cache embeddings and restore them without re-encoding.
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -62,19 +61,28 @@ class SamPredictor:
         resized = self.transform.apply_image(image)
         tensor = torch.as_tensor(resized, device=self.device).permute(2, 0, 1).contiguous()[None]
         encoder_size = getattr(self.model.image_encoder, "input_size", self.model.img_size)
-        if encoder_size != self.model.img_size:  # EfficientViT-SAM reads 512 px, prompts stay in the 1024 frame
+        if (
+            encoder_size != self.model.img_size
+        ):  # EfficientViT-SAM reads 512 px, prompts stay in the 1024 frame
             small = ResizeLongestSide(encoder_size).apply_image(image)
             encoder_image = torch.as_tensor(small, device=self.device).permute(2, 0, 1).contiguous()[None]
             return self.set_torch_image(tensor, image.shape[:2], encoder_image=encoder_image)
         self.set_torch_image(tensor, image.shape[:2])
 
     @torch.inference_mode()
-    def set_torch_image(self, transformed_image: torch.Tensor, original_image_size: tuple[int, ...],
-                        encoder_image: Optional[torch.Tensor] = None) -> None:
+    def set_torch_image(
+        self,
+        transformed_image: torch.Tensor,
+        original_image_size: tuple[int, ...],
+        encoder_image: torch.Tensor | None = None,
+    ) -> None:
         """Encode a (1, 3, h, w) image already resized so that max(h, w) is the model's input size
         (`encoder_image`: the image at the encoder's own, smaller size, for EfficientViT-SAM)."""
-        if not (transformed_image.ndim == 4 and transformed_image.shape[1] == 3
-                and max(*transformed_image.shape[2:]) == self.model.img_size):
+        if not (
+            transformed_image.ndim == 4
+            and transformed_image.shape[1] == 3
+            and max(*transformed_image.shape[2:]) == self.model.img_size
+        ):
             raise ValueError(
                 f"set_torch_image needs (1, 3, h, w) with max(h, w) = {self.model.img_size}, "
                 f"got {tuple(transformed_image.shape)}"
@@ -115,10 +123,10 @@ class SamPredictor:
 
     def predict(
         self,
-        point_coords: Optional[np.ndarray] = None,
-        point_labels: Optional[np.ndarray] = None,
-        box: Optional[np.ndarray] = None,
-        mask_input: Optional[np.ndarray] = None,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+        mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -130,8 +138,9 @@ class SamPredictor:
         C is 3 with multimask_output, else 1.
         """
         self._require_image()
-        coords, labels, box, mask_input = model_input_prompts(self.transform, self.original_size, point_coords,
-                                                              point_labels, box, mask_input)
+        coords, labels, box, mask_input = model_input_prompts(
+            self.transform, self.original_size, point_coords, point_labels, box, mask_input
+        )
         coords_torch = labels_torch = box_torch = mask_torch = None
         if coords is not None:
             coords_torch = torch.as_tensor(coords, dtype=torch.float, device=self.device)
@@ -140,17 +149,18 @@ class SamPredictor:
             box_torch = torch.as_tensor(box, dtype=torch.float, device=self.device)
         if mask_input is not None:
             mask_torch = torch.as_tensor(mask_input, dtype=torch.float, device=self.device)
-        masks, iou, low_res = self.predict_torch(coords_torch, labels_torch, box_torch, mask_torch,
-                                                 multimask_output, return_logits=return_logits)
+        masks, iou, low_res = self.predict_torch(
+            coords_torch, labels_torch, box_torch, mask_torch, multimask_output, return_logits=return_logits
+        )
         return masks[0].cpu().numpy(), iou[0].cpu().numpy(), low_res[0].cpu().numpy()
 
     @torch.inference_mode()
     def predict_torch(
         self,
-        point_coords: Optional[torch.Tensor],
-        point_labels: Optional[torch.Tensor],
-        boxes: Optional[torch.Tensor] = None,
-        mask_input: Optional[torch.Tensor] = None,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -172,12 +182,14 @@ class SamPredictor:
         """Prompt encoder + mask decoder on the current embedding: low-res logits and IoU predictions."""
         if self._runtime:
             return self._runtime.decode(self.features, points, boxes, mask_input, multimask_output)
-        return self.model.mask_decoder(**self._decoder_inputs(points, boxes, mask_input),
-                                       multimask_output=multimask_output)
+        return self.model.mask_decoder(
+            **self._decoder_inputs(points, boxes, mask_input), multimask_output=multimask_output
+        )
 
     @torch.inference_mode()
-    def decode_confident(self, points, boxes, mask_input, multimask_output: bool, min_iou: Optional[float]
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decode_confident(
+        self, points, boxes, mask_input, multimask_output: bool, min_iou: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As `decode`, keeping only masks with predicted IoU > min_iou (all when None): low-res
         logits (K, 256, 256), IoU predictions (K,) and positions (K,) in the flattened (B, C)
         output. The torch fast path skips upscaling the rejected masks."""
@@ -185,7 +197,10 @@ class SamPredictor:
         if self._runtime:
             return select_confident(*self.decode(points, boxes, mask_input, multimask_output), threshold)
         return self.model.mask_decoder.predict_confident_masks(
-            **self._decoder_inputs(points, boxes, mask_input), multimask_output=multimask_output, min_iou=threshold)
+            **self._decoder_inputs(points, boxes, mask_input),
+            multimask_output=multimask_output,
+            min_iou=threshold,
+        )
 
     def _decoder_inputs(self, points, boxes, mask_input) -> dict:
         """The mask decoder's inputs for these prompts on the current embedding."""
@@ -201,8 +216,13 @@ class SamPredictor:
                 self._decoder_cache = decoder.prepare_image(self.features, image_pe, dense)
             self._uncached_decodes += self._decoder_cache is None
             image_cache = self._decoder_cache
-        return dict(image_embeddings=self.features, image_pe=image_pe, sparse_prompt_embeddings=sparse,
-                    dense_prompt_embeddings=dense, image_cache=image_cache)
+        return dict(
+            image_embeddings=self.features,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            image_cache=image_cache,
+        )
 
     def _dense_pe(self) -> torch.Tensor:
         """The prompt encoder's positional encoding of the embedding grid, computed once per image

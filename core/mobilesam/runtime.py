@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Optional
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 M_TRIM_THRESHOLD = -1
@@ -45,15 +44,15 @@ class AllocatorStatus:
 
 
 _lock = threading.Lock()
-_status: Optional[AllocatorStatus] = None
+_status: AllocatorStatus | None = None
 
 
-def _glibc() -> Optional[ctypes.CDLL]:
+def _glibc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # only glibc has it; musl has no mallopt thresholds
+        _ = libc.gnu_get_libc_version  # only glibc has it; musl has no mallopt thresholds
         libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
         libc.mallopt.restype = ctypes.c_int
         return libc
@@ -61,7 +60,7 @@ def _glibc() -> Optional[ctypes.CDLL]:
         return None
 
 
-def _preloaded_allocator() -> Optional[str]:
+def _preloaded_allocator() -> str | None:
     preload = os.environ.get("LD_PRELOAD", "")
     for name in ("jemalloc", "tcmalloc", "mimalloc"):
         if name in preload:
@@ -98,12 +97,12 @@ def _configure() -> AllocatorStatus:
     return AllocatorStatus(ok, "mallopt thresholds raised" if ok else "mallopt refused the thresholds")
 
 
-def allocator_status() -> Optional[AllocatorStatus]:
+def allocator_status() -> AllocatorStatus | None:
     """The status of the first `configure_allocator` call, or None if it was never called."""
     return _status
 
 
-def configure_threads(num_threads: Optional[int] = None) -> int:
+def configure_threads(num_threads: int | None = None) -> int:
     """Set torch's intra-op threads to `num_threads` (default: the CPUs this process may use).
 
     torch defaults to the number of physical cores of the machine, which oversubscribes a
@@ -129,7 +128,16 @@ def usable_cpus() -> int:
 # ---------------------------------------------------------------- CPU features and low precision
 
 # The instruction-set extensions that decide which low-precision paths pay off (Linux names).
-CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "avx512_vnni", "avx_vnni", "avx512_fp16")
+CPU_FLAGS = (
+    "avx2",
+    "avx512f",
+    "avx512_bf16",
+    "amx_bf16",
+    "amx_int8",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_fp16",
+)
 
 
 def cpu_flags() -> frozenset:
@@ -158,7 +166,7 @@ def bf16_supported() -> bool:
 
 
 def resolve_precision(precision: str) -> str:
-    """"fp32", "bf16" or "auto" (bf16 where `bf16_supported()`, else fp32) -> "fp32" or "bf16".
+    """ "fp32", "bf16" or "auto" (bf16 where `bf16_supported()`, else fp32) -> "fp32" or "bf16".
 
     Raises ValueError for an unknown name or for "bf16" on a CPU without native bf16.
     """
@@ -167,8 +175,10 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "bf16" if bf16_supported() else "fp32"
     if precision == "bf16" and not bf16_supported():
-        raise ValueError("precision 'bf16' needs a CPU with AVX512-BF16 or AMX (this one has neither; "
-                         "use 'fp32' or 'auto')")
+        raise ValueError(
+            "precision 'bf16' needs a CPU with AVX512-BF16 or AMX (this one has neither; "
+            "use 'fp32' or 'auto')"
+        )
     return precision
 
 
@@ -176,6 +186,7 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 
 # ---------------------------------------------------------------- warm-up
+
 
 def warm_up(predictor, size: int = 256) -> float:
     """Encode a synthetic `size` x `size` image and answer one click, then forget them, so that

@@ -6,15 +6,15 @@ code path that loads `mobile_sam.pt` can be exercised offline.
 
 import os
 from pathlib import Path
-from typing import Union
 
 import torch
 
 from .build_sam import build_sam
 
 
-def save_random_checkpoint(path: Union[str, os.PathLike], model_type: str = "vit_t", seed: int = 0,
-                           image_size: int = 1024) -> Path:
+def save_random_checkpoint(
+    path: str | os.PathLike, model_type: str = "vit_t", seed: int = 0, image_size: int = 1024
+) -> Path:
     """Build `model_type` with seeded random weights and save its state dict to `path`."""
     torch.manual_seed(seed)
     model = build_sam(model_type, image_size=image_size)

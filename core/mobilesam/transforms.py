@@ -43,8 +43,14 @@ MAX_POINTS_PER_PROMPT = 256
 POINT_LABELS = (-1, 0, 1, 2, 3)
 
 
-def model_input_prompts(transform: "ResizeLongestSide", original_size: tuple[int, ...], point_coords=None,
-                        point_labels=None, box=None, mask_input=None):
+def model_input_prompts(
+    transform: ResizeLongestSide,
+    original_size: tuple[int, ...],
+    point_coords=None,
+    point_labels=None,
+    box=None,
+    mask_input=None,
+):
     """Check `SamPredictor.predict`'s prompts and map them to model-input coordinates, batch of one:
     coords (1, N, 2) float64, labels (1, N), box (1, 4), mask_input (1, 1, h, w); None when absent.
 
@@ -63,8 +69,10 @@ def model_input_prompts(transform: "ResizeLongestSide", original_size: tuple[int
                 f"point_coords must be (N, 2) with N labels; got {point_coords.shape} and {point_labels.shape}"
             )
         if len(point_coords) > MAX_POINTS_PER_PROMPT:
-            raise ValueError(f"point_coords has {len(point_coords)} points; at most {MAX_POINTS_PER_PROMPT} "
-                             "are allowed in one prompt")
+            raise ValueError(
+                f"point_coords has {len(point_coords)} points; at most {MAX_POINTS_PER_PROMPT} "
+                "are allowed in one prompt"
+            )
         coords = transform.apply_coords(point_coords, original_size)[None]
         labels = point_labels[None]
     if box is not None:
@@ -73,7 +81,9 @@ def model_input_prompts(transform: "ResizeLongestSide", original_size: tuple[int
             raise ValueError(f"box must have 4 numbers (x0, y0, x1, y1), got shape {box.shape}")
         x0, y0, x1, y1 = box.reshape(-1)
         if x1 < x0 or y1 < y0:
-            raise ValueError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is inverted: it needs x1 >= x0 and y1 >= y0")
+            raise ValueError(
+                f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is inverted: it needs x1 >= x0 and y1 >= y0"
+            )
         box = transform.apply_boxes(box, original_size).reshape(1, 4)
     if mask_input is not None:
         mask_input = _mask_input(mask_input, transform.target_length // 4)
@@ -97,8 +107,9 @@ def _point_labels(values) -> np.ndarray:
         raise ValueError(f"point_labels must be (N,), got shape {labels.shape}")
     bad = labels[~np.isin(labels, POINT_LABELS)]
     if bad.size:
-        raise ValueError(f"point_labels must be 1 (object) or 0 (background) (or -1, 2, 3 as in SAM); "
-                         f"got {bad[0]:g}")
+        raise ValueError(
+            f"point_labels must be 1 (object) or 0 (background) (or -1, 2, 3 as in SAM); got {bad[0]:g}"
+        )
     return labels.astype(np.int64)
 
 
@@ -107,8 +118,10 @@ def _mask_input(values, size: int) -> np.ndarray:
     if mask.ndim == 2:
         mask = mask[None]
     if mask.shape != (1, size, size):
-        raise ValueError(f"mask_input must be ({size}, {size}) or (1, {size}, {size}) low-res logits "
-                         f"(the third output of predict), got shape {np.shape(values)}")
+        raise ValueError(
+            f"mask_input must be ({size}, {size}) or (1, {size}, {size}) low-res logits "
+            f"(the third output of predict), got shape {np.shape(values)}"
+        )
     return mask[None]
 
 

@@ -12,23 +12,20 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Optional, Union
 
 import platformdirs
 from tqdm.auto import tqdm
 
+from ._types import PathLike
 from .atomic import atomic_write
 from .errors import MissingWeightsError
 from .model_zoo import WeightsInfo, all_weights  # noqa: F401  (WeightsInfo re-exported)
-
 
 # The registry lives in model_zoo; OFFICIAL_WEIGHTS is every checkpoint it names (models and AIS decoders).
 OFFICIAL_WEIGHTS = all_weights()
 
 # An upstream without a published size still gets a bound on what a download may write.
 MAX_UNKNOWN_SIZE = 3_000_000_000
-
-PathLike = Union[str, os.PathLike]
 
 
 def cache_dir() -> Path:
@@ -41,7 +38,9 @@ def weights_info(model_type: str) -> WeightsInfo:
     try:
         return OFFICIAL_WEIGHTS[model_type]
     except KeyError:
-        raise ValueError(f"no official weights for {model_type!r}; known: {', '.join(OFFICIAL_WEIGHTS)}") from None
+        raise ValueError(
+            f"no official weights for {model_type!r}; known: {', '.join(OFFICIAL_WEIGHTS)}"
+        ) from None
 
 
 def cached_path(model_type: str) -> Path:
@@ -60,11 +59,13 @@ def sha256sum(path: PathLike, chunk: int = 1 << 20) -> str:
 def manual_install_hint(model_type: str) -> str:
     info = weights_info(model_type)
     size = f"{info.size / 1e6:.0f} MB" if info.size else "size unpublished"
-    return (f"Download {info.url} ({size}, licence {info.licence}) by hand and put it at {cached_path(model_type)}, "
-            f"or point MOBILESAM_CHECKPOINT (or --checkpoint) at a copy.")
+    return (
+        f"Download {info.url} ({size}, licence {info.licence}) by hand and put it at {cached_path(model_type)}, "
+        f"or point MOBILESAM_CHECKPOINT (or --checkpoint) at a copy."
+    )
 
 
-def verify_digest(path: PathLike, info: WeightsInfo) -> Optional[str]:
+def verify_digest(path: PathLike, info: WeightsInfo) -> str | None:
     """None if `path` matches the digest upstream publishes, else what is wrong. micro-sam publishes
     xxh128 only (checked with the optional `xxhash` package); TinySAM publishes none (nothing to check,
     said on stderr with the file's sha256 so a user can compare it with a trusted copy)."""
@@ -75,14 +76,23 @@ def verify_digest(path: PathLike, info: WeightsInfo) -> Optional[str]:
         try:
             import xxhash
         except ImportError:
-            return ("could not be verified: its publisher gives an xxh128 digest and the xxhash package "
-                    "is not installed (pip install xxhash)")
+            return (
+                "could not be verified: its publisher gives an xxh128 digest and the xxhash package "
+                "is not installed (pip install xxhash)"
+            )
         digest = xxhash.xxh128()
         with open(path, "rb") as f:
             while block := f.read(1 << 20):
                 digest.update(block)
-        return None if digest.hexdigest() == info.xxh128 else f"has xxh128 {digest.hexdigest()}, expected {info.xxh128}"
-    print(f"note: {info.filename}: upstream publishes no checksum; its sha256 is {sha256sum(path)}", file=sys.stderr)
+        return (
+            None
+            if digest.hexdigest() == info.xxh128
+            else f"has xxh128 {digest.hexdigest()}, expected {info.xxh128}"
+        )
+    print(
+        f"note: {info.filename}: upstream publishes no checksum; its sha256 is {sha256sum(path)}",
+        file=sys.stderr,
+    )
     return None
 
 
@@ -100,10 +110,17 @@ def download(model_type: str, progress: bool = True, force: bool = False, timeou
     # killed) and moved into place only once its digest matches.
     with atomic_write(target, suffix=".part") as part:
         try:
-            with urllib.request.urlopen(info.url, timeout=timeout) as response, open(part, "wb") as out, tqdm(
-                total=int(response.headers.get("Content-Length") or info.size or 0) or None, unit="B",
-                unit_scale=True, desc=f"Downloading {info.filename}", disable=not progress,
-            ) as bar:
+            with (
+                urllib.request.urlopen(info.url, timeout=timeout) as response,
+                open(part, "wb") as out,
+                tqdm(
+                    total=int(response.headers.get("Content-Length") or info.size or 0) or None,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"Downloading {info.filename}",
+                    disable=not progress,
+                ) as bar,
+            ):
                 limit = 2 * info.size if info.size else MAX_UNKNOWN_SIZE
                 written = 0
                 while block := response.read(1 << 20):
@@ -119,14 +136,20 @@ def download(model_type: str, progress: bool = True, force: bool = False, timeou
             ) from None
         problem = verify_digest(part, info)
         if problem:
-            raise MissingWeightsError(f"downloaded {info.filename} {problem}; the file was discarded. "
-                                      + manual_install_hint(model_type))
+            raise MissingWeightsError(
+                f"downloaded {info.filename} {problem}; the file was discarded. "
+                + manual_install_hint(model_type)
+            )
     return target
 
 
-def resolve_checkpoint(model_type: str = "vit_t", checkpoint: Optional[PathLike] = None,
-                       allow_download: bool = True, progress: bool = True,
-                       env_var: str = "MOBILESAM_CHECKPOINT") -> Path:
+def resolve_checkpoint(
+    model_type: str = "vit_t",
+    checkpoint: PathLike | None = None,
+    allow_download: bool = True,
+    progress: bool = True,
+    env_var: str = "MOBILESAM_CHECKPOINT",
+) -> Path:
     """The checkpoint file to use for `model_type` (see the module docstring for the order);
     `env_var` names the environment variable of step 2 (AIS decoders have their own)."""
     explicit = checkpoint or os.environ.get(env_var)

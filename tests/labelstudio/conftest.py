@@ -5,7 +5,6 @@ real Label Studio server shared by every test that needs one (starting it costs 
 from pathlib import Path
 
 import pytest
-
 from ls_requests import MemoryImages, make_test_image
 
 
@@ -71,8 +70,11 @@ def label_studio(tmp_path_factory, request):
         except OSError:  # LS_BIN missing: start_label_studio says how to install it
             template = None
     try:
-        server = start_label_studio(tmp_path_factory.mktemp("label-studio-data"),
-                                    tmp_path_factory.mktemp("label-studio-files"), template)
+        server = start_label_studio(
+            tmp_path_factory.mktemp("label-studio-data"),
+            tmp_path_factory.mktemp("label-studio-files"),
+            template,
+        )
     except ServerError as exc:
         pytest.fail(str(exc))
     yield server

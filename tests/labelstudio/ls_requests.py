@@ -31,14 +31,26 @@ CONFIG_NO_OUTPUT = """<View>
 </View>"""
 
 
-def keypoint(x_px, y_px, width, height, positive=True, region_id="kp1", label="Object", to_name="image",
-             from_name="kp"):
+def keypoint(
+    x_px, y_px, width, height, positive=True, region_id="kp1", label="Object", to_name="image", from_name="kp"
+):
     """A smart keypoint at pixel (x_px, y_px); positive=None leaves `is_positive` out, as non-smart tools do."""
     item = {
-        "original_width": width, "original_height": height, "image_rotation": 0,
-        "value": {"x": x_px / width * 100, "y": y_px / height * 100, "width": 0.5,
-                  "keypointlabels": [label], "labels": [label]},
-        "id": region_id, "from_name": from_name, "to_name": to_name, "type": "keypointlabels", "origin": "manual",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {
+            "x": x_px / width * 100,
+            "y": y_px / height * 100,
+            "width": 0.5,
+            "keypointlabels": [label],
+            "labels": [label],
+        },
+        "id": region_id,
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "keypointlabels",
+        "origin": "manual",
     }
     if positive is not None:
         item["is_positive"] = positive
@@ -48,10 +60,22 @@ def keypoint(x_px, y_px, width, height, positive=True, region_id="kp1", label="O
 def rectangle(x0, y0, x1, y1, width, height, region_id="rect1", label="Object", rotation=0):
     """A smart rectangle with pixel corners (x0, y0), (x1, y1)."""
     return {
-        "original_width": width, "original_height": height, "image_rotation": 0,
-        "value": {"x": x0 / width * 100, "y": y0 / height * 100, "width": (x1 - x0) / width * 100,
-                  "height": (y1 - y0) / height * 100, "rotation": rotation, "rectanglelabels": [label]},
-        "id": region_id, "from_name": "rect", "to_name": "image", "type": "rectanglelabels", "origin": "manual",
+        "original_width": width,
+        "original_height": height,
+        "image_rotation": 0,
+        "value": {
+            "x": x0 / width * 100,
+            "y": y0 / height * 100,
+            "width": (x1 - x0) / width * 100,
+            "height": (y1 - y0) / height * 100,
+            "rotation": rotation,
+            "rectanglelabels": [label],
+        },
+        "id": region_id,
+        "from_name": "rect",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "origin": "manual",
     }
 
 
@@ -59,8 +83,12 @@ def predict_body(items, url, task_id=1, config=CONFIG_BRUSH, data_key="image"):
     """POST /predict for an interactive click (items=None: a non-interactive request, context null)."""
     context = None if items is None else {"result": items}
     task = {"id": task_id, "data": {data_key: url}, "annotations": [], "drafts": [], "predictions": []}
-    return {"tasks": [task], "project": "1.1700000000", "label_config": config,
-            "params": {"login": None, "password": None, "context": context}}
+    return {
+        "tasks": [task],
+        "project": "1.1700000000",
+        "label_config": config,
+        "params": {"login": None, "password": None, "context": context},
+    }
 
 
 def decode_brush(item):
@@ -79,7 +107,7 @@ def reference_mask(predictor, image, coords=None, labels=None, box=None, mask_in
     multimask = box is None and coords is not None and len(coords) == 1 and mask_input is None
     masks, iou, logits = predictor.predict(coords, labels, box, mask_input, multimask_output=multimask)
     best = int(np.argmax(iou))
-    return masks[best], float(iou[best]), logits[best:best + 1]
+    return masks[best], float(iou[best]), logits[best : best + 1]
 
 
 def make_test_image(height, width, seed):

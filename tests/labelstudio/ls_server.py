@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import requests
 
@@ -38,7 +37,9 @@ def free_port() -> int:
 
 
 def tail(path, lines=40) -> str:
-    return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:]) if Path(path).exists() else ""
+    return (
+        "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:]) if Path(path).exists() else ""
+    )
 
 
 def wait_until(check, timeout, process, log_path, what) -> None:
@@ -95,42 +96,75 @@ class LabelStudio:
         """(project, tasks in upload order, ML backend or None) for uploaded (H, W, 3) images."""
         project = self.call("POST", "/api/projects", json={"title": title, "label_config": label_config})
         for index, image in enumerate(images):
-            self.call("POST", f"/api/projects/{project['id']}/import",
-                      files={"file": (f"image{index}.png", png_bytes(image), "image/png")})
-        tasks = sorted(self.call("GET", f"/api/tasks?project={project['id']}")["tasks"], key=lambda t: t["id"])
+            self.call(
+                "POST",
+                f"/api/projects/{project['id']}/import",
+                files={"file": (f"image{index}.png", png_bytes(image), "image/png")},
+            )
+        tasks = sorted(
+            self.call("GET", f"/api/tasks?project={project['id']}")["tasks"], key=lambda t: t["id"]
+        )
         ml = None
         if backend_url:
-            ml = self.call("POST", "/api/ml", json={"project": project["id"], "url": backend_url,
-                                                     "title": "MobileSAM", "is_interactive": True})
+            ml = self.call(
+                "POST",
+                "/api/ml",
+                json={
+                    "project": project["id"],
+                    "url": backend_url,
+                    "title": "MobileSAM",
+                    "is_interactive": True,
+                },
+            )
         return project, tasks, ml
 
 
-def start_label_studio(data_dir: Path, files_root: Path, template_db: Optional[Path] = None) -> LabelStudio:
+def start_label_studio(data_dir: Path, files_root: Path, template_db: Path | None = None) -> LabelStudio:
     """Start Label Studio on a free port with a fresh data dir (from `template_db` when it exists)."""
     if not LS_BIN.is_file():
-        raise ServerError(f"Label Studio is not installed at {LS_BIN}. Install it in its own virtualenv: "
-                          "python3 -m venv .venv-ls && .venv-ls/bin/pip install label-studio==1.23.2 "
-                          "(scripts/test.sh does this), or point LABEL_STUDIO_BIN at its label-studio executable.")
+        raise ServerError(
+            f"Label Studio is not installed at {LS_BIN}. Install it in its own virtualenv: "
+            "python3 -m venv .venv-ls && .venv-ls/bin/pip install label-studio==1.23.2 "
+            "(scripts/test.sh does this), or point LABEL_STUDIO_BIN at its label-studio executable."
+        )
     if template_db is not None and template_db.is_file():
         shutil.copy2(template_db, data_dir / "label_studio.sqlite3")
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env.update({
-        "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_USERNAME": USER,
-        "LABEL_STUDIO_PASSWORD": PASSWORD, "LABEL_STUDIO_USER_TOKEN": TOKEN,
-        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true", "ML_BLOCK_LOCAL_IP": "false",
-        "SSRF_PROTECTION_ENABLED": "false", "COLLECT_ANALYTICS": "false", "LATEST_VERSION_CHECK": "false",
-        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true", "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
-    })
+    env.update(
+        {
+            "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir),
+            "LABEL_STUDIO_USERNAME": USER,
+            "LABEL_STUDIO_PASSWORD": PASSWORD,
+            "LABEL_STUDIO_USER_TOKEN": TOKEN,
+            "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
+            "ML_BLOCK_LOCAL_IP": "false",
+            "SSRF_PROTECTION_ENABLED": "false",
+            "COLLECT_ANALYTICS": "false",
+            "LATEST_VERSION_CHECK": "false",
+            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+            "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(files_root),
+        }
+    )
     port = free_port()
     log_path = data_dir / "label-studio.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(LS_BIN), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir)
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=data_dir,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: requests.get(url + "/health", timeout=2).ok, LS_START_TIMEOUT, process, log_path,
-                   "Label Studio")
+        wait_until(
+            lambda: requests.get(url + "/health", timeout=2).ok,
+            LS_START_TIMEOUT,
+            process,
+            log_path,
+            "Label Studio",
+        )
     except BaseException:
         stop(process)
         raise

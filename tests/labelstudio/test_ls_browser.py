@@ -21,13 +21,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ls_requests import make_test_image
 from ls_server import PASSWORD, TOKEN, USER, ThreadedBackend
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 STEP_TIMEOUT_MS = 120_000  # a loaded 2-core machine: Label Studio pages take 10-20 s, clicks up to ~10 s
 
 CONFIG_BRUSH = """<View>
@@ -35,7 +40,9 @@ CONFIG_BRUSH = """<View>
   <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Cell" smart="true" background="red"/></KeyPointLabels>
   <BrushLabels name="brush" toName="image"><Label value="Cell" background="#00ff00"/></BrushLabels>
 </View>"""
-CONFIG_POLYGON = CONFIG_BRUSH.replace("BrushLabels", "PolygonLabels").replace('name="brush"', 'name="outline"')
+CONFIG_POLYGON = CONFIG_BRUSH.replace("BrushLabels", "PolygonLabels").replace(
+    'name="brush"', 'name="outline"'
+)
 IMAGES = [make_test_image(120, 160, seed=s) for s in (1, 2, 3)]
 
 
@@ -45,8 +52,12 @@ def backend(vit_t_model, vit_t_checkpoint, label_studio):
     from labelstudio_backend.model import MobileSamBackend
     from labelstudio_backend.settings import Settings
 
-    settings = Settings(checkpoint=str(vit_t_checkpoint), embedding_dir=None, label_studio_url=label_studio.url,
-                        label_studio_api_key=TOKEN)
+    settings = Settings(
+        checkpoint=str(vit_t_checkpoint),
+        embedding_dir=None,
+        label_studio_url=label_studio.url,
+        label_studio_api_key=TOKEN,
+    )
     server = ThreadedBackend(MobileSamBackend(settings, model_loader=lambda: vit_t_model))
     yield server
     server.close()
@@ -70,7 +81,9 @@ def annotator(browser, label_studio, tmp_path_factory):
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     page.set_default_timeout(STEP_TIMEOUT_MS)
-    artifacts = Path(os.environ.get("MOBILESAM_TEST_ARTIFACTS") or tmp_path_factory.mktemp("browser-artifacts"))
+    artifacts = Path(
+        os.environ.get("MOBILESAM_TEST_ARTIFACTS") or tmp_path_factory.mktemp("browser-artifacts")
+    )
     person = Annotator(page, label_studio.url, artifacts)
     page.goto(label_studio.url + "/user/login/")
     page.fill("input[name=email]", USER)
@@ -155,8 +168,9 @@ class Annotator:
 
     def accept_and_submit(self, task_id):
         self.page.locator("[data-testid=bottombar-accept-suggestions-button]").click()
-        with self.page.expect_response(lambda r: f"/api/tasks/{task_id}/annotations" in r.url
-                                       and r.request.method == "POST") as saved:
+        with self.page.expect_response(
+            lambda r: f"/api/tasks/{task_id}/annotations" in r.url and r.request.method == "POST"
+        ) as saved:
             self.page.locator("[aria-label='Submit current annotation']").click()
         assert saved.value.status == 201, saved.value.text()
 
@@ -178,7 +192,9 @@ def stored_types(label_studio, task_id):
 
 
 def test_annotator_loop_with_brush_prewarm_and_no_empty_predictions(annotator, label_studio, backend):
-    project, tasks, _ = label_studio.project_with_images("browser brush", CONFIG_BRUSH, IMAGES[:2], backend.url)
+    project, tasks, _ = label_studio.project_with_images(
+        "browser brush", CONFIG_BRUSH, IMAGES[:2], backend.url
+    )
     first, second = tasks
 
     annotator.open(project["id"], first["id"])
@@ -218,7 +234,9 @@ def test_annotator_loop_with_brush_prewarm_and_no_empty_predictions(annotator, l
 
 
 def test_polygon_config_stores_polygonlabels(annotator, label_studio, backend):
-    project, (task,), _ = label_studio.project_with_images("browser polygon", CONFIG_POLYGON, IMAGES[2:], backend.url)
+    project, (task,), _ = label_studio.project_with_images(
+        "browser polygon", CONFIG_POLYGON, IMAGES[2:], backend.url
+    )
     annotator.open(project["id"], task["id"])
     annotator.auto_annotation_on()
     annotator.smart_keypoint()
@@ -245,7 +263,9 @@ class DiskBackend:
                 coords, labels, _ = prompt.in_pixels(height, width)
                 x, y = coords[labels == 1][-1]
                 yy, xx = np.mgrid[:height, :width]
-                return (xx + 0.5 - x) ** 2 + (yy + 0.5 - y) ** 2 <= (cls.radius * min(height, width)) ** 2, 0.99
+                return (xx + 0.5 - x) ** 2 + (yy + 0.5 - y) ** 2 <= (
+                    cls.radius * min(height, width)
+                ) ** 2, 0.99
 
         return Disk(settings, model_loader=lambda: model)
 
@@ -253,11 +273,17 @@ class DiskBackend:
 def test_rotated_image_mask_lands_under_the_click(annotator, label_studio, vit_t_model, vit_t_checkpoint):
     from labelstudio_backend.settings import Settings
 
-    settings = Settings(checkpoint=str(vit_t_checkpoint), embedding_dir=None, label_studio_url=label_studio.url,
-                        label_studio_api_key=TOKEN)
+    settings = Settings(
+        checkpoint=str(vit_t_checkpoint),
+        embedding_dir=None,
+        label_studio_url=label_studio.url,
+        label_studio_api_key=TOKEN,
+    )
     disk = ThreadedBackend(DiskBackend.create(settings, vit_t_model))
     try:
-        project, (task,), _ = label_studio.project_with_images("browser rotated", CONFIG_BRUSH, IMAGES[:1], disk.url)
+        project, (task,), _ = label_studio.project_with_images(
+            "browser rotated", CONFIG_BRUSH, IMAGES[:1], disk.url
+        )
         annotator.open(project["id"], task["id"])
         annotator.page.locator("[aria-label=rotate-right]").click()
         annotator.auto_annotation_on()
@@ -279,7 +305,9 @@ def test_rotated_image_mask_lands_under_the_click(annotator, label_studio, vit_t
 
     def change(dx, dy):
         row, col = int(y + dy), int(x + dx)
-        return np.abs(after[row - 2:row + 3, col - 2:col + 3] - before[row - 2:row + 3, col - 2:col + 3]).mean()
+        return np.abs(
+            after[row - 2 : row + 3, col - 2 : col + 3] - before[row - 2 : row + 3, col - 2 : col + 3]
+        ).mean()
 
     inside = [change(0.5 * reach * cx, 0.5 * reach * cy) for cx, cy in ((1, 0), (-1, 0), (0, 1), (0, -1))]
     outside = [change(1.6 * reach * cx, 1.6 * reach * cy) for cx, cy in ((1, 0), (0, -1))]

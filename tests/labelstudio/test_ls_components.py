@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-
 from ls_requests import MemoryImages, decode_brush, keypoint, predict_body, reference_mask
 from ls_server import serve_wsgi
 
@@ -89,8 +88,9 @@ def test_store_round_trip_corrupt_files_and_pruning(tmp_path):
     assert ("img4", "m") in store and ("img0", "m") not in store  # the oldest went first
 
 
-def test_new_process_uses_stored_embeddings_without_fetching(make_backend, ls_images, vit_t_model, tmp_path,
-                                                             reference_predictor):
+def test_new_process_uses_stored_embeddings_without_fetching(
+    make_backend, ls_images, vit_t_model, tmp_path, reference_predictor
+):
     from labelstudio_backend.api import create_app
 
     first_images = MemoryImages(ls_images)
@@ -99,9 +99,12 @@ def test_new_process_uses_stored_embeddings_without_fetching(make_backend, ls_im
     assert first_images.fetches == {A: 1}
 
     restarted_images = MemoryImages(ls_images)  # a restarted server: empty memory, same directory
-    restarted = make_backend(image_loader=restarted_images, model_loader=lambda: vit_t_model,
-                             embedding_dir=tmp_path)
-    response = create_app(restarted).test_client().post("/predict", json=predict_body([keypoint(28, 21, 64, 48)], A))
+    restarted = make_backend(
+        image_loader=restarted_images, model_loader=lambda: vit_t_model, embedding_dir=tmp_path
+    )
+    response = (
+        create_app(restarted).test_client().post("/predict", json=predict_body([keypoint(28, 21, 64, 48)], A))
+    )
     assert response.status_code == 200
     assert restarted_images.fetches == {}  # answered from the stored embedding
     assert restarted.metrics()["counters"]["embeddings.from_disk"] == 1
@@ -135,9 +138,11 @@ def image_server(ls_images):
         Image.fromarray(array).save(buffer, format="PNG")
         return buffer.getvalue()
 
-    files = {"/data/upload/1/a.png": png(ls_images[A]),
-             "/data/upload/1/deep.png": png((np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50)),
-             "/public/b.png": png(ls_images["/data/upload/1/b.png"])}
+    files = {
+        "/data/upload/1/a.png": png(ls_images[A]),
+        "/data/upload/1/deep.png": png(np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50),
+        "/public/b.png": png(ls_images["/data/upload/1/b.png"]),
+    }
     requests_seen = []
 
     @Request.application
@@ -195,8 +200,9 @@ def test_fetch_failures_name_the_url_and_status(image_server, tmp_path, monkeypa
         load_task_image(A, url, "good-token", max_pixels=100)
 
 
-def test_backend_fetches_with_setup_credentials(make_backend, image_server, vit_t_model, ls_images,
-                                                reference_predictor, tmp_path, monkeypatch):
+def test_backend_fetches_with_setup_credentials(
+    make_backend, image_server, vit_t_model, ls_images, reference_predictor, tmp_path, monkeypatch
+):
     """Without LABEL_STUDIO_URL/API_KEY the backend uses the hostname and token Label Studio sent to /setup."""
     from labelstudio_backend.api import create_app
 
@@ -207,8 +213,15 @@ def test_backend_fetches_with_setup_credentials(make_backend, image_server, vit_
     body = predict_body([keypoint(28, 21, 64, 48)], A)
     before_setup = client.post("/predict", json=body)
     assert before_setup.status_code == 502 and "LABEL_STUDIO_URL" in before_setup.get_json()["error"]
-    setup = client.post("/setup", json={"project": body["project"], "schema": body["label_config"],
-                                        "hostname": url, "access_token": "good-token"})
+    setup = client.post(
+        "/setup",
+        json={
+            "project": body["project"],
+            "schema": body["label_config"],
+            "hostname": url,
+            "access_token": "good-token",
+        },
+    )
     assert setup.status_code == 200
     response = client.post("/predict", json=body)
     assert response.status_code == 200, response.get_json()
@@ -218,7 +231,8 @@ def test_backend_fetches_with_setup_credentials(make_backend, image_server, vit_
 
 # ----------------------------------------------------------------------------- results
 def test_polygons_follow_components_and_fill_holes():
-    from skimage.draw import disk, polygon as fill_polygon
+    from skimage.draw import disk
+    from skimage.draw import polygon as fill_polygon
 
     from labelstudio_backend.label_config import OutputTarget
     from labelstudio_backend.results import polygon_results
@@ -243,8 +257,14 @@ def test_polygons_follow_components_and_fill_holes():
 def test_prompt_percent_to_pixels_and_rotated_box():
     from labelstudio_backend.prompts import parse_context
 
-    prompt = parse_context({"result": [keypoint(30, 12, 120, 80, region_id="k"),
-                                       keypoint(60, 40, 120, 80, positive=False, region_id="n")]})
+    prompt = parse_context(
+        {
+            "result": [
+                keypoint(30, 12, 120, 80, region_id="k"),
+                keypoint(60, 40, 120, 80, positive=False, region_id="n"),
+            ]
+        }
+    )
     coords, labels, box = prompt.in_pixels(80, 120)
     np.testing.assert_allclose(coords, [[30, 12], [60, 40]])
     assert labels.tolist() == [1, 0] and box is None and not prompt.multimask
@@ -273,8 +293,9 @@ def test_cli_usage_errors(capsys):
 
 
 # ----------------------------------------------------------------------------- automatic masks
-def test_non_interactive_automatic_masks_one_result_per_mask(make_backend, memory_images, vit_t_model,
-                                                             monkeypatch):
+def test_non_interactive_automatic_masks_one_result_per_mask(
+    make_backend, memory_images, vit_t_model, monkeypatch
+):
     """MOBILESAM_AUTO_MASKS: segment_anything's generator API (`generate(image)` -> records) becomes one
     brush result per mask, largest first; a task whose image fails gets an empty list (no prediction)."""
     import mobilesam
@@ -284,8 +305,11 @@ def test_non_interactive_automatic_masks_one_result_per_mask(make_backend, memor
 
     class Generator:  # the core's SamAutomaticMaskGenerator contract, with fixed masks
         def __init__(self, model, **options):
-            assert model is vit_t_model and options == {"points_per_side": 32, "pred_iou_thresh": 0.88,
-                                                    "stability_score_thresh": 0.95}
+            assert model is vit_t_model and options == {
+                "points_per_side": 32,
+                "pred_iou_thresh": 0.88,
+                "stability_score_thresh": 0.95,
+            }
             self.predictor = None
 
         def generate(self, image, cancel=None):
@@ -293,8 +317,10 @@ def test_non_interactive_automatic_masks_one_result_per_mask(make_backend, memor
             small, large = np.zeros(image.shape[:2], bool), np.zeros(image.shape[:2], bool)
             small[2:6, 2:6] = True
             large[10:30, 10:40] = True
-            return [{"segmentation": small, "area": 16, "predicted_iou": 0.9},
-                    {"segmentation": large, "area": 600, "predicted_iou": 0.7}]
+            return [
+                {"segmentation": small, "area": 16, "predicted_iou": 0.9},
+                {"segmentation": large, "area": 600, "predicted_iou": 0.7},
+            ]
 
     monkeypatch.setattr(mobilesam, "SamAutomaticMaskGenerator", Generator, raising=False)
     backend = make_backend(image_loader=memory_images, model_loader=lambda: vit_t_model, auto_masks=True)
@@ -326,9 +352,22 @@ def test_wsgi_script_serves_as_label_studio_ml_runs_it(vit_t_checkpoint, tmp_pat
     env = dict(os.environ, MOBILESAM_CHECKPOINT=str(vit_t_checkpoint), MOBILESAM_EMBEDDING_DIR="off")
     log = tmp_path / "server.log"
     with open(log, "wb") as log_file:
-        server = subprocess.Popen([sys.executable, str(script), "--host", "127.0.0.1", "--port", str(port),
-                                   "--model-dir", "/ignored"], env=env, cwd=tmp_path,
-                                  stdout=log_file, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                str(script),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--model-dir",
+                "/ignored",
+            ],
+            env=env,
+            cwd=tmp_path,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and server.poll() is None:

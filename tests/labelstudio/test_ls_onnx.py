@@ -4,7 +4,6 @@ the backend exports it into the default folder under MOBILESAM_HOME once per mod
 
 import numpy as np
 import pytest
-
 from ls_requests import decode_brush, keypoint, predict_body, rectangle
 
 A = "/data/upload/1/a.png"  # 48 x 64
@@ -56,16 +55,27 @@ def test_settings_from_environment():
 
     default = Settings.from_env({})
     assert (default.backend, default.onnx_dir, default.onnx_precision) == ("torch", None, "fp32")
-    chosen = Settings.from_env({"MOBILESAM_BACKEND": " ONNX ", "MOBILESAM_ONNX_DIR": "~/exported",
-                                "MOBILESAM_ONNX_PRECISION": "int8"})
+    chosen = Settings.from_env(
+        {
+            "MOBILESAM_BACKEND": " ONNX ",
+            "MOBILESAM_ONNX_DIR": "~/exported",
+            "MOBILESAM_ONNX_PRECISION": "int8",
+        }
+    )
     assert (chosen.backend, chosen.onnx_dir, chosen.onnx_precision) == (
-        "onnx", Path("~/exported").expanduser(), "int8")
+        "onnx",
+        Path("~/exported").expanduser(),
+        "int8",
+    )
 
 
-@pytest.mark.parametrize("name, value, allowed", [
-    ("MOBILESAM_BACKEND", "tensorrt", "torch, onnx"),
-    ("MOBILESAM_ONNX_PRECISION", "fp16", "fp32, int8"),
-])
+@pytest.mark.parametrize(
+    "name, value, allowed",
+    [
+        ("MOBILESAM_BACKEND", "tensorrt", "torch, onnx"),
+        ("MOBILESAM_ONNX_PRECISION", "fp16", "fp32, int8"),
+    ],
+)
 def test_bad_values_stop_startup_naming_the_variable(name, value, allowed, monkeypatch, capsys):
     from labelstudio_backend._wsgi import build_app
     from mobilesam.cli import main as cli_main
@@ -88,8 +98,10 @@ def test_onnx_click_gives_the_torch_backends_mask(torch_client, onnx_client, mob
     assert (mobilesam_home / "onnx" / "vit_t" / "encoder.onnx").is_file()  # the default folder
     assert onnx_backend.model_version == torch_backend.model_version  # fp32 embeddings are interchangeable
 
-    for body, region in ((predict_body([keypoint(28, 21, 64, 48)], A), "kp1"),
-                         (predict_body([rectangle(4, 6, 30, 36, 40, 60)], B), "rect1")):
+    for body, region in (
+        (predict_body([keypoint(28, 21, 64, 48)], A), "kp1"),
+        (predict_body([rectangle(4, 6, 30, 36, 40, 60)], B), "rect1"),
+    ):
         url = body["tasks"][0]["data"]["image"]
         expected, got = _predict(torch_api, body), _predict(onnx_api, body)
         mask_t, mask_o = decode_brush(expected["result"][0]), decode_brush(got["result"][0])
@@ -104,10 +116,12 @@ def test_onnx_click_gives_the_torch_backends_mask(torch_client, onnx_client, mob
         assert (state_t.features - state_o.features).abs().max() <= TOL
 
 
-def test_int8_precision_has_its_own_model_version(make_backend, memory_images, small_model, onnx_client,
-                                                  mobilesam_home):
-    int8 = make_backend(image_loader=memory_images, model_loader=lambda: small_model, backend="onnx",
-                        onnx_precision="int8")
+def test_int8_precision_has_its_own_model_version(
+    make_backend, memory_images, small_model, onnx_client, mobilesam_home
+):
+    int8 = make_backend(
+        image_loader=memory_images, model_loader=lambda: small_model, backend="onnx", onnx_precision="int8"
+    )
     assert int8.model_version == onnx_client[0].model_version + "-int8"  # never shares cached embeddings
     client = _ready(int8)
     assert (mobilesam_home / "onnx" / "vit_t" / "encoder.int8.onnx").is_file()
@@ -116,13 +130,15 @@ def test_int8_precision_has_its_own_model_version(make_backend, memory_images, s
     assert prediction["model_version"].endswith("-int8")
 
 
-def test_missing_onnxruntime_is_reported_and_the_server_keeps_serving(make_backend, memory_images, small_model,
-                                                                      tmp_path, monkeypatch):
+def test_missing_onnxruntime_is_reported_and_the_server_keeps_serving(
+    make_backend, memory_images, small_model, tmp_path, monkeypatch
+):
     from labelstudio_backend.api import create_app
 
     monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)  # makes the import fail
-    backend = make_backend(image_loader=memory_images, model_loader=lambda: small_model, backend="onnx",
-                           onnx_dir=tmp_path)
+    backend = make_backend(
+        image_loader=memory_images, model_loader=lambda: small_model, backend="onnx", onnx_dir=tmp_path
+    )
     client = create_app(backend).test_client()
     backend.setup()
     assert backend._model_ready.wait(60)

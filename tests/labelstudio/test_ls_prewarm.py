@@ -14,8 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-
-from ls_requests import CONFIG_BRUSH, CONFIG_POLYGON, MemoryImages, decode_brush, keypoint, predict_body, reference_mask
+from ls_requests import (
+    CONFIG_BRUSH,
+    CONFIG_POLYGON,
+    MemoryImages,
+    decode_brush,
+    keypoint,
+    predict_body,
+    reference_mask,
+)
 
 A = "/data/upload/1/a.png"  # 48 x 64
 B = "/data/upload/1/b.png"  # 60 x 40
@@ -124,8 +131,11 @@ def test_stale_draft_keypoint_without_is_positive_is_ignored(client, ls_images, 
 def test_parse_context_separates_stale_points():
     from labelstudio_backend.prompts import parse_context
 
-    items = [keypoint(10, 40, 64, 48, positive=None, region_id="old"),
-             keypoint(28, 21, 64, 48, region_id="p"), keypoint(5, 5, 64, 48, positive=False, region_id="n")]
+    items = [
+        keypoint(10, 40, 64, 48, positive=None, region_id="old"),
+        keypoint(28, 21, 64, 48, region_id="p"),
+        keypoint(5, 5, 64, 48, positive=False, region_id="n"),
+    ]
     prompt = parse_context({"result": items})
     assert prompt.stale_ids == ("old",) and prompt.region_ids == ("p", "n")
     np.testing.assert_array_equal(prompt.point_labels, [1, 0])
@@ -142,11 +152,20 @@ def test_automatic_masks_one_prediction_per_task_with_real_generator(make_backen
     from labelstudio_backend.api import create_app
 
     images = MemoryImages(ls_images)
-    backend = make_backend(image_loader=images, model_loader=lambda: vit_t_model, auto_masks=True,
-                           auto_masks_points_per_side=4, auto_masks_min_iou=0.0, auto_masks_min_stability=0.0)
+    backend = make_backend(
+        image_loader=images,
+        model_loader=lambda: vit_t_model,
+        auto_masks=True,
+        auto_masks_points_per_side=4,
+        auto_masks_min_iou=0.0,
+        auto_masks_min_stability=0.0,
+    )
     client = create_app(backend).test_client()
     body = predict_body(None, A)
-    body["tasks"] += [{"id": 2, "data": {"image": "/data/upload/1/missing.png"}}, {"id": 3, "data": {"image": B}}]
+    body["tasks"] += [
+        {"id": 2, "data": {"image": "/data/upload/1/missing.png"}},
+        {"id": 3, "data": {"image": B}},
+    ]
     response = client.post("/predict", json=body)
     assert response.status_code == 200
     first, missing, third = response.get_json()["results"]
@@ -170,25 +189,43 @@ def test_automatic_polygons_label_and_time_bound(make_backend, ls_images, vit_t_
     from labelstudio_backend.api import create_app
 
     images = MemoryImages({"/data/upload/1/a.png": ls_images[A]})
-    backend = make_backend(image_loader=images, model_loader=lambda: vit_t_model, auto_masks=True,
-                           auto_masks_points_per_side=4, auto_masks_label="Cell",
-                           auto_masks_min_iou=0.0, auto_masks_min_stability=0.0)
+    backend = make_backend(
+        image_loader=images,
+        model_loader=lambda: vit_t_model,
+        auto_masks=True,
+        auto_masks_points_per_side=4,
+        auto_masks_label="Cell",
+        auto_masks_min_iou=0.0,
+        auto_masks_min_stability=0.0,
+    )
     client = create_app(backend).test_client()
     assert client.post("/setup", json={"project": "1.1", "schema": CONFIG_POLYGON}).status_code == 200
-    answer = client.post("/predict", json=predict_body(None, A, config=CONFIG_POLYGON, data_key="picture")).get_json()
+    answer = client.post(
+        "/predict", json=predict_body(None, A, config=CONFIG_POLYGON, data_key="picture")
+    ).get_json()
     (prediction,) = answer["results"]
-    assert prediction["result"] and all(item["type"] == "polygonlabels" and item["value"]["polygonlabels"] == ["Cell"]
-               for item in prediction["result"])
+    assert prediction["result"] and all(
+        item["type"] == "polygonlabels" and item["value"]["polygonlabels"] == ["Cell"]
+        for item in prediction["result"]
+    )
     backend.close()
 
-    wrong_label = make_backend(image_loader=images, model_loader=lambda: vit_t_model, auto_masks=True,
-                               auto_masks_label="Nucleus")
-    response = create_app(wrong_label).test_client().post("/setup", json={"project": "1.1", "schema": CONFIG_BRUSH})
+    wrong_label = make_backend(
+        image_loader=images, model_loader=lambda: vit_t_model, auto_masks=True, auto_masks_label="Nucleus"
+    )
+    response = (
+        create_app(wrong_label).test_client().post("/setup", json={"project": "1.1", "schema": CONFIG_BRUSH})
+    )
     assert response.status_code == 422 and "Nucleus" in response.get_json()["error"]
     wrong_label.close()
 
-    slow = make_backend(image_loader=images, model_loader=lambda: vit_t_model, auto_masks=True,
-                        auto_masks_points_per_side=64, auto_masks_task_timeout=0.05)
+    slow = make_backend(
+        image_loader=images,
+        model_loader=lambda: vit_t_model,
+        auto_masks=True,
+        auto_masks_points_per_side=64,
+        auto_masks_task_timeout=0.05,
+    )
     with caplog.at_level(logging.ERROR, logger="labelstudio_backend.precompute"):
         response = create_app(slow).test_client().post("/predict", json=predict_body(None, A))
     assert response.get_json() == {"results": []}  # skipped: nothing stored, asked again next time
@@ -201,9 +238,15 @@ def test_automatic_masks_continue_in_the_background_past_the_wait(make_backend, 
     prediction now, go on in the background, and are handed over when Label Studio asks again."""
     from labelstudio_backend.api import create_app
 
-    backend = make_backend(image_loader=MemoryImages(ls_images), model_loader=lambda: vit_t_model,
-                           auto_masks=True, auto_masks_points_per_side=4, auto_masks_wait=0.0,
-                           auto_masks_min_iou=0.0, auto_masks_min_stability=0.0)
+    backend = make_backend(
+        image_loader=MemoryImages(ls_images),
+        model_loader=lambda: vit_t_model,
+        auto_masks=True,
+        auto_masks_points_per_side=4,
+        auto_masks_wait=0.0,
+        auto_masks_min_iou=0.0,
+        auto_masks_min_stability=0.0,
+    )
     client = create_app(backend).test_client()
     body = predict_body(None, A)
     body["tasks"].append({"id": 2, "data": {"image": B}})
@@ -217,9 +260,8 @@ def test_automatic_masks_continue_in_the_background_past_the_wait(make_backend, 
 
 
 def test_task_job_reports_failures_goes_on_and_can_be_cancelled():
-    from mobilesam.errors import MobileSamError
-
     from labelstudio_backend.precompute import TaskImage, TaskJob
+    from mobilesam.errors import MobileSamError
 
     cancel = threading.Event()
 
@@ -232,8 +274,12 @@ def test_task_job_reports_failures_goes_on_and_can_be_cancelled():
 
     tasks = [TaskImage(i, f"/data/upload/1/{i}.png") for i in range(1, 6)]
     seen = []
-    report = TaskJob("test", work).run(tasks, cancel=cancel, on_result=lambda t, r, e: seen.append((t.task_id, r, e)),
-                                       progress=lambda done, total: None)
+    report = TaskJob("test", work).run(
+        tasks,
+        cancel=cancel,
+        on_result=lambda t, r, e: seen.append((t.task_id, r, e)),
+        progress=lambda done, total: None,
+    )
     assert report.results == {1: 10, 3: 30} and report.cancelled
     assert report.failed == ["task 2: could not fetch image b.png: HTTP 404"]
     assert [s[0] for s in seen] == [1, 2, 3]
@@ -252,11 +298,27 @@ def test_backend_sets_allocator_and_threads_under_any_server(server, vit_t_check
     and torch's threads itself, and warms up the encoder before it reports ready."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env.update(MOBILESAM_CHECKPOINT=str(vit_t_checkpoint), MOBILESAM_EMBEDDING_DIR="off",
-               PYTHONPATH=os.pathsep.join([str(REPO / "core"), str(REPO)]))
-    command = ([sys.executable, "-m", "gunicorn", "-w", "1", "--threads", "2", "-b", f"127.0.0.1:{port}",
-                "labelstudio_backend._wsgi:app"] if server == "gunicorn"
-               else [sys.executable, str(REPO / "labelstudio_backend" / "_wsgi.py"), "--port", str(port)])
+    env.update(
+        MOBILESAM_CHECKPOINT=str(vit_t_checkpoint),
+        MOBILESAM_EMBEDDING_DIR="off",
+        PYTHONPATH=os.pathsep.join([str(REPO / "core"), str(REPO)]),
+    )
+    command = (
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-w",
+            "1",
+            "--threads",
+            "2",
+            "-b",
+            f"127.0.0.1:{port}",
+            "labelstudio_backend._wsgi:app",
+        ]
+        if server == "gunicorn"
+        else [sys.executable, str(REPO / "labelstudio_backend" / "_wsgi.py"), "--port", str(port)]
+    )
     log = tmp_path / "server.log"
     with open(log, "wb") as log_file:
         process = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=log_file, stderr=subprocess.STDOUT)

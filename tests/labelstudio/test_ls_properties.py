@@ -3,9 +3,9 @@ round trips, and label-config parsing (issue 13)."""
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
-
 from ls_requests import CONFIG_BRUSH, CONFIG_POLYGON, decode_brush
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -51,7 +51,7 @@ def blob_masks(draw):
         top, left = draw(st.integers(0, height - h)), draw(st.integers(0, width - w))
         if draw(st.booleans()):
             shape = np.zeros_like(mask)
-            shape[top:top + h, left:left + w] = True
+            shape[top : top + h, left : left + w] = True
         else:
             cy, cx = top + (h - 1) / 2, left + (w - 1) / 2
             shape = ((yy - cy) / (h / 2)) ** 2 + ((xx - cx) / (w / 2)) ** 2 <= 1
@@ -88,13 +88,25 @@ def test_polygon_round_trip(mask, tolerance):
 
 
 NAME = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789", min_size=1, max_size=12).filter(
-    lambda s: s[0].isalpha())
-LABEL = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghij-", min_size=1, max_size=10).map(str.strip).filter(bool)
+    lambda s: s[0].isalpha()
+)
+LABEL = (
+    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghij-", min_size=1, max_size=10)
+    .map(str.strip)
+    .filter(bool)
+)
 
 
 @FAST
-@given(image=NAME, key=NAME, output=NAME, smart=NAME, kind=st.sampled_from(["BrushLabels", "PolygonLabels", None]),
-       labels=st.lists(LABEL, min_size=1, max_size=4, unique=True), extra_text=st.booleans())
+@given(
+    image=NAME,
+    key=NAME,
+    output=NAME,
+    smart=NAME,
+    kind=st.sampled_from(["BrushLabels", "PolygonLabels", None]),
+    labels=st.lists(LABEL, min_size=1, max_size=4, unique=True),
+    extra_text=st.booleans(),
+)
 def test_label_config_parsing(image, key, output, smart, kind, labels, extra_text):
     """Generated configs give the right Image name, data key, output control and labels, or an
     UnsupportedConfig naming what is missing; never another exception."""
@@ -104,8 +116,10 @@ def test_label_config_parsing(image, key, output, smart, kind, labels, extra_tex
     if len({image, output, smart, "txt"}) < 4:
         return  # names of tags must differ
     label_tags = "".join(f'<Label value="{label}"/>' for label in labels)
-    parts = [f'<Image name="{image}" value="${key}"/>',
-             f'<KeyPointLabels name="{smart}" toName="{image}" smart="true">{label_tags}</KeyPointLabels>']
+    parts = [
+        f'<Image name="{image}" value="${key}"/>',
+        f'<KeyPointLabels name="{smart}" toName="{image}" smart="true">{label_tags}</KeyPointLabels>',
+    ]
     if kind:
         parts.append(f'<{kind} name="{output}" toName="{image}">{label_tags}</{kind}>')
     if extra_text:

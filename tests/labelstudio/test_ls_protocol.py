@@ -6,9 +6,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
-from ls_requests import (CONFIG_BRUSH, CONFIG_NO_OUTPUT, CONFIG_POLYGON, decode_brush, keypoint, predict_body,
-                         rectangle, reference_mask)
+from ls_requests import (
+    CONFIG_BRUSH,
+    CONFIG_NO_OUTPUT,
+    CONFIG_POLYGON,
+    decode_brush,
+    keypoint,
+    predict_body,
+    rectangle,
+    reference_mask,
+)
 
 A = "/data/upload/1/a.png"  # 48 x 64
 B = "/data/upload/1/b.png"  # 60 x 40
@@ -26,9 +33,16 @@ def post_predict(client, body):
 def test_health_setup_versions(client, backend):
     health = client.get("/health")
     assert health.status_code == 200 and health.get_json()["status"] == "UP"
-    setup = client.post("/setup", json={"project": "1.1700000000", "schema": CONFIG_BRUSH,
-                                        "hostname": "http://localhost:8080", "access_token": "tok",
-                                        "extra_params": None})
+    setup = client.post(
+        "/setup",
+        json={
+            "project": "1.1700000000",
+            "schema": CONFIG_BRUSH,
+            "hostname": "http://localhost:8080",
+            "access_token": "tok",
+            "extra_params": None,
+        },
+    )
     assert setup.status_code == 200
     assert setup.get_json() == {"model_version": backend.model_version}
     assert backend.model_version.startswith("mobilesam-vit_t-")
@@ -61,7 +75,9 @@ def test_rle_is_0_255_so_label_studio_draws_it(client):
 def test_missing_is_positive_counts_as_positive_and_false_as_negative(client, ls_images, reference_predictor):
     without_flag = post_predict(client, predict_body([keypoint(28, 21, 64, 48, positive=None)], A))[0]
     explicit = post_predict(client, predict_body([keypoint(28, 21, 64, 48, positive=True)], A))[0]
-    np.testing.assert_array_equal(decode_brush(without_flag["result"][0]), decode_brush(explicit["result"][0]))
+    np.testing.assert_array_equal(
+        decode_brush(without_flag["result"][0]), decode_brush(explicit["result"][0])
+    )
 
     items = [keypoint(28, 21, 64, 48, region_id="p"), keypoint(10, 40, 64, 48, positive=False, region_id="n")]
     mixed = post_predict(client, predict_body(items, A))[0]
@@ -106,8 +122,9 @@ def test_refinement_click_feeds_previous_mask(client, ls_images, reference_predi
     refined = post_predict(client, predict_body([first, second], A))[0]
 
     _, _, previous_logits = reference_mask(reference_predictor, ls_images[A], [[28, 21]], [1])
-    expected, _, _ = reference_mask(reference_predictor, ls_images[A], [[28, 21], [40, 30]], [1, 0],
-                                    mask_input=previous_logits)
+    expected, _, _ = reference_mask(
+        reference_predictor, ls_images[A], [[28, 21], [40, 30]], [1, 0], mask_input=previous_logits
+    )
     without_previous, _, _ = reference_mask(reference_predictor, ls_images[A], [[28, 21], [40, 30]], [1, 0])
     np.testing.assert_array_equal(decode_brush(refined["result"][0]), expected)
     assert not np.array_equal(expected, without_previous), "test needs mask_input to change the mask"
@@ -149,23 +166,29 @@ def with_context(context):
     return body
 
 
-@pytest.mark.parametrize("body, status, words", [
-    ("{not json", 400, "not valid JSON"),
-    ("[1, 2]", 400, "JSON object"),
-    ({"project": "1.1"}, 400, "tasks"),
-    (predict_body([keypoint(28, 21, 64, 48)], A) | {"tasks": "nope"}, 400, "tasks"),
-    (predict_body([keypoint(70, 21, 64, 48)], A), 400, "outside the image"),
-    (predict_body([{"type": "keypointlabels", "value": {"x": "a", "y": 3}}], A), 400, "value.x"),
-    (predict_body([{"type": "polygonlabels", "value": {}}], A), 400, "polygonlabels"),
-    (with_context({"result": []}), 400, "non-empty list"),
-    (with_context("click"), 400, "params.context must be an object"),
-    (predict_body([keypoint(28, 21, 64, 48)], A, config=CONFIG_NO_OUTPUT), 422, "BrushLabels"),
-    (predict_body([keypoint(28, 21, 64, 48)], A, config="<View><Image"), 422, "not valid"),
-    (predict_body([keypoint(28, 21, 64, 48)], "/data/upload/1/missing.png"), 502, "missing.png"),
-])
+@pytest.mark.parametrize(
+    "body, status, words",
+    [
+        ("{not json", 400, "not valid JSON"),
+        ("[1, 2]", 400, "JSON object"),
+        ({"project": "1.1"}, 400, "tasks"),
+        (predict_body([keypoint(28, 21, 64, 48)], A) | {"tasks": "nope"}, 400, "tasks"),
+        (predict_body([keypoint(70, 21, 64, 48)], A), 400, "outside the image"),
+        (predict_body([{"type": "keypointlabels", "value": {"x": "a", "y": 3}}], A), 400, "value.x"),
+        (predict_body([{"type": "polygonlabels", "value": {}}], A), 400, "polygonlabels"),
+        (with_context({"result": []}), 400, "non-empty list"),
+        (with_context("click"), 400, "params.context must be an object"),
+        (predict_body([keypoint(28, 21, 64, 48)], A, config=CONFIG_NO_OUTPUT), 422, "BrushLabels"),
+        (predict_body([keypoint(28, 21, 64, 48)], A, config="<View><Image"), 422, "not valid"),
+        (predict_body([keypoint(28, 21, 64, 48)], "/data/upload/1/missing.png"), 502, "missing.png"),
+    ],
+)
 def test_bad_input_gets_json_error_and_server_keeps_serving(client, body, status, words):
-    response = (client.post("/predict", json=body) if isinstance(body, dict)
-                else client.post("/predict", data=body, content_type="application/json"))
+    response = (
+        client.post("/predict", json=body)
+        if isinstance(body, dict)
+        else client.post("/predict", data=body, content_type="application/json")
+    )
     assert response.status_code == status, response.get_json()
     payload = response.get_json()
     assert payload["status"] == "error" and words in payload["error"]
@@ -180,16 +203,25 @@ def test_setup_rejects_unsupported_config(client):
 
 
 def test_webhook(client):
-    ok = client.post("/webhook", json={"action": "ANNOTATION_CREATED", "project": {"id": 1}, "task": {"id": 1},
-                                       "annotation": {"id": 3}})
+    ok = client.post(
+        "/webhook",
+        json={
+            "action": "ANNOTATION_CREATED",
+            "project": {"id": 1},
+            "task": {"id": 1},
+            "annotation": {"id": 3},
+        },
+    )
     assert ok.status_code == 200 and ok.get_json()["event"] == "ANNOTATION_CREATED"
     assert client.post("/webhook", json={"project": {}}).status_code == 400
 
 
 def test_concurrent_clicks_on_different_images_never_mix_embeddings(client, ls_images, reference_predictor):
     prompts = {A: (28, 21, 64, 48), B: (20, 30, 40, 60), C: (48, 36, 96, 72)}
-    expected = {url: reference_mask(reference_predictor, ls_images[url], [[x, y]], [1])[0]
-                for url, (x, y, _, _) in prompts.items()}
+    expected = {
+        url: reference_mask(reference_predictor, ls_images[url], [[x, y]], [1])[0]
+        for url, (x, y, _, _) in prompts.items()
+    }
     assert len({e.shape for e in expected.values()}) == 3
 
     def click(i):
@@ -202,7 +234,9 @@ def test_concurrent_clicks_on_different_images_never_mix_embeddings(client, ls_i
         outcomes = list(pool.map(click, range(18)))
     for url, response in outcomes:
         assert response.status_code == 200, response.get_json()
-        np.testing.assert_array_equal(decode_brush(response.get_json()["results"][0]["result"][0]), expected[url])
+        np.testing.assert_array_equal(
+            decode_brush(response.get_json()["results"][0]["result"][0]), expected[url]
+        )
 
 
 def test_health_answers_while_model_loads(make_backend, memory_images, vit_t_model):
@@ -259,8 +293,14 @@ def test_basic_auth_and_loading_from_checkpoint(make_backend, memory_images, ls_
 def test_settings_from_env_reject_malformed_values():
     from labelstudio_backend.settings import Settings
 
-    settings = Settings.from_env({"MOBILESAM_CACHE_SIZE": "3", "MOBILESAM_CACHE_MAX_MB": "64",
-                                  "MOBILESAM_EMBEDDING_DIR": "off", "LABEL_STUDIO_URL": "http://ls:8080/"})
+    settings = Settings.from_env(
+        {
+            "MOBILESAM_CACHE_SIZE": "3",
+            "MOBILESAM_CACHE_MAX_MB": "64",
+            "MOBILESAM_EMBEDDING_DIR": "off",
+            "LABEL_STUDIO_URL": "http://ls:8080/",
+        }
+    )
     assert (settings.cache_size, settings.cache_max_bytes, settings.embedding_dir) == (3, 64 << 20, None)
     assert settings.label_studio_url == "http://ls:8080"
     with pytest.raises(ValueError, match="MOBILESAM_CACHE_SIZE"):

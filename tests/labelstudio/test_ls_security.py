@@ -13,9 +13,8 @@ import zlib
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
-
 from ls_requests import decode_brush, keypoint, predict_body, rectangle
+from PIL import Image
 
 A = "/data/upload/1/a.png"  # 48 x 64
 
@@ -31,8 +30,14 @@ def tiff_bomb_bytes(side=30720, tile=1024):
     pre-compressed tile (so making it costs milliseconds)."""
     encoded = zlib.compress(bytes(tile * tile), 9)
     buffer = io.BytesIO()
-    tifffile.imwrite(buffer, (encoded for _ in range((side // tile) ** 2)), shape=(side, side), dtype="uint8",
-                     tile=(tile, tile), compression="zlib")
+    tifffile.imwrite(
+        buffer,
+        (encoded for _ in range((side // tile) ** 2)),
+        shape=(side, side),
+        dtype="uint8",
+        tile=(tile, tile),
+        compression="zlib",
+    )
     return buffer.getvalue()
 
 
@@ -50,8 +55,9 @@ class Host:
         @Request.application
         def app(request):
             self.seen.append((request.full_path.rstrip("?"), request.headers.get("Authorization")))
-            status, headers, body = self.routes.get(request.full_path.rstrip("?"),
-                                                    self.routes.get(request.path, (404, {}, b"not found")))
+            status, headers, body = self.routes.get(
+                request.full_path.rstrip("?"), self.routes.get(request.path, (404, {}, b"not found"))
+            )
             return Response(body, status=status, headers=headers, direct_passthrough=True)
 
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
@@ -120,10 +126,19 @@ def test_setup_hostname_never_receives_the_operator_token(make_backend, vit_t_mo
     body = predict_body([keypoint(28, 21, 64, 48)], A)
 
     # The operator configured LABEL_STUDIO_URL: a /setup naming another host changes nothing.
-    configured = create_app(make_backend(model_loader=lambda: vit_t_model, label_studio_url=label_studio.url,
-                                         label_studio_api_key="operator-secret")).test_client()
-    assert configured.post("/setup", json={"project": body["project"], "hostname": attacker.url,
-                                           "access_token": "whatever"}).status_code == 200
+    configured = create_app(
+        make_backend(
+            model_loader=lambda: vit_t_model,
+            label_studio_url=label_studio.url,
+            label_studio_api_key="operator-secret",
+        )
+    ).test_client()
+    assert (
+        configured.post(
+            "/setup", json={"project": body["project"], "hostname": attacker.url, "access_token": "whatever"}
+        ).status_code
+        == 200
+    )
     answer = configured.post("/predict", json=body)
     assert answer.status_code == 200, answer.get_json()
     assert attacker.seen == []
@@ -131,10 +146,15 @@ def test_setup_hostname_never_receives_the_operator_token(make_backend, vit_t_mo
 
     label_studio_seen = len(label_studio.seen)
     # Nothing configured but the token: a /setup hostname serves its own project, with its own token only.
-    unconfigured = create_app(make_backend(model_loader=lambda: vit_t_model,
-                                           label_studio_api_key="operator-secret")).test_client()
-    assert unconfigured.post("/setup", json={"project": "7.1", "hostname": attacker.url,
-                                             "access_token": "setup-token"}).status_code == 200
+    unconfigured = create_app(
+        make_backend(model_loader=lambda: vit_t_model, label_studio_api_key="operator-secret")
+    ).test_client()
+    assert (
+        unconfigured.post(
+            "/setup", json={"project": "7.1", "hostname": attacker.url, "access_token": "setup-token"}
+        ).status_code
+        == 200
+    )
     other_project = dict(predict_body([keypoint(28, 21, 64, 48)], "/data/upload/1/other.png"), project="8.1")
     refused = unconfigured.post("/predict", json=other_project)
     assert refused.status_code == 502 and "LABEL_STUDIO_URL" in refused.get_json()["error"]
@@ -149,8 +169,9 @@ def test_token_only_for_label_studio_file_paths(hosts, ls_images):
     label_studio = hosts({"/static/a.png": (200, {}, png_bytes(ls_images[A]))})
     with pytest.raises(ImageRefused, match="not one of Label Studio's file paths"):
         loader()(f"{label_studio.url}/static/a.png", label_studio.url, "tok", 10**6)
-    image = loader(label_studio_url=label_studio.url)(f"{label_studio.url}/static/a.png", label_studio.url,
-                                                       "tok", 10**6)
+    image = loader(label_studio_url=label_studio.url)(
+        f"{label_studio.url}/static/a.png", label_studio.url, "tok", 10**6
+    )
     assert image.shape == (48, 64, 3)
     assert label_studio.seen == [("/static/a.png", None)]  # fetched, without the token
 
@@ -168,8 +189,9 @@ def test_only_label_studio_and_allowed_hosts(hosts, ls_images):
         loader(allowed_hosts=(other.hostport,))(f"{other.url}/x.png", label_studio.url, "tok", 10**6)
     assert other.seen == []
     for allowed in (other.hostport, "127.0.0.1", "*"):
-        image = loader(allowed_hosts=(allowed,), ssrf_protection=False)(f"{other.url}/x.png", label_studio.url,
-                                                                         "tok", 10**6)
+        image = loader(allowed_hosts=(allowed,), ssrf_protection=False)(
+            f"{other.url}/x.png", label_studio.url, "tok", 10**6
+        )
         assert image.shape == (48, 64, 3)
     assert other.seen == [("/x.png", None)] * 3  # never the token
     for bad in ("file:///etc/passwd", "ftp://example.com/a.png", "gopher://127.0.0.1/", "http:///nohost"):
@@ -181,11 +203,19 @@ def test_redirects_are_checked_hop_by_hop(hosts, ls_images):
     from labelstudio_backend.images import ImageRefused
 
     internal = hosts({"/metrics": (200, {}, b"{}"), "/a.png": (200, {}, png_bytes(ls_images[A]))})
-    public = hosts({"/to-internal": (302, {"Location": f"{internal.url}/metrics"}, b""),
-                    "/to-self": (302, {"Location": "/a.png"}, b""),
-                    "/a.png": (200, {}, png_bytes(ls_images[A]))})
-    label_studio = hosts({"/data/upload/1/r.png": (302, {"Location": f"{internal.url}/a.png"}, b""),
-                          "/data/upload/1/loop.png": (302, {"Location": "/data/upload/1/loop.png"}, b"")})
+    public = hosts(
+        {
+            "/to-internal": (302, {"Location": f"{internal.url}/metrics"}, b""),
+            "/to-self": (302, {"Location": "/a.png"}, b""),
+            "/a.png": (200, {}, png_bytes(ls_images[A])),
+        }
+    )
+    label_studio = hosts(
+        {
+            "/data/upload/1/r.png": (302, {"Location": f"{internal.url}/a.png"}, b""),
+            "/data/upload/1/loop.png": (302, {"Location": "/data/upload/1/loop.png"}, b""),
+        }
+    )
     allow_public = loader(allowed_hosts=(public.hostport,), ssrf_protection=False)
     with pytest.raises(ImageRefused, match="neither Label Studio"):
         allow_public(f"{public.url}/to-internal", label_studio.url, "tok", 10**6)
@@ -195,7 +225,11 @@ def test_redirects_are_checked_hop_by_hop(hosts, ls_images):
         loader()("/data/upload/1/r.png", label_studio.url, "tok", 10**6)
     assert internal.seen == []
     # ... and the token stays behind when it redirects elsewhere.
-    assert loader(ssrf_protection=False)("/data/upload/1/r.png", label_studio.url, "tok", 10**6).shape == (48, 64, 3)
+    assert loader(ssrf_protection=False)("/data/upload/1/r.png", label_studio.url, "tok", 10**6).shape == (
+        48,
+        64,
+        3,
+    )
     assert internal.seen == [("/a.png", None)]
     from labelstudio_backend.images import ImageFetchError
 
@@ -208,10 +242,14 @@ def test_backend_refuses_a_task_pointing_at_another_service(make_backend, vit_t_
     from labelstudio_backend.api import create_app
 
     label_studio, service = hosts(), hosts({"/metrics": (200, {}, b"{}")})
-    backend = make_backend(model_loader=lambda: vit_t_model, label_studio_url=label_studio.url,
-                           label_studio_api_key="tok")
-    answer = create_app(backend).test_client().post("/predict", json=predict_body([keypoint(5, 5, 64, 48)],
-                                                                                   f"{service.url}/metrics"))
+    backend = make_backend(
+        model_loader=lambda: vit_t_model, label_studio_url=label_studio.url, label_studio_api_key="tok"
+    )
+    answer = (
+        create_app(backend)
+        .test_client()
+        .post("/predict", json=predict_body([keypoint(5, 5, 64, 48)], f"{service.url}/metrics"))
+    )
     assert answer.status_code == 403 and "MOBILESAM_ALLOWED_IMAGE_HOSTS" in answer.get_json()["error"]
     assert service.seen == []
 
@@ -224,15 +262,21 @@ def test_downloads_are_bounded_in_size(hosts, ls_images):
         for _ in range(n_chunks):
             yield b"\0" * (64 << 10)
 
-    big = hosts({"/declared.png": (200, {"Content-Length": str(200 << 20)}, stream(1)),
-                 "/streamed.png": (200, {}, stream(3200))})  # 200 MB
+    big = hosts(
+        {
+            "/declared.png": (200, {"Content-Length": str(200 << 20)}, stream(1)),
+            "/streamed.png": (200, {}, stream(3200)),
+        }
+    )  # 200 MB
     started = time.perf_counter()
     with pytest.raises(ImageTooLargeError, match="MOBILESAM_MAX_DOWNLOAD_MB=1"):
         loader(allowed_hosts=("*",), ssrf_protection=False, max_bytes=1 << 20)(
-            f"{big.url}/declared.png", "", "", 10**6)
+            f"{big.url}/declared.png", "", "", 10**6
+        )
     with pytest.raises(ImageTooLargeError, match="larger than MOBILESAM_MAX_DOWNLOAD_MB=1"):
         loader(allowed_hosts=("*",), ssrf_protection=False, max_bytes=1 << 20)(
-            f"{big.url}/streamed.png", "", "", 10**6)
+            f"{big.url}/streamed.png", "", "", 10**6
+        )
     assert time.perf_counter() - started < 10
 
 
@@ -261,17 +305,30 @@ def test_slow_fetches_never_take_every_thread(make_backend, memory_images, vit_t
     /health and clicks on cached images answer."""
     from labelstudio_backend.api import create_app
 
-    backend = make_backend(model_loader=lambda: vit_t_model, allowed_image_hosts=("*",), ssrf_protection=False,
-                           max_fetches=2, fetch_timeout=3.0, label_studio_url="http://127.0.0.1:9",
-                           label_studio_api_key="tok")
+    backend = make_backend(
+        model_loader=lambda: vit_t_model,
+        allowed_image_hosts=("*",),
+        ssrf_protection=False,
+        max_fetches=2,
+        fetch_timeout=3.0,
+        label_studio_url="http://127.0.0.1:9",
+        label_studio_api_key="tok",
+    )
     client = create_app(backend).test_client()
     backend.cache.put((A, backend.model_version), _embedding_of(vit_t_model, memory_images.images[A]))
-    slow = [threading.Thread(target=client.post, args=("/predict",),
-                             kwargs={"json": predict_body([keypoint(5, 5, 64, 48)], f"{silent_host}/{i}.png")})
-            for i in range(2)]
+    slow = [
+        threading.Thread(
+            target=client.post,
+            args=("/predict",),
+            kwargs={"json": predict_body([keypoint(5, 5, 64, 48)], f"{silent_host}/{i}.png")},
+        )
+        for i in range(2)
+    ]
     for thread in slow:
         thread.start()
-    slots = backend._image_loader._slots  # wait until both slow fetches really hold a slot (a loaded CI is slow)
+    slots = (
+        backend._image_loader._slots
+    )  # wait until both slow fetches really hold a slot (a loaded CI is slow)
     deadline = time.perf_counter() + 20
     while slots._value > 0 and time.perf_counter() < deadline:
         time.sleep(0.05)
@@ -296,17 +353,20 @@ def _embedding_of(model, image):
 
 
 # ----------------------------------------------------------------------------- 4 amplification
-@pytest.mark.parametrize("width, height, status, message", [
-    (16000, 12000, 413, "MOBILESAM_MAX_IMAGE_PIXELS"),  # 4:3 like the image, 250x its sides
-    (8000, 6000, 422, "does not match image"),  # within the pixel limit, 125x the image's sides
-    (640, 480, 422, "does not match image"),
-    (64, 64, 422, "does not match image"),
-    (10**6, 10**6, 413, "MOBILESAM_MAX_IMAGE_PIXELS"),
-    (1e300, 1e300, 400, "original_width"),
-    ("Infinity", 48, 400, "original_width"),
-    ("NaN", 48, 400, "original_width"),
-    (-64, 48, 400, "original_width"),
-])
+@pytest.mark.parametrize(
+    "width, height, status, message",
+    [
+        (16000, 12000, 413, "MOBILESAM_MAX_IMAGE_PIXELS"),  # 4:3 like the image, 250x its sides
+        (8000, 6000, 422, "does not match image"),  # within the pixel limit, 125x the image's sides
+        (640, 480, 422, "does not match image"),
+        (64, 64, 422, "does not match image"),
+        (10**6, 10**6, 413, "MOBILESAM_MAX_IMAGE_PIXELS"),
+        (1e300, 1e300, 400, "original_width"),
+        ("Infinity", 48, 400, "original_width"),
+        ("NaN", 48, 400, "original_width"),
+        (-64, 48, 400, "original_width"),
+    ],
+)
 def test_claimed_image_size_is_checked_first(client, width, height, status, message):
     item = keypoint(28, 21, 64, 48)
     item["original_width"], item["original_height"] = width, height
@@ -319,13 +379,17 @@ def test_claimed_size_within_twice_the_image_still_works(client):
     answer = client.post("/predict", json=predict_body([keypoint(56, 42, 128, 96)], A))
     assert answer.status_code == 200
     item = answer.get_json()["results"][0]["result"][0]
-    assert (item["original_width"], item["original_height"]) == (128, 96) and decode_brush(item).shape == (96, 128)
+    assert (item["original_width"], item["original_height"]) == (128, 96) and decode_brush(item).shape == (
+        96,
+        128,
+    )
 
 
 # ----------------------------------------------------------------------------- 5 decompression bombs
 def test_bombs_are_refused_from_the_header(hosts, tmp_path):
     from labelstudio_backend.images import ImageTooLargeError
-    from mobilesam.io import ImageTooLargeError as CoreTooLarge, check_pixel_limit, read_image
+    from mobilesam.io import ImageTooLargeError as CoreTooLarge
+    from mobilesam.io import check_pixel_limit, read_image
 
     tiff = tiff_bomb_bytes()
     buffer = io.BytesIO()
@@ -353,10 +417,26 @@ def test_cli_refuses_a_bomb_with_one_line(tmp_path):
     import sys
 
     (tmp_path / "bomb.tif").write_bytes(tiff_bomb_bytes())
-    run = subprocess.run([sys.executable, "-m", "mobilesam", "segment", str(tmp_path / "bomb.tif"),
-                          "--point", "5,5", "-o", str(tmp_path / "out.tif"), "--no-download"],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 1 and "MOBILESAM_MAX_IMAGE_PIXELS" in run.stderr and "Traceback" not in run.stderr
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mobilesam",
+            "segment",
+            str(tmp_path / "bomb.tif"),
+            "--point",
+            "5,5",
+            "-o",
+            str(tmp_path / "out.tif"),
+            "--no-download",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        run.returncode == 1 and "MOBILESAM_MAX_IMAGE_PIXELS" in run.stderr and "Traceback" not in run.stderr
+    )
     assert not (tmp_path / "out.tif").exists()
 
 
@@ -373,8 +453,14 @@ def _with_rotation(rotation):
 
 BAD_REQUESTS = [
     # (name, raw body, expected status, words in the message)
-    ("5000 keypoints", json.dumps(predict_body([keypoint(i % 64, i % 48, 64, 48, region_id=f"k{i}")
-                                                for i in range(5000)], A)), 413, "MOBILESAM_MAX_PROMPT_REGIONS"),
+    (
+        "5000 keypoints",
+        json.dumps(
+            predict_body([keypoint(i % 64, i % 48, 64, 48, region_id=f"k{i}") for i in range(5000)], A)
+        ),
+        413,
+        "MOBILESAM_MAX_PROMPT_REGIONS",
+    ),
     ("nested 100000 deep", _nested(100_000), 400, "nested too deep"),
     ("nested 100 deep", _nested(100), 400, "tasks"),
     ("rotation Infinity", _with_rotation("__inf__"), 400, "rotation"),
@@ -390,34 +476,85 @@ BAD_REQUESTS = [
     ("context a string", json.dumps(dict(predict_body([], A), params={"context": "x"})), 400, "context"),
     ("context result empty", json.dumps(predict_body([], A)), 400, "non-empty"),
     ("item not an object", json.dumps(predict_body([5], A)), 400, "object"),
-    ("unknown type", json.dumps(predict_body([dict(keypoint(5, 5, 64, 48), type="brushlabels")], A)), 400,
-     "type"),
-    ("x NaN", json.dumps(predict_body([keypoint(5, 5, 64, 48)], A)).replace('"x": 7.8125', '"x": NaN'), 400,
-     "finite"),
-    ("x 1e309", json.dumps(predict_body([keypoint(5, 5, 64, 48)], A)).replace('"x": 7.8125', '"x": 1e309'), 400,
-     "finite"),
+    (
+        "unknown type",
+        json.dumps(predict_body([dict(keypoint(5, 5, 64, 48), type="brushlabels")], A)),
+        400,
+        "type",
+    ),
+    (
+        "x NaN",
+        json.dumps(predict_body([keypoint(5, 5, 64, 48)], A)).replace('"x": 7.8125', '"x": NaN'),
+        400,
+        "finite",
+    ),
+    (
+        "x 1e309",
+        json.dumps(predict_body([keypoint(5, 5, 64, 48)], A)).replace('"x": 7.8125', '"x": 1e309'),
+        400,
+        "finite",
+    ),
     ("x outside", json.dumps(predict_body([keypoint(500, 5, 64, 48)], A)), 400, "outside"),
-    ("x a string", json.dumps(predict_body([keypoint(5, 5, 64, 48)], A)).replace('"x": 7.8125', '"x": "7"'), 400,
-     "finite"),
+    (
+        "x a string",
+        json.dumps(predict_body([keypoint(5, 5, 64, 48)], A)).replace('"x": 7.8125', '"x": "7"'),
+        400,
+        "finite",
+    ),
     ("box negative", json.dumps(predict_body([rectangle(30, 30, 10, 10, 64, 48)], A)), 400, "negative"),
-    ("two tasks interactive", json.dumps(dict(predict_body([keypoint(5, 5, 64, 48)], A),
-                                              tasks=[{"id": 1, "data": {"image": A}}] * 2)), 400, "one task"),
-    ("task without data", json.dumps(dict(predict_body([keypoint(5, 5, 64, 48)], A), tasks=[{"id": 1}])), 400,
-     "data"),
+    (
+        "two tasks interactive",
+        json.dumps(
+            dict(predict_body([keypoint(5, 5, 64, 48)], A), tasks=[{"id": 1, "data": {"image": A}}] * 2)
+        ),
+        400,
+        "one task",
+    ),
+    (
+        "task without data",
+        json.dumps(dict(predict_body([keypoint(5, 5, 64, 48)], A), tasks=[{"id": 1}])),
+        400,
+        "data",
+    ),
     ("image url a number", json.dumps(predict_body([keypoint(5, 5, 64, 48)], 5)), 400, "image URL"),
-    ("bad label config", json.dumps(dict(predict_body([keypoint(5, 5, 64, 48)], A), label_config="<View")), 422,
-     ""),
-    ("label_config of 2 MB", json.dumps(dict(predict_body([keypoint(5, 5, 64, 48)], A),
-                                             label_config="<View>" + " " * (2 << 20) + "</View>")), 413, "characters"),
+    (
+        "bad label config",
+        json.dumps(dict(predict_body([keypoint(5, 5, 64, 48)], A), label_config="<View")),
+        422,
+        "",
+    ),
+    (
+        "label_config of 2 MB",
+        json.dumps(
+            dict(
+                predict_body([keypoint(5, 5, 64, 48)], A), label_config="<View>" + " " * (2 << 20) + "</View>"
+            )
+        ),
+        413,
+        "characters",
+    ),
     ("webhook without action", "{}", 400, "action"),
     ("setup body a list", "[]", 400, "JSON object"),
     ("setup schema an object", json.dumps({"project": "1.1", "schema": {"View": 1}}), 400, "schema"),
-    ("setup schema of 2 MB", json.dumps({"project": "1.1", "schema": "<View>" + " " * (2 << 20) + "</View>"}),
-     413, "characters"),
-    ("setup hostname of 1 MB", json.dumps({"project": "1.1", "hostname": "http://" + "a" * (1 << 20)}), 400,
-     "implausibly long"),
+    (
+        "setup schema of 2 MB",
+        json.dumps({"project": "1.1", "schema": "<View>" + " " * (2 << 20) + "</View>"}),
+        413,
+        "characters",
+    ),
+    (
+        "setup hostname of 1 MB",
+        json.dumps({"project": "1.1", "hostname": "http://" + "a" * (1 << 20)}),
+        400,
+        "implausibly long",
+    ),
 ]
-SETUP_CASES = {"setup body a list", "setup schema an object", "setup schema of 2 MB", "setup hostname of 1 MB"}
+SETUP_CASES = {
+    "setup body a list",
+    "setup schema an object",
+    "setup schema of 2 MB",
+    "setup hostname of 1 MB",
+}
 
 
 @pytest.mark.parametrize("name, raw, status, words", BAD_REQUESTS, ids=[case[0] for case in BAD_REQUESTS])
@@ -435,9 +572,12 @@ def test_bad_requests_get_a_clear_4xx(client, name, raw, status, words):
 def test_request_body_limit(make_backend, memory_images, vit_t_model):
     from labelstudio_backend.api import create_app
 
-    client = create_app(make_backend(image_loader=memory_images, model_loader=lambda: vit_t_model,
-                                     max_request_bytes=1 << 20)).test_client()
-    answer = client.post("/predict", data=b'{"tasks": [' + b" " * (2 << 20) + b"]}", content_type="application/json")
+    client = create_app(
+        make_backend(image_loader=memory_images, model_loader=lambda: vit_t_model, max_request_bytes=1 << 20)
+    ).test_client()
+    answer = client.post(
+        "/predict", data=b'{"tasks": [' + b" " * (2 << 20) + b"]}", content_type="application/json"
+    )
     assert answer.status_code == 413 and "MOBILESAM_MAX_REQUEST_MB" in answer.get_json()["error"]
 
 
@@ -452,7 +592,10 @@ def test_no_download_cache_to_poison(hosts, ls_images, tmp_path, monkeypatch):
     cache = tmp_path / "label-studio"
     cache.mkdir()
     good = png_bytes(ls_images[A])
-    for target in (f"{label_studio.url}/storage-data/uploaded/?filepath=upload/1/a.png", f"{label_studio.url}{A}"):
+    for target in (
+        f"{label_studio.url}/storage-data/uploaded/?filepath=upload/1/a.png",
+        f"{label_studio.url}{A}",
+    ):
         name = hashlib.md5(target.encode()).hexdigest()[:8] + "__a.png"
         (cache / name).write_bytes(good[: len(good) // 2])
     np.testing.assert_array_equal(loader()(A, label_studio.url, "tok", 10**6), ls_images[A])
@@ -471,8 +614,9 @@ def test_embedding_store_removes_parts_and_bad_entries(tmp_path, vit_t_model, ls
     key = (A, "model-x")
     state = _embedding_of(vit_t_model, ls_images[A])
     path = store.save(key, state)
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     part = path.with_name(f"{path.name}.{dead}.1.part")
     part.write_bytes(path.read_bytes()[:1000])  # a writer killed mid-write
     fresh = path.with_name(f"{path.name}.{os.getppid()}.1.part")  # a live writer's: kept
@@ -494,9 +638,13 @@ def test_serve_on_a_port_in_use_says_so(tmp_path):
 
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
-        run = subprocess.run([sys.executable, "-m", "mobilesam", "serve", "--port", str(port), "--no-download"],
-                             capture_output=True, text=True, timeout=120,
-                             env=dict(os.environ, MOBILESAM_EMBEDDING_DIR="off"))
+        run = subprocess.run(
+            [sys.executable, "-m", "mobilesam", "serve", "--port", str(port), "--no-download"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=dict(os.environ, MOBILESAM_EMBEDDING_DIR="off"),
+        )
     assert run.returncode == 1, run.stderr
     assert f"port {port} on 127.0.0.1 is already in use" in run.stderr
     assert "terminate called" not in run.stderr and "Traceback" not in run.stderr
@@ -505,15 +653,24 @@ def test_serve_on_a_port_in_use_says_so(tmp_path):
 def test_settings_reject_bad_limits():
     from labelstudio_backend.settings import Settings
 
-    for env, words in [({"MOBILESAM_FETCH_TIMEOUT": "inf"}, "MOBILESAM_FETCH_TIMEOUT"),
-                       ({"MOBILESAM_FETCH_DEADLINE": "nan"}, "MOBILESAM_FETCH_DEADLINE"),
-                       ({"MOBILESAM_MAX_FETCHES": "0"}, "MOBILESAM_MAX_FETCHES"),
-                       ({"MOBILESAM_MAX_DOWNLOAD_MB": "x"}, "MOBILESAM_MAX_DOWNLOAD_MB"),
-                       ({"USER_ADDITIONAL_BANNED_SUBNETS": "10.0.0.0/8,nonsense"}, "nonsense"),
-                       ({"LABEL_STUDIO_URL": "ls:8080"}, "http://"),
-                       ({"SSRF_PROTECTION_ENABLED": "maybe"}, "SSRF_PROTECTION_ENABLED")]:
+    for env, words in [
+        ({"MOBILESAM_FETCH_TIMEOUT": "inf"}, "MOBILESAM_FETCH_TIMEOUT"),
+        ({"MOBILESAM_FETCH_DEADLINE": "nan"}, "MOBILESAM_FETCH_DEADLINE"),
+        ({"MOBILESAM_MAX_FETCHES": "0"}, "MOBILESAM_MAX_FETCHES"),
+        ({"MOBILESAM_MAX_DOWNLOAD_MB": "x"}, "MOBILESAM_MAX_DOWNLOAD_MB"),
+        ({"USER_ADDITIONAL_BANNED_SUBNETS": "10.0.0.0/8,nonsense"}, "nonsense"),
+        ({"LABEL_STUDIO_URL": "ls:8080"}, "http://"),
+        ({"SSRF_PROTECTION_ENABLED": "maybe"}, "SSRF_PROTECTION_ENABLED"),
+    ]:
         with pytest.raises(ValueError, match=words):
             Settings.from_env(env)
-    settings = Settings.from_env({"MOBILESAM_ALLOWED_IMAGE_HOSTS": " a.com, *.b.org:443 ,",
-                                  "USE_DEFAULT_BANNED_SUBNETS": "0", "USER_ADDITIONAL_BANNED_SUBNETS": "10.0.0.0/8"})
-    assert settings.allowed_image_hosts == ("a.com", "*.b.org:443") and settings.banned_subnets == ("10.0.0.0/8",)
+    settings = Settings.from_env(
+        {
+            "MOBILESAM_ALLOWED_IMAGE_HOSTS": " a.com, *.b.org:443 ,",
+            "USE_DEFAULT_BANNED_SUBNETS": "0",
+            "USER_ADDITIONAL_BANNED_SUBNETS": "10.0.0.0/8",
+        }
+    )
+    assert settings.allowed_image_hosts == ("a.com", "*.b.org:443") and settings.banned_subnets == (
+        "10.0.0.0/8",
+    )

@@ -11,7 +11,6 @@ import io
 
 import numpy as np
 import pytest
-
 from ls_requests import CONFIG_POLYGON, decode_brush, keypoint, predict_body, rectangle
 from ls_server import serve_wsgi
 
@@ -25,14 +24,14 @@ def large_image():
     """(HEIGHT, WIDTH, 3): a disk centred on a tile corner and a rectangle elsewhere, on black."""
     image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
     yy, xx = np.ogrid[:HEIGHT, :WIDTH]
-    image[(yy - CORNER[0]) ** 2 + (xx - CORNER[1]) ** 2 < RADIUS ** 2] = (200, 80, 40)
+    image[(yy - CORNER[0]) ** 2 + (xx - CORNER[1]) ** 2 < RADIUS**2] = (200, 80, 40)
     image[1300:1500, 300:700] = (90, 200, 60)
     return image
 
 
 def disk_truth():
     yy, xx = np.ogrid[:HEIGHT, :WIDTH]
-    return (yy - CORNER[0]) ** 2 + (xx - CORNER[1]) ** 2 < RADIUS ** 2
+    return (yy - CORNER[0]) ** 2 + (xx - CORNER[1]) ** 2 < RADIUS**2
 
 
 def small_image():
@@ -56,8 +55,11 @@ def image_server():
         return buffer.getvalue()
 
     big = png(large_image())
-    files = {"/data/upload/1/big.png": big, "/data/upload/1/big-prewarm.png": big,
-             "/data/upload/1/small.png": png(small_image())}
+    files = {
+        "/data/upload/1/big.png": big,
+        "/data/upload/1/big-prewarm.png": big,
+        "/data/upload/1/small.png": png(small_image()),
+    }
 
     @Request.application
     def app(request):
@@ -85,8 +87,15 @@ class StandIn:
                 encoded.append(image.shape)
                 super().set_image(image, image_format)
 
-            def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                        multimask_output=True, **_):
+            def predict(
+                self,
+                point_coords=None,
+                point_labels=None,
+                box=None,
+                mask_input=None,
+                multimask_output=True,
+                **_,
+            ):
                 return super().predict(point_coords, point_labels, box, multimask_output=multimask_output)
 
         self.encoder, self.decoder = Predictor(), Predictor()
@@ -112,8 +121,12 @@ def make_tiled_backend(image_server, tmp_path):
             def _predictors(self):
                 return stand_in.encoder, stand_in.decoder
 
-        options = {"embedding_dir": None, "label_studio_url": image_server, "label_studio_api_key": TOKEN,
-                   "prewarm": False}
+        options = {
+            "embedding_dir": None,
+            "label_studio_url": image_server,
+            "label_studio_api_key": TOKEN,
+            "prewarm": False,
+        }
         options.update(overrides)
         backend = Backend(Settings(**options))
         made.append(backend)
@@ -125,7 +138,11 @@ def make_tiled_backend(image_server, tmp_path):
 
 
 def click(client, items, url, config=None):
-    body = predict_body(items, url) if config is None else predict_body(items, url, config=config, data_key="picture")
+    body = (
+        predict_body(items, url)
+        if config is None
+        else predict_body(items, url, config=config, data_key="picture")
+    )
     response = client.post("/predict", json=body)
     assert response.status_code == 200, response.get_data(as_text=True)
     (prediction,) = response.get_json()["results"]
@@ -155,8 +172,12 @@ def test_polygon_result_is_in_percent_of_the_whole_image(make_tiled_backend):
     from skimage.draw import polygon
 
     _, client, _ = make_tiled_backend()
-    items = click(client, [keypoint(1545, 790, WIDTH, HEIGHT, to_name="img")], "/data/upload/1/big.png",
-                  config=CONFIG_POLYGON)
+    items = click(
+        client,
+        [keypoint(1545, 790, WIDTH, HEIGHT, to_name="img")],
+        "/data/upload/1/big.png",
+        config=CONFIG_POLYGON,
+    )
     assert len(items) == 1 and items[0]["type"] == "polygonlabels"
     points = np.array(items[0]["value"]["points"]) / 100 * [WIDTH, HEIGHT] - 0.5  # pixel centres
     drawn = np.zeros((HEIGHT, WIDTH), bool)
@@ -177,7 +198,10 @@ def test_small_images_stay_untiled(make_tiled_backend):
 def test_tile_above_setting(make_tiled_backend):
     from labelstudio_backend.settings import Settings
 
-    assert Settings.from_env({}).tile_above == 2048 and Settings.from_env({"MOBILESAM_TILE_ABOVE": "0"}).tile_above == 0
+    assert (
+        Settings.from_env({}).tile_above == 2048
+        and Settings.from_env({"MOBILESAM_TILE_ABOVE": "0"}).tile_above == 0
+    )
     for bad in ("-1", "big"):
         with pytest.raises(ValueError, match="MOBILESAM_TILE_ABOVE"):
             Settings.from_env({"MOBILESAM_TILE_ABOVE": bad})

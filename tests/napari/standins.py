@@ -42,8 +42,15 @@ class DiskPredictor:
         self.original_size = tuple(state.original_size)
         self.is_image_set = True
 
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True,
-                return_logits=False):
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output=True,
+        return_logits=False,
+    ):
         h, w = self.original_size
         yy, xx = np.mgrid[:h, :w]
         if box is not None:
@@ -97,8 +104,12 @@ def click(viewer, world_yx, modifiers=None):
 
     canvas = viewer.window._qt_viewer.canvas
     x, y = canvas.view.scene.transform.map([world_yx[-1], world_yx[-2], 0, 1])[:2]
-    QTest.mouseClick(canvas.native, Qt.MouseButton.LeftButton, modifiers or Qt.KeyboardModifier.NoModifier,
-                     QPoint(int(round(x)), int(round(y))))
+    QTest.mouseClick(
+        canvas.native,
+        Qt.MouseButton.LeftButton,
+        modifiers or Qt.KeyboardModifier.NoModifier,
+        QPoint(int(round(x)), int(round(y))),
+    )
 
 
 def drag(viewer, start_yx, end_yx):
@@ -142,5 +153,5 @@ def bright_image(shape, seed):
     image = rng.integers(0, 100, shape).astype(np.uint8)
     for _ in range(6):
         y, x = rng.integers(0, shape[0] - 10), rng.integers(0, shape[1] - 10)
-        image[y:y + rng.integers(5, 20), x:x + rng.integers(5, 20)] = 200
+        image[y : y + rng.integers(5, 20), x : x + rng.integers(5, 20)] = 200
     return image

@@ -62,7 +62,8 @@ def _click(widget, qtbot):
 
 
 def test_segment_automatically_equals_core_ais_and_keeps_layers_without_decoder(
-        make_napari_viewer, qtbot, vit_t_lm_weights, tmp_path, monkeypatch):
+    make_napari_viewer, qtbot, vit_t_lm_weights, tmp_path, monkeypatch
+):
     viewer = make_napari_viewer(show=True)
     _, widget = viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
     image = viewer.add_image(_image(), name="cells", scale=(2.0, 0.5), translate=(10.0, -5.0))
@@ -100,7 +101,6 @@ def test_segment_automatically_equals_core_ais_and_keeps_layers_without_decoder(
     assert [lyr.name for lyr in viewer.layers] == names
     np.testing.assert_array_equal(viewer.layers["cells automatic"].data, expected)
     assert encoded == []
-
 
 
 def test_segment_automatically_labels_the_current_slice_of_a_volume(make_napari_viewer, qtbot, decoder_file):

@@ -6,7 +6,9 @@ from napari_mobilesam._prompts import PlanePrompt, group_prompts
 
 
 def test_points_and_boxes_are_grouped_per_slice_in_xy_order():
-    coords = np.array([[2.2, 10.0, 20.0], [0.6, 5.0, 6.0], [2.0, 11.0, 21.0], [9.0, 1.0, 1.0], [0.0, -3.0, 4.0]])
+    coords = np.array(
+        [[2.2, 10.0, 20.0], [0.6, 5.0, 6.0], [2.0, 11.0, 21.0], [9.0, 1.0, 1.0], [0.0, -3.0, 4.0]]
+    )
     labels = np.array([1, 1, 0, 1, 1])
     boxes = [np.array([[1.0, 30.0, 40.0], [1.0, 30.0, 70.0], [1.0, 50.0, 70.0], [1.0, 50.0, 40.0]])]
     grouped = group_prompts(coords, labels, boxes, (5, 40, 60))
@@ -21,8 +23,9 @@ def test_points_and_boxes_are_grouped_per_slice_in_xy_order():
 
 
 def test_2d_prompts_are_slice_zero_and_boxes_outside_are_counted():
-    grouped = group_prompts(np.array([[3.0, 4.0]]), np.array([1]),
-                            [np.array([[100.0, 100.0], [120.0, 130.0]])], (20, 30))
+    grouped = group_prompts(
+        np.array([[3.0, 4.0]]), np.array([1]), [np.array([[100.0, 100.0], [120.0, 130.0]])], (20, 30)
+    )
     assert grouped.outside == 1
     assert grouped.by_slice == {0: PlanePrompt(((4.0, 3.0),), (1,), None)}
     assert grouped.by_slice[0].box_array() is None

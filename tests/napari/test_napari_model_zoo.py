@@ -10,5 +10,5 @@ def test_model_combo_offers_and_accepts_every_registry_name(plugin_widget, qtbot
     assert [combo.itemText(i) for i in range(combo.count())] == list(MODEL_TYPES)
     for name in ("tinysam", "vit_t_lm", "vit_t_em_organelles", "vit_t"):
         combo.setCurrentIndex(combo.findText(name))
-        qtbot.waitUntil(lambda: widget.model_type.value == name, timeout=2000)
+        qtbot.waitUntil(lambda n=name: widget.model_type.value == n, timeout=2000)
         assert widget._wanted_model_key()[0] == name

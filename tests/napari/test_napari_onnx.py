@@ -47,13 +47,18 @@ def _click_with_torch(viewer, widget, qtbot):
     return mask
 
 
-def test_onnx_backend_gives_the_torch_mask(plugin_widget, qtbot, small_model_loads, mobilesam_home, monkeypatch):
+def test_onnx_backend_gives_the_torch_mask(
+    plugin_widget, qtbot, small_model_loads, mobilesam_home, monkeypatch
+):
     import mobilesam.onnx.predictor as onnx_predictor
 
     export_threads = []
     real_export = onnx_predictor.export_onnx
-    monkeypatch.setattr(onnx_predictor, "export_onnx",
-                        lambda *a, **k: export_threads.append(threading.current_thread()) or real_export(*a, **k))
+    monkeypatch.setattr(
+        onnx_predictor,
+        "export_onnx",
+        lambda *a, **k: export_threads.append(threading.current_thread()) or real_export(*a, **k),
+    )
     viewer, widget = plugin_widget
     torch_mask = _click_with_torch(viewer, widget, qtbot)
     torch_predictor = widget._predictor
@@ -64,7 +69,9 @@ def test_onnx_backend_gives_the_torch_mask(plugin_widget, qtbot, small_model_loa
     assert not [m for m in widget.messages if m[0] == "error"], widget.messages
     predictor = widget._predictor
     assert predictor.backend == "onnx" and predictor is not torch_predictor
-    assert predictor.model is torch_predictor.model and len(small_model_loads) == 1  # weights not loaded again
+    assert (
+        predictor.model is torch_predictor.model and len(small_model_loads) == 1
+    )  # weights not loaded again
     assert (mobilesam_home / "onnx" / "vit_t" / "decoder.onnx").is_file()
     assert len(export_threads) == 1 and export_threads[0] is not threading.main_thread()
     onnx_mask = viewer.layers["rgb current object"].data > 0
@@ -77,7 +84,9 @@ def test_onnx_backend_gives_the_torch_mask(plugin_widget, qtbot, small_model_loa
     np.testing.assert_array_equal(viewer.layers["rgb current object"].data > 0, torch_mask)
 
 
-def test_missing_onnxruntime_shows_the_error_and_keeps_torch(plugin_widget, qtbot, small_model_loads, monkeypatch):
+def test_missing_onnxruntime_shows_the_error_and_keeps_torch(
+    plugin_widget, qtbot, small_model_loads, monkeypatch
+):
     viewer, widget = plugin_widget
     torch_mask = _click_with_torch(viewer, widget, qtbot)
     torch_predictor = widget._predictor
@@ -112,5 +121,7 @@ def test_backend_default_from_environment(make_napari_viewer, monkeypatch):
     monkeypatch.setenv("MOBILESAM_BACKEND", "tensorrt")
     other = MobileSamWidget(viewer)
     assert other.backend.value == "torch"
-    assert any(level == "warning" and "MOBILESAM_BACKEND" in text and "'tensorrt'" in text
-               for level, text in other.messages)
+    assert any(
+        level == "warning" and "MOBILESAM_BACKEND" in text and "'tensorrt'" in text
+        for level, text in other.messages
+    )

@@ -13,8 +13,9 @@ from standins import DiskPredictor, disk, wait_idle
 
 def test_npe2_validate_passes():
     npe2 = Path(sys.executable).with_name("npe2")  # the venv's console script
-    result = subprocess.run([str(npe2), "validate", "napari-mobilesam", "--imports"], capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [str(npe2), "validate", "napari-mobilesam", "--imports"], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "valid" in result.stdout
 

@@ -128,7 +128,6 @@ def test_box_prompt_and_manual_segment_key(plugin_widget, qtbot):
     np.testing.assert_array_equal(current.data > 0, expected)
 
 
-
 def test_channels_first_image_is_one_2d_image(plugin_widget, qtbot):
     viewer, widget = plugin_widget
     data = np.zeros((2, 40, 50), np.uint16)

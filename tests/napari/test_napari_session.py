@@ -20,7 +20,9 @@ def choose(viewer, widget, qtbot, layer):
 
 
 def _ready_to_click(viewer, qtbot, layer):
-    qtbot.waitUntil(lambda: viewer.layers.selection.active is viewer.layers[f"{layer.name} prompts"], timeout=5000)
+    qtbot.waitUntil(
+        lambda: viewer.layers.selection.active is viewer.layers[f"{layer.name} prompts"], timeout=5000
+    )
     viewer.reset_view()
 
 
@@ -34,8 +36,10 @@ def test_switching_images_never_decodes_from_another_images_embedding(dock, qtbo
     viewer, widget = dock
     predictor = ContentPredictor()
     widget.use_predictor(predictor)
-    images = [viewer.add_image(bright_image(shape, seed), name=name)
-              for name, shape, seed in (("a", (60, 80), 1), ("b", (60, 80), 2), ("c", (50, 70), 3))]
+    images = [
+        viewer.add_image(bright_image(shape, seed), name=name)
+        for name, shape, seed in (("a", (60, 80), 1), ("b", (60, 80), 2), ("c", (50, 70), 3))
+    ]
     for layer in [*images, images[0]]:
         choose(viewer, widget, qtbot, layer)
         click(viewer, (22.0, 31.0))
@@ -75,7 +79,9 @@ def test_committed_objects_survive_switching_and_removed_layers_get_results(dock
     gate.set()
     predictor = DiskPredictor(gate=gate)
     widget.use_predictor(predictor)
-    vol = viewer.add_image(np.random.default_rng(0).integers(0, 3000, (4, 32, 32)).astype(np.uint16), name="vol")
+    vol = viewer.add_image(
+        np.random.default_rng(0).integers(0, 3000, (4, 32, 32)).astype(np.uint16), name="vol"
+    )
     other = viewer.add_image(np.zeros((4, 32, 32), np.uint16), name="other")
     choose(viewer, widget, qtbot, vol)
     viewer.dims.set_point(0, 1)
@@ -114,8 +120,11 @@ def test_keys_work_whichever_layer_is_active(dock, qtbot):
     contrast = tuple(image.contrast_limits)
     viewer.layers.selection.active = image
     press(viewer, "C")
-    assert (viewer.layers["img objects"].data == 1).sum() == disk((60, 80), _last_point(viewer, "img"), 5).sum() \
-        if len(viewer.layers["img prompts"].data) else (viewer.layers["img objects"].data == 1).any()
+    assert (
+        (viewer.layers["img objects"].data == 1).sum() == disk((60, 80), _last_point(viewer, "img"), 5).sum()
+        if len(viewer.layers["img prompts"].data)
+        else (viewer.layers["img objects"].data == 1).any()
+    )
     assert tuple(image.contrast_limits) == contrast
     other = viewer.add_labels(np.zeros((60, 80), np.int32), name="other labels")
     viewer.layers.selection.active = other
@@ -214,8 +223,11 @@ def test_status_line_progress_and_full_error(dock, qtbot, monkeypatch, tmp_path)
 
     monkeypatch.setenv("MOBILESAM_HOME", str(tmp_path))
     monkeypatch.delenv("MOBILESAM_CHECKPOINT", raising=False)
-    monkeypatch.setattr(mobilesam.weights.urllib.request, "urlopen",
-                        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("no network")))
+    monkeypatch.setattr(
+        mobilesam.weights.urllib.request,
+        "urlopen",
+        lambda *a, **k: (_ for _ in ()).throw(urllib.error.URLError("no network")),
+    )
     widget.model_type.value = "vit_b"  # not loaded yet: needs weights that are not there
     wait_idle(qtbot, widget)
     status = widget.status.value
@@ -271,7 +283,6 @@ def test_model_reading_boxes_and_point_mode(dock, qtbot, tmp_path):
     assert errors and "junk.pt" in errors[-1] and "weights_only" not in errors[-1], errors
 
 
-
 def test_dock_fits_a_small_screen(dock, qtbot):
     """Defect 12: at 1366x768 the status line and Cancel are on screen, the sections scroll,
     long messages do not widen the dock, and volume tools are hidden for 2D images."""
@@ -314,8 +325,14 @@ def test_multi_image_session_matches_the_core_predictor(dock, qtbot, small_model
         "v": viewer.add_image(rng.integers(0, 255, (3, 48, 80), dtype=np.uint8), name="v"),
     }
     oracle = mobilesam.SamPredictor(small_model)
-    plan = [("p", (20.0, 30.0)), ("q", (40.0, 20.0)), ("v", (24.0, 40.0)), ("p", (45.0, 45.0)),
-            ("q", (10.0, 50.0)), ("v", (12.0, 15.0))]
+    plan = [
+        ("p", (20.0, 30.0)),
+        ("q", (40.0, 20.0)),
+        ("v", (24.0, 40.0)),
+        ("p", (45.0, 45.0)),
+        ("q", (10.0, 50.0)),
+        ("v", (12.0, 15.0)),
+    ]
     committed = {name: [] for name in images}
     for name, yx in plan:
         layer = images[name]
@@ -348,10 +365,13 @@ def test_multi_image_session_matches_the_core_predictor(dock, qtbot, small_model
     prompts = [[SlicePrompt(1, np.array([[p[-1], p[-2]]]), np.array([1]), None)] for p in committed["v"]]
     ids = sorted(i for i in np.unique(before) if i)
     objects = [prompt for i, prompt in zip(range(1, 3), prompts) if i in ids]
-    propagated = segment_objects(embeddings, objects, iou_threshold=widget.iou_threshold.value,
-                                 projection=widget.projection.value)
+    propagated = segment_objects(
+        embeddings, objects, iou_threshold=widget.iou_threshold.value, projection=widget.projection.value
+    )
     label_of = np.array([0, *ids])
-    np.testing.assert_array_equal(viewer.layers["v objects"].data, np.where(before > 0, before, label_of[propagated]))
+    np.testing.assert_array_equal(
+        viewer.layers["v objects"].data, np.where(before > 0, before, label_of[propagated])
+    )
     assert isinstance(viewer.layers["v objects"], Labels)
 
     # Defect 4, second half: after Segment everything, clicks still add prompts.
@@ -383,7 +403,9 @@ def test_2d_embeddings_persist_by_default_and_a_chosen_folder_reuses_them(dock, 
     click(viewer, (22.0, 31.0))
     wait_idle(qtbot, widget)
     assert len(first.encoded_images) == 1
-    assert list((home / "embeddings.zarr").rglob("zarr.json")), "nothing persisted in the default cache folder"
+    assert list((home / "embeddings.zarr").rglob("zarr.json")), (
+        "nothing persisted in the default cache folder"
+    )
 
     viewer.layers.clear()  # as after closing the image and opening the same file again
     fresh = DiskPredictor()
@@ -410,9 +432,10 @@ def test_cancel_segment_everything_is_prompt_and_the_gui_never_freezes(dock, qtb
     under load), the measured figures printed."""
     import time
 
-    from mobilesam.testing import save_random_checkpoint
     from qtpy.QtCore import QPoint, Qt, QTimer
     from qtpy.QtTest import QTest
+
+    from mobilesam.testing import save_random_checkpoint
 
     viewer, widget = dock
     widget.checkpoint.value = str(save_random_checkpoint(tmp_path / "w.pt", "vit_t", seed=0))
@@ -441,8 +464,10 @@ def test_cancel_segment_everything_is_prompt_and_the_gui_never_freezes(dock, qtb
     qtbot.wait(100)
     heartbeat.stop()
     stall_s = float(np.diff(beats).max())
-    print(f"\nSegment everything: cancel took {cancel_s:.2f} s (goal < 1 s); "
-          f"longest GUI stall {stall_s * 1000:.0f} ms (goal < 200 ms) over {len(beats)} heartbeats")
+    print(
+        f"\nSegment everything: cancel took {cancel_s:.2f} s (goal < 1 s); "
+        f"longest GUI stall {stall_s * 1000:.0f} ms (goal < 200 ms) over {len(beats)} heartbeats"
+    )
     assert "img everything" not in viewer.layers  # cancelled: no result layer
     assert "cancelled" in widget.status.value.lower(), widget.status.value
     assert cancel_s < 6.0
@@ -459,8 +484,14 @@ def test_keys_are_listed_in_napari_shortcut_preferences(dock, qtbot):
     editor = ShortcutEditor()
     qtbot.addWidget(editor)
     listed = editor.key_bindings_strs[editor.VIEWER_KEYBINDINGS]
-    for name, key in (("segment", "S"), ("commit", "C"), ("clear", "Shift-C"), ("toggle", "T"),
-                      ("candidate", "M"), ("volume", "Shift-S")):
+    for name, key in (
+        ("segment", "S"),
+        ("commit", "C"),
+        ("clear", "Shift-C"),
+        ("toggle", "T"),
+        ("candidate", "M"),
+        ("volume", "Shift-S"),
+    ):
         action = listed[f"napari_mobilesam:{name}"]
         assert action.description.startswith("MobileSAM: ")
         assert [str(s) for s in action_manager._shortcuts[f"napari_mobilesam:{name}"]] == [key]

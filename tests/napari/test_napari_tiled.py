@@ -8,9 +8,9 @@ plugin lets the core follow it into the neighbouring tiles."""
 
 import numpy as np
 import pytest
-from mobilesam.tiling.testing import ComponentPredictor
 from standins import click, disk, press, wait_idle
 
+from mobilesam.tiling.testing import ComponentPredictor
 from napari_mobilesam._segmenter import ImageSegmenter
 from napari_mobilesam._tiled import TiledSegmenter
 
@@ -125,12 +125,12 @@ def distinct_tiles(embeddings) -> int:
 
 
 def test_segment_everything_on_a_large_image_reuses_the_clicked_tiles(dock, qtbot, monkeypatch):
-    from mobilesam.tiling.testing import ComponentGenerator
     from qtpy.QtCore import Qt
     from qtpy.QtTest import QTest
     from standins import press
 
     import napari_mobilesam._tiled as tiled
+    from mobilesam.tiling.testing import ComponentGenerator
 
     viewer, widget = dock
     widget.use_predictor(ComponentPredictor())
@@ -180,7 +180,6 @@ def test_segment_everything_on_a_large_image_reuses_the_clicked_tiles(dock, qtbo
     assert dice(viewer.layers["big current object"].data > 0, disk(image.shape, CORNERS[3], RADIUS)) >= 0.98
 
 
-
 def _rss() -> int:
     import gc
 
@@ -202,7 +201,7 @@ def test_commit_on_a_huge_image_writes_the_object_box(dock, qtbot):
     window = (slice(768 - RADIUS, 768 + RADIUS + 1),) * 2  # the clicked object's bounding box
     local = disk((2 * RADIUS + 1,) * 2, (RADIUS, RADIUS), RADIUS)
     for y, x in CORNERS:
-        image[y - RADIUS:y + RADIUS + 1, x - RADIUS:x + RADIUS + 1][local] = 200
+        image[y - RADIUS : y + RADIUS + 1, x - RADIUS : x + RADIUS + 1][local] = 200
     before = _rss()
     viewer.add_image(image, name="huge")
     ready(viewer, qtbot, "huge")
@@ -214,8 +213,10 @@ def test_commit_on_a_huge_image_writes_the_object_box(dock, qtbot):
     press(viewer, "c")
     qtbot.waitUntil(lambda: any("committed object 1" in m[1] for m in widget.messages), timeout=5000)
     committed = _rss()
-    print(f"\nRSS growth (MiB): open {(opened - before) >> 20}, click {(clicked - opened) >> 20}, "
-          f"commit {(committed - clicked) >> 20}; two full-size int32 layers: {(2 * 4 * image.size) >> 20}")
+    print(
+        f"\nRSS growth (MiB): open {(opened - before) >> 20}, click {(clicked - opened) >> 20}, "
+        f"commit {(committed - clicked) >> 20}; two full-size int32 layers: {(2 * 4 * image.size) >> 20}"
+    )
     objects = viewer.layers["huge objects"].data
     assert dice(objects[window] == 1, local) >= 0.98
     assert np.count_nonzero(objects) == np.count_nonzero(objects[window])  # nothing outside the box

@@ -73,7 +73,9 @@ def test_precompute_saves_a_cache_that_later_sessions_load(plugin_widget, qtbot,
     viewer.layers["vol prompts"].add(np.array([[2.0, 16.0, 16.0]]))
     wait_idle(qtbot, widget)
     assert fresh.encoded_images == []
-    np.testing.assert_array_equal(viewer.layers["vol current object"].data[2] > 0, disk((32, 32), (16, 16), 5))
+    np.testing.assert_array_equal(
+        viewer.layers["vol current object"].data[2] > 0, disk((32, 32), (16, 16), 5)
+    )
 
 
 def test_cancel_stops_precomputing_and_keeps_layers(plugin_widget, qtbot):
@@ -94,7 +96,9 @@ def test_cancel_stops_precomputing_and_keeps_layers(plugin_widget, qtbot):
     wait_idle(qtbot, widget)
     assert len(predictor.encoded_images) < 5
     assert any(level == "info" and "cancelled" in text for level, text in widget.messages)
-    assert {"vol", "vol prompts", "vol boxes", "vol current object", "vol objects"} <= {l.name for l in viewer.layers}
+    assert {"vol", "vol prompts", "vol boxes", "vol current object", "vol objects"} <= {
+        layer.name for layer in viewer.layers
+    }
     assert len(viewer.layers["vol prompts"].data) == 1 and viewer.layers["vol current object"].data[0].any()
 
 
@@ -138,8 +142,10 @@ def test_segment_volume_and_all_objects_with_the_real_model(plugin_widget, qtbot
 def widget_slice_prompts(points_by_slice):
     from mobilesam.volume import SlicePrompt
 
-    return [SlicePrompt(z, np.array(pts, dtype=np.float64), np.ones(len(pts), dtype=np.int64), None)
-            for z, pts in sorted(points_by_slice.items())]
+    return [
+        SlicePrompt(z, np.array(pts, dtype=np.float64), np.ones(len(pts), dtype=np.int64), None)
+        for z, pts in sorted(points_by_slice.items())
+    ]
 
 
 def test_nifti_reader_keeps_voxel_spacing(make_napari_viewer, tmp_path):
@@ -174,8 +180,9 @@ def test_segment_everything_fills_a_labels_layer(plugin_widget, qtbot, vit_t_che
     wait_idle(qtbot, widget, timeout=120_000)
     assert not [m for m in widget.messages if m[0] == "error"], widget.messages
     layer = viewer.layers["rgb everything"]
-    generator = mobilesam.SamAutomaticMaskGenerator(widget._predictor.model, points_per_side=2, pred_iou_thresh=0.0,
-                                                    stability_score_thresh=0.0)
+    generator = mobilesam.SamAutomaticMaskGenerator(
+        widget._predictor.model, points_per_side=2, pred_iou_thresh=0.0, stability_score_thresh=0.0
+    )
     expected = records_to_label_image(generator.generate(image), shape=(96, 128))
     assert layer.data.shape == (96, 128) and expected.max() > 0
     np.testing.assert_array_equal(layer.data, expected)

@@ -10,23 +10,39 @@ from ..runtime import PRECISIONS
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--model-type / --checkpoint / --no-download, resolved by `mobilesam.load_model`."""
     group = parser.add_argument_group("model")
-    group.add_argument("--model-type", choices=MODEL_TYPES, default=None,
-                       help="architecture (default: that of --checkpoint, else vit_t)")
-    group.add_argument("--checkpoint", metavar="PATH",
-                       help="weights file (default: $MOBILESAM_CHECKPOINT, else the cached official weights, "
-                            "downloaded on first use)")
+    group.add_argument(
+        "--model-type",
+        choices=MODEL_TYPES,
+        default=None,
+        help="architecture (default: that of --checkpoint, else vit_t)",
+    )
+    group.add_argument(
+        "--checkpoint",
+        metavar="PATH",
+        help="weights file (default: $MOBILESAM_CHECKPOINT, else the cached official weights, "
+        "downloaded on first use)",
+    )
     group.add_argument("--no-download", action="store_true", help="never download weights")
     group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
-    group.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="encoder arithmetic: bf16 needs a CPU with AVX512-BF16/AMX (~2x faster, embeddings "
-                            "~1e-2 off fp32); auto picks bf16 where available (default fp32; see `mobilesam info`)")
+    group.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="encoder arithmetic: bf16 needs a CPU with AVX512-BF16/AMX (~2x faster, embeddings "
+        "~1e-2 off fp32); auto picks bf16 where available (default fp32; see `mobilesam info`)",
+    )
 
 
 def load_model_from_args(args: argparse.Namespace):
     from .. import load_model
 
-    return load_model(args.model_type, args.checkpoint, device=args.device, allow_download=not args.no_download,
-                      precision=getattr(args, "precision", "fp32"))
+    return load_model(
+        args.model_type,
+        args.checkpoint,
+        device=args.device,
+        allow_download=not args.no_download,
+        precision=getattr(args, "precision", "fp32"),
+    )
 
 
 @contextmanager
@@ -35,6 +51,7 @@ def progress_bar(desc: str, unit: str, enabled: bool = True):
     from tqdm.auto import tqdm
 
     with tqdm(desc=desc, unit=unit, disable=not enabled) as bar:
+
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)

@@ -13,30 +13,67 @@ LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "everything", help="segment everything in an image (automatic masks, no prompts)",
+        "everything",
+        help="segment everything in an image (automatic masks, no prompts)",
         description="Prompt the model with a grid of points, keep the good masks, remove duplicates, and "
-                    "write an instance label image (0 = background, 1..N = objects, largest first; smaller "
-                    "objects are drawn on top of larger ones). IMAGE may be 'sample' for the bundled image.",
+        "write an instance label image (0 = background, 1..N = objects, largest first; smaller "
+        "objects are drawn on top of larger ones). IMAGE may be 'sample' for the bundled image.",
     )
     p.add_argument("image", metavar="IMAGE", help="PNG/JPEG/TIFF image, or 'sample'")
-    p.add_argument("-o", "--output", required=True, metavar="LABELS",
-                   help="label image, .tif/.tiff (int32) or .png (uint16, at most 65535 objects)")
-    p.add_argument("--json", metavar="MASKS_JSON", help="also write the masks as COCO JSON (RLE segmentations)")
-    p.add_argument("--order", choices=("area", "score"), default="area",
-                   help="which mask wins where masks overlap: the smaller (area) or the better scored (score)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="LABELS",
+        help="label image, .tif/.tiff (int32) or .png (uint16, at most 65535 objects)",
+    )
+    p.add_argument(
+        "--json", metavar="MASKS_JSON", help="also write the masks as COCO JSON (RLE segmentations)"
+    )
+    p.add_argument(
+        "--order",
+        choices=("area", "score"),
+        default="area",
+        help="which mask wins where masks overlap: the smaller (area) or the better scored (score)",
+    )
     g = p.add_argument_group("mask generation (segment_anything's SamAutomaticMaskGenerator settings)")
-    g.add_argument("--points-per-side", type=positive_int, default=32, metavar="N", help="grid points per side (32)")
-    g.add_argument("--points-per-batch", type=positive_int, default=64, metavar="N",
-                   help="prompts decoded at once (64)")
-    g.add_argument("--crop-layers", type=non_negative_int, default=0, metavar="N",
-                   help="extra layers of overlapping crops, for small objects (0)")
-    g.add_argument("--pred-iou-thresh", type=float, default=0.88, metavar="T", help="predicted IoU cut-off (0.88)")
-    g.add_argument("--stability-score-thresh", type=float, default=0.95, metavar="T",
-                   help="stability score cut-off (0.95)")
-    g.add_argument("--box-nms-thresh", type=float, default=0.7, metavar="T",
-                   help="box IoU above which masks are duplicates (0.7)")
-    g.add_argument("--min-region-area", type=non_negative_int, default=0, metavar="PIXELS",
-                   help="fill holes and remove islands smaller than this (0: off)")
+    g.add_argument(
+        "--points-per-side", type=positive_int, default=32, metavar="N", help="grid points per side (32)"
+    )
+    g.add_argument(
+        "--points-per-batch", type=positive_int, default=64, metavar="N", help="prompts decoded at once (64)"
+    )
+    g.add_argument(
+        "--crop-layers",
+        type=non_negative_int,
+        default=0,
+        metavar="N",
+        help="extra layers of overlapping crops, for small objects (0)",
+    )
+    g.add_argument(
+        "--pred-iou-thresh", type=float, default=0.88, metavar="T", help="predicted IoU cut-off (0.88)"
+    )
+    g.add_argument(
+        "--stability-score-thresh",
+        type=float,
+        default=0.95,
+        metavar="T",
+        help="stability score cut-off (0.95)",
+    )
+    g.add_argument(
+        "--box-nms-thresh",
+        type=float,
+        default=0.7,
+        metavar="T",
+        help="box IoU above which masks are duplicates (0.7)",
+    )
+    g.add_argument(
+        "--min-region-area",
+        type=non_negative_int,
+        default=0,
+        metavar="PIXELS",
+        help="fill holes and remove islands smaller than this (0: off)",
+    )
     p.add_argument("--channel-axis", type=int, default=None, help="axis of channels in IMAGE, if any")
     add_model_arguments(p)
     add_tiling_arguments(p, cache=True)
@@ -87,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         output_mode="binary_mask",
     )
     with tqdm(desc="segment everything", unit="step") as bar:
+
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
@@ -100,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
         labels = labels.astype("uint16")
     coco = None
     if args.json is not None:  # built before anything is written, so a failure leaves no output
-        coco = records_to_coco_json(records, file_name="sample" if args.image == "sample" else Path(args.image).name)
+        coco = records_to_coco_json(
+            records, file_name="sample" if args.image == "sample" else Path(args.image).name
+        )
     write_image(args.output, labels)
     if coco is not None:
         write_json_atomically(args.json, coco)

@@ -6,9 +6,12 @@ import platform
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("info", help="print CPU features and the active inference paths",
-                              description="CPU features that decide the fast paths (AVX-512, bf16, VNNI, AMX), "
-                                          "the torch build, the allocator tuning and the available backends.")
+    p = subparsers.add_parser(
+        "info",
+        help="print CPU features and the active inference paths",
+        description="CPU features that decide the fast paths (AVX-512, bf16, VNNI, AMX), "
+        "the torch build, the allocator tuning and the available backends.",
+    )
     p.set_defaults(func=run)
 
 
@@ -34,16 +37,26 @@ def info_lines() -> list[tuple[str, str]]:
         ("CPU", f"{_cpu_name()}, {usable_cpus()} usable CPU(s)"),
         ("CPU features", " ".join(present) or "none of interest (or not readable here)"),
         ("CPU features missing", " ".join(missing) or "none"),
-        ("torch", f"{torch.__version__}, {torch.get_num_threads()} thread(s), CPU kernels "
-                  f"{torch.backends.cpu.get_cpu_capability()}, oneDNN "
-                  f"{'yes' if torch.backends.mkldnn.is_available() else 'no'}, CUDA "
-                  f"{'yes' if torch.cuda.is_available() else 'no'}"),
+        (
+            "torch",
+            f"{torch.__version__}, {torch.get_num_threads()} thread(s), CPU kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}, oneDNN "
+            f"{'yes' if torch.backends.mkldnn.is_available() else 'no'}, CUDA "
+            f"{'yes' if torch.cuda.is_available() else 'no'}",
+        ),
         ("allocator tuning", allocator.reason if allocator else "not configured in this process"),
         ("fast path", "on by default (load_model(..., exact=True) runs the official order of operations)"),
-        ("bf16 encoder", "available, opt-in: --precision bf16, load_model(..., precision='bf16')" if bf16
-         else "not available (needs AVX512-BF16 or AMX)"),
-        ("int8 (ONNX, dynamic)", "opt-in: export-onnx --quantize int8"
-         + ("; VNNI present" if {"avx512_vnni", "avx_vnni"} & flags else "; no VNNI: slow")),
+        (
+            "bf16 encoder",
+            "available, opt-in: --precision bf16, load_model(..., precision='bf16')"
+            if bf16
+            else "not available (needs AVX512-BF16 or AMX)",
+        ),
+        (
+            "int8 (ONNX, dynamic)",
+            "opt-in: export-onnx --quantize int8"
+            + ("; VNNI present" if {"avx512_vnni", "avx_vnni"} & flags else "; no VNNI: slow"),
+        ),
     ]
     lines.append(("backends", ", ".join(_backends())))
     return lines
@@ -54,8 +67,10 @@ def _backends() -> list[str]:
     if importlib.util.find_spec("onnxruntime") is not None:
         import onnxruntime
 
-        backends.append(f"onnx (onnxruntime {onnxruntime.__version__}: "
-                        f"{', '.join(onnxruntime.get_available_providers())})")
+        backends.append(
+            f"onnx (onnxruntime {onnxruntime.__version__}: "
+            f"{', '.join(onnxruntime.get_available_providers())})"
+        )
     else:
         backends.append("onnx: not installed (pip install 'napari-mobilesam[onnx]')")
     return backends

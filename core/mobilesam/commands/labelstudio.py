@@ -16,16 +16,28 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="labelstudio_command", metavar="ACTION", required=True)
     pre = sub.add_parser("precompute", help="encode every image of a project for the ML backend's cache")
     pre.add_argument("--project", type=int, required=True, help="Label Studio project id")
-    pre.add_argument("--url", default=os.environ.get("LABEL_STUDIO_URL"),
-                     help="Label Studio address (default $LABEL_STUDIO_URL)")
-    pre.add_argument("--api-key", default=os.environ.get("LABEL_STUDIO_API_KEY"),
-                     help="Label Studio access token (default $LABEL_STUDIO_API_KEY)")
-    pre.add_argument("--embedding-dir", default=None,
-                     help="where the backend reads embeddings (default $MOBILESAM_EMBEDDING_DIR, else the "
-                          "platform cache dir); must be the serving backend's")
-    pre.add_argument("--predictions", action="store_true",
-                     help="also upload segment-everything masks as predictions (what Data Manager's Retrieve "
-                          "predictions does with MOBILESAM_AUTO_MASKS=1; MOBILESAM_AUTO_MASKS_* settings apply)")
+    pre.add_argument(
+        "--url",
+        default=os.environ.get("LABEL_STUDIO_URL"),
+        help="Label Studio address (default $LABEL_STUDIO_URL)",
+    )
+    pre.add_argument(
+        "--api-key",
+        default=os.environ.get("LABEL_STUDIO_API_KEY"),
+        help="Label Studio access token (default $LABEL_STUDIO_API_KEY)",
+    )
+    pre.add_argument(
+        "--embedding-dir",
+        default=None,
+        help="where the backend reads embeddings (default $MOBILESAM_EMBEDDING_DIR, else the "
+        "platform cache dir); must be the serving backend's",
+    )
+    pre.add_argument(
+        "--predictions",
+        action="store_true",
+        help="also upload segment-everything masks as predictions (what Data Manager's Retrieve "
+        "predictions does with MOBILESAM_AUTO_MASKS=1; MOBILESAM_AUTO_MASKS_* settings apply)",
+    )
     add_model_arguments(pre)
     pre.set_defaults(func=precompute)
 
@@ -50,12 +62,14 @@ def precompute(args: argparse.Namespace) -> int:
     backend = model_module.MobileSamBackend(settings_module.Settings.from_env(env))
     print(f"model {backend.model_version}; embeddings go to {backend.settings.embedding_dir}")
     with tqdm(desc=f"project {args.project}", unit="image") as bar:
+
         def progress(done: int, total: int) -> None:
             bar.total = total
             bar.update(done - bar.n)
 
-        report = precompute_module.precompute_project(backend, args.url, args.api_key, args.project, progress,
-                                                      predictions=args.predictions)
+        report = precompute_module.precompute_project(
+            backend, args.url, args.api_key, args.project, progress, predictions=args.predictions
+        )
     print(f"{report.encoded} encoded, {report.already_stored} already stored, {len(report.failed)} failed")
     if args.predictions:
         print(f"{report.predictions} predictions uploaded")

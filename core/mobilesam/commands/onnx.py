@@ -11,13 +11,17 @@ def register(subparsers) -> None:
         "export-onnx",
         help="export encoder.onnx and decoder.onnx for onnxruntime",
         description="Writes OUTPUT/encoder.onnx (preprocessed 1x3xSxS image -> embedding) and "
-                    "OUTPUT/decoder.onnx (prompt encoder + mask decoder: any number of points, box as "
-                    "corner points labelled 2 and 3, optional mask input). Use them with "
-                    "mobilesam.SamPredictor(model, backend='onnx', onnx_dir=OUTPUT).",
+        "OUTPUT/decoder.onnx (prompt encoder + mask decoder: any number of points, box as "
+        "corner points labelled 2 and 3, optional mask input). Use them with "
+        "mobilesam.SamPredictor(model, backend='onnx', onnx_dir=OUTPUT).",
     )
     p.add_argument("output", type=Path, help="directory for the .onnx files (created if missing)")
-    p.add_argument("--quantize", choices=("int8",), default=None,
-                   help="also write dynamic int8-quantised copies (*.int8.onnx): smaller, less accurate")
+    p.add_argument(
+        "--quantize",
+        choices=("int8",),
+        default=None,
+        help="also write dynamic int8-quantised copies (*.int8.onnx): smaller, less accurate",
+    )
     add_model_arguments(p)
     p.set_defaults(func=export_onnx_command)
 
@@ -35,7 +39,9 @@ def export_onnx_command(args: argparse.Namespace) -> int:
         bar.update()
         written = [encoder, decoder]
         if args.quantize:
-            written += [quantize_onnx(path, path.with_name(path.stem + ".int8.onnx")) for path in (encoder, decoder)]
+            written += [
+                quantize_onnx(path, path.with_name(path.stem + ".int8.onnx")) for path in (encoder, decoder)
+            ]
             bar.update()
     for path in written:
         print(f"{path}  {path.stat().st_size / 1e6:.1f} MB")

@@ -10,18 +10,33 @@ from ._common import add_model_arguments, load_model_from_args
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "segment", help="segment one object in an image from points and/or a box",
+        "segment",
+        help="segment one object in an image from points and/or a box",
         description="Segment one object from point and box prompts. Coordinates are (x, y) pixels of "
-                    "the image, x to the right, y down. IMAGE may be 'sample' for the bundled image.",
+        "the image, x to the right, y down. IMAGE may be 'sample' for the bundled image.",
     )
     p.add_argument("image", metavar="IMAGE", help="PNG/JPEG/TIFF image, or 'sample'")
-    p.add_argument("--point", action="append", default=[], type=parse_point, metavar="X,Y[,LABEL]",
-                   help="a prompt point; LABEL 1 = object (default), 0 = background; repeatable")
+    p.add_argument(
+        "--point",
+        action="append",
+        default=[],
+        type=parse_point,
+        metavar="X,Y[,LABEL]",
+        help="a prompt point; LABEL 1 = object (default), 0 = background; repeatable",
+    )
     p.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="a box around the object")
-    p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="mask file, .png or .tif (0 = background, 255 = object)")
-    p.add_argument("--all-masks", action="store_true",
-                   help="write all 3 candidate masks (TIFF: one 3-plane file; PNG: OUT_0.png ...)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="mask file, .png or .tif (0 = background, 255 = object)",
+    )
+    p.add_argument(
+        "--all-masks",
+        action="store_true",
+        help="write all 3 candidate masks (TIFF: one 3-plane file; PNG: OUT_0.png ...)",
+    )
     p.add_argument("--channel-axis", type=int, default=None, help="axis of channels in IMAGE, if any")
     add_model_arguments(p)
     p.set_defaults(func=run)

@@ -22,15 +22,26 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")
 def add_tiling_arguments(parser: argparse.ArgumentParser, cache: bool = False) -> None:
     g = parser.add_argument_group("large images (tiling; needs napari-mobilesam[volume], dask.distributed)")
     if cache:
-        g.add_argument("--cache", metavar="DIR", help="tile embedding cache (see `mobilesam embed --tile-shape`)")
-    g.add_argument("--tile-shape", metavar="N|ROWS,COLS", default=None,
-                   help="segment / embed tile by tile with this interior size (e.g. 768: with the halo of 128 "
-                        "each tile is exactly the encoder's 1024 px); a folder or an OME-Zarr input is always "
-                        "tiled (768 then)")
+        g.add_argument(
+            "--cache", metavar="DIR", help="tile embedding cache (see `mobilesam embed --tile-shape`)"
+        )
+    g.add_argument(
+        "--tile-shape",
+        metavar="N|ROWS,COLS",
+        default=None,
+        help="segment / embed tile by tile with this interior size (e.g. 768: with the halo of 128 "
+        "each tile is exactly the encoder's 1024 px); a folder or an OME-Zarr input is always "
+        "tiled (768 then)",
+    )
     g.add_argument("--halo", metavar="N|ROWS,COLS", default="128", help="context around each tile (128)")
     g.add_argument("--level", type=int, default=0, help="pyramid level of an OME-Zarr / pyramidal TIFF (0)")
-    g.add_argument("--workers", type=int, default=2, metavar="N",
-                   help="processes of the local dask cluster (2); 0 runs the tiles in this process")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="processes of the local dask cluster (2); 0 runs the tiles in this process",
+    )
     g.add_argument("--scheduler", metavar="ADDRESS", help="run on this dask.distributed scheduler instead")
 
 
@@ -66,7 +77,9 @@ def tiling_shapes(args: argparse.Namespace):
     from ..tiling.grid import DEFAULT_TILE_SHAPE, parse_shape
 
     try:
-        return parse_shape(args.tile_shape or DEFAULT_TILE_SHAPE, "--tile-shape"), parse_shape(args.halo, "--halo")
+        return parse_shape(args.tile_shape or DEFAULT_TILE_SHAPE, "--tile-shape"), parse_shape(
+            args.halo, "--halo"
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -76,10 +89,11 @@ def checkpoint_and_type(args: argparse.Namespace):
     from ..volume import model_fingerprint
     from ..weights import resolve_checkpoint
 
-    checkpoint = resolve_checkpoint(args.model_type or "vit_t", args.checkpoint, allow_download=not args.no_download)
+    checkpoint = resolve_checkpoint(
+        args.model_type or "vit_t", args.checkpoint, allow_download=not args.no_download
+    )
     # The checkpoint's sha256 identifies the weights; the type only names them.
     return args.model_type, str(checkpoint), model_fingerprint(args.model_type or "auto", checkpoint)
-
 
 
 def folder_images(source: str) -> list[Path]:
@@ -87,7 +101,9 @@ def folder_images(source: str) -> list[Path]:
     path = Path(source)
     if not path.is_dir() or path.suffix.lower() == ".zarr":
         return []
-    images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    images = sorted(
+        p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
     if not images:
         raise UsageError(f"folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return images
@@ -100,8 +116,10 @@ def image_jobs(source: str, output: str) -> list[tuple[str, Path]]:
         out = Path(output)
         if out.suffix:
             raise UsageError(f"for a folder of images, -o must be a folder, not {output}")
-        return [(str(p), out / (p.name.removesuffix(".zarr").removesuffix(".ome").rsplit(".", 1)[0] + ".tif"))
-                for p in images]
+        return [
+            (str(p), out / (p.name.removesuffix(".zarr").removesuffix(".ome").rsplit(".", 1)[0] + ".tif"))
+            for p in images
+        ]
     if Path(output).suffix.lower() not in (".tif", ".tiff", ".zarr"):
         raise UsageError(f"tiled output {output} must end in .tif, .tiff or .zarr")
     return [(source, Path(output))]
@@ -116,16 +134,34 @@ def run_everything_tiled(args: argparse.Namespace) -> int:
     jobs = image_jobs(args.image, args.output)
     model_type, checkpoint, model_id = checkpoint_and_type(args)
     factory = functools.partial(
-        build_generator, model_type, checkpoint, args.device, points_per_side=args.points_per_side,
-        points_per_batch=args.points_per_batch, pred_iou_thresh=args.pred_iou_thresh,
-        stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,
-        crop_n_layers=args.crop_layers, min_mask_region_area=args.min_region_area)
+        build_generator,
+        model_type,
+        checkpoint,
+        args.device,
+        points_per_side=args.points_per_side,
+        points_per_batch=args.points_per_batch,
+        pred_iou_thresh=args.pred_iou_thresh,
+        stability_score_thresh=args.stability_score_thresh,
+        box_nms_thresh=args.box_nms_thresh,
+        crop_n_layers=args.crop_layers,
+        min_mask_region_area=args.min_region_area,
+    )
     with dask_client(args) as client:
         for source, output in jobs:
             with progress_bar(f"segment everything {Path(source).name}", "tile") as (update, _):
-                count = segment_everything_tiled(source, factory, output, tile_shape, halo, client=client,
-                                                 level=args.level, channel_axis=args.channel_axis, progress=update,
-                                                 cache_dir=args.cache, model_id=model_id)
+                count = segment_everything_tiled(
+                    source,
+                    factory,
+                    output,
+                    tile_shape,
+                    halo,
+                    client=client,
+                    level=args.level,
+                    channel_axis=args.channel_axis,
+                    progress=update,
+                    cache_dir=args.cache,
+                    model_id=model_id,
+                )
             print(f"{count} objects -> {output}")
     return 0
 
@@ -140,7 +176,17 @@ def run_embed_tiled(args: argparse.Namespace) -> int:
     with dask_client(args) as client:
         for source in sources:
             with progress_bar(f"embedding tiles of {Path(source).name}", "tile") as (update, _):
-                encoded, total = embed_tiles(source, factory, args.cache, model_id, tile_shape, halo, client=client,
-                                             level=args.level, channel_axis=args.channel_axis, progress=update)
+                encoded, total = embed_tiles(
+                    source,
+                    factory,
+                    args.cache,
+                    model_id,
+                    tile_shape,
+                    halo,
+                    client=client,
+                    level=args.level,
+                    channel_axis=args.channel_axis,
+                    progress=update,
+                )
             print(f"{total} tiles: {encoded} encoded, {total - encoded} already cached -> {args.cache}")
     return 0

@@ -20,41 +20,66 @@ from ..errors import MobileSamError
 from ._common import add_model_arguments, progress_bar
 from .tiled import add_tiling_arguments, run_embed_tiled, wants_tiling
 
-PROMPT_HELP = ("'z=Z:point=X,Y[,LABEL]:box=X0,Y0,X1,Y1:object=K' (x, y in pixels within slice Z; "
-               "point and box optional but at least one; point repeatable; object default 1)")
+PROMPT_HELP = (
+    "'z=Z:point=X,Y[,LABEL]:box=X0,Y0,X1,Y1:object=K' (x, y in pixels within slice Z; "
+    "point and box optional but at least one; point repeatable; object default 1)"
+)
 
 
 def register(subparsers) -> None:
     e = subparsers.add_parser(
-        "embed", help="precompute a volume's slice embeddings into a cache folder",
+        "embed",
+        help="precompute a volume's slice embeddings into a cache folder",
         description="Encode every slice of a TIFF stack or NIfTI volume and store the embeddings in a zarr "
-                    "cache folder, so later `mobilesam volume --cache` runs (and the napari plugin) need no "
-                    "encoder pass. Slices already cached for the same data and weights are skipped.",
+        "cache folder, so later `mobilesam volume --cache` runs (and the napari plugin) need no "
+        "encoder pass. Slices already cached for the same data and weights are skipped.",
     )
     e.add_argument("volume", metavar="VOLUME", help="TIFF stack (.tif) or NIfTI (.nii, .nii.gz)")
-    e.add_argument("--cache", required=True, metavar="DIR", help="embedding cache folder (created if missing)")
+    e.add_argument(
+        "--cache", required=True, metavar="DIR", help="embedding cache folder (created if missing)"
+    )
     add_volume_arguments(e)
     add_model_arguments(e)
     add_tiling_arguments(e)
     e.set_defaults(func=run_embed)
 
     v = subparsers.add_parser(
-        "volume", help="segment objects through a volume from prompts on some slices",
+        "volume",
+        help="segment objects through a volume from prompts on some slices",
         description="Segment objects in a 3-D volume: prompted slices are segmented, then each object is "
-                    "propagated slice by slice until it ends. Prompt syntax: " + PROMPT_HELP + ".",
+        "propagated slice by slice until it ends. Prompt syntax: " + PROMPT_HELP + ".",
         epilog="example: mobilesam volume stack.tif --prompt 'z=12:point=140,88' "
-               "--prompt 'object=2:z=30:box=10,20,90,80' -o labels.tif",
+        "--prompt 'object=2:z=30:box=10,20,90,80' -o labels.tif",
     )
     v.add_argument("volume", metavar="VOLUME", help="TIFF stack (.tif) or NIfTI (.nii, .nii.gz)")
-    v.add_argument("--prompt", action="append", default=[], type=parse_prompt, metavar="SPEC",
-                   help="prompt for one object on one slice, repeatable: " + PROMPT_HELP)
-    v.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="label volume, .tif or .nii/.nii.gz (0 = background, K = object K), spacing kept")
+    v.add_argument(
+        "--prompt",
+        action="append",
+        default=[],
+        type=parse_prompt,
+        metavar="SPEC",
+        help="prompt for one object on one slice, repeatable: " + PROMPT_HELP,
+    )
+    v.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help="label volume, .tif or .nii/.nii.gz (0 = background, K = object K), spacing kept",
+    )
     v.add_argument("--cache", metavar="DIR", help="embedding cache folder (see `mobilesam embed`)")
-    v.add_argument("--projection", default=None, help="how a slice's mask prompts the next one: "
-                   "box (default), mask, box_and_mask, points, single_point")
-    v.add_argument("--iou-threshold", type=float, default=None,
-                   help="stop an object when its mask's IoU with the previous slice falls below this (default 0.5)")
+    v.add_argument(
+        "--projection",
+        default=None,
+        help="how a slice's mask prompts the next one: "
+        "box (default), mask, box_and_mask, points, single_point",
+    )
+    v.add_argument(
+        "--iou-threshold",
+        type=float,
+        default=None,
+        help="stop an object when its mask's IoU with the previous slice falls below this (default 0.5)",
+    )
     add_volume_arguments(v)
     add_model_arguments(v)
     v.set_defaults(func=run_volume)
@@ -63,8 +88,13 @@ def register(subparsers) -> None:
 def add_volume_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--axis", type=int, default=0, help="axis to slice along (default 0, i.e. Z)")
     parser.add_argument("--channel-axis", type=int, default=None, help="axis of channels in a 4-D volume")
-    parser.add_argument("--max-in-memory", type=int, default=16, metavar="N",
-                        help="slice embeddings kept in memory (4 MB each, default 16)")
+    parser.add_argument(
+        "--max-in-memory",
+        type=int,
+        default=16,
+        metavar="N",
+        help="slice embeddings kept in memory (4 MB each, default 16)",
+    )
 
 
 def parse_prompt(text: str):
@@ -95,7 +125,9 @@ def parse_prompt(text: str):
                 if len(fields["box"]) != 4:
                     raise ValueError
             else:
-                raise argparse.ArgumentTypeError(f"prompt {text!r}: unknown key {key!r} (use z, point, box, object)")
+                raise argparse.ArgumentTypeError(
+                    f"prompt {text!r}: unknown key {key!r} (use z, point, box, object)"
+                )
         except ValueError:
             raise argparse.ArgumentTypeError(f"prompt {text!r}: bad value in {part!r}") from None
     if "z" not in fields:
@@ -103,7 +135,9 @@ def parse_prompt(text: str):
     if fields.get("object", 1) < 1:
         raise argparse.ArgumentTypeError(f"prompt {text!r}: object must be 1 or more")
     try:
-        prompt = SlicePrompt(fields["z"], fields["points"] or None, fields["labels"] or None, fields.get("box"))
+        prompt = SlicePrompt(
+            fields["z"], fields["points"] or None, fields["labels"] or None, fields.get("box")
+        )
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"prompt {text!r}: {exc}") from None
     return fields.get("object", 1), prompt
@@ -120,13 +154,22 @@ def open_embeddings(args: argparse.Namespace, volume):
         raise UsageError("--max-in-memory must be at least 1")
     if args.cache and Path(args.cache).exists() and not Path(args.cache).is_dir():
         raise MobileSamError(f"--cache {args.cache} is a file, not a folder")
-    checkpoint = resolve_checkpoint(args.model_type or "vit_t", args.checkpoint, allow_download=not args.no_download)
+    checkpoint = resolve_checkpoint(
+        args.model_type or "vit_t", args.checkpoint, allow_download=not args.no_download
+    )
     model = load_model(args.model_type, checkpoint, device=args.device, allow_download=False)
     model_type = args.model_type or detect_model_type(model.state_dict()) or "vit_t"
     model_id = model_fingerprint(model_type, checkpoint) if args.cache else None
     try:
-        return VolumeEmbeddings(volume, SamPredictor(model), axis=args.axis, channel_axis=args.channel_axis,
-                                cache_dir=args.cache, max_in_memory=args.max_in_memory, model_id=model_id)
+        return VolumeEmbeddings(
+            volume,
+            SamPredictor(model),
+            axis=args.axis,
+            channel_axis=args.channel_axis,
+            cache_dir=args.cache,
+            max_in_memory=args.max_in_memory,
+            model_id=model_id,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -145,7 +188,6 @@ def geometry(volume, axis: int, channel_axis):
         channel = (-1 if channel_axis is None else channel_axis) % ndim
     rest = [a for a in range(ndim) if a not in (axis, channel)]
     return shape[axis], (shape[rest[0]], shape[rest[1]])
-
 
 
 def naming_the_volume(run):
@@ -173,8 +215,10 @@ def run_embed(args: argparse.Namespace) -> int:
     embeddings = open_embeddings(args, volume)
     with progress_bar("Embedding slices", "slice") as (update, _):
         encoded = embeddings.embed_all(progress=update)
-    print(f"{embeddings.num_slices} slices: {encoded} encoded, {embeddings.num_slices - encoded} already cached "
-          f"-> {args.cache}")
+    print(
+        f"{embeddings.num_slices} slices: {encoded} encoded, {embeddings.num_slices - encoded} already cached "
+        f"-> {args.cache}"
+    )
     return 0
 
 
@@ -213,14 +257,17 @@ def run_volume(args: argparse.Namespace) -> int:
 
     embeddings = open_embeddings(args, volume)
     with progress_bar("Propagating", "slice") as (update, _):
-        labels = segment_objects(embeddings, objects, iou_threshold=iou_threshold, projection=projection,
-                                 progress=update)
+        labels = segment_objects(
+            embeddings, objects, iou_threshold=iou_threshold, projection=projection, progress=update
+        )
     # Label i + 1 of segment_objects is the user's object number object_ids[i].
     lookup = np.array([0, *object_ids], dtype=np.int64)
     labels = lookup[labels]
     write_labels(args.output, labels, spacing)  # labels keep the volume's spatial axis order
     cached = embeddings.disk_hits
-    print(f"{len(object_ids)} object(s): "
-          + ", ".join(f"{k}: {int((labels == k).sum())} voxels" for k in object_ids)
-          + f"; {embeddings.encoder_calls} slices encoded, {cached} from cache -> {args.output}")
+    print(
+        f"{len(object_ids)} object(s): "
+        + ", ".join(f"{k}: {int((labels == k).sum())} voxels" for k in object_ids)
+        + f"; {embeddings.encoder_calls} slices encoded, {cached} from cache -> {args.output}"
+    )
     return 0

@@ -10,7 +10,9 @@ WEIGHT_NAMES = tuple(all_weights())  # models and their AIS decoders
 def register(subparsers) -> None:
     p = subparsers.add_parser("weights", help="list, download or locate the official weights")
     sub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
-    sub.add_parser("list", help="official checkpoints and whether they are cached").set_defaults(func=list_weights)
+    sub.add_parser("list", help="official checkpoints and whether they are cached").set_defaults(
+        func=list_weights
+    )
     d = sub.add_parser("download", help="download and verify a checkpoint into the cache")
     d.add_argument("model_type", nargs="?", default="vit_t", choices=WEIGHT_NAMES)
     d.add_argument("--force", action="store_true", help="download again even if cached")

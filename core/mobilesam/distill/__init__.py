@@ -11,8 +11,16 @@ encoder and mask decoder.
 
 from .data import EmbeddingStore
 from .export import export_checkpoint
-from .teacher import embed_teacher
 from .sources import list_images, open_source
+from .teacher import embed_teacher
 from .train import TrainConfig, train
 
-__all__ = ["EmbeddingStore", "list_images", "open_source", "embed_teacher", "TrainConfig", "train", "export_checkpoint"]
+__all__ = [
+    "EmbeddingStore",
+    "list_images",
+    "open_source",
+    "embed_teacher",
+    "TrainConfig",
+    "train",
+    "export_checkpoint",
+]

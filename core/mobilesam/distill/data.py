@@ -15,20 +15,17 @@ are ~430 chunks of 256 (512 MiB each) instead of 110k small files. Format 1 (one
 import json
 import os
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import torch
 
+from .._types import PathLike
 from ..atomic import atomic_write
 from ..errors import MobileSamError
 from ..image import to_rgb_uint8
-from ..transforms import PIXEL_MEAN, PIXEL_STD
-from ..transforms import ResizeLongestSide
+from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide
 from .layout import CHUNK_DIR, MANIFEST_NAME
 from .sources import group_of
-
-PathLike = Union[str, os.PathLike]
 
 
 def resize_image(image: np.ndarray, image_size: int) -> torch.Tensor:
@@ -66,8 +63,11 @@ def plan_chunks(names: list[str], chunk_size: int) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for name in sorted(names):
         groups.setdefault(group_of(name), []).append(name)
-    return {f"{group}-{k // chunk_size:06d}": members[k:k + chunk_size]
-            for group, members in groups.items() for k in range(0, len(members), chunk_size)}
+    return {
+        f"{group}-{k // chunk_size:06d}": members[k : k + chunk_size]
+        for group, members in groups.items()
+        for k in range(0, len(members), chunk_size)
+    }
 
 
 class EmbeddingStore:
@@ -75,8 +75,8 @@ class EmbeddingStore:
 
     def __init__(self, root: PathLike) -> None:
         self.root = Path(root)
-        self._locations: Optional[dict[str, tuple[str, int]]] = None
-        self._format: Optional[int] = None
+        self._locations: dict[str, tuple[str, int]] | None = None
+        self._format: int | None = None
         self._arrays: dict[str, np.ndarray] = {}
         self._pid = None
 
@@ -85,7 +85,7 @@ class EmbeddingStore:
     def manifest_path(self) -> Path:
         return self.root / MANIFEST_NAME
 
-    def read_manifest(self) -> Optional[dict]:
+    def read_manifest(self) -> dict | None:
         if not self.manifest_path.is_file():
             return None
         return json.loads(self.manifest_path.read_text())
@@ -93,8 +93,9 @@ class EmbeddingStore:
     def manifest(self) -> dict:
         manifest = self.read_manifest()
         if manifest is None:
-            raise MobileSamError(f"{self.root} holds no {MANIFEST_NAME}; create it with "
-                                 "`mobilesam distill embed-teacher`")
+            raise MobileSamError(
+                f"{self.root} holds no {MANIFEST_NAME}; create it with `mobilesam distill embed-teacher`"
+            )
         return manifest
 
     def write_manifest(self, manifest: dict) -> None:
@@ -111,7 +112,7 @@ class EmbeddingStore:
     def chunk_path(self, chunk: str, suffix: str) -> Path:
         return self.root / CHUNK_DIR / f"{chunk}{suffix}"
 
-    def chunk_names(self, chunk: str) -> Optional[list[str]]:
+    def chunk_names(self, chunk: str) -> list[str] | None:
         """The names a finished chunk holds (None if it is not there)."""
         path = self.chunk_path(chunk, ".json")
         if not path.is_file() or not self.chunk_path(chunk, ".npy").is_file():
@@ -120,15 +121,23 @@ class EmbeddingStore:
 
     def chunks(self) -> list[str]:
         folder = self.root / CHUNK_DIR
-        return sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith(".")) if folder.is_dir() else []
+        return (
+            sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith("."))
+            if folder.is_dir()
+            else []
+        )
 
     def save_chunk(self, chunk: str, names: list[str], embeddings: np.ndarray, precision: str) -> None:
         """embeddings: (n, 256, E, E) float16, row i for names[i]. The index, written last, marks the chunk done."""
         if embeddings.shape[0] != len(names) or embeddings.dtype != np.float16:
-            raise ValueError(f"chunk {chunk}: {len(names)} names but embeddings {embeddings.shape} {embeddings.dtype}")
+            raise ValueError(
+                f"chunk {chunk}: {len(names)} names but embeddings {embeddings.shape} {embeddings.dtype}"
+            )
         if not np.isfinite(embeddings).all():
-            raise MobileSamError(f"the teacher gave non-finite embeddings in chunk {chunk} (first image {names[0]}); "
-                                 "try --precision fp32")
+            raise MobileSamError(
+                f"the teacher gave non-finite embeddings in chunk {chunk} (first image {names[0]}); "
+                "try --precision fp32"
+            )
 
         def write_array(tmp):
             with open(tmp, "wb") as f:
@@ -136,11 +145,14 @@ class EmbeddingStore:
 
         index = {"names": names, "shape": list(embeddings.shape), "precision": precision}
         atomic_write_bytes(self.chunk_path(chunk, ".npy"), write_array)
-        atomic_write_bytes(self.chunk_path(chunk, ".json"),
-                           lambda tmp: Path(tmp).write_text(json.dumps(index) + "\n"))
+        atomic_write_bytes(
+            self.chunk_path(chunk, ".json"), lambda tmp: Path(tmp).write_text(json.dumps(index) + "\n")
+        )
 
     def remove_chunk(self, chunk: str) -> None:
-        self.chunk_path(chunk, ".json").unlink(missing_ok=True)  # the index first: never an index without data
+        self.chunk_path(chunk, ".json").unlink(
+            missing_ok=True
+        )  # the index first: never an index without data
         self.chunk_path(chunk, ".npy").unlink(missing_ok=True)
 
     # -- reading
@@ -151,8 +163,10 @@ class EmbeddingStore:
             for chunk in self.chunks():
                 for row, name in enumerate(self.chunk_names(chunk) or []):
                     if name in locations:
-                        raise MobileSamError(f"{self.root}: {name} is in chunks {locations[name][0]} and {chunk}; "
-                                             "rerun embed-teacher on the same images to repair the store")
+                        raise MobileSamError(
+                            f"{self.root}: {name} is in chunks {locations[name][0]} and {chunk}; "
+                            "rerun embed-teacher on the same images to repair the store"
+                        )
                     locations[name] = (chunk, row)
             self._locations = locations
         return self._locations
@@ -174,12 +188,15 @@ class EmbeddingStore:
             try:
                 array = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as exc:
-                raise MobileSamError(f"damaged embedding chunk {path} ({exc}); delete it and its .json and rerun "
-                                     "embed-teacher") from None
+                raise MobileSamError(
+                    f"damaged embedding chunk {path} ({exc}); delete it and its .json and rerun embed-teacher"
+                ) from None
             expected = (len(self.chunk_names(chunk) or []), *self.manifest()["embedding_shape"])
             if array.shape != expected or array.dtype != np.float16:
-                raise MobileSamError(f"embedding chunk {path} is {array.shape} {array.dtype}, its index and the "
-                                     f"manifest say {expected} float16; delete it and rerun embed-teacher")
+                raise MobileSamError(
+                    f"embedding chunk {path} is {array.shape} {array.dtype}, its index and the "
+                    f"manifest say {expected} float16; delete it and rerun embed-teacher"
+                )
             self._arrays[chunk] = array
         return array
 

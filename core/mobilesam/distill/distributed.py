@@ -1,10 +1,10 @@
 """torchrun process groups for embed-teacher and train: NCCL on CUDA, gloo on CPU, one process otherwise."""
 
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -35,7 +35,7 @@ class Processes:
 
 
 @contextmanager
-def process_group(device: Optional[str], timeout: Optional[timedelta] = None) -> Iterator[Processes]:
+def process_group(device: str | None, timeout: timedelta | None = None) -> Iterator[Processes]:
     """Under torchrun (RANK set): join the group, one device per local rank. Otherwise rank 0 of 1.
 
     timeout: how long a collective (barrier, all-reduce) waits for the slowest process (torch's default if None).

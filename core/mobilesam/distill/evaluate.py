@@ -8,22 +8,21 @@ of points (duplicates dropped).
 """
 
 import math
-import os
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from .._types import PathLike
 from ..build_sam import build_sam, detect_model_type, read_state_dict
 from ..errors import Cancelled, CheckpointError
 from ..image import to_rgb_uint8
 from ..predictor import SamPredictor
 from .sources import annotation_masks, open_source
 
-PathLike = Union[str, os.PathLike]
 PROMPTS = ("point", "box")
 DUPLICATE_IOU = 0.9  # reference masks this similar to an earlier one are the same object
 
@@ -57,8 +56,12 @@ def load_for_evaluation(path: PathLike, image_size: int, device: str) -> tuple[S
     if model_type is None:
         raise CheckpointError(f"checkpoint {path} is not a SAM/MobileSAM checkpoint")
     model = build_sam(model_type, path, image_size=image_size).to(device)
-    report = ModelReport(str(path), model_type, sum(p.numel() for p in model.image_encoder.parameters()),
-                         sum(p.numel() for p in model.parameters()))
+    report = ModelReport(
+        str(path),
+        model_type,
+        sum(p.numel() for p in model.image_encoder.parameters()),
+        sum(p.numel() for p in model.parameters()),
+    )
     return SamPredictor(model), report
 
 
@@ -73,12 +76,14 @@ def best_mask(predictor: SamPredictor, **prompt) -> np.ndarray:
     return masks[int(np.argmax(scores))]
 
 
-def reference_objects(reference: SamPredictor, height: int, width: int, n: int,
-                      rng: np.random.Generator) -> list[np.ndarray]:
+def reference_objects(
+    reference: SamPredictor, height: int, width: int, n: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     """Up to `n` distinct non-empty reference masks from a shuffled grid of single-point prompts."""
     side = max(2, math.ceil(math.sqrt(4 * n)))
-    ys, xs = np.meshgrid((np.arange(side) + 0.5) * height / side, (np.arange(side) + 0.5) * width / side,
-                         indexing="ij")
+    ys, xs = np.meshgrid(
+        (np.arange(side) + 0.5) * height / side, (np.arange(side) + 0.5) * width / side, indexing="ij"
+    )
     grid = np.stack([xs.ravel(), ys.ravel()], axis=1)[rng.permutation(side * side)]
     objects: list[np.ndarray] = []
     for point in grid:
@@ -106,19 +111,28 @@ def timed_set_image(predictor: SamPredictor, image: np.ndarray) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def annotated_objects(annotations: list[dict], height: int, width: int, n: int, rng: np.random.Generator,
-                      name: str) -> list[np.ndarray]:
+def annotated_objects(
+    annotations: list[dict], height: int, width: int, n: int, rng: np.random.Generator, name: str
+) -> list[np.ndarray]:
     """Up to `n` non-empty annotation masks, drawn at random."""
     chosen = [annotations[i] for i in rng.permutation(len(annotations))]
-    masks = [mask for mask in annotation_masks(chosen[:2 * n], height, width, name) if mask.any()]
+    masks = [mask for mask in annotation_masks(chosen[: 2 * n], height, width, name) if mask.any()]
     return masks[:n]
 
 
-def evaluate(model: PathLike, reference: PathLike, images: Union[PathLike, Sequence[PathLike]],
-             prompt: str = "point", n: int = 16, image_size: int = 1024, seed: int = 0,
-             device: Optional[str] = None, max_images: Optional[int] = None,
-             progress: Optional[Callable[[int, int], None]] = None,
-             cancel: Optional[threading.Event] = None) -> EvaluationResult:
+def evaluate(
+    model: PathLike,
+    reference: PathLike,
+    images: PathLike | Sequence[PathLike],
+    prompt: str = "point",
+    n: int = 16,
+    image_size: int = 1024,
+    seed: int = 0,
+    device: str | None = None,
+    max_images: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> EvaluationResult:
     """mIoU of `model`'s masks against `reference`'s on up to `n` objects per image.
 
     images: a folder, or (held-out) SA-1B tar shards; the first `max_images` names (sorted) if given.
@@ -155,5 +169,13 @@ def evaluate(model: PathLike, reference: PathLike, images: Union[PathLike, Seque
     for report, key in ((student_report, "model"), (teacher_report, "reference")):
         measured = times[key][1:] or times[key]
         report.encode_ms = float(np.mean(measured))
-    return EvaluationResult(prompt, len(names), len(ious), "both" if len(origins) > 1 else origins.pop(),
-                            float(np.mean(ious)) if ious else math.nan, student_report, teacher_report, ious)
+    return EvaluationResult(
+        prompt,
+        len(names),
+        len(ious),
+        "both" if len(origins) > 1 else origins.pop(),
+        float(np.mean(ious)) if ious else math.nan,
+        student_report,
+        teacher_report,
+        ious,
+    )

@@ -1,21 +1,19 @@
 """`export_checkpoint`: student encoder + a SAM's prompt encoder and mask decoder -> `mobile_sam.pt`."""
 
-import os
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 
+from .._types import PathLike
 from ..build_sam import build_sam, read_state_dict
 from ..errors import CheckpointError, MobileSamError
 from .data import atomic_write_bytes
 from .layout import CHECKPOINT_NAME, DECODER_PREFIXES, read_checkpoint
 
-PathLike = Union[str, os.PathLike]
 
-
-def combine_state_dicts(encoder_state: dict[str, torch.Tensor],
-                        decoder_source: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def combine_state_dicts(
+    encoder_state: dict[str, torch.Tensor], decoder_source: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """The official layout: `image_encoder.*` from the student, the rest from the decoder source.
 
     The prompt encoder and mask decoder do not depend on the input size, so a 1024 px SAM's
@@ -29,7 +27,7 @@ def combine_state_dicts(encoder_state: dict[str, torch.Tensor],
     return combined
 
 
-def export_checkpoint(run_dir: PathLike, output: PathLike, decoder_from: Optional[PathLike] = None) -> dict:
+def export_checkpoint(run_dir: PathLike, output: PathLike, decoder_from: PathLike | None = None) -> dict:
     """Write RUN_DIR's student as an official-format checkpoint at `output` (atomically).
 
     `decoder_from` defaults to the teacher checkpoint recorded by embed-teacher. The result is
@@ -38,7 +36,9 @@ def export_checkpoint(run_dir: PathLike, output: PathLike, decoder_from: Optiona
     """
     ckpt_path = Path(run_dir) / CHECKPOINT_NAME
     if not ckpt_path.is_file():
-        raise MobileSamError(f"{run_dir} holds no {CHECKPOINT_NAME}; train with `mobilesam distill train` first")
+        raise MobileSamError(
+            f"{run_dir} holds no {CHECKPOINT_NAME}; train with `mobilesam distill train` first"
+        )
     run = read_checkpoint(ckpt_path)
     decoder_from = Path(decoder_from or run["teacher"]["checkpoint"])
     state = combine_state_dicts(run["encoder"], read_state_dict(decoder_from))
@@ -47,9 +47,16 @@ def export_checkpoint(run_dir: PathLike, output: PathLike, decoder_from: Optiona
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"student of {run_dir} and decoder of {decoder_from} do not make a vit_t model: "
-                              f"{str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"student of {run_dir} and decoder of {decoder_from} do not make a vit_t model: "
+            f"{str(exc).splitlines()[0]}"
+        ) from None
     output = Path(output)
     atomic_write_bytes(output, lambda tmp: torch.save(state, tmp))
-    return {"output": str(output), "image_size": image_size, "step": int(run["step"]),
-            "max_steps": int(run["max_steps"]), "decoder_from": str(decoder_from)}
+    return {
+        "output": str(output),
+        "image_size": image_size,
+        "step": int(run["step"]),
+        "max_steps": int(run["max_steps"]),
+        "decoder_from": str(decoder_from),
+    }

@@ -13,17 +13,17 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import tifffile
 from PIL import Image
 
+from .._types import PathLike
 from ..errors import MobileSamError
 from ..io import TIFF_SUFFIXES, read_image
 
-PathLike = Union[str, os.PathLike]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 ROOT_GROUP = "_root"  # group of the images at the top of a folder
 
@@ -33,8 +33,11 @@ def list_images(image_dir: PathLike) -> list[str]:
     root = Path(image_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
-    found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    found = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    )
     if not found:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {root}")
     return found
@@ -62,8 +65,10 @@ def annotation_masks(annotations: list[dict], height: int, width: int, name: str
     for annotation in annotations:
         rle = annotation["segmentation"]
         if tuple(rle["size"]) != (height, width):
-            raise MobileSamError(f"an annotation of {name} is {rle['size'][0]}x{rle['size'][1]} but the image is "
-                                 f"{height}x{width}")
+            raise MobileSamError(
+                f"an annotation of {name} is {rle['size'][0]}x{rle['size'][1]} but the image is "
+                f"{height}x{width}"
+            )
         masks.append(mask_utils.decode(rle).astype(bool))
     return masks
 
@@ -78,7 +83,7 @@ class ImageFolder:
     def read(self, name: str) -> np.ndarray:
         return read_image(self.root / name)
 
-    def annotations(self, name: str) -> Optional[list[dict]]:
+    def annotations(self, name: str) -> list[dict] | None:
         path = (self.root / name).with_suffix(".json")
         return decode_annotations(path.read_bytes(), name) if path.is_file() else None
 
@@ -92,7 +97,7 @@ class TarShards:
     def __init__(self, shards: Sequence[PathLike]) -> None:
         self.shards = {}
         for shard in sorted(Path(s) for s in shards):
-            stem = shard.name[:-len(".tar")]
+            stem = shard.name[: -len(".tar")]
             if stem in self.shards:
                 raise MobileSamError(f"two shards named {shard.name}: {self.shards[stem]} and {shard}")
             self.shards[stem] = shard
@@ -102,7 +107,9 @@ class TarShards:
             self.members.update(index_tar(shard, stem))
         self.names = sorted(n for n in self.members if n.lower().endswith(IMAGE_SUFFIXES))
         if not self.names:
-            raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, self.shards.values()))}")
+            raise ValueError(
+                f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, self.shards.values()))}"
+            )
         self._files: dict[str, object] = {}
         self._pid = None
 
@@ -131,13 +138,16 @@ class TarShards:
         except (OSError, ValueError, tifffile.TiffFileError) as exc:
             raise ValueError(f"could not read image {name} of {self.shards[group_of(name)]}: {exc}") from None
 
-    def annotations(self, name: str) -> Optional[list[dict]]:
+    def annotations(self, name: str) -> list[dict] | None:
         json_name = name.rsplit(".", 1)[0] + ".json"
         return decode_annotations(self._bytes(json_name), name) if json_name in self.members else None
 
     def describe(self) -> str:
-        return f"{len(self.shards)} shard(s) ({', '.join(self.shards)})" if len(self.shards) <= 4 else \
-            f"{len(self.shards)} shards ({next(iter(self.shards))} ...)"
+        return (
+            f"{len(self.shards)} shard(s) ({', '.join(self.shards)})"
+            if len(self.shards) <= 4
+            else f"{len(self.shards)} shards ({next(iter(self.shards))} ...)"
+        )
 
     def __getstate__(self) -> dict:  # open files stay in the process that opened them
         return {**self.__dict__, "_files": {}, "_pid": None}
@@ -150,13 +160,17 @@ def index_tar(shard: Path, stem: str) -> dict[str, tuple[str, int, int]]:
         with tarfile.open(shard, "r:") as tar:  # "r:": uncompressed only, so members can be read by offset
             for member in tar:
                 if member.isfile():
-                    members[f"{stem}/{member.name.removeprefix('./')}"] = (stem, member.offset_data, member.size)
+                    members[f"{stem}/{member.name.removeprefix('./')}"] = (
+                        stem,
+                        member.offset_data,
+                        member.size,
+                    )
     except (tarfile.TarError, OSError) as exc:
         raise MobileSamError(f"cannot read tar shard {shard}: {exc}") from None
     return members
 
 
-def open_source(paths: Union[PathLike, Sequence[PathLike]]) -> Union[ImageFolder, TarShards]:
+def open_source(paths: PathLike | Sequence[PathLike]) -> ImageFolder | TarShards:
     """One image folder, or tar shards: given as files, or as a folder holding `*.tar` files."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     if not paths:
@@ -174,6 +188,8 @@ def open_source(paths: Union[PathLike, Sequence[PathLike]]) -> Union[ImageFolder
         elif not path.exists():
             raise FileNotFoundError(f"{path} does not exist")
         else:
-            raise MobileSamError(f"{path} is neither a .tar shard nor a folder of them; several --images paths "
-                                 "must all be shards (a folder of loose images is given alone)")
+            raise MobileSamError(
+                f"{path} is neither a .tar shard nor a folder of them; several --images paths "
+                "must all be shards (a folder of loose images is given alone)"
+            )
     return TarShards(shards)

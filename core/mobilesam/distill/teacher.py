@@ -6,15 +6,15 @@ GPU, fp32 on CPU) and writes each chunk atomically when it is complete. A killed
 loses at most the chunks in progress: rerunning recomputes only chunks that are not finished.
 """
 
-import os
 import threading
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from .._types import PathLike
 from ..build_sam import build_sam, detect_model_type, read_state_dict
 from ..errors import Cancelled, MobileSamError
 from ..weights import resolve_checkpoint, sha256sum
@@ -23,7 +23,6 @@ from .distributed import process_group
 from .layout import STORE_FORMAT
 from .sources import open_source
 
-PathLike = Union[str, os.PathLike]
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Processes meet only at the start and the end; the last may finish a chunk or two after the first.
 COLLECTIVE_TIMEOUT = timedelta(hours=2)
@@ -34,8 +33,11 @@ def teacher_manifest(teacher_type: str, checkpoint: Path, image_size: int, chunk
     embedding_size = image_size // 16
     return {
         "format": STORE_FORMAT,
-        "teacher": {"model_type": teacher_type, "checkpoint": str(checkpoint.resolve()),
-                    "sha256": sha256sum(checkpoint)},
+        "teacher": {
+            "model_type": teacher_type,
+            "checkpoint": str(checkpoint.resolve()),
+            "sha256": sha256sum(checkpoint),
+        },
         "image_size": image_size,
         "embedding_shape": [256, embedding_size, embedding_size],
         "dtype": "float16",
@@ -46,15 +48,21 @@ def teacher_manifest(teacher_type: str, checkpoint: Path, image_size: int, chunk
 
 def check_same_teacher(existing: dict, wanted: dict, root: Path) -> None:
     """A store holds one teacher's embeddings at one size, in one layout: never mix two in it."""
-    for key, label in ((("teacher", "sha256"), "teacher checkpoint"), (("image_size",), "image size"),
-                       (("teacher", "model_type"), "teacher type"), (("format",), "store format"),
-                       (("chunk_size",), "chunk size")):
+    for key, label in (
+        (("teacher", "sha256"), "teacher checkpoint"),
+        (("image_size",), "image size"),
+        (("teacher", "model_type"), "teacher type"),
+        (("format",), "store format"),
+        (("chunk_size",), "chunk size"),
+    ):
         old, new = existing, wanted
         for k in key:
             old, new = old.get(k), new.get(k)
         if old != new:
-            raise MobileSamError(f"{root} already holds embeddings of another {label} ({old} there, {new} now); "
-                                 "use a new --out folder")
+            raise MobileSamError(
+                f"{root} already holds embeddings of another {label} ({old} there, {new} now); "
+                "use a new --out folder"
+            )
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -63,18 +71,30 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise MobileSamError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     if device.type != "cuda":
         if precision in AUTOCAST_DTYPES:
-            raise MobileSamError(f"--precision {precision} needs a CUDA device; the teacher runs in fp32 on {device}")
+            raise MobileSamError(
+                f"--precision {precision} needs a CUDA device; the teacher runs in fp32 on {device}"
+            )
         return "fp32"
     if precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return precision
 
 
-def embed_teacher(teacher_type: str, checkpoint: Optional[PathLike], images: Union[PathLike, Sequence[PathLike]],
-                  out_dir: PathLike, image_size: int = 1024, device: Optional[str] = None,
-                  allow_download: bool = True, batch_size: int = 8, num_workers: int = 2, chunk_size: int = 256,
-                  precision: str = "auto", progress: Optional[Callable[[int, int], None]] = None,
-                  cancel: Optional[threading.Event] = None) -> dict:
+def embed_teacher(
+    teacher_type: str,
+    checkpoint: PathLike | None,
+    images: PathLike | Sequence[PathLike],
+    out_dir: PathLike,
+    image_size: int = 1024,
+    device: str | None = None,
+    allow_download: bool = True,
+    batch_size: int = 8,
+    num_workers: int = 2,
+    chunk_size: int = 256,
+    precision: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+) -> dict:
     """Store the teacher's (256, S/16, S/16) embedding of every image of `images` (a folder or tar shards).
 
     Resumable per chunk. Under torchrun, call it in every process: each encodes its share.
@@ -100,20 +120,35 @@ def embed_teacher(teacher_type: str, checkpoint: Optional[PathLike], images: Uni
         procs.barrier()  # manifest checked; every process now sees the same finished chunks
         plan = plan_chunks(source.names, chunk_size)
         todo = [chunk for chunk, names in plan.items() if store.chunk_names(chunk) != names]
-        mine = todo[procs.rank::procs.world]
+        mine = todo[procs.rank :: procs.world]
         if progress:
             progress(0, sum(len(plan[c]) for c in mine))
         if mine:
             model = build_sam(teacher_type, checkpoint, image_size=image_size).to(procs.device).eval()
-            encode_chunks(model, source, store, {c: plan[c] for c in mine}, precision, batch_size, num_workers,
-                          progress, cancel)
+            encode_chunks(
+                model,
+                source,
+                store,
+                {c: plan[c] for c in mine},
+                precision,
+                batch_size,
+                num_workers,
+                progress,
+                cancel,
+            )
         computed = procs.sum([sum(len(plan[c]) for c in mine)])[0]
         procs.barrier()
         if procs.master:
             drop_stale_chunks(store, plan)
     total = len(source.names)
-    return {"images": total, "chunks": len(plan), "computed": int(computed), "skipped": total - int(computed),
-            "computed_chunks": len(todo), "world": procs.world}
+    return {
+        "images": total,
+        "chunks": len(plan),
+        "computed": int(computed),
+        "skipped": total - int(computed),
+        "computed_chunks": len(todo),
+        "world": procs.world,
+    }
 
 
 def drop_stale_chunks(store: EmbeddingStore, plan: dict[str, list[str]]) -> None:
@@ -136,20 +171,38 @@ class ChunkImages(torch.utils.data.Dataset):
 
 
 @torch.inference_mode()
-def encode_chunks(model, source, store: EmbeddingStore, chunks: dict[str, list[str]], precision: str,
-                  batch_size: int, num_workers: int, progress, cancel) -> None:
+def encode_chunks(
+    model,
+    source,
+    store: EmbeddingStore,
+    chunks: dict[str, list[str]],
+    precision: str,
+    batch_size: int,
+    num_workers: int,
+    progress,
+    cancel,
+) -> None:
     """Encode `chunks` in order, batches never crossing a chunk, and save each chunk once it is complete."""
     names = [name for members in chunks.values() for name in members]
     batches, start = [], 0
     for members in chunks.values():  # index batches within each chunk
-        batches.extend(list(range(start + k, start + min(k + batch_size, len(members))))
-                       for k in range(0, len(members), batch_size))
+        batches.extend(
+            list(range(start + k, start + min(k + batch_size, len(members))))
+            for k in range(0, len(members), batch_size)
+        )
         start += len(members)
     loader = torch.utils.data.DataLoader(
-        ChunkImages(source, names, model.img_size), batch_sampler=batches, num_workers=num_workers,
-        collate_fn=list, pin_memory=model.device.type == "cuda", prefetch_factor=4 if num_workers else None,
-        persistent_workers=False)
-    autocast = torch.autocast("cuda", dtype=AUTOCAST_DTYPES[precision]) if precision in AUTOCAST_DTYPES else None
+        ChunkImages(source, names, model.img_size),
+        batch_sampler=batches,
+        num_workers=num_workers,
+        collate_fn=list,
+        pin_memory=model.device.type == "cuda",
+        prefetch_factor=4 if num_workers else None,
+        persistent_workers=False,
+    )
+    autocast = (
+        torch.autocast("cuda", dtype=AUTOCAST_DTYPES[precision]) if precision in AUTOCAST_DTYPES else None
+    )
     pending = iter(chunks.items())
     chunk, members = next(pending)
     rows: list[np.ndarray] = []

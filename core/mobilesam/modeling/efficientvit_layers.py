@@ -5,7 +5,7 @@ Module and parameter names follow the official checkpoints (`...conv.weight`, `.
 layers use eps 1e-6 as the official model factory sets them.
 """
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -20,11 +20,21 @@ def gelu() -> nn.Module:
 class ConvNormAct(nn.Module):
     """Conv2d ("same" padding) -> optional BatchNorm -> optional activation."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                 groups: int = 1, bias: bool = False, norm: bool = True, act: Optional[nn.Module] = None) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        bias: bool = False,
+        norm: bool = True,
+        act: nn.Module | None = None,
+    ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2,
-                              groups=groups, bias=bias)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding=kernel_size // 2, groups=groups, bias=bias
+        )
         self.norm = nn.BatchNorm2d(out_channels, eps=NORM_EPS) if norm else None
         self.act = act
 
@@ -38,9 +48,13 @@ class ConvNormAct(nn.Module):
 class ResBlock(nn.Module):
     """Two 3x3 convolutions (the first may stride); `fewer_norm` drops the first norm for a bias."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, fewer_norm: bool = False) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, stride: int = 1, fewer_norm: bool = False
+    ) -> None:
         super().__init__()
-        self.conv1 = ConvNormAct(in_channels, in_channels, 3, stride, bias=fewer_norm, norm=not fewer_norm, act=gelu())
+        self.conv1 = ConvNormAct(
+            in_channels, in_channels, 3, stride, bias=fewer_norm, norm=not fewer_norm, act=gelu()
+        )
         self.conv2 = ConvNormAct(in_channels, out_channels, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -50,11 +64,19 @@ class ResBlock(nn.Module):
 class FusedMBConv(nn.Module):
     """Fused inverted bottleneck: 3x3 expansion conv, then 1x1 projection."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, expand_ratio: float = 6,
-                 fewer_norm: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        expand_ratio: float = 6,
+        fewer_norm: bool = False,
+    ) -> None:
         super().__init__()
         mid = round(in_channels * expand_ratio)
-        self.spatial_conv = ConvNormAct(in_channels, mid, 3, stride, bias=fewer_norm, norm=not fewer_norm, act=gelu())
+        self.spatial_conv = ConvNormAct(
+            in_channels, mid, 3, stride, bias=fewer_norm, norm=not fewer_norm, act=gelu()
+        )
         self.point_conv = ConvNormAct(mid, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,13 +86,22 @@ class FusedMBConv(nn.Module):
 class MBConv(nn.Module):
     """Inverted bottleneck: 1x1 expansion, 3x3 depthwise (may stride), 1x1 projection."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, expand_ratio: float = 6,
-                 fewer_norm: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        expand_ratio: float = 6,
+        fewer_norm: bool = False,
+    ) -> None:
         super().__init__()
         mid = round(in_channels * expand_ratio)
-        self.inverted_conv = ConvNormAct(in_channels, mid, 1, bias=fewer_norm, norm=not fewer_norm, act=gelu())
-        self.depth_conv = ConvNormAct(mid, mid, 3, stride, groups=mid, bias=fewer_norm, norm=not fewer_norm,
-                                      act=gelu())
+        self.inverted_conv = ConvNormAct(
+            in_channels, mid, 1, bias=fewer_norm, norm=not fewer_norm, act=gelu()
+        )
+        self.depth_conv = ConvNormAct(
+            mid, mid, 3, stride, groups=mid, bias=fewer_norm, norm=not fewer_norm, act=gelu()
+        )
         self.point_conv = ConvNormAct(mid, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -85,7 +116,7 @@ class Identity(nn.Module):
 class Residual(nn.Module):
     """main(x) + x (with `shortcut` an identity) or main(x) alone (shortcut None, e.g. when striding)."""
 
-    def __init__(self, main: nn.Module, shortcut: Optional[nn.Module]) -> None:
+    def __init__(self, main: nn.Module, shortcut: nn.Module | None) -> None:
         super().__init__()
         self.main = main
         self.shortcut = shortcut

@@ -21,7 +21,6 @@ Three rearrangements, all exact in real arithmetic (outputs differ by float roun
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -42,13 +41,14 @@ class ImageCache:
 
     src: torch.Tensor
     pe: torch.Tensor
-    k0: Optional[torch.Tensor] = None
-    v0: Optional[torch.Tensor] = None
-    q0: Optional[torch.Tensor] = None
+    k0: torch.Tensor | None = None
+    v0: torch.Tensor | None = None
+    q0: torch.Tensor | None = None
 
 
-def prepare_image(transformer: TwoWayTransformer, src: torch.Tensor, pe: torch.Tensor,
-                  project: bool = True) -> ImageCache:
+def prepare_image(
+    transformer: TwoWayTransformer, src: torch.Tensor, pe: torch.Tensor, project: bool = True
+) -> ImageCache:
     """src (b0, C, h, w), pe (1, C, h, w) -> the per-image part of the first layer.
 
     project=True precomputes the first layer's image projections, for an image that will see many
@@ -70,15 +70,18 @@ def prepare_image(transformer: TwoWayTransformer, src: torch.Tensor, pe: torch.T
     )
 
 
-def transformer_forward(transformer: TwoWayTransformer, cache: ImageCache, tokens: torch.Tensor
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
+def transformer_forward(
+    transformer: TwoWayTransformer, cache: ImageCache, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """As `TwoWayTransformer.forward`: tokens (B, N, C) -> tokens (B, N, C), keys (B, L, C)."""
     queries, keys, pe = tokens, cache.src, cache.pe
     for i, layer in enumerate(transformer.layers):
         queries = layer.token_self_attention(queries, tokens)
         cached = i == 0 and cache.k0 is not None
         if cached:
-            attn = _token_to_image_cached(layer.cross_attn_token_to_image, queries + tokens, cache.k0, cache.v0)
+            attn = _token_to_image_cached(
+                layer.cross_attn_token_to_image, queries + tokens, cache.k0, cache.v0
+            )
         else:
             keys_pe = keys + pe
             attn = _token_to_image(layer.cross_attn_token_to_image, queries + tokens, keys_pe, keys)
@@ -110,7 +113,9 @@ def _image_matmul(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a, x)
 
 
-def _token_to_image_cached(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _token_to_image_cached(
+    attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> torch.Tensor:
     """Tokens q (B, N, C) attend to projected image keys/values k, v (b0, H, L, dh)."""
     B, N, _ = q.shape
     q = attn._split_heads(attn.q_proj(q))  # (B, H, N, dh)
@@ -146,8 +151,14 @@ def _token_to_image(attn: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.
     return attn.out_proj(out.reshape(B, N, d))
 
 
-def _image_to_token(attn: Attention, image_q: Optional[torch.Tensor], projected_q: Optional[torch.Tensor],
-                    k: torch.Tensor, v: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def _image_to_token(
+    attn: Attention,
+    image_q: torch.Tensor | None,
+    projected_q: torch.Tensor | None,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    residual: torch.Tensor,
+) -> torch.Tensor:
     """Image tokens attend to the prompt tokens: -> residual + attention output, (B, L, C).
 
     Pass either image_q (B, L, C), the unprojected queries, or projected_q (b0, L, d), already

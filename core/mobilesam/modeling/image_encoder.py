@@ -4,7 +4,6 @@ Input (B, 3, S, S) normalised pixels, output (B, 256, S/16, S/16) image embeddin
 Windowed attention with decomposed relative positions, a few global-attention blocks.
 """
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -153,8 +152,13 @@ def relative_positions(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch
     return rel_pos[offsets.long()]
 
 
-def add_decomposed_rel_pos(attn: torch.Tensor, q: torch.Tensor, rel_pos_h: torch.Tensor,
-                           rel_pos_w: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def add_decomposed_rel_pos(
+    attn: torch.Tensor,
+    q: torch.Tensor,
+    rel_pos_h: torch.Tensor,
+    rel_pos_w: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
     """Add MViTv2's decomposed relative-position terms to attention logits.
 
     attn: (B, H*W, H*W) logits; q: (B, H*W, C) queries. A row term and a column term are added

@@ -9,8 +9,6 @@ flavours exist in released checkpoints: bilinear + 1x1 conv (`...conv.weight`) a
 convolution (`...block.weight`); `InstanceSegmentationDecoder.from_state_dict` picks the right one.
 """
 
-from typing import Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,7 +40,11 @@ class TransposedUpsample2x(nn.Module):
 
 
 def make_upsampler(in_channels: int, out_channels: int, transposed: bool) -> nn.Module:
-    return TransposedUpsample2x(in_channels, out_channels) if transposed else Upsample2x(in_channels, out_channels)
+    return (
+        TransposedUpsample2x(in_channels, out_channels)
+        if transposed
+        else Upsample2x(in_channels, out_channels)
+    )
 
 
 class Conv3x3(nn.Module):
@@ -62,8 +64,12 @@ class DoubleConv(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            nn.InstanceNorm2d(in_channels), nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
-            nn.InstanceNorm2d(out_channels), nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True),
+            nn.InstanceNorm2d(in_channels),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.InstanceNorm2d(out_channels),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,8 +82,10 @@ class UpConvBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, transposed: bool) -> None:
         super().__init__()
         self.block = nn.Sequential(
-            make_upsampler(in_channels, out_channels, transposed), Conv3x3(out_channels, out_channels),
-            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+            make_upsampler(in_channels, out_channels, transposed),
+            Conv3x3(out_channels, out_channels),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -112,8 +120,9 @@ class InstanceSegmentationDecoder(nn.Module):
     """Image embedding (B, 256, S/16, S/16) -> foreground, centre- and boundary-distance maps
     (B, 3, H, W) in [0, 1] at the original image size."""
 
-    def __init__(self, embed_dim: int = 256, image_size: int = 1024, transposed: bool = False,
-                 out_channels: int = 3) -> None:
+    def __init__(
+        self, embed_dim: int = 256, image_size: int = 1024, transposed: bool = False, out_channels: int = 3
+    ) -> None:
         super().__init__()
         self.image_size = image_size
         c0, c1, c2, c3 = LEVEL_CHANNELS
@@ -144,11 +153,14 @@ class InstanceSegmentationDecoder(nn.Module):
         x = self.decoder_head(torch.cat([self.deconv_out(x), z0], dim=1))
         return torch.sigmoid(self.out_conv(x))
 
-    def forward(self, embedding: torch.Tensor, input_size: Tuple[int, int],
-                original_size: Tuple[int, int]) -> torch.Tensor:
+    def forward(
+        self, embedding: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int]
+    ) -> torch.Tensor:
         """Maps cropped to the unpadded input (h, w) and resized to the original (H, W)."""
         maps = self.forward_maps(embedding)
         if maps.shape[-2:] != (self.image_size, self.image_size):
-            maps = F.interpolate(maps, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            maps = F.interpolate(
+                maps, (self.image_size, self.image_size), mode="bilinear", align_corners=False
+            )
         maps = maps[..., : input_size[0], : input_size[1]]
         return F.interpolate(maps, tuple(original_size), mode="bilinear", align_corners=False)

@@ -23,13 +23,15 @@ class LiteMLA(nn.Module):
         total = heads * dim
         self.dim = dim
         self.qkv = ConvNormAct(channels, 3 * total, 1, norm=False)
-        self.aggreg = nn.ModuleList([
-            nn.Sequential(
-                nn.Conv2d(3 * total, 3 * total, s, padding=s // 2, groups=3 * total, bias=False),
-                nn.Conv2d(3 * total, 3 * total, 1, groups=3 * heads, bias=False),
-            )
-            for s in scales
-        ])
+        self.aggreg = nn.ModuleList(
+            [
+                nn.Sequential(
+                    nn.Conv2d(3 * total, 3 * total, s, padding=s // 2, groups=3 * total, bias=False),
+                    nn.Conv2d(3 * total, 3 * total, 1, groups=3 * heads, bias=False),
+                )
+                for s in scales
+            ]
+        )
         self.proj = ConvNormAct(total * (1 + len(scales)), channels, 1)
 
     def linear_attention(self, qkv: torch.Tensor) -> torch.Tensor:

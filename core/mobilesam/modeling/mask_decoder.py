@@ -1,7 +1,5 @@
 """SAM's mask decoder: tokens + image embedding -> low-res mask logits and IoU predictions."""
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -12,8 +10,15 @@ from .transformer import TwoWayTransformer
 
 
 class MaskDecoder(FastPath, nn.Module):
-    def __init__(self, *, transformer_dim: int, transformer: TwoWayTransformer, num_multimask_outputs: int = 3,
-                 iou_head_depth: int = 3, iou_head_hidden_dim: int = 256) -> None:
+    def __init__(
+        self,
+        *,
+        transformer_dim: int,
+        transformer: TwoWayTransformer,
+        num_multimask_outputs: int = 3,
+        iou_head_depth: int = 3,
+        iou_head_hidden_dim: int = 256,
+    ) -> None:
         super().__init__()
         self.transformer_dim = transformer_dim
         self.transformer = transformer
@@ -29,13 +34,22 @@ class MaskDecoder(FastPath, nn.Module):
             nn.GELU(),
         )
         self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
         )
-        self.iou_prediction_head = MLP(transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth)
+        self.iou_prediction_head = MLP(
+            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth
+        )
 
-    def forward(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor, sparse_prompt_embeddings: torch.Tensor,
-                dense_prompt_embeddings: torch.Tensor, multimask_output: bool,
-                image_cache: Optional[fast_decoder.ImageCache] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+        image_cache: fast_decoder.ImageCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embeddings (1 or B, C, h, w); sparse (B, N, C); dense (B, C, h, w).
 
         Returns masks (B, 3 or 1, 4h, 4w) logits and iou predictions (B, 3 or 1). Mask 0 is the
@@ -44,14 +58,26 @@ class MaskDecoder(FastPath, nn.Module):
         """
         keep = slice(1, None) if multimask_output else slice(0, 1)
         if self.use_fast_path():
-            return self.predict_masks_fast(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                           dense_prompt_embeddings, keep, image_cache)
-        masks, iou_pred = self.predict_masks(image_embeddings, image_pe, sparse_prompt_embeddings,
-                                             dense_prompt_embeddings)
+            return self.predict_masks_fast(
+                image_embeddings,
+                image_pe,
+                sparse_prompt_embeddings,
+                dense_prompt_embeddings,
+                keep,
+                image_cache,
+            )
+        masks, iou_pred = self.predict_masks(
+            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings
+        )
         return masks[:, keep], iou_pred[:, keep]
 
-    def prepare_image(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                      dense_prompt_embeddings: torch.Tensor, project: bool = True) -> fast_decoder.ImageCache:
+    def prepare_image(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        project: bool = True,
+    ) -> fast_decoder.ImageCache:
         """The per-image part of the fast path (see `fast_decoder`), to compute once per image
         (project=True) or to lay out for a single call (False)."""
         dense = dense_prompt_embeddings
@@ -59,23 +85,35 @@ class MaskDecoder(FastPath, nn.Module):
             dense = dense[:1]
         return fast_decoder.prepare_image(self.transformer, image_embeddings + dense, image_pe, project)
 
-    def predict_masks_fast(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                           sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
-                           keep: slice, image_cache: Optional[fast_decoder.ImageCache] = None
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_masks_fast(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        keep: slice,
+        image_cache: fast_decoder.ImageCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`predict_masks` rearranged for speed (`fast_decoder`), computing only the `keep` masks."""
         if image_cache is None:
-            image_cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings, project=False)
+            image_cache = self.prepare_image(
+                image_embeddings, image_pe, dense_prompt_embeddings, project=False
+            )
         tokens = self._tokens(sparse_prompt_embeddings)
         hs, keys = fast_decoder.transformer_forward(self.transformer, image_cache, tokens)
         masks = fast_decoder.upscale_masks(self, keys, self._hyper_in(hs, keep), image_embeddings.shape[-2:])
         return masks, self.iou_prediction_head(hs[:, 0, :])[:, keep]
 
-    def predict_confident_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                                sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor,
-                                multimask_output: bool, min_iou: float,
-                                image_cache: Optional[fast_decoder.ImageCache] = None
-                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def predict_confident_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+        multimask_output: bool,
+        min_iou: float,
+        image_cache: fast_decoder.ImageCache | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Only the masks whose predicted IoU exceeds `min_iou`, as filtering `forward`'s output would.
 
         Returns low-res logits (K, 4h, 4w), their IoU predictions (K,) and their positions (K,) in
@@ -84,20 +122,29 @@ class MaskDecoder(FastPath, nn.Module):
         """
         keep = slice(1, None) if multimask_output else slice(0, 1)
         if not self.use_fast_path():
-            masks, iou = self(image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings,
-                              multimask_output)
+            masks, iou = self(
+                image_embeddings,
+                image_pe,
+                sparse_prompt_embeddings,
+                dense_prompt_embeddings,
+                multimask_output,
+            )
             return select_confident(masks, iou, min_iou)
         if image_cache is None:
-            image_cache = self.prepare_image(image_embeddings, image_pe, dense_prompt_embeddings, project=False)
-        hs, keys = fast_decoder.transformer_forward(self.transformer, image_cache,
-                                                    self._tokens(sparse_prompt_embeddings))
+            image_cache = self.prepare_image(
+                image_embeddings, image_pe, dense_prompt_embeddings, project=False
+            )
+        hs, keys = fast_decoder.transformer_forward(
+            self.transformer, image_cache, self._tokens(sparse_prompt_embeddings)
+        )
         iou = self.iou_prediction_head(hs[:, 0, :])[:, keep]
         per_prompt = iou.shape[1]
         index = torch.nonzero(iou.flatten() > min_iou).flatten()
         prompt = index // per_prompt
         prompts = torch.unique(prompt)  # sorted
-        masks = fast_decoder.upscale_masks(self, keys[prompts], self._hyper_in(hs[prompts], keep),
-                                           image_embeddings.shape[-2:])
+        masks = fast_decoder.upscale_masks(
+            self, keys[prompts], self._hyper_in(hs[prompts], keep), image_embeddings.shape[-2:]
+        )
         masks = masks[torch.searchsorted(prompts, prompt), index % per_prompt]
         return masks, iou.flatten()[index], index
 
@@ -105,7 +152,10 @@ class MaskDecoder(FastPath, nn.Module):
         """Hypernetwork outputs (B, M, C/8) of the `keep` mask tokens of transformer output hs."""
         mask_tokens_out = hs[:, 1 : 1 + self.num_mask_tokens, :]
         return torch.stack(
-            [self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :]) for i in range(self.num_mask_tokens)[keep]],
+            [
+                self.output_hypernetworks_mlps[i](mask_tokens_out[:, i, :])
+                for i in range(self.num_mask_tokens)[keep]
+            ],
             dim=1,
         )
 
@@ -115,9 +165,13 @@ class MaskDecoder(FastPath, nn.Module):
         output_tokens = torch.cat([self.iou_token.weight, self.mask_tokens.weight], dim=0)
         return torch.cat((output_tokens.unsqueeze(0).expand(B, -1, -1), sparse_prompt_embeddings), dim=1)
 
-    def predict_masks(self, image_embeddings: torch.Tensor, image_pe: torch.Tensor,
-                      sparse_prompt_embeddings: torch.Tensor, dense_prompt_embeddings: torch.Tensor
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_masks(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        sparse_prompt_embeddings: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """All num_mask_tokens masks (B, 4, 4h, 4w) and their IoU predictions (B, 4)."""
         B = sparse_prompt_embeddings.shape[0]
         tokens = self._tokens(sparse_prompt_embeddings)
@@ -142,8 +196,9 @@ class MaskDecoder(FastPath, nn.Module):
         return masks, self.iou_prediction_head(iou_token_out)
 
 
-def select_confident(masks: torch.Tensor, iou: torch.Tensor, min_iou: float
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def select_confident(
+    masks: torch.Tensor, iou: torch.Tensor, min_iou: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """masks (B, C, h, w), iou (B, C) -> the masks with iou > min_iou: (K, h, w), (K,), flat positions (K,)."""
     index = torch.nonzero(iou.flatten() > min_iou).flatten()
     return masks.flatten(0, 1)[index], iou.flatten()[index], index

@@ -1,7 +1,5 @@
 """SAM's prompt encoder: points and box corners -> sparse tokens, a mask -> dense embedding."""
 
-from typing import Optional
-
 import numpy as np
 import torch
 from torch import nn
@@ -64,9 +62,9 @@ class PromptEncoder(nn.Module):
 
     def forward(
         self,
-        points: Optional[tuple[torch.Tensor, torch.Tensor]],
-        boxes: Optional[torch.Tensor],
-        masks: Optional[torch.Tensor],
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        boxes: torch.Tensor | None,
+        masks: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns sparse (B, N, C) and dense (B, C, h, w) embeddings; masks are (B, 1, 4h, 4w) logits."""
         bs = self._batch_size(points, boxes, masks)

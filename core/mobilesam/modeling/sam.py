@@ -18,8 +18,14 @@ class Sam(FastPath, nn.Module):
     image_format: str = "RGB"
     precision: str = "fp32"  # of the fast encoder, see set_precision
 
-    def __init__(self, image_encoder: nn.Module, prompt_encoder: PromptEncoder, mask_decoder: MaskDecoder,
-                 pixel_mean: tuple[float, ...] = PIXEL_MEAN, pixel_std: tuple[float, ...] = PIXEL_STD) -> None:
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        pixel_mean: tuple[float, ...] = PIXEL_MEAN,
+        pixel_std: tuple[float, ...] = PIXEL_STD,
+    ) -> None:
         super().__init__()
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
@@ -59,7 +65,9 @@ class Sam(FastPath, nn.Module):
         return self.image_encoder.img_size
 
     @torch.inference_mode()
-    def forward(self, batched_input: list[dict[str, Any]], multimask_output: bool) -> list[dict[str, torch.Tensor]]:
+    def forward(
+        self, batched_input: list[dict[str, Any]], multimask_output: bool
+    ) -> list[dict[str, torch.Tensor]]:
         """End-to-end prediction for a batch of images, as segment_anything's `Sam.forward`.
 
         Each input dict has `image` (3, H, W) already resized to the model's longest side,
@@ -72,15 +80,18 @@ class Sam(FastPath, nn.Module):
         for record, embedding in zip(batched_input, embeddings):
             points = (record["point_coords"], record["point_labels"]) if "point_coords" in record else None
             sparse, dense = self.prompt_encoder(points, record.get("boxes"), record.get("mask_inputs"))
-            low_res, iou = self.mask_decoder(embedding.unsqueeze(0), self.prompt_encoder.get_dense_pe(),
-                                             sparse, dense, multimask_output)
+            low_res, iou = self.mask_decoder(
+                embedding.unsqueeze(0), self.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output
+            )
             masks = self.postprocess_masks(low_res, record["image"].shape[-2:], record["original_size"])
-            outputs.append({"masks": masks > self.mask_threshold, "iou_predictions": iou,
-                            "low_res_logits": low_res})
+            outputs.append(
+                {"masks": masks > self.mask_threshold, "iou_predictions": iou, "low_res_logits": low_res}
+            )
         return outputs
 
-    def postprocess_masks(self, masks: torch.Tensor, input_size: tuple[int, ...],
-                          original_size: tuple[int, ...]) -> torch.Tensor:
+    def postprocess_masks(
+        self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
+    ) -> torch.Tensor:
         """Low-res logits (B, C, 256, 256) -> logits (B, C, H0, W0) in the original image frame."""
         if self.use_fast_path():  # same result, without materialising the padded 1024 x 1024 masks
             return postprocess_logits(masks, self.img_size, input_size, original_size)

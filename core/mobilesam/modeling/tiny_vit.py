@@ -75,8 +75,16 @@ def _image_as_tokens(x: torch.Tensor) -> torch.Tensor:
 class Conv2dBN(FastPath, nn.Sequential):
     """Conv (no bias) followed by BatchNorm; state-dict keys `c.*` and `bn.*`."""
 
-    def __init__(self, in_ch: int, out_ch: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1,
-                 bn_weight_init: float = 1.0) -> None:
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        ks: int = 1,
+        stride: int = 1,
+        pad: int = 0,
+        groups: int = 1,
+        bn_weight_init: float = 1.0,
+    ) -> None:
         super().__init__()
         self.add_module("c", nn.Conv2d(in_ch, out_ch, ks, stride, pad, groups=groups, bias=False))
         bn = nn.BatchNorm2d(out_ch)
@@ -97,7 +105,9 @@ class Conv2dBN(FastPath, nn.Sequential):
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         return self.c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
 
-    def fused(self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None) -> torch.Tensor:
+    def fused(
+        self, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Eval-mode `GELU?(bn(c(x)) + residual?)` as one convolution, channels-last in and out.
 
         x (B, C_in, H, W) and residual (B, C_out, H', W'), ideally channels-last already. With a
@@ -112,21 +122,48 @@ class Conv2dBN(FastPath, nn.Sequential):
             return _gelu(y) if gelu else y
         return self._conv(x, weight, bias, gelu, residual)
 
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gelu: bool = False,
-              residual: torch.Tensor | None = None) -> torch.Tensor:
+    def _conv(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        gelu: bool = False,
+        residual: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         c = self.c
         x = _to_channels_last(x)
         if _FUSED_CONV and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and _no_autograd(x, weight):
             weight = _to_channels_last(weight)
             if residual is not None:
                 y = torch.ops.mkldnn._convolution_pointwise.binary(
-                    x, _to_channels_last(residual), weight, bias, c.padding, c.stride, c.dilation, c.groups,
-                    "add", None, None, [], None)
+                    x,
+                    _to_channels_last(residual),
+                    weight,
+                    bias,
+                    c.padding,
+                    c.stride,
+                    c.dilation,
+                    c.groups,
+                    "add",
+                    None,
+                    None,
+                    [],
+                    None,
+                )
                 return _gelu(y) if gelu else y
             # oneDNN fuses GELU (algorithm "none": the exact erf form) into the convolution.
             return torch.ops.mkldnn._convolution_pointwise(
-                x, weight, bias, c.padding, c.stride, c.dilation, c.groups,
-                "gelu" if gelu else "none", [], "none" if gelu else "")
+                x,
+                weight,
+                bias,
+                c.padding,
+                c.stride,
+                c.dilation,
+                c.groups,
+                "gelu" if gelu else "none",
+                [],
+                "none" if gelu else "",
+            )
         y = F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
         if residual is not None:
             y = y + residual
@@ -252,7 +289,8 @@ class Attention(nn.Module):
         self.attention_biases = nn.Parameter(torch.zeros(num_heads, len(offset_ids)))
         # Derived from the resolution, so not part of the checkpoint.
         self.register_buffer(
-            "attention_bias_idxs", torch.tensor(idxs, dtype=torch.long).view(len(points), len(points)),
+            "attention_bias_idxs",
+            torch.tensor(idxs, dtype=torch.long).view(len(points), len(points)),
             persistent=False,
         )
 
@@ -267,8 +305,9 @@ class Attention(nn.Module):
         x = attn.softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
-    def fast_windows_residual(self, x: torch.Tensor, H: int, W: int, window_size: int,
-                              dtype: torch.dtype | None = None) -> torch.Tensor:
+    def fast_windows_residual(
+        self, x: torch.Tensor, H: int, W: int, window_size: int, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """`x + attention` over window_size^2 windows of the (H, W) token grid, for inference.
 
         x (B, H*W, C) contiguous -> (B, H*W, C). Same function as zero-padding the grid at the
@@ -310,8 +349,15 @@ class Attention(nn.Module):
 class TinyViTBlock(FastPath, nn.Module):
     """Window attention, depthwise local conv, feed-forward; on (B, H*W, C)."""
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], num_heads: int, window_size: int,
-                 mlp_ratio: float, local_conv_size: int = 3) -> None:
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        local_conv_size: int = 3,
+    ) -> None:
         super().__init__()
         self.input_resolution = input_resolution
         self.window_size = window_size
@@ -358,8 +404,16 @@ class TinyViTBlock(FastPath, nn.Module):
 class BasicLayer(nn.Module):
     """An attention stage: TinyViT blocks, then optional patch merging."""
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int,
-                 window_size: int, mlp_ratio: float, downsample: nn.Module | None) -> None:
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        downsample: nn.Module | None,
+    ) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             TinyViTBlock(dim, input_resolution, num_heads, window_size, mlp_ratio) for _ in range(depth)
@@ -402,8 +456,15 @@ class TinyViT(FastPath, nn.Module):
             if i == 0:
                 layer = ConvLayer(dim, depths[i], mbconv_expand_ratio, downsample)
             else:
-                layer = BasicLayer(dim, (stage_res, stage_res), depths[i], num_heads[i], window_sizes[i],
-                                   mlp_ratio, downsample)
+                layer = BasicLayer(
+                    dim,
+                    (stage_res, stage_res),
+                    depths[i],
+                    num_heads[i],
+                    window_sizes[i],
+                    mlp_ratio,
+                    downsample,
+                )
             self.layers.append(layer)
         self.embedding_size = res // 4
         self.norm_head = nn.LayerNorm(embed_dims[-1])
@@ -496,7 +557,9 @@ def _paired_parts(image: torch.Tensor, windows: torch.Tensor) -> Iterator[tuple[
             yield part, windows[(slice(None), *row_index, *col_index)]
 
 
-def _scatter_to_windows(image: torch.Tensor, windows: torch.Tensor, bias: torch.Tensor, fill: torch.Tensor) -> None:
+def _scatter_to_windows(
+    image: torch.Tensor, windows: torch.Tensor, bias: torch.Tensor, fill: torch.Tensor
+) -> None:
     """Write image + bias (B, H, W, *E) into windows (B, nH, ws, nW, ws, *E), a view of the
     window buffer; window slots beyond the image (bottom/right padding) get `fill` (E)."""
     fused = _no_autograd(image, bias)  # out= cannot record a graph

@@ -9,19 +9,22 @@ from .common import MLPBlock
 
 
 class TwoWayTransformer(nn.Module):
-    def __init__(self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int,
-                 attention_downsample_rate: int = 2) -> None:
+    def __init__(
+        self, depth: int, embedding_dim: int, num_heads: int, mlp_dim: int, attention_downsample_rate: int = 2
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, attention_downsample_rate,
-                                 skip_first_layer_pe=(i == 0))
+            TwoWayAttentionBlock(
+                embedding_dim, num_heads, mlp_dim, attention_downsample_rate, skip_first_layer_pe=(i == 0)
+            )
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding, image_pe: (B, C, h, w); point_embedding (B, N, C).
 
         Returns the processed tokens (B, N, C) and image embedding (B, h*w, C).
@@ -38,8 +41,14 @@ class TwoWayTransformer(nn.Module):
 class TwoWayAttentionBlock(nn.Module):
     """Token self-attention, token->image cross-attention, token MLP, image->token cross-attention."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, mlp_dim: int, attention_downsample_rate: int,
-                 skip_first_layer_pe: bool) -> None:
+    def __init__(
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        attention_downsample_rate: int,
+        skip_first_layer_pe: bool,
+    ) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
         self.norm1 = nn.LayerNorm(embedding_dim)
@@ -51,8 +60,9 @@ class TwoWayAttentionBlock(nn.Module):
         self.cross_attn_image_to_token = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.skip_first_layer_pe = skip_first_layer_pe
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         queries = self.token_self_attention(queries, query_pe)
         k = keys + key_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image(q=queries + query_pe, k=k, v=keys))
@@ -60,7 +70,6 @@ class TwoWayAttentionBlock(nn.Module):
 
         attn = self.cross_attn_image_to_token(q=k, k=queries + query_pe, v=queries)
         return queries, self.norm4(keys + attn)
-
 
     def token_self_attention(self, queries: torch.Tensor, query_pe: torch.Tensor) -> torch.Tensor:
         """The block's first step, on the prompt tokens only (shared with the fast decoder path)."""

@@ -23,14 +23,32 @@ from .._lazy import lazy_attributes
 
 # Loaded on first use: `mobilesam.onnx.standalone` runs exported models without torch, which the
 # exporter and the torch-backed predictor need.
-_LAZY = {"DECODER_FILE": "layout", "ENCODER_FILE": "layout", "export_onnx": "export", "quantize_onnx": "export",
-         "BACKENDS": "predictor", "PRECISIONS": "predictor", "OnnxBackend": "predictor",
-         "OnnxSamPredictor": "predictor", "default_onnx_dir": "predictor",
-         "StandalonePredictor": "standalone"}
+_LAZY = {
+    "DECODER_FILE": "layout",
+    "ENCODER_FILE": "layout",
+    "export_onnx": "export",
+    "quantize_onnx": "export",
+    "BACKENDS": "predictor",
+    "PRECISIONS": "predictor",
+    "OnnxBackend": "predictor",
+    "OnnxSamPredictor": "predictor",
+    "default_onnx_dir": "predictor",
+    "StandalonePredictor": "standalone",
+}
 
 
 __getattr__ = lazy_attributes(__name__, _LAZY)
 
 
-__all__ = ["export_onnx", "quantize_onnx", "OnnxSamPredictor", "OnnxBackend", "ENCODER_FILE", "DECODER_FILE",
-           "default_onnx_dir", "BACKENDS", "PRECISIONS", "StandalonePredictor"]
+__all__ = [
+    "export_onnx",
+    "quantize_onnx",
+    "OnnxSamPredictor",
+    "OnnxBackend",
+    "ENCODER_FILE",
+    "DECODER_FILE",
+    "default_onnx_dir",
+    "BACKENDS",
+    "PRECISIONS",
+    "StandalonePredictor",
+]

@@ -14,7 +14,6 @@ output, 1..3 the multimask candidates (the caller slices, as `MaskDecoder.forwar
 import os
 import warnings
 from pathlib import Path
-from typing import Union
 
 import torch
 from torch import nn
@@ -68,16 +67,27 @@ class PromptDecoderOnnx(nn.Module):
         masked = pe.mask_downscaling(mask_input) * has_mask_input
         return masked + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
-    def forward(self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor,
-                mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         sparse = self._embed_points(point_coords, point_labels)
         dense = self._embed_mask(mask_input, has_mask_input)
         decoder = self.mask_decoder
         if decoder.use_fast_path():  # the model's own choice: exact models export the official arithmetic
-            return decoder.predict_masks_fast(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense,
-                                              keep=slice(None))
-        return decoder.predict_masks(image_embeddings, self.prompt_encoder.get_dense_pe(), sparse,
-                                     dense.expand(point_coords.shape[0], -1, -1, -1))
+            return decoder.predict_masks_fast(
+                image_embeddings, self.prompt_encoder.get_dense_pe(), sparse, dense, keep=slice(None)
+            )
+        return decoder.predict_masks(
+            image_embeddings,
+            self.prompt_encoder.get_dense_pe(),
+            sparse,
+            dense.expand(point_coords.shape[0], -1, -1, -1),
+        )
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -93,22 +103,37 @@ def _export(module: nn.Module, args: tuple, path: Path, input_names, output_name
     with atomic_write(path, suffix=".part") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
         # dynamo=False: torch 2.14's default (dynamo) exporter fails on SAM's decoder.
-        torch.onnx.export(module, args, str(tmp), input_names=input_names, output_names=output_names,
-                          dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            args,
+            str(tmp),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
-def export_onnx(model: Sam, out_dir: Union[str, os.PathLike], encoder: bool = True, decoder: bool = True
-                ) -> tuple[Path, Path]:
+def export_onnx(
+    model: Sam, out_dir: str | os.PathLike, encoder: bool = True, decoder: bool = True
+) -> tuple[Path, Path]:
     """Write `encoder.onnx` and `decoder.onnx` (and a weights fingerprint) into `out_dir`.
 
     The model is exported in eval mode and left in the mode it was in.
     Returns (encoder_path, decoder_path).
     """
-    if getattr(model.image_encoder, "input_size", model.image_encoder.img_size) != model.image_encoder.img_size:
+    if (
+        getattr(model.image_encoder, "input_size", model.image_encoder.img_size)
+        != model.image_encoder.img_size
+    ):
         # The ONNX predictors feed the encoder the prompt-frame image; EfficientViT-SAM reads a smaller one.
-        raise ValueError(f"ONNX export supports encoders that read the {model.image_encoder.img_size} px prompt "
-                         f"frame; {type(model.image_encoder).__name__} reads {model.image_encoder.input_size} px: "
-                         "use the torch backend")
+        raise ValueError(
+            f"ONNX export supports encoders that read the {model.image_encoder.img_size} px prompt "
+            f"frame; {type(model.image_encoder).__name__} reads {model.image_encoder.input_size} px: "
+            "use the torch backend"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder_path, decoder_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
@@ -118,8 +143,14 @@ def export_onnx(model: Sam, out_dir: Union[str, os.PathLike], encoder: bool = Tr
         with torch.no_grad():
             if encoder:
                 size = model.image_encoder.img_size
-                _export(EncoderOnnx(model), (torch.zeros(1, 3, size, size),), encoder_path,
-                        ["image"], ["image_embeddings"], None)
+                _export(
+                    EncoderOnnx(model),
+                    (torch.zeros(1, 3, size, size),),
+                    encoder_path,
+                    ["image"],
+                    ["image_embeddings"],
+                    None,
+                )
             if decoder:
                 pe = model.prompt_encoder
                 h, w = pe.image_embedding_size
@@ -130,12 +161,20 @@ def export_onnx(model: Sam, out_dir: Union[str, os.PathLike], encoder: bool = Tr
                     torch.zeros(1, 1, *pe.mask_input_size),
                     torch.zeros(1),
                 )
-                _export(PromptDecoderOnnx(model), dummy, decoder_path,
-                        ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
-                        ["low_res_masks", "iou_predictions"],
-                        {"point_coords": {0: "batch", 1: "num_points"}, "point_labels": {0: "batch", 1: "num_points"},
-                         "mask_input": {0: "mask_batch"},
-                         "low_res_masks": {0: "batch"}, "iou_predictions": {0: "batch"}})
+                _export(
+                    PromptDecoderOnnx(model),
+                    dummy,
+                    decoder_path,
+                    ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+                    ["low_res_masks", "iou_predictions"],
+                    {
+                        "point_coords": {0: "batch", 1: "num_points"},
+                        "point_labels": {0: "batch", 1: "num_points"},
+                        "mask_input": {0: "mask_batch"},
+                        "low_res_masks": {0: "batch"},
+                        "iou_predictions": {0: "batch"},
+                    },
+                )
     finally:
         model.train(was_training)
     if encoder and decoder:  # the fingerprint vouches for both files
@@ -143,13 +182,15 @@ def export_onnx(model: Sam, out_dir: Union[str, os.PathLike], encoder: bool = Tr
     return encoder_path, decoder_path
 
 
-def quantize_onnx(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> Path:
+def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
     """Dynamic int8 quantisation of an exported model's MatMul/Gemm weights (activations stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     dst = Path(dst)
     with atomic_write(dst, suffix=".part") as tmp:
-        quantize_dynamic(str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+        quantize_dynamic(
+            str(src), str(tmp), op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8
+        )
     return dst
 
 

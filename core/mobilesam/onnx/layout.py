@@ -1,8 +1,6 @@
 """What an exported model folder holds, how it is run and what its decoder takes; numpy only (no
 torch), shared by the exporter, the torch-backed `OnnxBackend` and the torch-free `StandalonePredictor`."""
 
-from typing import Optional
-
 import numpy as np
 
 ENCODER_FILE = "encoder.onnx"
@@ -23,8 +21,9 @@ def cpu_session(ort, path, threads: int, spinning: bool = False):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def decoder_prompt_inputs(coords: Optional[np.ndarray], labels: Optional[np.ndarray], boxes: Optional[np.ndarray]
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def decoder_prompt_inputs(
+    coords: np.ndarray | None, labels: np.ndarray | None, boxes: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Decoder `point_coords` (B, N, 2) and `point_labels` (B, N) from model-input points
     (B, n, 2) / labels (B, n) and boxes (B, 4): points, then box corners labelled 2 and 3; without
     a box one padding point labelled -1, as the torch prompt encoder adds its "not a point" token."""

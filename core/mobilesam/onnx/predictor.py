@@ -11,7 +11,6 @@ import warnings
 import weakref
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -41,7 +40,7 @@ _sessions_lock = threading.Lock()
 _torch_export_lock = threading.Lock()
 
 
-def default_onnx_dir(model_type: Union[str, Sam]) -> Path:
+def default_onnx_dir(model_type: str | Sam) -> Path:
     """Where front-ends keep the exported models of `model_type` (a name, or a `Sam` whose
     architecture is read from its weights): `<cache dir>/onnx/<model_type>`, next to the downloaded
     weights (`MOBILESAM_HOME`, else the platform cache dir). One folder per architecture; other
@@ -63,8 +62,13 @@ class OnnxBackend:
     faster on some CPUs, less accurate: see benchmarks/run.py for the measured mask IoU).
     """
 
-    def __init__(self, model: Sam, onnx_dir: Union[str, os.PathLike, None] = None, precision: str = "fp32",
-                 num_threads: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        model: Sam,
+        onnx_dir: str | os.PathLike | None = None,
+        precision: str = "fp32",
+        num_threads: int | None = None,
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
@@ -82,15 +86,21 @@ class OnnxBackend:
         with _export_lock(onnx_dir):
             encoder_path, decoder_path = self._ensure_exported(model, onnx_dir, precision)
             try:
-                self.encoder, self.decoder = (_session(ort, path, threads) for path in (encoder_path, decoder_path))
+                self.encoder, self.decoder = (
+                    _session(ort, path, threads) for path in (encoder_path, decoder_path)
+                )
             except Exception as exc:  # noqa: BLE001 - onnxruntime's InvalidProtobuf, Fail, ... share no base class
                 # A damaged cached file (truncated, overwritten) is exported again, once.
-                warnings.warn(f"exported model in {onnx_dir} could not be loaded ({exc}); exporting it again",
-                              stacklevel=2)
+                warnings.warn(
+                    f"exported model in {onnx_dir} could not be loaded ({exc}); exporting it again",
+                    stacklevel=2,
+                )
                 for path in (onnx_dir / FINGERPRINT_FILE, encoder_path, decoder_path):
                     path.unlink(missing_ok=True)
                 encoder_path, decoder_path = self._ensure_exported(model, onnx_dir, precision)
-                self.encoder, self.decoder = (_session(ort, path, threads) for path in (encoder_path, decoder_path))
+                self.encoder, self.decoder = (
+                    _session(ort, path, threads) for path in (encoder_path, decoder_path)
+                )
         self.mask_input_size = model.prompt_encoder.mask_input_size
         self.precision = precision
 
@@ -102,7 +112,12 @@ class OnnxBackend:
         encoder, decoder = onnx_dir / ENCODER_FILE, onnx_dir / DECODER_FILE
         quantized = [path.with_name(path.stem + ".int8.onnx") for path in (encoder, decoder)]
         stamp = onnx_dir / FINGERPRINT_FILE
-        fresh = encoder.exists() and decoder.exists() and stamp.exists() and stamp.read_text().strip() == fingerprint
+        fresh = (
+            encoder.exists()
+            and decoder.exists()
+            and stamp.exists()
+            and stamp.read_text().strip() == fingerprint
+        )
         if not fresh:
             _require_exporter()
             # The stamp goes first and comes back last (export_onnx writes it after both models), so
@@ -125,8 +140,9 @@ class OnnxBackend:
         (features,) = self.encoder.run(None, {"image": array})
         return torch.from_numpy(features)
 
-    def decode(self, features: torch.Tensor, points, boxes, mask_input, multimask_output: bool
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(
+        self, features: torch.Tensor, points, boxes, mask_input, multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """As `SamPredictor.decode`: points ((B, N, 2), (B, N)), boxes (B, 4), mask_input (B, 1, 256, 256)."""
         coords, labels = self._point_inputs(points, boxes)
         if mask_input is None:
@@ -135,11 +151,16 @@ class OnnxBackend:
         else:
             mask = np.ascontiguousarray(_numpy(mask_input), dtype=np.float32)
             has_mask = np.ones(1, np.float32)
-        low_res, iou = self.decoder.run(None, {
-            "image_embeddings": np.ascontiguousarray(_numpy(features), dtype=np.float32),
-            "point_coords": coords, "point_labels": labels,
-            "mask_input": mask, "has_mask_input": has_mask,
-        })
+        low_res, iou = self.decoder.run(
+            None,
+            {
+                "image_embeddings": np.ascontiguousarray(_numpy(features), dtype=np.float32),
+                "point_coords": coords,
+                "point_labels": labels,
+                "mask_input": mask,
+                "has_mask_input": has_mask,
+            },
+        )
         keep = slice(1, None) if multimask_output else slice(0, 1)
         return torch.from_numpy(low_res[:, keep]), torch.from_numpy(iou[:, keep])
 
@@ -187,6 +208,13 @@ def _numpy(x) -> np.ndarray:
 class OnnxSamPredictor(SamPredictor):
     """`SamPredictor(model, backend="onnx", ...)`; see `OnnxBackend` for the options."""
 
-    def __init__(self, sam_model: Sam, onnx_dir: Union[str, os.PathLike, None] = None, precision: str = "fp32",
-                 num_threads: Optional[int] = None) -> None:
-        super().__init__(sam_model, backend="onnx", onnx_dir=onnx_dir, precision=precision, num_threads=num_threads)
+    def __init__(
+        self,
+        sam_model: Sam,
+        onnx_dir: str | os.PathLike | None = None,
+        precision: str = "fp32",
+        num_threads: int | None = None,
+    ) -> None:
+        super().__init__(
+            sam_model, backend="onnx", onnx_dir=onnx_dir, precision=precision, num_threads=num_threads
+        )

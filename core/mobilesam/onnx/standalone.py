@@ -11,7 +11,6 @@ it within float rounding (see tests/test_onnx_standalone.py).
 
 import os
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 
@@ -31,12 +30,15 @@ class StandalonePredictor:
     image_format = "RGB"
     mask_threshold = MASK_THRESHOLD
 
-    def __init__(self, onnx_dir: Union[str, os.PathLike], precision: str = "fp32",
-                 num_threads: Optional[int] = None) -> None:
+    def __init__(
+        self, onnx_dir: str | os.PathLike, precision: str = "fp32", num_threads: int | None = None
+    ) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise MobileSamError("StandalonePredictor needs onnxruntime: pip install 'napari-mobilesam[onnx]'") from exc
+            raise MobileSamError(
+                "StandalonePredictor needs onnxruntime: pip install 'napari-mobilesam[onnx]'"
+            ) from exc
         suffix = {"fp32": ".onnx", "int8": ".int8.onnx"}.get(precision)
         if suffix is None:
             raise ValueError(f"precision must be 'fp32' or 'int8', not {precision!r}")
@@ -66,23 +68,36 @@ class StandalonePredictor:
         self.original_size, self.input_size = tuple(image.shape[:2]), (h, w)
         self.is_image_set = True
 
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None,
-                multimask_output: bool = True, return_logits: bool = False
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As `SamPredictor.predict`: masks (C, H, W) bool (or logits), IoU predictions (C,),
         low-res logits (C, 256, 256)."""
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-        coords, labels, box, mask_input = model_input_prompts(self.transform, self.original_size, point_coords,
-                                                              point_labels, box, mask_input)
+        coords, labels, box, mask_input = model_input_prompts(
+            self.transform, self.original_size, point_coords, point_labels, box, mask_input
+        )
         coords, labels = decoder_prompt_inputs(coords, labels, box)
         has_mask = np.array([0.0 if mask_input is None else 1.0], np.float32)
         if mask_input is None:
             mask_input = np.zeros((1, 1, self.img_size // 4, self.img_size // 4), np.float32)
-        low_res, iou = self.decoder.run(None, {
-            "image_embeddings": self.features, "point_coords": coords, "point_labels": labels,
-            "mask_input": mask_input, "has_mask_input": has_mask,
-        })
+        low_res, iou = self.decoder.run(
+            None,
+            {
+                "image_embeddings": self.features,
+                "point_coords": coords,
+                "point_labels": labels,
+                "mask_input": mask_input,
+                "has_mask_input": has_mask,
+            },
+        )
         keep = slice(1, None) if multimask_output else slice(0, 1)
         low_res, iou = low_res[:, keep], iou[:, keep]
         masks = postprocess_logits(low_res, self.img_size, self.input_size, self.original_size)

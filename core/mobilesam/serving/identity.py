@@ -12,24 +12,28 @@ asking again costs nothing.
 """
 
 import hashlib
-import os
 import re
 import threading
 from pathlib import Path
-from typing import Optional, Union
 
 import torch
 
-PathLike = Union[str, os.PathLike]
+from .._types import PathLike
+
 DEFAULT_INPUT_SIZE = 1024  # every SAM/MobileSAM encoder takes 1024x1024 inputs
 
 _file_hashes: dict[tuple[str, int, int], str] = {}
 _file_hashes_lock = threading.Lock()
 
 
-def model_identity(model: Optional[torch.nn.Module] = None, *, model_type: Optional[str] = None,
-                   checkpoint: Optional[PathLike] = None, input_size: Optional[int] = None,
-                   checkpoint_sha256: Optional[str] = None) -> str:
+def model_identity(
+    model: torch.nn.Module | None = None,
+    *,
+    model_type: str | None = None,
+    checkpoint: PathLike | None = None,
+    input_size: int | None = None,
+    checkpoint_sha256: str | None = None,
+) -> str:
     """Identity of a model for cache keys.
 
     Either `checkpoint` (a weights file, hashed by content: the file name does not matter) or

@@ -18,7 +18,19 @@ from .scheduling import local_cluster_client
 from .source import ImageSpec, LazyImage, open_image
 
 __all__ = [
-    "TileGrid", "Tile", "parse_shape", "LazyImage", "open_image", "TiledEmbeddings", "TiledPredictor",
-    "RegionMask", "segment_everything_tiled", "build_generator", "tile_labels", "local_cluster_client",
-    "build_predictor", "embed_tiles", "ImageSpec",
+    "TileGrid",
+    "Tile",
+    "parse_shape",
+    "LazyImage",
+    "open_image",
+    "TiledEmbeddings",
+    "TiledPredictor",
+    "RegionMask",
+    "segment_everything_tiled",
+    "build_generator",
+    "tile_labels",
+    "local_cluster_client",
+    "build_predictor",
+    "embed_tiles",
+    "ImageSpec",
 ]

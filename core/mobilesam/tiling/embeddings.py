@@ -10,8 +10,8 @@ or weights are never served a stale embedding.
 """
 
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 
@@ -46,14 +46,29 @@ class TiledEmbeddings:
     cache_dir, model_id, max_in_memory: as for `VolumeEmbeddings` (each tile embedding is 4 MB).
     """
 
-    def __init__(self, image, predictor, tile_shape: Union[int, tuple[int, int]] = DEFAULT_TILE_SHAPE,
-                 halo: Union[int, tuple[int, int]] = DEFAULT_HALO, cache_dir: Optional[Union[str, Path]] = None,
-                 max_in_memory: int = 16, model_id: Optional[str] = None, level: int = 0) -> None:
+    def __init__(
+        self,
+        image,
+        predictor,
+        tile_shape: int | tuple[int, int] = DEFAULT_TILE_SHAPE,
+        halo: int | tuple[int, int] = DEFAULT_HALO,
+        cache_dir: str | Path | None = None,
+        max_in_memory: int = 16,
+        model_id: str | None = None,
+        level: int = 0,
+    ) -> None:
         self.image = image if isinstance(image, LazyImage) else open_image(image, level=level)
         self.grid = TileGrid(self.image.shape, tile_shape, halo)
         self.predictor = predictor
-        self._tiles = VolumeEmbeddings(_TileStack(self.image, self.grid), predictor, axis=0, channel_axis=3,
-                                       cache_dir=cache_dir, max_in_memory=max_in_memory, model_id=model_id)
+        self._tiles = VolumeEmbeddings(
+            _TileStack(self.image, self.grid),
+            predictor,
+            axis=0,
+            channel_axis=3,
+            cache_dir=cache_dir,
+            max_in_memory=max_in_memory,
+            model_id=model_id,
+        )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -72,26 +87,30 @@ class TiledEmbeddings:
         return self._tiles.memory_hits
 
     @property
-    def model_id(self) -> Optional[str]:
+    def model_id(self) -> str | None:
         return self._tiles.model_id
 
-    def tile_image(self, tile: Union[int, Tile]) -> np.ndarray:
+    def tile_image(self, tile: int | Tile) -> np.ndarray:
         """(OH, OW, 3) uint8 RGB of the tile's outer box, as encoded."""
         return self._tiles.slice_image(_index(tile))
 
-    def get(self, tile: Union[int, Tile]) -> EmbeddingState:
+    def get(self, tile: int | Tile) -> EmbeddingState:
         """The tile's embedding: from memory, else the disk cache, else encoded now."""
         return self._tiles.get(_index(tile))
 
-    def set_tile(self, tile: Union[int, Tile]) -> None:
+    def set_tile(self, tile: int | Tile) -> None:
         """Make the tile the predictor's current image."""
         self._tiles.set_slice(_index(tile))
 
-    def is_cached(self, tile: Union[int, Tile]) -> bool:
+    def is_cached(self, tile: int | Tile) -> bool:
         return self._tiles.is_cached(_index(tile))
 
-    def embed_all(self, tiles: Optional[Iterable[int]] = None, progress: Optional[ProgressCallback] = None,
-                  cancel: Optional[threading.Event] = None) -> int:
+    def embed_all(
+        self,
+        tiles: Iterable[int] | None = None,
+        progress: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> int:
         """Encode the given tiles (default all) that are not cached; returns how many were encoded.
 
         progress(done, total) after each tile; setting `cancel` raises `mobilesam.errors.Cancelled`
@@ -110,34 +129,56 @@ class TiledEmbeddings:
         return self.encoder_calls - before
 
     def __repr__(self) -> str:
-        return f"TiledEmbeddings({self.grid!r}, encoded={self.encoder_calls}, cache_dir={self._tiles.cache_dir})"
+        return (
+            f"TiledEmbeddings({self.grid!r}, encoded={self.encoder_calls}, cache_dir={self._tiles.cache_dir})"
+        )
 
 
-def _index(tile: Union[int, Tile]) -> int:
+def _index(tile: int | Tile) -> int:
     return tile.index if isinstance(tile, Tile) else int(tile)
 
 
-def build_predictor(model_type: Optional[str], checkpoint, device: Optional[str] = None):
+def build_predictor(model_type: str | None, checkpoint, device: str | None = None):
     """A `SamPredictor` for a checkpoint: a picklable predictor factory with functools.partial."""
     from .. import SamPredictor, load_model
 
     return SamPredictor(load_model(model_type, checkpoint, device=device, allow_download=False))
 
 
-def embed_tiles(image, predictor_factory: Callable[[], object], cache_dir: Union[str, Path], model_id: str,
-                tile_shape=DEFAULT_TILE_SHAPE, halo=DEFAULT_HALO, client=None, level: int = 0,
-                channel_axis: Optional[int] = None, progress: Optional[ProgressCallback] = None,
-                cancel: Optional[threading.Event] = None) -> tuple[int, int]:
+def embed_tiles(
+    image,
+    predictor_factory: Callable[[], object],
+    cache_dir: str | Path,
+    model_id: str,
+    tile_shape=DEFAULT_TILE_SHAPE,
+    halo=DEFAULT_HALO,
+    client=None,
+    level: int = 0,
+    channel_axis: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[int, int]:
     """Encode every tile of `image` into the cache folder, one task per tile (on `client`'s dask
     workers, or here). Cached tiles are skipped. Returns (tiles encoded now, tiles in the image)."""
     spec = ImageSpec.of(image, level, channel_axis)
     grid = TileGrid(spec.open().shape, tile_shape, halo)
-    arguments = [(spec, predictor_factory, str(cache_dir), model_id, tile_shape, halo, i) for i in range(len(grid))]
+    arguments = [
+        (spec, predictor_factory, str(cache_dir), model_id, tile_shape, halo, i) for i in range(len(grid))
+    ]
     encoded = run_tiles(client, _embed_tile, arguments, Progress(len(grid), progress, cancel))
     return int(sum(encoded)), len(grid)
 
 
-def _embed_tile(spec: ImageSpec, predictor_factory, cache_dir: str, model_id: str, tile_shape, halo, index: int) -> int:
-    embeddings = TiledEmbeddings(spec.open(), cached_instance(predictor_factory), tile_shape, halo,
-                                 cache_dir=cache_dir, max_in_memory=1, model_id=model_id)
+def _embed_tile(
+    spec: ImageSpec, predictor_factory, cache_dir: str, model_id: str, tile_shape, halo, index: int
+) -> int:
+    embeddings = TiledEmbeddings(
+        spec.open(),
+        cached_instance(predictor_factory),
+        tile_shape,
+        halo,
+        cache_dir=cache_dir,
+        max_in_memory=1,
+        model_id=model_id,
+    )
     return embeddings.embed_all([index])

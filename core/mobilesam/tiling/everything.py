@@ -19,9 +19,9 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -49,11 +49,21 @@ class TileLabels:
     right: np.ndarray
 
 
-def segment_everything_tiled(image, generator_factory: Callable[[], object], output: Union[str, os.PathLike],
-                             tile_shape=DEFAULT_TILE_SHAPE, halo=DEFAULT_HALO, client=None, level: int = 0,
-                             channel_axis: Optional[int] = None, progress: Optional[Callable[[int, int], None]] = None,
-                             cancel: Optional[threading.Event] = None, cache_dir=None,
-                             model_id: Optional[str] = None, embeddings=None) -> int:
+def segment_everything_tiled(
+    image,
+    generator_factory: Callable[[], object],
+    output: str | os.PathLike,
+    tile_shape=DEFAULT_TILE_SHAPE,
+    halo=DEFAULT_HALO,
+    client=None,
+    level: int = 0,
+    channel_axis: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: threading.Event | None = None,
+    cache_dir=None,
+    model_id: str | None = None,
+    embeddings=None,
+) -> int:
     """Segment everything in a large image tile by tile into a label image at `output`.
 
     image: path (TIFF, OME-Zarr folder, PNG...) or array-like (see `open_image`).
@@ -85,13 +95,28 @@ def segment_everything_tiled(image, generator_factory: Callable[[], object], out
         store = _create_label_store(work / ("labels.zarr" if suffix != ".zarr" else output.name), grid)
         total = 2 * len(grid)
         ticker = Progress(total, progress, cancel)
-        cache = embeddings if embeddings is not None else None if cache_dir is None else (str(cache_dir), model_id)
+        cache = (
+            embeddings
+            if embeddings is not None
+            else None
+            if cache_dir is None
+            else (str(cache_dir), model_id)
+        )
         within = cancel if embeddings is not None else None  # an Event is not sent to dask workers
-        results = run_tiles(client, _segment_tile, [(spec, grid, i, generator_factory, store, cache, within)
-                                                    for i in range(len(grid))], ticker)
+        results = run_tiles(
+            client,
+            _segment_tile,
+            [(spec, grid, i, generator_factory, store, cache, within) for i in range(len(grid))],
+            ticker,
+        )
         lookups, count = _join_across_borders(grid, sorted(results, key=lambda r: r.index))
         ticker.total = len(grid) + sum(r.count > 0 for r in results)
-        run_tiles(client, _relabel_tile, [(grid, r.index, lookups[r.index], store) for r in results if r.count], ticker)
+        run_tiles(
+            client,
+            _relabel_tile,
+            [(grid, r.index, lookups[r.index], store) for r in results if r.count],
+            ticker,
+        )
         if suffix == ".zarr":
             _write_ome_metadata(store.parent)
             _replace(store.parent, output)
@@ -102,7 +127,7 @@ def segment_everything_tiled(image, generator_factory: Callable[[], object], out
         shutil.rmtree(work, ignore_errors=True)
 
 
-def build_generator(model_type: Optional[str], checkpoint, device: Optional[str] = None, **settings):
+def build_generator(model_type: str | None, checkpoint, device: str | None = None, **settings):
     """A `SamAutomaticMaskGenerator` for a checkpoint: a picklable generator factory with functools.partial."""
     from .. import SamAutomaticMaskGenerator, load_model
 
@@ -112,14 +137,22 @@ def build_generator(model_type: Optional[str], checkpoint, device: Optional[str]
 
 # ---- pass 1: one tile ---------------------------------------------------------------------------
 
-def tile_labels(rgb: np.ndarray, generator, cancel: Optional[threading.Event] = None) -> np.ndarray:
+
+def tile_labels(rgb: np.ndarray, generator, cancel: threading.Event | None = None) -> np.ndarray:
     """(h, w) int32 labels of everything in one (h, w, 3) tile RGB (smaller masks on top)."""
     records = generator.generate(rgb) if cancel is None else generator.generate(rgb, cancel=cancel)
     return records_to_label_image(records, shape=rgb.shape[:2], order="area")
 
 
-def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: Path, cache=None,
-                  cancel: Optional[threading.Event] = None) -> TileLabels:
+def _segment_tile(
+    spec: ImageSpec,
+    grid: TileGrid,
+    index: int,
+    factory,
+    store: Path,
+    cache=None,
+    cancel: threading.Event | None = None,
+) -> TileLabels:
     """cache: None, (cache folder, model id), or an in-process `TiledEmbeddings` of the image."""
     import zarr
 
@@ -127,9 +160,19 @@ def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: P
     if cache is not None and getattr(generator, "crop_n_layers", None) == 0:
         from .embeddings import TiledEmbeddings
 
-        embeddings = cache if isinstance(cache, TiledEmbeddings) else TiledEmbeddings(
-            image, generator.predictor, grid.tile_shape, grid.halo, cache_dir=cache[0], model_id=cache[1],
-            max_in_memory=1)
+        embeddings = (
+            cache
+            if isinstance(cache, TiledEmbeddings)
+            else TiledEmbeddings(
+                image,
+                generator.predictor,
+                grid.tile_shape,
+                grid.halo,
+                cache_dir=cache[0],
+                model_id=cache[1],
+                max_in_memory=1,
+            )
+        )
         with _encoded_as(generator.predictor, embeddings.get(index)):
             labels = tile_labels(embeddings.tile_image(index), generator, cancel)
     else:
@@ -140,20 +183,26 @@ def _segment_tile(spec: ImageSpec, grid: TileGrid, index: int, factory, store: P
     present = present[present > 0]
     count = len(present)
     if count > MAX_LOCAL_LABELS:
-        raise MobileSamError(f"tile {index} has {count} objects, more than {MAX_LOCAL_LABELS}: use smaller tiles")
+        raise MobileSamError(
+            f"tile {index} has {count} objects, more than {MAX_LOCAL_LABELS}: use smaller tiles"
+        )
     renumber = np.zeros(int(labels.max()) + 1, dtype=np.uint16)
     renumber[present] = np.arange(1, count + 1)
     local = renumber[labels]
     if count:  # the store is new and reads 0 where nothing was written
         y0, x0, y1, x1 = tile.interior
         zarr.open_array(str(store), mode="r+")[y0:y1, x0:x1] = local
-    return TileLabels(index, int(count), local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy())
+    return TileLabels(
+        index, int(count), local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy()
+    )
 
 
 def _check_shared_embeddings(embeddings, grid: TileGrid, client) -> None:
     if client is not None:
-        raise ValueError("embeddings held by this process cannot be used on a dask client's workers: "
-                         "share them through cache_dir instead")
+        raise ValueError(
+            "embeddings held by this process cannot be used on a dask client's workers: "
+            "share them through cache_dir instead"
+        )
     theirs = embeddings.grid
     if (theirs.image_shape, theirs.tile_shape, theirs.halo) != (grid.image_shape, grid.tile_shape, grid.halo):
         raise ValueError(f"the embeddings' tiles ({theirs!r}) are not the tiles asked for ({grid!r})")
@@ -171,6 +220,7 @@ def _encoded_as(predictor, state):
 
 
 # ---- joining across borders ---------------------------------------------------------------------
+
 
 def _join_across_borders(grid: TileGrid, results: list[TileLabels]) -> tuple[list[np.ndarray], int]:
     """Per tile, a lookup local label -> final label, and the number of final labels."""
@@ -201,7 +251,10 @@ def _join_across_borders(grid: TileGrid, results: list[TileLabels]) -> tuple[lis
     names: dict[int, int] = {}
     for node in range(len(parent)):
         final[node] = names.setdefault(find(node), len(names) + 1)
-    lookups = [np.concatenate([[0], final[offsets[i]:offsets[i + 1]]]).astype(np.uint32) for i in range(len(results))]
+    lookups = [
+        np.concatenate([[0], final[offsets[i] : offsets[i + 1]]]).astype(np.uint32)
+        for i in range(len(results))
+    ]
     return lookups, len(names)
 
 
@@ -218,6 +271,7 @@ def _matching_pairs(a: np.ndarray, b: np.ndarray) -> list[tuple[int, int]]:
 
 
 # ---- pass 2 and output --------------------------------------------------------------------------
+
 
 def _relabel_tile(grid: TileGrid, index: int, lookup: np.ndarray, store: Path) -> None:
     import zarr
@@ -242,7 +296,10 @@ def _write_ome_metadata(group_path: Path) -> None:
     group = zarr.open_group(str(group_path), mode="r+")
     axes = [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}]
     datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]
-    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets, "name": "labels"}]}
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [{"axes": axes, "datasets": datasets, "name": "labels"}],
+    }
 
 
 def _replace(source: Path, target: Path) -> None:
@@ -269,15 +326,23 @@ def _write_tiff(store: Path, output: Path, count: int) -> None:
         for y in range(0, h, side):
             for x in range(0, w, side):
                 block = np.zeros((side, side), np.uint32)
-                data = np.asarray(array[y:y + side, x:x + side])
-                block[:data.shape[0], :data.shape[1]] = data
+                data = np.asarray(array[y : y + side, x : x + side])
+                block[: data.shape[0], : data.shape[1]] = data
                 yield block
 
     fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=output.suffix, dir=output.parent)
     os.close(fd)
     try:
-        tifffile.imwrite(tmp, tiles(), shape=(h, w), dtype=np.uint32, tile=(side, side), compression="zlib",
-                         bigtiff=h * w * 4 > 2**31, photometric="minisblack")
+        tifffile.imwrite(
+            tmp,
+            tiles(),
+            shape=(h, w),
+            dtype=np.uint32,
+            tile=(side, side),
+            compression="zlib",
+            bigtiff=h * w * 4 > 2**31,
+            photometric="minisblack",
+        )
         os.replace(tmp, output)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -7,8 +7,8 @@ pixels of context on every side the image allows: its outer box, of one size for
 clipped, so every tile is encoded at the same scale with no padding and edge tiles get more context.
 """
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence, Union
 
 import numpy as np
 
@@ -39,7 +39,7 @@ class Tile:
         return slice(iy0 - oy0, iy1 - oy0), slice(ix0 - ox0, ix1 - ox0)
 
 
-def parse_shape(value: Union[int, str, Sequence[int]], name: str) -> tuple[int, int]:
+def parse_shape(value: int | str | Sequence[int], name: str) -> tuple[int, int]:
     """1024, "1024", "1024,768" or (1024, 768) -> (rows, columns)."""
     if isinstance(value, str):
         parts = [p for p in value.replace("x", ",").split(",") if p.strip()]
@@ -60,8 +60,9 @@ def parse_shape(value: Union[int, str, Sequence[int]], name: str) -> tuple[int, 
 class TileGrid:
     """Tiles of an (H, W) image: interiors of `tile_shape` (rows, columns), outer boxes `halo` wider."""
 
-    def __init__(self, image_shape: Sequence[int], tile_shape: Union[int, Sequence[int]],
-                 halo: Union[int, Sequence[int]] = 0) -> None:
+    def __init__(
+        self, image_shape: Sequence[int], tile_shape: int | Sequence[int], halo: int | Sequence[int] = 0
+    ) -> None:
         self.image_shape = tuple(int(s) for s in image_shape[:2])
         self.tile_shape = parse_shape(tile_shape, "tile_shape")
         self.halo = parse_shape(halo, "halo")
@@ -119,9 +120,15 @@ class TileGrid:
         """The up to 8 tiles around `tile`."""
         row, col = tile.position
         rows, cols = self.grid_shape
-        return [self[r * cols + c] for r in range(max(0, row - 1), min(rows, row + 2))
-                for c in range(max(0, col - 1), min(cols, col + 2)) if (r, c) != (row, col)]
+        return [
+            self[r * cols + c]
+            for r in range(max(0, row - 1), min(rows, row + 2))
+            for c in range(max(0, col - 1), min(cols, col + 2))
+            if (r, c) != (row, col)
+        ]
 
     def __repr__(self) -> str:
-        return (f"TileGrid(image_shape={self.image_shape}, tile_shape={self.tile_shape}, halo={self.halo}, "
-                f"tiles={self.grid_shape[0]}x{self.grid_shape[1]})")
+        return (
+            f"TileGrid(image_shape={self.image_shape}, tile_shape={self.tile_shape}, halo={self.halo}, "
+            f"tiles={self.grid_shape[0]}x{self.grid_shape[1]})"
+        )

@@ -9,7 +9,6 @@ is a `RegionMask`: the mask at full resolution for the object's bounding region 
 """
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 
@@ -48,8 +47,12 @@ class TiledPredictor:
         self.grid = embeddings.grid
         self.max_tiles = max_tiles
 
-    def predict(self, point_coords: Optional[np.ndarray] = None, point_labels: Optional[np.ndarray] = None,
-                box: Optional[np.ndarray] = None) -> RegionMask:
+    def predict(
+        self,
+        point_coords: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box: np.ndarray | None = None,
+    ) -> RegionMask:
         """One object from points (N, 2) (x, y) with labels (N,) 1/0, and/or a box (4,) XYXY, in image pixels."""
         points, labels = _check_points(point_coords, point_labels)
         if box is not None:
@@ -58,8 +61,10 @@ class TiledPredictor:
                 raise ValueError(f"box {box.tolist()} must be x0, y0, x1, y1 with x1 > x0 and y1 > y0")
             start = self.grid.tiles_in_box((box[1], box[0], box[3], box[2]))
             if not start:
-                raise ValueError(f"box {box.tolist()} is outside the {self.grid.image_shape[1]}x"
-                                 f"{self.grid.image_shape[0]} image")
+                raise ValueError(
+                    f"box {box.tolist()} is outside the {self.grid.image_shape[1]}x"
+                    f"{self.grid.image_shape[0]} image"
+                )
         elif points is not None and (labels == 1).any():
             start = [self.grid.tile_at(y, x) for x, y in points[labels == 1]]
         else:
@@ -95,13 +100,19 @@ class TiledPredictor:
             local_labels.append(1)
         local_box = None
         if box is not None:
-            local_box = np.array([max(box[0], x0), max(box[1], y0), min(box[2], x1), min(box[3], y1)]) - [x0, y0, x0, y0]
+            local_box = np.array([max(box[0], x0), max(box[1], y0), min(box[2], x1), min(box[3], y1)]) - [
+                x0,
+                y0,
+                x0,
+                y0,
+            ]
         predictor = self.embeddings.predictor
         self.embeddings.set_tile(tile)
         coords = np.array(local_points, dtype=np.float64) if local_points else None
         single_point = local_box is None and len(local_points) == 1
-        masks, scores, _ = predictor.predict(coords, np.array(local_labels) if local_points else None, local_box,
-                                             multimask_output=single_point)
+        masks, scores, _ = predictor.predict(
+            coords, np.array(local_labels) if local_points else None, local_box, multimask_output=single_point
+        )
         best = int(np.argmax(scores))  # an ambiguous single point: the best of SAM's three masks
         return np.asarray(masks[best], dtype=bool), float(scores[best])
 
@@ -124,7 +135,9 @@ class TiledPredictor:
             # The part of this interior inside the region (the interior may stick out of it).
             sy0, sx0, sy1, sx1 = max(iy0, y0), max(ix0, x0), min(iy1, y1), min(ix1, x1)
             if sy1 > sy0 and sx1 > sx0:
-                region[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] |= mask[sy0 - iy0:sy1 - iy0, sx0 - ix0:sx1 - ix0]
+                region[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] |= mask[
+                    sy0 - iy0 : sy1 - iy0, sx0 - ix0 : sx1 - ix0
+                ]
         return RegionMask(region, (int(y0), int(x0), int(y1), int(x1)), score, tiles)
 
 
@@ -132,7 +145,11 @@ def _check_points(point_coords, point_labels):
     if point_coords is None:
         return None, None
     points = np.asarray(point_coords, dtype=np.float64).reshape(-1, 2)
-    labels = np.ones(len(points), int) if point_labels is None else np.asarray(point_labels).reshape(-1).astype(int)
+    labels = (
+        np.ones(len(points), int)
+        if point_labels is None
+        else np.asarray(point_labels).reshape(-1).astype(int)
+    )
     if len(labels) != len(points):
         raise ValueError(f"{len(points)} points but {len(labels)} labels")
     if not np.isfinite(points).all():
@@ -140,14 +157,14 @@ def _check_points(point_coords, point_labels):
     return points, labels
 
 
-def _inner_pixel(mask: np.ndarray, tile: Tile, neighbour: Tile) -> Optional[tuple[float, float]]:
+def _inner_pixel(mask: np.ndarray, tile: Tile, neighbour: Tile) -> tuple[float, float] | None:
     """The (x, y) image pixel of the mask, inside the neighbour's interior, furthest from the mask's
     edge (a prompt there is safely on the object); None if the mask does not reach that interior."""
     (oy0, ox0, oy1, ox1), (ny0, nx0, ny1, nx1) = tile.outer, neighbour.interior
     y0, x0, y1, x1 = max(oy0, ny0), max(ox0, nx0), min(oy1, ny1), min(ox1, nx1)
     if y1 <= y0 or x1 <= x0:
         return None
-    part = mask[y0 - oy0:y1 - oy0, x0 - ox0:x1 - ox0]
+    part = mask[y0 - oy0 : y1 - oy0, x0 - ox0 : x1 - ox0]
     if not part.any():
         return None
     from scipy import ndimage

@@ -8,7 +8,7 @@ task rerun after a lost worker rewrites the same chunks; the model is built once
 import hashlib
 import pickle
 import threading
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from ..errors import Cancelled
 
@@ -35,7 +35,7 @@ def cached_instance(factory):
 class Progress:
     """Counts finished tiles for a progress callback and honours a cancel event."""
 
-    def __init__(self, total: int, progress: Optional[ProgressCallback], cancel: Optional[threading.Event]):
+    def __init__(self, total: int, progress: ProgressCallback | None, cancel: threading.Event | None):
         self.total, self.done, self.progress, self.cancel = total, 0, progress, cancel
 
     def check(self) -> None:
@@ -76,8 +76,11 @@ def local_cluster_client(workers: int, threads_per_worker: int = 1):
     """A `dask.distributed` client on a LocalCluster of `workers` processes (torch one thread each)."""
     from distributed import Client, LocalCluster
 
-    cluster = LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                           dashboard_address=None, env={"OMP_NUM_THREADS": str(threads_per_worker)})
+    cluster = LocalCluster(
+        n_workers=workers,
+        threads_per_worker=threads_per_worker,
+        processes=True,
+        dashboard_address=None,
+        env={"OMP_NUM_THREADS": str(threads_per_worker)},
+    )
     return Client(cluster)
-
-

@@ -10,7 +10,6 @@ with one intensity range for the whole image (`LazyImage.intensity_range`), so t
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 
@@ -25,8 +24,9 @@ class LazyImage:
     """array: (H, W), (H, W, C) or, with `channel_axis`, channels anywhere; leading axes of size 1
     (OME-Zarr's t, z) are dropped. `value_range` maps intensities to 0..255 (default: sampled)."""
 
-    def __init__(self, array, channel_axis: Optional[int] = None,
-                 value_range: Optional[tuple[float, float]] = None) -> None:
+    def __init__(
+        self, array, channel_axis: int | None = None, value_range: tuple[float, float] | None = None
+    ) -> None:
         shape = tuple(int(s) for s in array.shape)
         ndim = len(shape)
         if channel_axis is None and ndim == 3 and shape[-1] <= 4:
@@ -36,8 +36,10 @@ class LazyImage:
         spatial = [a for a in range(ndim) if a != channel_axis]
         extra = [a for a in spatial[:-2] if shape[a] != 1]
         if len(spatial) < 2 or extra:
-            raise ValueError(f"need a 2-D image (H, W) with optional channels; got shape {shape}"
-                             + (f" (axis {extra[0]} has {shape[extra[0]]} entries: pick one plane)" if extra else ""))
+            raise ValueError(
+                f"need a 2-D image (H, W) with optional channels; got shape {shape}"
+                + (f" (axis {extra[0]} has {shape[extra[0]]} entries: pick one plane)" if extra else "")
+            )
         self.array = array
         self.dtype = np.dtype(array.dtype)
         self.channel_axis = channel_axis
@@ -62,11 +64,14 @@ class LazyImage:
 
     def read_rgb(self, box: Box) -> np.ndarray:
         """The box as the (h, w, 3) uint8 RGB the encoder sees (image-wide contrast)."""
-        return to_rgb_uint8(self.read(box), channel_axis=-1 if self.channel_axis is not None else None,
-                            value_range=self.intensity_range)
+        return to_rgb_uint8(
+            self.read(box),
+            channel_axis=-1 if self.channel_axis is not None else None,
+            value_range=self.intensity_range,
+        )
 
     @property
-    def intensity_range(self) -> Optional[tuple[float, float]]:
+    def intensity_range(self) -> tuple[float, float] | None:
         """(low, high) from regions spread over the image; None for uint8 (passed through unchanged)."""
         if self._value_range is None and self.dtype not in (np.uint8, np.bool_):
             h, w = self.shape
@@ -88,11 +93,11 @@ class ImageSpec:
 
     source: object
     level: int = 0
-    channel_axis: Optional[int] = None
-    value_range: Optional[tuple[float, float]] = None
+    channel_axis: int | None = None
+    value_range: tuple[float, float] | None = None
 
     @classmethod
-    def of(cls, image, level: int = 0, channel_axis: Optional[int] = None) -> "ImageSpec":
+    def of(cls, image, level: int = 0, channel_axis: int | None = None) -> "ImageSpec":
         """The spec of a path or array-like, with its intensity range fixed (so every worker agrees)."""
         lazy = open_image(image, level=level, channel_axis=channel_axis)
         source = image if isinstance(image, (str, os.PathLike)) else lazy.array
@@ -104,8 +109,9 @@ class ImageSpec:
         return image
 
 
-def open_image(source: Union[str, os.PathLike, object], level: int = 0,
-               channel_axis: Optional[int] = None) -> LazyImage:
+def open_image(
+    source: str | os.PathLike | object, level: int = 0, channel_axis: int | None = None
+) -> LazyImage:
     """A `LazyImage` of a path (TIFF, OME-Zarr folder, or PNG/JPEG read whole) or an array-like.
 
     level: pyramid level for multi-resolution TIFF and OME-Zarr (0 = full resolution).
@@ -118,7 +124,10 @@ def open_image(source: Union[str, os.PathLike, object], level: int = 0,
     if str(source) != "sample" and not path.exists():
         raise FileNotFoundError(f"image {path} does not exist")
     if path.is_dir() or path.suffix.lower() == ".zarr":
-        return LazyImage(_open_ome_zarr(path, level), channel_axis if channel_axis is not None else _zarr_channel_axis(path))
+        return LazyImage(
+            _open_ome_zarr(path, level),
+            channel_axis if channel_axis is not None else _zarr_channel_axis(path),
+        )
     if path.suffix.lower() in (".tif", ".tiff"):
         return LazyImage(_open_tiff(path, level), channel_axis)
     from ..io import read_image
@@ -158,7 +167,7 @@ def _open_ome_zarr(path: Path, level: int):
     return node[datasets[level]["path"]]
 
 
-def _zarr_channel_axis(path: Path) -> Optional[int]:
+def _zarr_channel_axis(path: Path) -> int | None:
     import zarr
 
     node = zarr.open(str(path), mode="r")

@@ -6,7 +6,7 @@ object cut by a tile's edge gives a cut mask there: what tiling must put back to
 in the package (not in tests/) so that dask workers in other processes can unpickle them.
 """
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,15 +28,16 @@ class ComponentPredictor:
     def __init__(self, background: int = 0) -> None:
         self.background = background
         self.set_image_calls = 0
-        self.image: Optional[np.ndarray] = None
+        self.image: np.ndarray | None = None
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         self.image = np.asarray(image)
         self.set_image_calls += 1
 
     def get_embedding_state(self) -> EmbeddingState:
-        return EmbeddingState(torch.from_numpy(self.image.astype(np.float32))[None], self.image.shape[:2],
-                              self.image.shape[:2])
+        return EmbeddingState(
+            torch.from_numpy(self.image.astype(np.float32))[None], self.image.shape[:2], self.image.shape[:2]
+        )
 
     def set_embedding(self, state: EmbeddingState) -> None:
         self.image = state.features[0].numpy().astype(np.uint8)
@@ -66,7 +67,7 @@ class ComponentPredictor:
 class ComponentGenerator:
     """`SamAutomaticMaskGenerator` stand-in: one record per connected object of the image."""
 
-    def __init__(self, background: int = 0, predictor: Optional[ComponentPredictor] = None) -> None:
+    def __init__(self, background: int = 0, predictor: ComponentPredictor | None = None) -> None:
         self.background = background
         self.predictor = predictor  # given: the image goes through its set_image, as SAM's generator does
         self.crop_n_layers = 0
@@ -79,11 +80,22 @@ class ComponentGenerator:
         records = []
         for i, found in enumerate(ndimage.find_objects(components), start=1):
             mask = components == i
-            records.append({"segmentation": mask, "area": int(np.count_nonzero(mask[found])),
-                            "bbox": [found[1].start, found[0].start, found[1].stop - found[1].start,
-                                     found[0].stop - found[0].start],
-                            "predicted_iou": 0.9, "stability_score": 0.95, "point_coords": [[0.0, 0.0]],
-                            "crop_box": [0, 0, image.shape[1], image.shape[0]]})
+            records.append(
+                {
+                    "segmentation": mask,
+                    "area": int(np.count_nonzero(mask[found])),
+                    "bbox": [
+                        found[1].start,
+                        found[0].start,
+                        found[1].stop - found[1].start,
+                        found[0].stop - found[0].start,
+                    ],
+                    "predicted_iou": 0.9,
+                    "stability_score": 0.95,
+                    "point_coords": [[0.0, 0.0]],
+                    "crop_box": [0, 0, image.shape[1], image.shape[0]],
+                }
+            )
         return records
 
 

@@ -20,7 +20,15 @@ from .propagation import (
 )
 
 __all__ = [
-    "VolumeEmbeddings", "model_fingerprint", "weights_fingerprint", "read_volume", "write_labels",
-    "SlicePrompt", "propagate_object", "segment_objects", "PROJECTIONS", "DEFAULT_PROJECTION",
+    "VolumeEmbeddings",
+    "model_fingerprint",
+    "weights_fingerprint",
+    "read_volume",
+    "write_labels",
+    "SlicePrompt",
+    "propagate_object",
+    "segment_objects",
+    "PROJECTIONS",
+    "DEFAULT_PROJECTION",
     "DEFAULT_IOU_THRESHOLD",
 ]

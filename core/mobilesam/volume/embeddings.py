@@ -29,8 +29,8 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -38,8 +38,8 @@ import torch
 from ..errors import Cancelled, MobileSamError
 from ..image import intensity_range, to_rgb_uint8
 from ..predictor import EmbeddingState
-from .io import READ_ERRORS
 from ..serving.identity import model_identity
+from .io import READ_ERRORS
 
 ProgressCallback = Callable[[int, int], None]
 INTENSITY_SAMPLE_SLICES = 16  # slices read to estimate the volume's intensity range
@@ -50,7 +50,7 @@ class VolumeReadError(MobileSamError):
     """A slice of the volume could not be read (a damaged file)."""
 
 
-def model_fingerprint(model_type: str, checkpoint_path: Union[str, os.PathLike]) -> str:
+def model_fingerprint(model_type: str, checkpoint_path: str | os.PathLike) -> str:
     """Alias of `mobilesam.serving.model_identity(model_type=..., checkpoint=...)`, kept for callers
     of the volume API: model type + sha256 of the checkpoint file + encoder input size."""
     return model_identity(model_type=model_type, checkpoint=checkpoint_path)
@@ -89,11 +89,19 @@ class VolumeEmbeddings:
     Counters `encoder_calls`, `disk_hits` and `memory_hits` tell where embeddings came from.
     """
 
-    def __init__(self, volume, predictor, axis: int = 0, channel_axis: Optional[int] = None,
-                 cache_dir: Optional[Union[str, Path]] = None, max_in_memory: int = 16,
-                 model_id: Optional[str] = None,
-                 value_range: Optional[tuple[float, float]] = None,
-                 cache_max_bytes: Optional[int] = None, read_also: Sequence[Union[str, Path]] = ()) -> None:
+    def __init__(
+        self,
+        volume,
+        predictor,
+        axis: int = 0,
+        channel_axis: int | None = None,
+        cache_dir: str | Path | None = None,
+        max_in_memory: int = 16,
+        model_id: str | None = None,
+        value_range: tuple[float, float] | None = None,
+        cache_max_bytes: int | None = None,
+        read_also: Sequence[str | Path] = (),
+    ) -> None:
         shape = tuple(int(s) for s in getattr(volume, "shape", ()))
         if len(shape) not in (3, 4):
             raise ValueError(f"a volume must be (Z, Y, X) or (Z, Y, X, C); got shape {shape}")
@@ -101,11 +109,15 @@ class VolumeEmbeddings:
         self.axis = _normalize_axis(axis, ndim, "axis")
         self.channel_axis = None
         if ndim == 4:
-            self.channel_axis = _normalize_axis(-1 if channel_axis is None else channel_axis, ndim, "channel_axis")
+            self.channel_axis = _normalize_axis(
+                -1 if channel_axis is None else channel_axis, ndim, "channel_axis"
+            )
             if self.channel_axis == self.axis:
                 raise ValueError(f"axis and channel_axis are both {axis}; slices need a different axis")
         elif channel_axis is not None:
-            raise ValueError(f"channel_axis={channel_axis} given, but the volume {shape} is 3-D (no channels)")
+            raise ValueError(
+                f"channel_axis={channel_axis} given, but the volume {shape} is 3-D (no channels)"
+            )
         if max_in_memory < 1:
             raise ValueError(f"max_in_memory must be at least 1, got {max_in_memory}")
         if min(shape) == 0:
@@ -118,12 +130,15 @@ class VolumeEmbeddings:
         # Spatial axes in volume order; the slicing axis is one of them.
         self.spatial_axes = tuple(a for a in range(ndim) if a != self.channel_axis)
         self.slice_axes = tuple(a for a in self.spatial_axes if a != self.axis)
-        self._slice_channel_axis = (None if self.channel_axis is None
-                                    else [a for a in range(ndim) if a != self.axis].index(self.channel_axis))
+        self._slice_channel_axis = (
+            None
+            if self.channel_axis is None
+            else [a for a in range(ndim) if a != self.axis].index(self.channel_axis)
+        )
         self.value_range = value_range if value_range is not None else self._volume_intensity_range()
 
         self.encoder_calls = self.disk_hits = self.memory_hits = 0
-        self._memory: "OrderedDict[int, EmbeddingState]" = OrderedDict()
+        self._memory: OrderedDict[int, EmbeddingState] = OrderedDict()
         self._hashes: dict[int, str] = {}
         self._lock = threading.RLock()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -134,9 +149,13 @@ class VolumeEmbeddings:
                 self.model_id = weights_fingerprint(predictor.model)
             self._store = _EmbeddingStore(self.cache_dir, self._model_key(), cache_max_bytes)
         # Only folders that already hold this model's embeddings: a lookup never creates anything.
-        self._other_stores = [_EmbeddingStore(Path(folder), self._model_key()) for folder in read_also
-                              if self._store is not None and Path(folder).resolve() != self.cache_dir.resolve()
-                              and (Path(folder) / self._model_key()).is_dir()]
+        self._other_stores = [
+            _EmbeddingStore(Path(folder), self._model_key())
+            for folder in read_also
+            if self._store is not None
+            and Path(folder).resolve() != self.cache_dir.resolve()
+            and (Path(folder) / self._model_key()).is_dir()
+        ]
 
     # ---- geometry -------------------------------------------------------------------------
     @property
@@ -167,12 +186,15 @@ class VolumeEmbeddings:
         try:
             return np.asarray(self.volume[tuple(index)])
         except READ_ERRORS as exc:  # a file damaged after it was opened (a corrupt compressed page)
-            raise VolumeReadError(f"could not read slice {z} (axis {self.axis}) of the volume: {exc}") from None
+            raise VolumeReadError(
+                f"could not read slice {z} (axis {self.axis}) of the volume: {exc}"
+            ) from None
 
     def slice_image(self, z: int) -> np.ndarray:
         """Slice z as the (H, W, 3) uint8 RGB image the encoder sees (volume-wide contrast)."""
-        return to_rgb_uint8(self.read_slice(z), channel_axis=self._slice_channel_axis,
-                            value_range=self.value_range)
+        return to_rgb_uint8(
+            self.read_slice(z), channel_axis=self._slice_channel_axis, value_range=self.value_range
+        )
 
     # ---- embeddings -----------------------------------------------------------------------
     def get(self, z: int) -> EmbeddingState:
@@ -204,8 +226,9 @@ class VolumeEmbeddings:
             digest = self._slice_hash(z)
             return any(store.contains(digest) for store in (self._store, *self._other_stores))
 
-    def embed_all(self, progress: Optional[ProgressCallback] = None,
-                  cancel: Optional[threading.Event] = None) -> int:
+    def embed_all(
+        self, progress: ProgressCallback | None = None, cancel: threading.Event | None = None
+    ) -> int:
         """Compute every slice's embedding not cached yet; returns how many were encoded.
 
         With `cache_dir` they all land on disk; without it only the last `max_in_memory` stay.
@@ -230,8 +253,10 @@ class VolumeEmbeddings:
         return tuple(self._memory)
 
     def __repr__(self) -> str:
-        return (f"VolumeEmbeddings(shape={self.volume_shape}, axis={self.axis}, slices={self.num_slices}, "
-                f"in_memory={len(self._memory)}/{self.max_in_memory}, cache_dir={self.cache_dir})")
+        return (
+            f"VolumeEmbeddings(shape={self.volume_shape}, axis={self.axis}, slices={self.num_slices}, "
+            f"in_memory={len(self._memory)}/{self.max_in_memory}, cache_dir={self.cache_dir})"
+        )
 
     # ---- internals ------------------------------------------------------------------------
     def _check_index(self, z) -> int:
@@ -239,10 +264,12 @@ class VolumeEmbeddings:
             raise TypeError(f"slice index must be an integer, got {z!r}")
         z = int(z)
         if not 0 <= z < self.num_slices:
-            raise IndexError(f"slice {z} is outside the volume (slices 0..{self.num_slices - 1} along axis {self.axis})")
+            raise IndexError(
+                f"slice {z} is outside the volume (slices 0..{self.num_slices - 1} along axis {self.axis})"
+            )
         return z
 
-    def _volume_intensity_range(self) -> Optional[tuple[float, float]]:
+    def _volume_intensity_range(self) -> tuple[float, float] | None:
         dtype = np.dtype(self.volume.dtype)
         if dtype in (np.uint8, np.bool_):
             return None  # passed through as 2-D uint8 images are
@@ -255,7 +282,7 @@ class VolumeEmbeddings:
             samples.append(flat[:: flat.size // per_slice + 1])
         return intensity_range(np.concatenate(samples))
 
-    def _slice_hash(self, z: int, image: Optional[np.ndarray] = None) -> str:
+    def _slice_hash(self, z: int, image: np.ndarray | None = None) -> str:
         digest = self._hashes.get(z)
         if digest is None:
             image = self.slice_image(z) if image is None else image
@@ -312,11 +339,13 @@ class _EmbeddingStore:
     served. zarr's temporary `*.partial` files left by a killed writer are removed on opening.
     """
 
-    def __init__(self, root: Path, model_key: str, max_bytes: Optional[int] = None) -> None:
+    def __init__(self, root: Path, model_key: str, max_bytes: int | None = None) -> None:
         try:
             import zarr
         except ImportError:
-            raise MobileSamError("an embedding cache on disk needs zarr: pip install 'napari-mobilesam[volume]'") from None
+            raise MobileSamError(
+                "an embedding cache on disk needs zarr: pip install 'napari-mobilesam[volume]'"
+            ) from None
         if root.exists() and not root.is_dir():
             raise MobileSamError(f"embedding cache {root} is a file, not a folder")
         root.mkdir(parents=True, exist_ok=True)
@@ -327,7 +356,9 @@ class _EmbeddingStore:
         try:
             self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
         except Exception as exc:  # noqa: BLE001 - zarr raises JSON, codec and its own errors for damaged metadata
-            warnings.warn(f"embedding cache {root}: damaged group metadata ({exc}); rewriting it", stacklevel=3)
+            warnings.warn(
+                f"embedding cache {root}: damaged group metadata ({exc}); rewriting it", stacklevel=3
+            )
             for meta in (root / "zarr.json", root / model_key / "zarr.json"):
                 meta.unlink(missing_ok=True)  # entries below stay and are verified one by one
             self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
@@ -335,12 +366,15 @@ class _EmbeddingStore:
     def contains(self, name: str) -> bool:
         """Whether a complete, checksummed entry exists (its data are verified by `load`)."""
         try:
-            return name in self._group and "sha256" in self._group[name].attrs and bool(
-                self._group[name].attrs.get("complete", False))
+            return (
+                name in self._group
+                and "sha256" in self._group[name].attrs
+                and bool(self._group[name].attrs.get("complete", False))
+            )
         except Exception:  # noqa: BLE001 - damaged metadata: not usable, `load` will say so and recompute
             return False
 
-    def load(self, name: str, where: str = "") -> Optional[EmbeddingState]:
+    def load(self, name: str, where: str = "") -> EmbeddingState | None:
         """The verified entry `name`, or None (with a warning naming `where` if it was damaged)."""
         try:
             if name not in self._group:
@@ -352,17 +386,25 @@ class _EmbeddingStore:
             if not attrs.get("complete", False):
                 return None  # interrupted write: never read, overwritten by the next save
             data = np.ascontiguousarray(np.asarray(array[...], dtype=np.float32))
-            problem = ("has no checksum" if "sha256" not in attrs
-                       else "fails its checksum" if _checksum(data) != attrs["sha256"] else None)
-            state = EmbeddingState(torch.from_numpy(data)[None], tuple(attrs["original_size"]),
-                                   tuple(attrs["input_size"]))
+            problem = (
+                "has no checksum"
+                if "sha256" not in attrs
+                else "fails its checksum"
+                if _checksum(data) != attrs["sha256"]
+                else None
+            )
+            state = EmbeddingState(
+                torch.from_numpy(data)[None], tuple(attrs["original_size"]), tuple(attrs["input_size"])
+            )
         except Exception as exc:  # noqa: BLE001 - zarr raises codec, JSON, key and OS errors for damaged entries
             problem = f"cannot be read ({type(exc).__name__}: {exc})"
         if problem is None:
             _touch(self._model_dir / name)  # recently used: evicted last
             return state
-        warnings.warn(f"embedding cache {self.root}: the entry of {where or name} {problem}; recomputing it",
-                      stacklevel=3)
+        warnings.warn(
+            f"embedding cache {self.root}: the entry of {where or name} {problem}; recomputing it",
+            stacklevel=3,
+        )
         return None
 
     def save(self, name: str, state: EmbeddingState) -> None:
@@ -375,8 +417,14 @@ class _EmbeddingStore:
             array = create(name, shape=data.shape, dtype="float32", chunks=data.shape, overwrite=True)
         array[...] = data
         # Written last: a crash mid-write leaves an array without it, which is never read back.
-        array.attrs.update({"original_size": list(state.original_size), "input_size": list(state.input_size),
-                            "sha256": _checksum(data), "complete": True})
+        array.attrs.update(
+            {
+                "original_size": list(state.original_size),
+                "input_size": list(state.input_size),
+                "sha256": _checksum(data),
+                "complete": True,
+            }
+        )
         if self._max_bytes is not None:
             self._evict(keep=self._model_dir / name)
 

@@ -11,16 +11,14 @@ last for NIfTI, as stored for TIFF) and spacing (dz, dy, dx) in the file's units
 spacing metadata) or NIfTI.
 """
 
-import os
 import zlib
 from pathlib import Path
-from typing import Optional, Union
 
 import numpy as np
 
+from .._types import PathLike
 from ..atomic import atomic_write
 
-PathLike = Union[str, os.PathLike]
 TIFF_SUFFIXES = (".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 Spacing = tuple[float, float, float]
@@ -124,7 +122,7 @@ def _read_nifti(path: Path) -> tuple[object, Spacing]:
     return data.transpose(order), (float(zooms[2]), float(zooms[1]), float(zooms[0]))
 
 
-def write_labels(path: PathLike, labels: np.ndarray, spacing: Optional[Spacing] = None) -> Path:
+def write_labels(path: PathLike, labels: np.ndarray, spacing: Spacing | None = None) -> Path:
     """Write a (Z, Y, X) label volume as TIFF or NIfTI atomically (temp file, then rename).
 
     Labels are stored in the smallest unsigned type that holds them; spacing (dz, dy, dx) is kept.
@@ -144,8 +142,11 @@ def write_labels(path: PathLike, labels: np.ndarray, spacing: Optional[Spacing] 
 
             kwargs = {}
             if dtype != np.uint32:  # ImageJ hyperstacks hold 8/16-bit data
-                kwargs = dict(imagej=True, resolution=(1.0 / spacing[2], 1.0 / spacing[1]),
-                              metadata={"spacing": spacing[0], "axes": "ZYX"})
+                kwargs = dict(
+                    imagej=True,
+                    resolution=(1.0 / spacing[2], 1.0 / spacing[1]),
+                    metadata={"spacing": spacing[0], "axes": "ZYX"},
+                )
             tifffile.imwrite(tmp, labels, compression="zlib", **kwargs)
         else:
             import nibabel as nib

@@ -34,8 +34,8 @@ or a stand-in predictor in tests, works.
 """
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -64,22 +64,30 @@ class SlicePrompt:
     """
 
     z: int
-    points: Optional[np.ndarray] = None
-    labels: Optional[np.ndarray] = None
-    box: Optional[np.ndarray] = None
+    points: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    box: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.z, (bool, np.bool_)) or not isinstance(self.z, (int, np.integer)):
             raise TypeError(f"SlicePrompt.z must be an integer slice index, got {self.z!r}")
         self.z = int(self.z)
         if self.points is not None:
-            self.points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2) if np.size(self.points) else None
+            self.points = (
+                np.asarray(self.points, dtype=np.float64).reshape(-1, 2) if np.size(self.points) else None
+            )
         if self.points is not None:
-            labels = np.ones(len(self.points), np.int64) if self.labels is None else np.asarray(self.labels).reshape(-1)
+            labels = (
+                np.ones(len(self.points), np.int64)
+                if self.labels is None
+                else np.asarray(self.labels).reshape(-1)
+            )
             if len(labels) != len(self.points):
                 raise ValueError(f"slice {self.z}: {len(self.points)} points but {len(labels)} labels")
             if not np.isin(labels, (0, 1)).all():
-                raise ValueError(f"slice {self.z}: point labels must be 1 (object) or 0 (background), got {labels}")
+                raise ValueError(
+                    f"slice {self.z}: point labels must be 1 (object) or 0 (background), got {labels}"
+                )
             self.labels = labels.astype(np.int64)
         elif self.labels is not None and np.size(self.labels):
             raise ValueError(f"slice {self.z}: labels given without points")
@@ -88,7 +96,9 @@ class SlicePrompt:
         if self.box is not None:
             box = np.asarray(self.box, dtype=np.float64).reshape(-1)
             if box.size != 4 or not (box[2] > box[0] and box[3] > box[1]):
-                raise ValueError(f"slice {self.z}: box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {self.box}")
+                raise ValueError(
+                    f"slice {self.z}: box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {self.box}"
+                )
             self.box = box
         if self.points is None and self.box is None:
             raise ValueError(f"slice {self.z}: a prompt needs points or a box")
@@ -103,19 +113,27 @@ class SlicePrompt:
         if self.points is not None:
             for x, y in self.points:
                 if not (0 <= x < width and 0 <= y < height):
-                    raise ValueError(f"point ({x:g}, {y:g}) on slice z={self.z} is outside the "
-                                     f"{width}x{height} (width x height) slice")
+                    raise ValueError(
+                        f"point ({x:g}, {y:g}) on slice z={self.z} is outside the "
+                        f"{width}x{height} (width x height) slice"
+                    )
         if self.box is not None:
             x0, y0, x1, y1 = self.box
             if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-                raise ValueError(f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) on slice z={self.z} does not overlap "
-                                 f"the {width}x{height} (width x height) slice")
+                raise ValueError(
+                    f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) on slice z={self.z} does not overlap "
+                    f"the {width}x{height} (width x height) slice"
+                )
 
 
-def propagate_object(embeddings: VolumeEmbeddings, prompts: Sequence[SlicePrompt],
-                     iou_threshold: float = DEFAULT_IOU_THRESHOLD, projection: str = DEFAULT_PROJECTION,
-                     progress: Optional[ProgressCallback] = None,
-                     cancel: Optional[threading.Event] = None) -> np.ndarray:
+def propagate_object(
+    embeddings: VolumeEmbeddings,
+    prompts: Sequence[SlicePrompt],
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    projection: str = DEFAULT_PROJECTION,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
     """Segment one object through the volume from prompts on one or more slices.
 
     Returns a bool mask of `embeddings.spatial_shape`: (Z, Y, X) for a (Z, Y, X) volume sliced
@@ -124,10 +142,14 @@ def propagate_object(embeddings: VolumeEmbeddings, prompts: Sequence[SlicePrompt
     return segment_objects(embeddings, [prompts], iou_threshold, projection, progress, cancel) == 1
 
 
-def segment_objects(embeddings: VolumeEmbeddings, objects: Sequence[Sequence[SlicePrompt]],
-                    iou_threshold: float = DEFAULT_IOU_THRESHOLD, projection: str = DEFAULT_PROJECTION,
-                    progress: Optional[ProgressCallback] = None,
-                    cancel: Optional[threading.Event] = None) -> np.ndarray:
+def segment_objects(
+    embeddings: VolumeEmbeddings,
+    objects: Sequence[Sequence[SlicePrompt]],
+    iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+    projection: str = DEFAULT_PROJECTION,
+    progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> np.ndarray:
     """Segment several objects at once into one label volume without overlaps.
 
     objects: one list of `SlicePrompt`s per object; object i gets label i + 1.
@@ -158,6 +180,7 @@ def segment_objects(embeddings: VolumeEmbeddings, objects: Sequence[Sequence[Sli
 
 # ---- internals ------------------------------------------------------------------------------
 
+
 @dataclass
 class _Run:
     """Propagation of one object from a segmented slice in one direction, up to `limit`."""
@@ -165,8 +188,8 @@ class _Run:
     start: int
     limit: int
     reached: int  # last slice written by this run
-    mask: Optional[np.ndarray] = None  # (H, W) bool on `reached`
-    low_res: Optional[np.ndarray] = None  # (256, 256) logits on `reached`
+    mask: np.ndarray | None = None  # (H, W) bool on `reached`
+    low_res: np.ndarray | None = None  # (256, 256) logits on `reached`
     stopped: bool = False
 
 
@@ -217,8 +240,9 @@ class _Propagation:
                 if prompt is None:
                     continue
                 single_point = prompt.box is None and len(prompt.points) == 1
-                logits, low_res = _predict(self.predictor, prompt.points, prompt.labels, prompt.box, None,
-                                           multimask=single_point)
+                logits, low_res = _predict(
+                    self.predictor, prompt.points, prompt.labels, prompt.box, None, multimask=single_point
+                )
                 answers.append((plan, logits, low_res))
             masks = self._claim(z, [(plan.label, logits) for plan, logits, _ in answers])
             for (plan, _, low_res), mask in zip(answers, masks):
@@ -232,8 +256,11 @@ class _Propagation:
         prompted = sorted({z for plan in self.plans for z in plan.prompts})
         zs = range(prompted[0] + 1, num_slices) if upward else range(prompted[-1] - 1, -1, -1)
         for z in zs:
-            active = [(plan, r) for plan, r in runs
-                      if not r.stopped and r.reached == z - step and (z <= r.limit if upward else z >= r.limit)]
+            active = [
+                (plan, r)
+                for plan, r in runs
+                if not r.stopped and r.reached == z - step and (z <= r.limit if upward else z >= r.limit)
+            ]
             if active:
                 if self.cancel is not None and self.cancel.is_set():
                     raise Cancelled("propagation cancelled")
@@ -282,8 +309,16 @@ class _Propagation:
             points, multimask = _interior_points(mask, 1), True
         if points is not None:
             labels = np.ones(len(points), np.int64)
-        return _predict(self.predictor, points, labels, box, mask_input, multimask, reference=mask,
-                        threshold=self.threshold)
+        return _predict(
+            self.predictor,
+            points,
+            labels,
+            box,
+            mask_input,
+            multimask,
+            reference=mask,
+            threshold=self.threshold,
+        )
 
     def _claim(self, z: int, answers: list) -> list:
         """Masks of `answers` [(label, (H, W) logits)] on slice z without overlaps; writes them."""
@@ -317,19 +352,28 @@ def _group_by_slice(prompts: Sequence[SlicePrompt]) -> dict:
         point_sets = [p for p in (other, prompt) if p.points is not None]
         points = np.concatenate([p.points for p in point_sets]) if point_sets else None
         labels = np.concatenate([p.labels for p in point_sets]) if point_sets else None
-        merged[prompt.z] = SlicePrompt(prompt.z, points, labels, other.box if other.box is not None else prompt.box)
+        merged[prompt.z] = SlicePrompt(
+            prompt.z, points, labels, other.box if other.box is not None else prompt.box
+        )
     return merged
 
 
-def _predict(predictor, points, labels, box, mask_input, multimask: bool, reference=None, threshold: float = 0.0):
+def _predict(
+    predictor, points, labels, box, mask_input, multimask: bool, reference=None, threshold: float = 0.0
+):
     """One (H, W) logits map and its (256, 256) low-res logits for prompts on the current slice.
 
     With several candidates, keep the one closest to `reference` (the previous slice's mask),
     else SAM's own best-scored one.
     """
-    logits, scores, low_res = predictor.predict(point_coords=points, point_labels=labels, box=box,
-                                                mask_input=mask_input, multimask_output=multimask,
-                                                return_logits=True)
+    logits, scores, low_res = predictor.predict(
+        point_coords=points,
+        point_labels=labels,
+        box=box,
+        mask_input=mask_input,
+        multimask_output=multimask,
+        return_logits=True,
+    )
     best = int(np.argmax(scores))
     if multimask and reference is not None:
         best = max(range(len(logits)), key=lambda i: (_iou(logits[i] > threshold, reference), scores[i]))
@@ -349,8 +393,10 @@ def _padded_box(mask: np.ndarray) -> np.ndarray:
     pad_x = min(BOX_MARGIN_FRACTION * (x1 - x0), BOX_MARGIN_MAX)
     pad_y = min(BOX_MARGIN_FRACTION * (y1 - y0), BOX_MARGIN_MAX)
     height, width = mask.shape
-    return np.array([max(x0 - pad_x, 0), max(y0 - pad_y, 0), min(x1 + pad_x, width), min(y1 + pad_y, height)],
-                    dtype=np.float64)
+    return np.array(
+        [max(x0 - pad_x, 0), max(y0 - pad_y, 0), min(x1 + pad_x, width), min(y1 + pad_y, height)],
+        dtype=np.float64,
+    )
 
 
 def _interior_points(mask: np.ndarray, count: int) -> np.ndarray:
@@ -359,7 +405,7 @@ def _interior_points(mask: np.ndarray, count: int) -> np.ndarray:
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     # Distance transform on the padded bounding box only: cheap even for large slices.
-    crop = np.pad(mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1], 1)
+    crop = np.pad(mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1], 1)
     depth = ndimage.distance_transform_edt(crop)
     deep_y, deep_x = np.nonzero(depth >= 0.5 * depth.max())
     candidates = np.stack([deep_x, deep_y], axis=1).astype(np.float64)
