@@ -7,13 +7,18 @@ last for NIfTI, as stored for TIFF) and spacing (dz, dy, dx) in the file's units
   ImageJ `spacing` entry (z) and the X/YResolution tags.
 - NIfTI (.nii, .nii.gz) through nibabel: the voxel array (i, j, k) is returned as a lazy dask
   array transposed to (k, j, i) = (Z, Y, X), and the zooms reversed to (dz, dy, dx).
+`read_image(path)` returns (array, ImageGeometry) for any image the napari reader opens: TIFF and
+OME-TIFF of any axes (spacing and origin from OME-XML or ImageJ metadata), NIfTI, and DICOM series
+(a folder, a list of slice files, or one .dcm file; see `mobilesam.volume.dicom`).
 `write_labels(path, labels, spacing)` writes a label volume atomically as TIFF (ImageJ-style
-spacing metadata) or NIfTI.
+spacing metadata) or NIfTI; `mobilesam.volume.segmentation_io` adds OME-TIFF, OME-Zarr, the origin
+and a sidecar.
 """
 
 import logging
+import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,18 +49,59 @@ def read_volume(path: PathLike) -> tuple[object, Spacing]:
     if suffix not in TIFF_SUFFIXES + NIFTI_SUFFIXES:
         raise ValueError(f"volume {path} must be a TIFF stack (.tif, .tiff) or NIfTI (.nii, .nii.gz)")
     try:
-        data, spacing = _read_tiff(path) if suffix in TIFF_SUFFIXES else _read_nifti(path)
+        if suffix in TIFF_SUFFIXES:
+            data, geometry = _read_tiff(path, require_stack=True)
+        else:
+            data, geometry = _read_nifti(path)
         # Data are read lazily; reading the last slice now finds a truncated or damaged file
         # (for .nii.gz this decompresses the file once) before any work is done.
         np.asarray(data[-1])
     except READ_ERRORS + _nibabel_errors() as exc:
         raise ValueError(f"could not read volume {path}: {_problem(exc)}") from None
-    return data, spacing
+    return data, geometry.zyx_spacing()
+
+
+def read_image(path: PathLike | Sequence[PathLike]) -> tuple[object, "ImageGeometry"]:
+    """Open a TIFF/OME-TIFF, NIfTI or DICOM series (folder, file list or one .dcm): (array, geometry).
+
+    TIFF keeps its axes as tifffile names them (e.g. "TZCYX", "YXS"); NIfTI and DICOM are (Z, Y, X).
+    Raises ValueError naming the file and the problem for a missing, damaged or truncated file.
+    """
+    from .dicom import DicomSeriesError, is_dicom_file, read_dicom_series
+
+    if not isinstance(path, (str, Path)):
+        paths = [Path(p) for p in path]
+        volume = read_dicom_series(paths) if len(paths) > 1 else None
+        if volume is not None:
+            return volume.data, ImageGeometry("ZYX", volume.spacing, volume.origin, "mm")
+        path = paths[0]
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"image {path} does not exist")
+    suffix = _suffix(path)
+    try:
+        if path.is_dir() or is_dicom_file(path):
+            volume = read_dicom_series(path)
+            if path.is_dir():
+                return volume.data, ImageGeometry("ZYX", volume.spacing, volume.origin, "mm")
+            return volume.data[0], ImageGeometry("YX", volume.spacing[1:], volume.origin[1:], "mm")
+        if suffix in TIFF_SUFFIXES:
+            data, geometry = _read_tiff(path, require_stack=False)
+        elif suffix in NIFTI_SUFFIXES:
+            data, geometry = _read_nifti(path)
+        else:
+            raise ValueError("not a TIFF, NIfTI or DICOM file")
+        np.asarray(data[-1])  # find a truncated file now (see read_volume)
+    except DicomSeriesError:
+        raise
+    except READ_ERRORS + _nibabel_errors() as exc:
+        raise ValueError(f"could not read image {path}: {_problem(exc)}") from None
+    return data, geometry
 
 
 # What tifffile, nibabel, zlib and gzip raise for a damaged file (nibabel's own errors are added
 # by `_nibabel_errors` when it is installed).
-READ_ERRORS = (OSError, ValueError, KeyError, IndexError, EOFError, zlib.error)
+READ_ERRORS = (OSError, ValueError, KeyError, IndexError, EOFError, struct.error, zlib.error)
 
 
 def _nibabel_errors() -> tuple:
@@ -68,7 +114,7 @@ def _nibabel_errors() -> tuple:
 
 def _problem(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, (EOFError, zlib.error)) or "not enough data" in text:
+    if isinstance(exc, (EOFError, zlib.error, struct.error)) or "not enough data" in text:
         return f"the file is truncated or damaged ({text})"
     return text
 
@@ -97,16 +143,16 @@ def tifffile_damage_raises() -> Iterator[None]:
         raise ValueError(f"the file is truncated or damaged ({records.messages[0]})")
 
 
-def _read_tiff(path: Path) -> tuple[object, Spacing]:
+def _read_tiff(path: Path, require_stack: bool) -> tuple[object, "ImageGeometry"]:
     import tifffile
 
     with tifffile_damage_raises(), tifffile.TiffFile(path) as tif:
         series = tif.series[0]
-        spacing = tiff_geometry(tif, series).zyx_spacing()
+        geometry = tiff_geometry(tif, series)
         # Trailing S: interleaved samples (RGB) of one 2-D image. A leading S is how tifffile reads a
         # plain 3- or 4-plane stack written without metadata, so that counts as slices.
         planes = series.ndim - series.axes.endswith("S")
-        if planes < 3:
+        if require_stack and planes < 3:
             raise ValueError(f"it holds one 2-D image of shape {series.shape}, not a stack")
     try:
         data = tifffile.memmap(path)  # uncompressed, contiguous: no copy at all
@@ -114,7 +160,7 @@ def _read_tiff(path: Path) -> tuple[object, Spacing]:
         import zarr
 
         data = zarr.open(tifffile.imread(path, aszarr=True), mode="r")  # compressed: read by chunk
-    return data, spacing
+    return data, geometry
 
 
 @dataclass
@@ -235,7 +281,7 @@ def nifti_geometry(image, ndim: int = 3) -> tuple[tuple[float, ...], tuple[float
     return tuple(zooms[::-1]), tuple(origin[::-1])
 
 
-def _read_nifti(path: Path) -> tuple[object, Spacing]:
+def _read_nifti(path: Path) -> tuple[object, "ImageGeometry"]:
     import dask.array as da
     import nibabel as nib
 
@@ -247,8 +293,11 @@ def _read_nifti(path: Path) -> tuple[object, Spacing]:
     chunks = (proxy.shape[0], proxy.shape[1], 1) + tuple(proxy.shape[3:])
     data = da.from_array(proxy, chunks=chunks, asarray=True)
     order = (2, 1, 0) + tuple(range(3, data.ndim))
-    spacing, _ = nifti_geometry(image, 3)
-    return data.transpose(order), spacing
+    spacing, origin = nifti_geometry(image, 3)
+    extra = data.ndim - 3  # e.g. time last, as nibabel stores it
+    unit = {"micron": "µm", "unknown": None}.get(*(image.header.get_xyzt_units()[0],) * 2)
+    geometry = ImageGeometry("ZYX" + "Q" * extra, spacing + (1.0,) * extra, origin + (0.0,) * extra, unit)
+    return data.transpose(order), geometry
 
 
 def write_labels(path: PathLike, labels: np.ndarray, spacing: Spacing | None = None) -> Path:

@@ -21,9 +21,7 @@ import json
 import os
 import secrets
 import shutil
-import struct
 import warnings
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ import numpy as np
 from .._types import PathLike
 from ..atomic import TEMP_MARK, atomic_write, check_writable_path
 from ..errors import MobileSamError
+from .io import READ_ERRORS, _nibabel_errors, _problem
 
 SIDECAR_SUFFIX = ".mobilesam.json"
 SIDECAR_FORMAT = "mobilesam-segmentation"
@@ -343,8 +342,8 @@ def load_segmentation(path: PathLike) -> Segmentation:
         labels = np.asarray(labels)
     except SegmentationFileError:
         raise
-    except _read_errors() as exc:
-        raise SegmentationFileError(f"could not read {path}: {_damage(exc)}") from None
+    except READ_ERRORS + (TypeError,) + _nibabel_errors() as exc:
+        raise SegmentationFileError(f"could not read {path}: {_problem(exc)}") from None
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
         raise SegmentationFileError(f"{path} holds {labels.dtype} data, not integer labels")
     if labels.ndim not in (2, 3):
@@ -391,24 +390,6 @@ def _check_sidecar(side: Path, recorded: dict, labels: np.ndarray) -> None:
 
 def _few(ids: list[int]) -> str:
     return str(ids) if len(ids) <= 10 else f"{ids[:10]} and {len(ids) - 10} more"
-
-
-def _read_errors() -> tuple:
-    errors = (OSError, ValueError, KeyError, IndexError, EOFError, TypeError, struct.error, zlib.error)
-    try:
-        from nibabel.filebasedimages import ImageFileError
-
-        errors += (ImageFileError,)
-    except ImportError:
-        pass
-    return errors
-
-
-def _damage(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    if isinstance(exc, (EOFError, zlib.error)) or "not enough data" in text or "truncat" in text.lower():
-        return f"the file is truncated or damaged ({text})"
-    return text
 
 
 def _read_any_tiff(path: Path) -> tuple[np.ndarray, Geometry, Geometry]:
