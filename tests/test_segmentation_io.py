@@ -229,3 +229,92 @@ def test_sidecar_that_does_not_match_its_labels(tmp_path):
     side.write_text(json.dumps({"objects": []}))
     with pytest.raises(SegmentationFileError, match="not a MobileSAM segmentation sidecar"):
         load_segmentation(path)
+
+
+# ------------------------------------------------------------------------------- reading images
+
+
+def test_read_image_keeps_tiff_axes_and_geometry(tmp_path):
+    from mobilesam.volume.io import read_image
+
+    stack = np.arange(2 * 4 * 16 * 24, dtype=np.uint16).reshape(4, 2, 16, 24)  # Z, C, Y, X
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(
+        path,
+        stack,
+        imagej=True,
+        resolution=(1 / 0.3, 1 / 0.3),
+        metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "um", "xorigin": 10.0},
+    )
+    data, geometry = read_image(path)
+    assert geometry.axes == "ZCYX" and geometry.unit == "µm"
+    assert geometry.spacing == pytest.approx((1.5, 1.0, 0.3, 0.3))
+    assert geometry.origin == pytest.approx((0.0, 0.0, 0.0, -3.0))
+    np.testing.assert_array_equal(np.asarray(data), stack)
+
+    ome = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(
+        ome, stack[:, 0], ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeZ": 0.9}
+    )
+    data, geometry = read_image(ome)
+    assert geometry.axes == "ZYX" and geometry.spacing == pytest.approx((0.9, 1.0, 0.2))
+
+    # A truncated OME-TIFF whose metadata lies past the cut: tifffile only logs that; we raise.
+    whole = ome.read_bytes()
+    ome.write_bytes(whole[: len(whole) - 200])
+    with pytest.raises(ValueError, match=r"could not read image .*cells\.ome\.tif: the file is truncated"):
+        read_image(ome)
+
+
+def test_dicom_series_is_ordered_by_position_with_spacing(tmp_path):
+    from mobilesam.testing import write_dicom_series
+    from mobilesam.volume.dicom import read_dicom_series
+    from mobilesam.volume.io import read_image
+
+    volume = np.random.default_rng(0).integers(-1000, 1000, (6, 16, 20)).astype(np.int16)
+    files = write_dicom_series(
+        tmp_path / "ct", volume, (2.5, 0.7, 0.6), origin=(-40.0, 12.0, -8.0), file_order=[3, 0, 5, 1, 4, 2]
+    )
+    series = read_dicom_series(tmp_path / "ct")
+    np.testing.assert_array_equal(series.data, volume)  # in HU: RescaleIntercept applied
+    assert series.spacing == pytest.approx((2.5, 0.7, 0.6))
+    assert series.origin == pytest.approx((-40.0, 12.0, -8.0))
+    assert [p.name for p in series.files] == [files[i].name for i in (1, 3, 5, 0, 4, 2)]
+
+    data, geometry = read_image(list(reversed(files)))  # a selection of files, in any order
+    np.testing.assert_array_equal(data, volume)
+    assert geometry.axes == "ZYX" and geometry.spacing == pytest.approx((2.5, 0.7, 0.6))
+    one, geometry = read_image(files[0])  # one file: that slice
+    np.testing.assert_array_equal(one, volume[3])
+    assert geometry.spacing == pytest.approx((0.7, 0.6))
+
+
+def test_bad_dicom_series(tmp_path):
+    from mobilesam.testing import write_dicom_series
+    from mobilesam.volume.dicom import DicomSeriesError, read_dicom_series
+
+    volume = np.zeros((5, 8, 8), np.int16)
+    files = write_dicom_series(tmp_path / "gap", volume, (2.0, 0.5, 0.5))
+    files[2].unlink()
+    with pytest.raises(
+        DicomSeriesError, match=r"1 missing slice\(s\): IM0001\.dcm at 2 and IM0003\.dcm at 6"
+    ):
+        read_dicom_series(tmp_path / "gap")
+
+    write_dicom_series(tmp_path / "mixed", volume, (2.0, 0.5, 0.5))
+    write_dicom_series(tmp_path / "mixed", volume[:2], (1.0, 0.5, 0.5), first_file=10)
+    with pytest.raises(DicomSeriesError, match=r"mixed mixes 2 DICOM series .*5 files.*2 files"):
+        read_dicom_series(tmp_path / "mixed")
+
+    files = write_dicom_series(tmp_path / "cut", volume, (2.0, 0.5, 0.5))
+    whole = files[3].read_bytes()
+    files[3].write_bytes(whole[: len(whole) - 40])
+    with pytest.raises(DicomSeriesError, match=r"IM0003\.dcm"):
+        read_dicom_series(tmp_path / "cut")
+    files[3].write_bytes(b"not a dicom file" * 20)
+    with pytest.raises(DicomSeriesError, match=r"could not read DICOM file .*IM0003\.dcm"):
+        read_dicom_series(tmp_path / "cut")
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DicomSeriesError, match=r"empty holds no DICOM files"):
+        read_dicom_series(tmp_path / "empty")
