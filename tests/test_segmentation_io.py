@@ -173,6 +173,8 @@ def test_unwritable_targets_and_bad_arguments(tmp_path):
         save_segmentation(tmp_path / "cells.tif", make_labels(), spacing=(1.0, 1.0))
     with pytest.raises(SegmentationFileError, match="positive"):
         save_segmentation(tmp_path / "cells.tif", make_labels(), spacing=(1.0, 0.0, 1.0))
+    with pytest.raises(SegmentationFileError, match=r"a_file.*is a file, not a folder"):
+        save_segmentation(tmp_path / "a_file" / "cells.ome.zarr", make_labels())
     assert sorted(os.listdir(tmp_path)) == ["a_file", "folder.tif"]
 
 
@@ -269,7 +271,7 @@ def test_read_image_keeps_tiff_axes_and_geometry(tmp_path):
 def test_dicom_series_is_ordered_by_position_with_spacing(tmp_path):
     from mobilesam.testing import write_dicom_series
     from mobilesam.volume.dicom import read_dicom_series
-    from mobilesam.volume.io import read_image
+    from mobilesam.volume.io import read_image, read_volume
 
     volume = np.random.default_rng(0).integers(-1000, 1000, (6, 16, 20)).astype(np.int16)
     files = write_dicom_series(
@@ -284,6 +286,9 @@ def test_dicom_series_is_ordered_by_position_with_spacing(tmp_path):
     data, geometry = read_image(list(reversed(files)))  # a selection of files, in any order
     np.testing.assert_array_equal(data, volume)
     assert geometry.axes == "ZYX" and geometry.spacing == pytest.approx((2.5, 0.7, 0.6))
+    data, spacing = read_volume(tmp_path / "ct")  # what the CLI's `mobilesam volume` reads
+    np.testing.assert_array_equal(data, volume)
+    assert spacing == pytest.approx((2.5, 0.7, 0.6))
     one, geometry = read_image(files[0])  # one file: that slice
     np.testing.assert_array_equal(one, volume[3])
     assert geometry.spacing == pytest.approx((0.7, 0.6))

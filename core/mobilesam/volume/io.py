@@ -39,15 +39,21 @@ def _suffix(path: Path) -> str:
 
 
 def read_volume(path: PathLike) -> tuple[object, Spacing]:
-    """Open a TIFF stack or NIfTI file lazily: (array-like in (Z, Y, X[, C]) order, (dz, dy, dx))."""
+    """Open a TIFF stack or NIfTI file lazily, or a DICOM series folder:
+    (array-like in (Z, Y, X[, C]) order, (dz, dy, dx))."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"volume {path} does not exist")
-    if not path.is_file():
-        raise ValueError(f"volume {path} is not a file")
+    if path.is_dir():  # a folder of DICOM slices (read whole: series are small next to TIFF stacks)
+        from .dicom import read_dicom_series
+
+        series = read_dicom_series(path)
+        return series.data, series.spacing
     suffix = _suffix(path)
     if suffix not in TIFF_SUFFIXES + NIFTI_SUFFIXES:
-        raise ValueError(f"volume {path} must be a TIFF stack (.tif, .tiff) or NIfTI (.nii, .nii.gz)")
+        raise ValueError(
+            f"volume {path} must be a TIFF stack (.tif, .tiff), NIfTI (.nii, .nii.gz) or a folder of DICOM slices"
+        )
     try:
         if suffix in TIFF_SUFFIXES:
             data, geometry = _read_tiff(path, require_stack=True)

@@ -202,7 +202,7 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
     under a temp name until the new one is in place, and put back if the swap fails)."""
     if path.exists() and not path.is_dir():
         raise SegmentationFileError(f"could not save {path}: a file of that name is in the way")
-    check_writable_path(path.parent / "probe", what="output folder")
+    check_writable_path(sidecar_path(path))  # a file next to the folder: checks its parent folders
     path.parent.mkdir(parents=True, exist_ok=True)
     token = f"{TEMP_MARK}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp = path.with_name(f".{path.name}.{token}{path.suffix}")
