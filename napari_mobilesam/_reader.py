@@ -97,8 +97,22 @@ def _image_layer(path, name: str) -> tuple:
         channel = axes.index("C")
         meta["channel_axis"] = channel
         del scale[channel], translate[channel]
+        axes = axes.replace("C", "")
     meta.update(scale=tuple(scale), translate=tuple(translate))
+    if set(axes) <= set("ZYX"):  # a length unit fits every axis (not time, not a plain index)
+        meta.update(_units(geometry.unit))
     return data, meta, "image"
+
+
+def _units(unit: str | None) -> dict:
+    """napari's `units` for a file's length unit ('µm' -> 'micrometer'), or nothing (pixels)."""
+    from mobilesam.volume.io import UNITS, unit_symbol
+
+    try:
+        symbol = unit_symbol(unit)
+    except ValueError:
+        return {}  # a unit we do not know: leave napari's default
+    return {"units": UNITS[symbol][3]} if symbol else {}
 
 
 def _labels_layer(path: Path) -> tuple:
@@ -110,5 +124,6 @@ def _labels_layer(path: Path) -> tuple:
         "scale": segmentation.spacing,
         "translate": segmentation.origin,
         "metadata": {"mobilesam": segmentation.sidecar},
+        **_units(segmentation.unit),
     }
     return segmentation.labels, meta, "labels"

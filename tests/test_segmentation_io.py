@@ -88,7 +88,7 @@ def test_round_trip_keeps_labels_geometry_and_sidecar(tmp_path, name, kind):
     assert on_disk["label_image"]["dtype"] == "uint8"  # smallest type that holds id 12
 
     loaded = load_segmentation(path)
-    assert isinstance(loaded, Segmentation) and loaded.path == path
+    assert isinstance(loaded, Segmentation) and loaded.path == path and loaded.unit == "µm"
     np.testing.assert_array_equal(loaded.labels, labels)
     assert loaded.spacing == pytest.approx(SPACING) and loaded.origin == pytest.approx(ORIGIN)
     assert loaded.sidecar["objects"] == sidecar["objects"]
@@ -115,6 +115,21 @@ def test_two_d_labels_and_ids_beyond_imagej_16_bits(tmp_path):
     assert loaded.sidecar["label_image"]["ids"] == [3, 7, 12, 70_000]
 
 
+def test_units_other_than_micrometres(tmp_path):
+    import nibabel as nib
+
+    labels = make_labels()
+    for name in ("ct.nii.gz", "ct.tif", "ct.ome.tif", "ct.zarr"):
+        path = save_segmentation(tmp_path / name, labels, spacing=(3.0, 0.7, 0.7), unit="millimeter")
+        assert load_segmentation(path).unit == "mm"
+    assert nib.load(str(tmp_path / "ct.nii.gz")).header.get_xyzt_units()[0] == "mm"
+    with tifffile.TiffFile(tmp_path / "ct.tif") as tif:
+        assert tif.imagej_metadata["unit"] == "mm"
+    assert load_segmentation(save_segmentation(tmp_path / "default.tif", labels)).unit == "µm"
+    with pytest.raises(SegmentationFileError, match="unknown length unit 'furlong'"):
+        save_segmentation(tmp_path / "x.tif", labels, unit="furlong")
+
+
 def test_saving_without_sidecar_removes_a_stale_one_and_zarr_is_replaced_whole(tmp_path):
     path = tmp_path / "cells.zarr"
     save_segmentation(path, make_labels(), spacing=SPACING, sidecar={"objects": []})
@@ -137,8 +152,8 @@ def test_failed_save_keeps_the_previous_files(tmp_path, monkeypatch, name):
     kind = segmentation_io.segmentation_format(path)
     real_writer = segmentation_io._WRITERS[kind]
 
-    def write_then_fail(target, labels, spacing, origin):
-        real_writer(target, labels, spacing, origin)  # a complete file under the temp name...
+    def write_then_fail(target, *args):
+        real_writer(target, *args)  # a complete file under the temp name...
         raise OSError(28, "No space left on device")  # ...then the disk fills up
 
     monkeypatch.setitem(segmentation_io._WRITERS, kind, write_then_fail)

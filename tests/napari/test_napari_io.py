@@ -34,6 +34,7 @@ def test_tiff_and_dicom_open_with_their_voxel_size(make_napari_viewer, tmp_path)
     )
     [layer] = viewer.open(str(imagej), plugin=PLUGIN)
     assert layer.name == "stack" and layer.metadata["axes"] == "ZYX"
+    assert [str(u) for u in layer.units] == ["micrometer"] * 3
     np.testing.assert_allclose(layer.scale, (2.0, 0.5, 0.5))
     np.testing.assert_array_equal(np.asarray(layer.data), stack)
 
@@ -59,6 +60,7 @@ def test_tiff_and_dicom_open_with_their_voxel_size(make_napari_viewer, tmp_path)
     np.testing.assert_array_equal(layer.data, volume)
     np.testing.assert_allclose(layer.scale, (3.0, 0.8, 0.7))
     np.testing.assert_allclose(layer.translate, (20.0, -5.0, 4.0))
+    assert [str(u) for u in layer.units] == ["millimeter"] * 3
 
 
 @pytest.mark.parametrize("name", ["objects.tif", "objects.ome.tif", "objects.nii.gz", "objects.ome.zarr"])
@@ -70,6 +72,7 @@ def test_labels_save_and_reopen_with_spacing_and_sidecar(make_napari_viewer, tmp
         name="objects",
         scale=(2.0, 0.5, 0.25),
         translate=(1.0, 0.0, -3.0),
+        units="millimeter",
         metadata={"mobilesam": sidecar},
     )
     path = tmp_path / name
@@ -85,13 +88,14 @@ def test_labels_save_and_reopen_with_spacing_and_sidecar(make_napari_viewer, tmp
                     0.25,
                 )
             else:
-                assert tif.imagej_metadata["spacing"] == 2.0 and tif.imagej_metadata["unit"] == "um"
+                assert tif.imagej_metadata["spacing"] == 2.0 and tif.imagej_metadata["unit"] == "mm"
                 num, den = tif.pages[0].tags["XResolution"].value
                 assert den / num == pytest.approx(0.25)
     elif name.endswith(".nii.gz"):
         import nibabel as nib
 
-        assert nib.load(str(path)).header.get_zooms() == pytest.approx((0.25, 0.5, 2.0))
+        header = nib.load(str(path)).header
+        assert header.get_zooms() == pytest.approx((0.25, 0.5, 2.0)) and header.get_xyzt_units()[0] == "mm"
     assert json.loads((tmp_path / f"{name}.mobilesam.json").read_text())["objects"] == sidecar["objects"]
 
     viewer.layers.clear()
@@ -100,6 +104,7 @@ def test_labels_save_and_reopen_with_spacing_and_sidecar(make_napari_viewer, tmp
     np.testing.assert_array_equal(np.asarray(layer.data), make_labels())
     np.testing.assert_allclose(layer.scale, (2.0, 0.5, 0.25))
     np.testing.assert_allclose(layer.translate, (1.0, 0.0, -3.0))
+    assert [str(u) for u in layer.units] == ["millimeter"] * 3
     assert layer.metadata["mobilesam"]["objects"] == sidecar["objects"]
     assert layer.metadata["mobilesam"]["label_image"]["ids"] == [2, 9]
 
