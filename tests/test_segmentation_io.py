@@ -317,7 +317,8 @@ def test_bad_dicom_series(tmp_path):
     files = write_dicom_series(tmp_path / "gap", volume, (2.0, 0.5, 0.5))
     files[2].unlink()
     with pytest.raises(
-        DicomSeriesError, match=r"1 missing slice\(s\): IM0001\.dcm at 2 and IM0003\.dcm at 6"
+        DicomSeriesError,
+        match=r"series in .*gap has 1 missing slice\(s\): IM0001\.dcm at 2 and IM0003\.dcm at 6",
     ):
         read_dicom_series(tmp_path / "gap")
 

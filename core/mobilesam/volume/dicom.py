@@ -154,7 +154,7 @@ def _even_step(slices: list[_Slice]) -> float:
             missing = round(gap / step) - 1
             what = f"{missing} missing slice(s)" if missing >= 1 else "uneven spacing"
             raise DicomSeriesError(
-                f"DICOM series has {what}: {a.path.name} at {a.position:g} and {b.path.name} at "
+                f"DICOM series in {a.path.parent} has {what}: {a.path.name} at {a.position:g} and {b.path.name} at "
                 f"{b.position:g} are {gap:g} apart, the other slices {step:g}"
             )
     return step
