@@ -283,6 +283,20 @@ def test_read_image_keeps_tiff_axes_and_geometry(tmp_path):
         read_image(ome)
 
 
+def write_non_image_dicom(path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+
+
 def test_dicom_series_is_ordered_by_position_with_spacing(tmp_path):
     from mobilesam.testing import write_dicom_series
     from mobilesam.volume.dicom import read_dicom_series
@@ -292,6 +306,7 @@ def test_dicom_series_is_ordered_by_position_with_spacing(tmp_path):
     files = write_dicom_series(
         tmp_path / "ct", volume, (2.5, 0.7, 0.6), origin=(-40.0, 12.0, -8.0), file_order=[3, 0, 5, 1, 4, 2]
     )
+    write_non_image_dicom(tmp_path / "ct" / "DICOMDIR")  # skipped in a folder
     series = read_dicom_series(tmp_path / "ct")
     np.testing.assert_array_equal(series.data, volume)  # in HU: RescaleIntercept applied
     assert series.spacing == pytest.approx((2.5, 0.7, 0.6))
@@ -336,6 +351,9 @@ def test_bad_dicom_series(tmp_path):
     with pytest.raises(DicomSeriesError, match=r"could not read DICOM file .*IM0003\.dcm"):
         read_dicom_series(tmp_path / "cut")
 
+    write_non_image_dicom(tmp_path / "report.dcm")
+    with pytest.raises(DicomSeriesError, match=r"report\.dcm has no PixelData"):
+        read_dicom_series([tmp_path / "report.dcm", files[0]])
     (tmp_path / "empty").mkdir()
     with pytest.raises(DicomSeriesError, match=r"empty holds no DICOM files"):
         read_dicom_series(tmp_path / "empty")
