@@ -11,6 +11,7 @@ Offered next to napari's own readers (napari asks which to use, or uses the user
 Parsing is the core's (`mobilesam.volume.read_image`, `load_segmentation`), shared with the CLI.
 """
 
+import itertools
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,9 +20,6 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_SUFFIXES = (".dcm",)
 ZARR_SUFFIXES = (".zarr",)
-SIDECAR_SUFFIX = (
-    ".mobilesam.json"  # mobilesam.volume.segmentation_io.SIDECAR_SUFFIX (not imported: keeps this cheap)
-)
 
 
 def napari_get_reader(path: str | list) -> Callable | None:
@@ -42,14 +40,18 @@ def _readable(path: Path) -> bool:
 
 
 def _has_sidecar(path: Path) -> bool:
-    return path.with_name(path.name + SIDECAR_SUFFIX).is_file()
+    from mobilesam.volume.segmentation_io import sidecar_path
+
+    return sidecar_path(path).is_file()
 
 
 def _holds_dicom(folder: Path) -> bool:
+    """A DICOM file among the folder's first 64 entries (napari asks every reader about every
+    folder opened: a folder of 10,000 PNGs must not be read file by file)."""
     from mobilesam.volume.dicom import is_dicom_file
 
     try:
-        return any(p.is_file() and is_dicom_file(p) for p in folder.iterdir())
+        return any(p.is_file() and is_dicom_file(p) for p in itertools.islice(folder.iterdir(), 64))
     except OSError:
         return False
 

@@ -110,10 +110,6 @@ def test_labels_save_and_reopen_with_spacing_and_sidecar(make_napari_viewer, tmp
 
 
 def test_bad_files_and_targets_report_the_file_and_keep_the_layers(make_napari_viewer, tmp_path):
-    from mobilesam.volume import segmentation_io
-    from napari_mobilesam import _reader
-
-    assert _reader.SIDECAR_SUFFIX == segmentation_io.SIDECAR_SUFFIX  # duplicated to keep the reader light
     viewer = make_napari_viewer()
     labels = viewer.add_labels(make_labels(), name="objects", scale=(2.0, 0.5, 0.5))
     saved = tmp_path / "objects.tif"
