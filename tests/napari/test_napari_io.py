@@ -53,9 +53,12 @@ def test_tiff_and_dicom_open_with_their_voxel_size(make_napari_viewer, tmp_path)
         np.testing.assert_array_equal(np.asarray(layer.data), stack + channel)
 
     volume = np.random.default_rng(1).integers(-500, 500, (5, 12, 14)).astype(np.int16)
-    write_dicom_series(
+    files = write_dicom_series(
         tmp_path / "ct", volume, (3.0, 0.8, 0.7), origin=(20.0, -5.0, 4.0), file_order=[4, 2, 0, 3, 1]
     )
+    # Selected slice files, stacked, give the same volume as their folder.
+    [stacked] = viewer.open([str(f) for f in files], stack=True, plugin=PLUGIN)
+    np.testing.assert_array_equal(stacked.data, volume)
     [layer] = viewer.open(str(tmp_path / "ct"), plugin=PLUGIN)
     np.testing.assert_array_equal(layer.data, volume)
     np.testing.assert_allclose(layer.scale, (3.0, 0.8, 0.7))

@@ -316,6 +316,7 @@ def _write_ome_zarr(path: Path, labels: np.ndarray, spacing: Geometry, origin: G
         scale=dict(zip(axes, spacing)),
         axes_units=dict.fromkeys(axes, UNITS[unit][3]),
         name="labels",
+        storage_options={"chunks": (1,) * (labels.ndim - 2) + labels.shape[-2:]},  # a chunk per slice
     )
     # ome-zarr's `scale=` always writes a zero translation: put the origin in.
     attrs = group.attrs.asdict()
