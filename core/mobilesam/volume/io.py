@@ -77,8 +77,8 @@ def read_image(path: PathLike | Sequence[PathLike]) -> tuple[object, "ImageGeome
 
     if not isinstance(path, (str, Path)):
         paths = [Path(p) for p in path]
-        volume = read_dicom_series(paths) if len(paths) > 1 else None
-        if volume is not None:
+        if len(paths) > 1:  # several files: the slices of one DICOM series
+            volume = read_dicom_series(paths)
             return volume.data, ImageGeometry("ZYX", volume.spacing, volume.origin, "mm")
         path = paths[0]
     path = Path(path)
