@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ._common import progress_bar
 from .distill import IMAGES_HELP, check_image_size
 

@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ._common import add_model_arguments, load_model_from_args
 from .tiled import add_tiling_arguments, run_everything_tiled, wants_tiling
 
