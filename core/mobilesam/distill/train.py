@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..build_sam import build_sam, read_state_dict
 from ..errors import Cancelled, MobileSamError
+from ..progress import is_cancelled
 from .data import DistillDataset, EmbeddingStore, atomic_write_bytes, collate
 from .distributed import process_group
 from .layout import CHECKPOINT_NAME, DECODER_PREFIXES, METRICS_NAME, read_checkpoint
@@ -266,7 +267,7 @@ class StopRequests:
 
     def reason(self) -> str | None:
         """ "SIGTERM", "cancelled" or None, the same in every process."""
-        flags = [self.signalled.is_set(), self.cancel is not None and self.cancel.is_set()]
+        flags = [self.signalled.is_set(), is_cancelled(self.cancel)]
         if self.distributed:
             tensor = torch.tensor(flags, dtype=torch.int32, device=self.device)
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
