@@ -19,8 +19,6 @@ from importlib.metadata import EntryPoint, entry_points
 from .errors import MobileSamError, UsageError
 from .runtime import configure_allocator
 
-__all__ = ["PLUGIN_GROUP", "UsageError", "build_parser", "main"]
-
 # module name in mobilesam.commands -> the subcommands it registers
 COMMAND_MODULES = (
     "segment",
