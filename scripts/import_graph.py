@@ -7,7 +7,7 @@ functions (lazy imports still tie modules together); relative imports are resolv
 name` is an edge to `pkg.name` when that is a module, else to `pkg`. A package's `__init__` is the
 node `pkg`. Imports by string count too: `importlib.import_module("a.b")` (an f-string
 "pkg.{name}" is an edge to every module directly in pkg) and the `lazy_attributes(__name__, {...})`
-tables of PEP 562 packages. Cycles are the strongly connected components with more than one module (or a module
+tables of PEP 562 packages. Imports under `if TYPE_CHECKING:` never run and are left out. Cycles are the strongly connected components with more than one module (or a module
 importing itself). Exit status 0 either way: this is a report, tests assert what must hold.
 """
 
@@ -62,7 +62,7 @@ def imported_modules(module: str, path: Path, modules: dict[str, Path]) -> set[s
         if isinstance(target, ast.Name)
     }
     package = module if is_package else module.rpartition(".")[0]
-    for node in ast.walk(tree):
+    for node in _runtime_nodes(tree):
         if isinstance(node, ast.Call):
             for name in _string_imports(node, package, module_dicts, modules):
                 add(name)
@@ -80,6 +80,22 @@ def imported_modules(module: str, path: Path, modules: dict[str, Path]) -> set[s
                 add(candidate if candidate in modules else base)
     found.discard(module)
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING"
+
+
+def _runtime_nodes(tree: ast.AST):
+    """ast.walk, minus the bodies of `if TYPE_CHECKING:` (imports for annotations only)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            todo.extend(node.orelse)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
 
 
 def _call_name(node: ast.Call) -> str:

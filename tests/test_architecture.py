@@ -192,14 +192,16 @@ def test_core_modules_import_each_other_without_cycles():
 
 def test_import_graph_script_sees_lazy_and_string_imports(tmp_path):
     """The script counts imports inside functions, relative ones, import_module strings and PEP 562
-    tables, so a cycle hidden in any of them is still reported."""
+    tables, so a cycle hidden in any of them is still reported; `if TYPE_CHECKING:` imports never run."""
     package = tmp_path / "pkg"
     (package / "sub").mkdir(parents=True)
     (package / "__init__.py").write_text(
         "from ._lazy import lazy_attributes\n__getattr__ = lazy_attributes(__name__, {'A': 'a'})\n"
     )
     (package / "_lazy.py").write_text("")
-    (package / "a.py").write_text("def f():\n    from .sub import b\n")
+    (package / "a.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import sub\ndef f():\n    from .sub import b\n"
+    )
     (package / "sub" / "__init__.py").write_text("")
     (package / "sub" / "b.py").write_text("import importlib\nimportlib.import_module(f'pkg.sub.{name}')\n")
     (package / "sub" / "c.py").write_text("from .. import a\n")
