@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distill.data import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
     from ..distill.evaluate import evaluate
 
     check_image_size(args.image_size)

@@ -31,10 +31,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..atomic import atomic_write_bytes
 from ..build_sam import build_sam, read_state_dict
 from ..errors import Cancelled, MobileSamError
 from ..progress import is_cancelled
-from .data import DistillDataset, EmbeddingStore, atomic_write_bytes, collate
+from .data import DistillDataset, EmbeddingStore, collate
 from .distributed import process_group
 from .layout import CHECKPOINT_NAME, DECODER_PREFIXES, METRICS_NAME, read_checkpoint
 from .sources import open_source
