@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mobilesam.errors import Cancelled, MobileSamError
+from mobilesam.progress import is_cancelled
 
 from .errors import BackendError
 from .label_config import parse_label_config
@@ -82,7 +83,7 @@ class TaskJob:
         started = last_log = time.monotonic()
         logger.info("%s: %d task(s) started", self.name, len(tasks))
         for done, task in enumerate(tasks, start=1):
-            if cancel is not None and cancel.is_set():
+            if is_cancelled(cancel):
                 report.cancelled = True
                 logger.info("%s: cancelled after %d of %d tasks", self.name, done - 1, len(tasks))
                 break
@@ -120,7 +121,7 @@ class TaskJob:
         try:
             return self.work(task, stop), None
         except Cancelled:
-            if cancel is not None and cancel.is_set():
+            if is_cancelled(cancel):
                 return None, "cancelled"
             return None, f"took longer than {self.task_timeout:g} s; skipped"
         except (MobileSamError, ValueError, OSError) as exc:

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from magicgui.widgets import Label, PushButton
 
-from mobilesam.errors import Cancelled, MissingWeightsError, MobileSamError
+from mobilesam.errors import MissingWeightsError, MobileSamError
 from mobilesam.instance_segmentation import DECODER_CHECKPOINT_ENV, ais_model_types, decoder_weights_name
+from mobilesam.progress import raise_if_cancelled
 
 from ._sections import Section, _wrapping
 
@@ -142,8 +143,7 @@ def _describe_decoder_file(decoder_type: str) -> str:
 
 
 def _check(cancel) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("automatic segmentation cancelled")
+    raise_if_cancelled(cancel, "automatic segmentation cancelled")
 
 
 def attach(widget) -> AutomaticSegmentation:

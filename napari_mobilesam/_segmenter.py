@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from mobilesam.errors import Cancelled
 from mobilesam.image import to_rgb_uint8
+from mobilesam.progress import raise_if_cancelled
 from mobilesam.volume import VolumeEmbeddings
 
 from ._layers import ImageInfo
@@ -63,8 +63,7 @@ class ImageSegmenter:
         """Encode the image, or read it from the cache folder (worker thread)."""
         if self.has_embedding(0):
             return
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("embedding cancelled")
+        raise_if_cancelled(cancel, "embedding cancelled")
         if progress:
             progress(0, 1)
         self.embeddings.get(0)
@@ -154,8 +153,7 @@ class VolumeSegmenter(ImageSegmenter):
     def compute_embeddings(self, slices: Iterable[int], progress: ProgressFn = None, cancel=None) -> None:
         todo = [z for z in slices if not self.has_embedding(z)]
         for done, z in enumerate(todo):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("embedding cancelled")
+            raise_if_cancelled(cancel, "embedding cancelled")
             if progress:
                 progress(done, len(todo))
             self.embeddings.get(z)

@@ -12,7 +12,7 @@ import os
 import re
 import secrets
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -90,6 +90,13 @@ def atomic_write(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: PathLike, write: Callable[[Path], object]) -> None:
+    """Call `write(tmp_path)` then rename into place: no half-written file survives an interruption.
+    The temporary name ends in ".part", for writers that would otherwise add their own suffix."""
+    with atomic_write(path, suffix=".part") as tmp:
+        write(tmp)
 
 
 def _process_alive(pid: int) -> bool:

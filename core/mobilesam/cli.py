@@ -1,15 +1,22 @@
-"""`mobilesam` command line. Each subcommand lives in `mobilesam.commands.<module>` and exposes
-`register(subparsers)`; modules are imported lazily so `mobilesam --help` stays fast and a
-front-end's dependencies are needed only by the subcommand that starts it."""
+"""`mobilesam` command line. Built-in subcommands live in `mobilesam.commands.<module>` and expose
+`register(subparsers)`; modules are imported lazily so `mobilesam --help` stays fast.
+
+Front-ends add their own subcommands through the `mobilesam.commands` entry-point group: each entry
+point names a `register(subparsers)` callable (`NAME = "package.module:function"` in the front-end's
+pyproject.toml, NAME being the subcommand), so the core never imports a front-end. A plugin that
+fails to load is skipped with a warning naming it; the other commands keep working.
+"""
 
 import argparse
 import importlib
 import re
 import sys
+import warnings
 import zlib
 from collections.abc import Sequence
+from importlib.metadata import EntryPoint, entry_points
 
-from .errors import MobileSamError
+from .errors import MobileSamError, UsageError
 from .runtime import configure_allocator
 
 # module name in mobilesam.commands -> the subcommands it registers
@@ -22,14 +29,11 @@ COMMAND_MODULES = (
     "distill",
     "evaluate",
     "onnx",
-    "serve",
-    "labelstudio",
     "info",
 )
 
-
-class UsageError(MobileSamError):
-    """Bad command-line arguments: reported as a usage error (exit 2), not a traceback."""
+# Entry-point group through which installed packages contribute subcommands.
+PLUGIN_GROUP = "mobilesam.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +47,41 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # subcommand not part of this build
             raise
         module.register(subparsers)
+    for plugin in plugin_commands():
+        register_plugin(subparsers, plugin)
     return parser
+
+
+def plugin_commands() -> list[EntryPoint]:
+    """The installed `mobilesam.commands` entry points, by name (one per name: the first found)."""
+    unique: dict[str, EntryPoint] = {}
+    for plugin in entry_points(group=PLUGIN_GROUP):
+        unique.setdefault(plugin.name, plugin)
+    return [unique[name] for name in sorted(unique)]
+
+
+def register_plugin(subparsers, plugin: EntryPoint) -> bool:
+    """Add one plugin's subcommand(s); a plugin that is broken or clashes with a command is skipped
+    with a warning naming it, so one bad package never takes the whole CLI down."""
+    source = f"{plugin.name} = {plugin.value}"
+    if plugin.name in subparsers.choices:
+        warnings.warn(
+            f"mobilesam: command plugin {source!r} skipped: a command {plugin.name!r} already exists",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    try:
+        plugin.load()(subparsers)
+    except Exception as exc:  # a plugin's bug must not break `mobilesam --help`
+        warnings.warn(
+            f"mobilesam: command plugin {source!r} failed to load and is skipped: "
+            f"{type(exc).__name__}: {exc}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
 
 
 # Options whose value is a list of coordinates; "-5,3" after them is a value, not an option.

@@ -15,3 +15,8 @@ class MissingWeightsError(MobileSamError, FileNotFoundError):
 
 class Cancelled(MobileSamError):
     """Long work (embedding a volume, propagation, training) was cancelled by the caller."""
+
+
+class UsageError(MobileSamError):
+    """Bad command-line arguments: the `mobilesam` CLI reports it as a usage error (exit 2), not a
+    traceback. Here rather than in `mobilesam.cli` so that subcommands never import the CLI."""

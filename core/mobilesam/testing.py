@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import atomic_write
 from .build_sam import build_sam
 
 
@@ -20,9 +21,8 @@ def save_random_checkpoint(
     model = build_sam(model_type, image_size=image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)  # never leave a half-written checkpoint behind
+    with atomic_write(path, suffix=".part") as tmp:  # never leave a half-written checkpoint behind
+        torch.save(model.state_dict(), tmp)
     return path
 
 

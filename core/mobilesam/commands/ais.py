@@ -39,7 +39,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import UsageError
+    from ..errors import UsageError
     from ..image import to_rgb_uint8
     from ..instance_segmentation import AISParameters, InstanceSegmenter
     from ..io import read_image, write_image

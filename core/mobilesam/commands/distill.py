@@ -11,7 +11,7 @@ import argparse
 import os
 
 from ..build_sam import MODEL_TYPES
-from ..cli import UsageError
+from ..errors import UsageError
 from ._common import progress_bar
 
 

@@ -4,7 +4,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ._common import progress_bar
 from .distill import IMAGES_HELP, check_image_size
 
@@ -42,7 +42,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distill.data import atomic_write_bytes
+    from ..atomic import atomic_write_bytes
     from ..distill.evaluate import evaluate
 
     check_image_size(args.image_size)

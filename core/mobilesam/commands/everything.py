@@ -4,8 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import UsageError
-from ._common import add_model_arguments, load_model_from_args
+from ..errors import UsageError
+from ._common import add_model_arguments, load_model_from_args, progress_bar
 from .tiled import add_tiling_arguments, run_everything_tiled, wants_tiling
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
@@ -95,8 +95,6 @@ def non_negative_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
     from .. import SamAutomaticMaskGenerator
     from ..atomic import check_writable_path
     from ..image import to_rgb_uint8
@@ -123,12 +121,7 @@ def run(args: argparse.Namespace) -> int:
         min_mask_region_area=args.min_region_area,
         output_mode="binary_mask",
     )
-    with tqdm(desc="segment everything", unit="step") as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
+    with progress_bar("segment everything", "step") as (progress, _):
         records = generator.generate(image, progress=progress)
 
     labels = records_to_label_image(records, shape=image.shape[:2], order=args.order)

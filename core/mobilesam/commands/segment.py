@@ -4,7 +4,7 @@ import argparse
 
 import numpy as np
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ._common import add_model_arguments, load_model_from_args
 
 

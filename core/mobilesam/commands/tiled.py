@@ -13,7 +13,7 @@ import contextlib
 import functools
 from pathlib import Path
 
-from ..cli import UsageError
+from ..errors import UsageError
 from ._common import progress_bar
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".zarr")

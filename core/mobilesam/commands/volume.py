@@ -15,8 +15,7 @@ Several --prompt for one object on different slices fill the volume between them
 import argparse
 from pathlib import Path
 
-from ..cli import UsageError
-from ..errors import MobileSamError
+from ..errors import MobileSamError, UsageError
 from ._common import add_model_arguments, progress_bar
 from .tiled import add_tiling_arguments, run_embed_tiled, wants_tiling
 

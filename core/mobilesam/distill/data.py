@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .._types import PathLike
-from ..atomic import atomic_write
+from ..atomic import atomic_write_bytes
 from ..errors import MobileSamError
 from ..image import to_rgb_uint8
 from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide
@@ -47,12 +47,6 @@ def preprocessing_description(image_size: int) -> dict:
         "pixel_std": list(PIXEL_STD),
         "pad": "zeros after normalisation, bottom/right, to a square",
     }
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call `write(tmp_path)` then rename into place: no half-written file survives an interruption."""
-    with atomic_write(path, suffix=".part") as tmp:
-        write(tmp)
 
 
 def plan_chunks(names: list[str], chunk_size: int) -> dict[str, list[str]]:

@@ -10,7 +10,7 @@ of points (duplicates dropped).
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -18,9 +18,10 @@ import torch
 
 from .._types import PathLike
 from ..build_sam import build_sam, detect_model_type, read_state_dict
-from ..errors import Cancelled, CheckpointError
+from ..errors import CheckpointError
 from ..image import to_rgb_uint8
 from ..predictor import SamPredictor
+from ..progress import ProgressCallback, raise_if_cancelled
 from .sources import annotation_masks, open_source
 
 PROMPTS = ("point", "box")
@@ -130,7 +131,7 @@ def evaluate(
     seed: int = 0,
     device: str | None = None,
     max_images: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> EvaluationResult:
     """mIoU of `model`'s masks against `reference`'s on up to `n` objects per image.
@@ -149,8 +150,7 @@ def evaluate(
     times: dict[str, list[float]] = {"model": [], "reference": []}
     origins = set()
     for done, name in enumerate(names):
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("evaluation cancelled")
+        raise_if_cancelled(cancel, "evaluation cancelled")
         image = to_rgb_uint8(source.read(name))
         annotations = source.annotations(name)
         times["reference"].append(timed_set_image(teacher, image))

@@ -5,9 +5,9 @@ from pathlib import Path
 import torch
 
 from .._types import PathLike
+from ..atomic import atomic_write_bytes
 from ..build_sam import build_sam, read_state_dict
 from ..errors import CheckpointError, MobileSamError
-from .data import atomic_write_bytes
 from .layout import CHECKPOINT_NAME, DECODER_PREFIXES, read_checkpoint
 
 

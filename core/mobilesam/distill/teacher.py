@@ -7,7 +7,7 @@ loses at most the chunks in progress: rerunning recomputes only chunks that are 
 """
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -16,7 +16,8 @@ import torch
 
 from .._types import PathLike
 from ..build_sam import build_sam, detect_model_type, read_state_dict
-from ..errors import Cancelled, MobileSamError
+from ..errors import MobileSamError
+from ..progress import ProgressCallback, raise_if_cancelled
 from ..weights import resolve_checkpoint, sha256sum
 from .data import EmbeddingStore, plan_chunks, preprocessing_description, resize_image
 from .distributed import process_group
@@ -92,7 +93,7 @@ def embed_teacher(
     num_workers: int = 2,
     chunk_size: int = 256,
     precision: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
 ) -> dict:
     """Store the teacher's (256, S/16, S/16) embedding of every image of `images` (a folder or tar shards).
@@ -208,8 +209,7 @@ def encode_chunks(
     rows: list[np.ndarray] = []
     done = 0
     for images in loader:
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("teacher embedding cancelled; rerun to resume")
+        raise_if_cancelled(cancel, "teacher embedding cancelled; rerun to resume")
         batch = torch.stack([model.preprocess(image.to(model.device, non_blocking=True)) for image in images])
         if autocast is not None:
             with autocast:

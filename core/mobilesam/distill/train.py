@@ -31,9 +31,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..atomic import atomic_write_bytes
 from ..build_sam import build_sam, read_state_dict
 from ..errors import Cancelled, MobileSamError
-from .data import DistillDataset, EmbeddingStore, atomic_write_bytes, collate
+from ..progress import is_cancelled
+from .data import DistillDataset, EmbeddingStore, collate
 from .distributed import process_group
 from .layout import CHECKPOINT_NAME, DECODER_PREFIXES, METRICS_NAME, read_checkpoint
 from .sources import open_source
@@ -266,7 +268,7 @@ class StopRequests:
 
     def reason(self) -> str | None:
         """ "SIGTERM", "cancelled" or None, the same in every process."""
-        flags = [self.signalled.is_set(), self.cancel is not None and self.cancel.is_set()]
+        flags = [self.signalled.is_set(), is_cancelled(self.cancel)]
         if self.distributed:
             tensor = torch.tensor(flags, dtype=torch.int32, device=self.device)
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)

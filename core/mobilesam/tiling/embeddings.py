@@ -16,12 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from ..predictor import EmbeddingState
+from ..progress import ProgressCallback, raise_if_cancelled
 from ..volume.embeddings import VolumeEmbeddings
 from .grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE, Tile, TileGrid
-from .scheduling import Progress, cached_instance, run_tiles
+from .scheduling import cached_instance, run_tiles, tile_progress
 from .source import ImageSpec, LazyImage, open_image
-
-ProgressCallback = Callable[[int, int], None]
 
 
 class _TileStack:
@@ -116,13 +115,10 @@ class TiledEmbeddings:
         progress(done, total) after each tile; setting `cancel` raises `mobilesam.errors.Cancelled`
         (finished tiles stay cached). Without a cache folder only the last `max_in_memory` stay.
         """
-        from ..errors import Cancelled
-
         tiles = list(range(len(self.grid))) if tiles is None else [_index(t) for t in tiles]
         before = self.encoder_calls
         for done, index in enumerate(tiles):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"tile embedding stopped after {done} of {len(tiles)} tiles")
+            raise_if_cancelled(cancel, f"tile embedding stopped after {done} of {len(tiles)} tiles")
             self.get(index)
             if progress is not None:
                 progress(done + 1, len(tiles))
@@ -165,7 +161,7 @@ def embed_tiles(
     arguments = [
         (spec, predictor_factory, str(cache_dir), model_id, tile_shape, halo, i) for i in range(len(grid))
     ]
-    encoded = run_tiles(client, _embed_tile, arguments, Progress(len(grid), progress, cancel))
+    encoded = run_tiles(client, _embed_tile, arguments, tile_progress(len(grid), progress, cancel))
     return int(sum(encoded)), len(grid)
 
 

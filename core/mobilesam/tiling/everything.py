@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import MobileSamError
 from ..mask_outputs import records_to_label_image
 from .grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE, TileGrid
-from .scheduling import Progress, cached_instance, run_tiles
+from .scheduling import cached_instance, run_tiles, tile_progress
 from .source import ImageSpec
 
 BORDER_MATCH = 0.5  # labels touching across a border along this fraction of the shorter run are one object
@@ -94,7 +95,7 @@ def segment_everything_tiled(
     try:
         store = _create_label_store(work / ("labels.zarr" if suffix != ".zarr" else output.name), grid)
         total = 2 * len(grid)
-        ticker = Progress(total, progress, cancel)
+        ticker = tile_progress(total, progress, cancel)
         cache = (
             embeddings
             if embeddings is not None
@@ -330,9 +331,7 @@ def _write_tiff(store: Path, output: Path, count: int) -> None:
                 block[: data.shape[0], : data.shape[1]] = data
                 yield block
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=output.suffix, dir=output.parent)
-    os.close(fd)
-    try:
+    with atomic_write(output) as tmp:
         tifffile.imwrite(
             tmp,
             tiles(),
@@ -343,7 +342,3 @@ def _write_tiff(store: Path, output: Path, count: int) -> None:
             bigtiff=h * w * 4 > 2**31,
             photometric="minisblack",
         )
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

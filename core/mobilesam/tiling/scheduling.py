@@ -8,12 +8,8 @@ task rerun after a lost worker rewrites the same chunks; the model is built once
 import hashlib
 import pickle
 import threading
-from collections.abc import Callable
 
-from ..errors import Cancelled
-
-ProgressCallback = Callable[[int, int], None]
-
+from ..progress import Progress, ProgressCallback
 
 _INSTANCES: dict = {}  # per process: the instance made by the last factory
 _INSTANCES_LOCK = threading.Lock()
@@ -32,21 +28,9 @@ def cached_instance(factory):
         return _INSTANCES[key][1]
 
 
-class Progress:
+def tile_progress(total: int, progress: ProgressCallback | None, cancel: threading.Event | None) -> Progress:
     """Counts finished tiles for a progress callback and honours a cancel event."""
-
-    def __init__(self, total: int, progress: ProgressCallback | None, cancel: threading.Event | None):
-        self.total, self.done, self.progress, self.cancel = total, 0, progress, cancel
-
-    def check(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled(f"tiled segmentation stopped after {self.done} of {self.total} tile steps")
-
-    def tick(self) -> None:
-        self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, self.total)
-        self.check()
+    return Progress(total, progress, cancel, "tiled segmentation stopped after {done} of {total} tile steps")
 
 
 def run_tiles(client, function, arguments: list[tuple], ticker: Progress) -> list:

@@ -29,19 +29,19 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import Cancelled, MobileSamError
+from ..errors import MobileSamError
 from ..image import intensity_range, to_rgb_uint8
 from ..predictor import EmbeddingState
+from ..progress import ProgressCallback, raise_if_cancelled
 from ..serving.identity import model_identity
 from .io import READ_ERRORS
 
-ProgressCallback = Callable[[int, int], None]
 INTENSITY_SAMPLE_SLICES = 16  # slices read to estimate the volume's intensity range
 INTENSITY_SAMPLE_VALUES = 2_000_000
 
@@ -238,8 +238,7 @@ class VolumeEmbeddings:
         total = self.num_slices
         before = self.encoder_calls
         for z in range(total):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"embedding stopped after {z} of {total} slices")
+            raise_if_cancelled(cancel, f"embedding stopped after {z} of {total} slices")
             with self._lock:
                 if z not in self._memory:
                     self._remember(z, self._load_or_encode(z))

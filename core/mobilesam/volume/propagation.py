@@ -40,8 +40,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from ..errors import Cancelled
-from .embeddings import ProgressCallback, VolumeEmbeddings
+from ..progress import ProgressCallback, raise_if_cancelled
+from .embeddings import VolumeEmbeddings
 
 PROJECTIONS = ("box", "mask", "box_and_mask", "points", "single_point")
 DEFAULT_PROJECTION = "box"
@@ -219,8 +219,7 @@ class _Propagation:
 
     # A slice visit: check cancellation, report progress.
     def _tick(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled(f"propagation stopped after {self.done} of {self.total} slice visits")
+        raise_if_cancelled(self.cancel, f"propagation stopped after {self.done} of {self.total} slice visits")
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.total)
@@ -231,8 +230,7 @@ class _Propagation:
 
     def segment_prompted_slices(self) -> None:
         for z in sorted({z for plan in self.plans for z in plan.prompts}):
-            if self.cancel is not None and self.cancel.is_set():
-                raise Cancelled("propagation cancelled")
+            raise_if_cancelled(self.cancel, "propagation cancelled")
             self.embeddings.set_slice(z)
             answers = []
             for plan in self.plans:
@@ -262,8 +260,7 @@ class _Propagation:
                 if not r.stopped and r.reached == z - step and (z <= r.limit if upward else z >= r.limit)
             ]
             if active:
-                if self.cancel is not None and self.cancel.is_set():
-                    raise Cancelled("propagation cancelled")
+                raise_if_cancelled(self.cancel, "propagation cancelled")
                 self.embeddings.set_slice(z)
                 answers = [(plan, r, *self._project_and_predict(r)) for plan, r in active]
                 masks = self._claim(z, [(plan.label, logits) for plan, _, logits, _ in answers])
