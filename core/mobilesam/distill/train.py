@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..build_sam import build_sam, read_state_dict
 from ..errors import Cancelled, MobileSamError
-from .data import DistillDataset, EmbeddingStore, atomic_write_bytes, collate
+from .data import DistillDataset, TeacherEmbeddingStore, atomic_write_bytes, collate
 from .distributed import process_group
 from .layout import CHECKPOINT_NAME, DECODER_PREFIXES, METRICS_NAME, read_checkpoint
 from .sources import open_source
@@ -314,7 +314,7 @@ def _train(config, rank, world, device, distributed, progress, cancel, log) -> d
     ckpt_path = out / CHECKPOINT_NAME
 
     # -- data: every image needs its teacher embedding; a seeded hold-out measures validation MSE
-    store = EmbeddingStore(config.embeddings)
+    store = TeacherEmbeddingStore(config.embeddings)
     manifest = store.manifest()
     image_size = int(manifest["image_size"])
     source = open_source(config.images)
