@@ -55,13 +55,10 @@ def test_onnx_predictor_decodes_fewer_points_coarse_to_fine(predictors):
     model, onnx, settings = predictors
     image = blobs_image()
     settings = dict(settings, points_per_side=16)
-    full = SamAutomaticMaskGenerator(onnx, **settings)
     fast = SamAutomaticMaskGenerator(onnx, coarse_to_fine=True, **settings)
-    expected, got = full.generate(image), fast.generate(image)
-    assert full.decoded_points == 256 and fast.decoded_points < 256 / 2 and got
+    got = fast.generate(image)
+    assert fast.decoded_points < 256 / 2 and got  # of the 16 x 16 grid
     torch_fast = SamAutomaticMaskGenerator(model, coarse_to_fine=True, **settings)
     _assert_records_close(got, torch_fast.generate(image))
     assert torch_fast.decoded_points == fast.decoded_points
-    print(
-        f"\n[onnx coarse to fine] {fast.decoded_points} of 256 points decoded, {len(got)} of {len(expected)} records"
-    )
+    print(f"\n[onnx coarse to fine] {fast.decoded_points} of 256 points decoded, {len(got)} records")
