@@ -174,15 +174,9 @@ class MobileSamBackend:
             import label_studio_sdk.label_interface  # noqa: F401
             import skimage.measure  # noqa: F401
 
-            import mobilesam
-
             model = self._model_loader()
             model.eval()
-            options = self._predictor_options(model)
-            encoder, decoder = (
-                mobilesam.SamPredictor(model, **options),
-                mobilesam.SamPredictor(model, **options),
-            )
+            encoder, decoder = (self._build_predictor(model) for _ in range(2))
             # The first encode and decode of a process are several times slower than the next: pay
             # for them now, each on the thread that will do the work, not on an annotator's click.
             warm_up_s = self._encoder_thread.submit(self._warm_up, encoder).result()
@@ -227,21 +221,17 @@ class MobileSamBackend:
         self._runtime.update(torch_threads=torch.get_num_threads(), warm_up_s=round(seconds, 3))
         return seconds
 
-    def _predictor_options(self, model) -> dict:
-        """`SamPredictor` keyword arguments for MOBILESAM_BACKEND (ONNX: exported on first start)."""
-        if self.settings.backend == "torch":
-            return {}
-        onnx_dir = self.settings.onnx_dir
-        if onnx_dir is None:
-            from mobilesam.onnx import default_onnx_dir
+    def _build_predictor(self, model):
+        """A predictor on `model` for MOBILESAM_BACKEND (the core's factory; ONNX: exported on first start)."""
+        from mobilesam.serving import build_predictor
 
-            onnx_dir = default_onnx_dir(self.settings.model_type or model)
-        logger.info(
-            "ONNX Runtime backend (%s): models in %s (exported if missing or stale)",
-            self.settings.onnx_precision,
-            onnx_dir,
+        return build_predictor(
+            model,
+            model_type=self.settings.model_type,
+            backend=self.settings.backend,
+            onnx_dir=self.settings.onnx_dir,
+            onnx_precision=self.settings.onnx_precision,
         )
-        return {"backend": "onnx", "onnx_dir": onnx_dir, "precision": self.settings.onnx_precision}
 
     def model_status(self) -> dict:
         with self._state_lock:
@@ -499,9 +489,11 @@ class MobileSamBackend:
         encoder, _ = self._predictors()
         image = self._load_image(task.url, project, task.task_id)
         state, _ = self.embedding(task.url, project, task.task_id, image=image)
-        generator = SamAutomaticMaskGenerator(encoder.model, **self._generator_options())
-        generator.predictor = _EmbeddedImagePredictor(encoder.model, state)
-        records = generator.generate(image, cancel=stop)
+        # A predictor of its own on the server's backend (ONNX: the same sessions), which starts from
+        # the cached embedding: only the grid of prompts is decoded.
+        predictor = SamPredictor(encoder.model, backend=encoder.runtime.clone())
+        generator = SamAutomaticMaskGenerator(predictor, **self._generator_options())
+        records = generator.generate(image, cancel=stop, embedding=state)
         results, scores = [], []
         for record in sorted(records, key=lambda r: -r["area"]):
             items = self._mask_results(record["segmentation"].astype(bool), target, label, 0, one_region=True)
@@ -832,25 +824,6 @@ class MobileSamBackend:
         self.prewarmer.close()
         for executor in (self._job_thread, self._encoder_thread, self._decoder_thread):
             executor.shutdown(wait=False, cancel_futures=True)
-
-
-class _EmbeddedImagePredictor(SamPredictor):
-    """A SamPredictor that already knows one image's embedding: "encoding" that image restores it.
-
-    The automatic mask generator encodes the whole image (no crop layers); with this it reuses the
-    embedding the backend caches for the annotator's clicks instead of running the encoder again.
-    Crops of other sizes are encoded as usual.
-    """
-
-    def __init__(self, model, state) -> None:
-        super().__init__(model)
-        self._known = state
-
-    def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
-        if tuple(image.shape[:2]) == tuple(self._known.original_size):
-            self.set_embedding(self._known)
-        else:
-            super().set_image(image, image_format)
 
 
 def _percentiles(values) -> dict:

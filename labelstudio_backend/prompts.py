@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from mobilesam.prompt import Prompt
+
 from .errors import BadRequest
 
 PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
@@ -46,15 +48,16 @@ class ClickPrompt:
     region_ids: tuple[str, ...]
     stale_ids: tuple[str, ...] = ()  # keypoints ignored as stale draft points
 
+    def pixel_prompt(self, height: int, width: int) -> Prompt:
+        """The core's `Prompt` (validated there) in pixels of an image of this size."""
+        return Prompt(self.points, self.point_labels, self.box).scaled(width / 100.0, height / 100.0)
+
     def in_pixels(
         self, height: int, width: int
     ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
         """(point_coords (N, 2), point_labels (N,), box (4,)) in pixels of an image of this size."""
-        scale = np.array([width / 100.0, height / 100.0])
-        coords = self.points * scale if len(self.points) else None
-        labels = self.point_labels if len(self.points) else None
-        box = self.box * np.tile(scale, 2) if self.box is not None else None
-        return coords, labels, box
+        plane = self.pixel_prompt(height, width)
+        return (*plane.point_arrays(), plane.box_array())
 
     @property
     def multimask(self) -> bool:

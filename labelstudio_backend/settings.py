@@ -47,8 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mobilesam.model_zoo import MODEL_TYPES
-from mobilesam.onnx import BACKENDS
-from mobilesam.onnx import PRECISIONS as ONNX_PRECISIONS
+from mobilesam.serving.backend import BACKEND_ENV, parse_backend, parse_onnx_precision
 
 from .images import DEFAULT_BANNED_SUBNETS
 
@@ -143,9 +142,9 @@ class Settings:
             prewarm=_flag(env, "MOBILESAM_PREWARM", True),
             prewarm_queue=_int(env, "MOBILESAM_PREWARM_QUEUE", 4),
             load_timeout=_float(env, "MOBILESAM_LOAD_TIMEOUT", 90.0),
-            backend=env.get("MOBILESAM_BACKEND", "").strip().lower() or "torch",
+            backend=parse_backend(env.get(BACKEND_ENV)),
             onnx_dir=Path(onnx_dir).expanduser() if onnx_dir else None,
-            onnx_precision=env.get("MOBILESAM_ONNX_PRECISION", "").strip().lower() or "fp32",
+            onnx_precision=parse_onnx_precision(env.get("MOBILESAM_ONNX_PRECISION")),
             allowed_image_hosts=_list(env, "MOBILESAM_ALLOWED_IMAGE_HOSTS"),
             ssrf_protection=_flag(env, "SSRF_PROTECTION_ENABLED", True),
             banned_subnets=(
@@ -208,13 +207,8 @@ class Settings:
                 ipaddress.ip_network(subnet, strict=False)
             except ValueError:
                 raise ValueError(f"USER_ADDITIONAL_BANNED_SUBNETS: {subnet!r} is not a network") from None
-        if self.backend not in BACKENDS:
-            raise ValueError(f"MOBILESAM_BACKEND must be one of {', '.join(BACKENDS)}, not {self.backend!r}")
-        if self.onnx_precision not in ONNX_PRECISIONS:
-            raise ValueError(
-                f"MOBILESAM_ONNX_PRECISION must be one of {', '.join(ONNX_PRECISIONS)}, "
-                f"not {self.onnx_precision!r}"
-            )
+        parse_backend(self.backend)  # the core's one policy: ValueError naming the allowed values
+        parse_onnx_precision(self.onnx_precision)
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:

@@ -9,10 +9,11 @@ import logging
 import os
 from pathlib import Path
 
-import mobilesam
+from mobilesam import serving
 from mobilesam.errors import MobileSamError
+from mobilesam.prompt import Prompt
+from mobilesam.serving.factory import BackendUnavailable  # noqa: F401 - the widget catches it
 
-from ._prompts import PlanePrompt
 from ._segmenter import ImageSegmenter, VolumeSegmenter
 
 logger = logging.getLogger(__name__)
@@ -23,24 +24,16 @@ EMBEDDING_CACHE_ENV = "MOBILESAM_EMBEDDING_CACHE_MB"
 DEFAULT_EMBEDDING_CACHE_MB = 4096  # budget of the default cache folder; a chosen folder has none
 
 
-class BackendUnavailable(MobileSamError):
-    """The chosen backend could not be started for a model that loaded fine (e.g. no onnxruntime)."""
-
-
 def build_predictor(model_key: tuple[str, str, str], model=None):
-    """A `SamPredictor` for (model type, checkpoint, backend), loading the weights unless `model` is
-    given. Slow (loading, ONNX export on first use): call it in a worker thread."""
+    """A `SamPredictor` for the widget's (model type, checkpoint, backend), loading the weights
+    unless `model` is given (the core's `mobilesam.serving.build_predictor`). Slow (loading, ONNX
+    export on first use): call it in a worker thread. Raises `BackendUnavailable` when the model
+    loaded but the backend could not start (the widget then returns to the previous backend)."""
     model_type, checkpoint, backend = model_key
-    if model is None:
-        model = mobilesam.load_model(None if checkpoint else model_type, checkpoint or None)
-    if backend == "torch":
-        return mobilesam.SamPredictor(model)
-    from mobilesam.onnx import default_onnx_dir
-
-    try:
-        return mobilesam.SamPredictor(model, backend=backend, onnx_dir=default_onnx_dir(model))
-    except Exception as exc:  # noqa: BLE001 - any failure leaves the previous backend in use
-        raise BackendUnavailable(f"the {backend} backend could not be started: {exc}") from exc
+    # With a checkpoint the architecture is read from its weights, whatever the Model box says.
+    return serving.build_predictor(
+        model, model_type=None if checkpoint else model_type, checkpoint=checkpoint or None, backend=backend
+    )
 
 
 def make_segmenter(predictor, data, info, cache_dir: str | None, model_key: tuple[str, str, str]):
@@ -92,14 +85,10 @@ def default_cache_dir() -> Path:
     return cache_dir() / "embeddings.zarr"
 
 
-def slice_prompts(by_slice: dict[int, PlanePrompt]) -> list:
+def slice_prompts(by_slice: dict[int, Prompt]) -> list:
     from mobilesam.volume import SlicePrompt
 
-    out = []
-    for z, prompt in sorted(by_slice.items()):
-        coords, labels = prompt.point_arrays()
-        out.append(SlicePrompt(z, coords, labels, prompt.box_array()))
-    return out
+    return [SlicePrompt.from_prompt(z, prompt) for z, prompt in sorted(by_slice.items())]
 
 
 def _model_id(predictor, model_key: tuple[str, str, str]) -> str | None:

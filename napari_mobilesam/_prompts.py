@@ -8,27 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class PlanePrompt:
-    """The prompts of one object on one slice: points (x, y) with labels 1/0, and at most one box.
-
-    Stored as tuples so two prompts compare equal exactly when they would give the same mask.
-    """
-
-    points: tuple[tuple[float, float], ...] = ()
-    labels: tuple[int, ...] = ()
-    box: tuple[float, float, float, float] | None = None
-
-    def point_arrays(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(N, 2) float (x, y) coordinates and (N,) int labels, or (None, None) without points."""
-        if not self.points:
-            return None, None
-        return np.array(self.points, dtype=np.float64), np.array(self.labels, dtype=np.int64)
-
-    def box_array(self) -> np.ndarray | None:
-        """(4,) XYXY box, or None."""
-        return None if self.box is None else np.array(self.box, dtype=np.float64)
+from mobilesam.prompt import Prompt  # one object's prompts on one slice (the core's type)
 
 
 @dataclass
@@ -39,7 +19,7 @@ class GroupedPrompts:
         (micro-sam's batched mode: several boxes = several objects in one go).
     """
 
-    by_slice: dict[int, PlanePrompt]
+    by_slice: dict[int, Prompt]
     outside: int
     extra_boxes: dict[int, tuple[tuple[float, float, float, float], ...]] = field(default_factory=dict)
 
@@ -97,6 +77,6 @@ def group_prompts(
     for z in sorted(set(points) | set(found_boxes)):
         pairs = points.get(z, [])
         last_box = found_boxes[z][-1] if z in found_boxes else None
-        by_slice[z] = PlanePrompt(tuple(p for p, _ in pairs), tuple(lab for _, lab in pairs), last_box)
+        by_slice[z] = Prompt(tuple(p for p, _ in pairs), tuple(lab for _, lab in pairs), last_box)
     extra = {z: tuple(found[:-1]) for z, found in found_boxes.items() if len(found) > 1}
     return GroupedPrompts(by_slice, outside, extra)

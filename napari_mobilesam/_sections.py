@@ -5,8 +5,6 @@ the state behind them lives in `_session.py`. Each section's widgets are attribu
 section object, so the widget reads e.g. `self.model.checkpoint.value`.
 """
 
-import os
-
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -20,11 +18,10 @@ from magicgui.widgets import (
 )
 
 from mobilesam.model_zoo import MODEL_TYPES
+from mobilesam.serving.backend import BACKEND_ENV  # the Backend choice's initial value, as for Label Studio
 
 from ._layers import CHANNEL_CHOICES, POSITIVE
 from ._session import CANDIDATES
-
-BACKEND_ENV = "MOBILESAM_BACKEND"  # the Backend choice's initial value, as for the Label Studio backend
 
 # micro-sam's annotator keys where it has them (its users switch to us), bound on the viewer and
 # on every layer so the active layer's own bindings never swallow them.
@@ -287,11 +284,12 @@ def _row(*widgets) -> Container:
     return Container(widgets=widgets, layout="horizontal", labels=False)
 
 
-def backend_default(backends) -> tuple[str, str]:
-    """(backend, warning or "") from $MOBILESAM_BACKEND."""
-    value = os.environ.get(BACKEND_ENV, "").strip().lower()
-    if value in backends:
-        return value, ""
-    if value:
-        return "torch", f"{BACKEND_ENV} must be one of {', '.join(backends)}, not {value!r}; using torch"
-    return "torch", ""
+def backend_default() -> tuple[str, str]:
+    """(backend, warning or "") from $MOBILESAM_BACKEND, read by the core's one parser: a value it
+    refuses becomes a warning in the dock and the plugin starts on torch."""
+    from mobilesam.serving.backend import DEFAULT_BACKEND, backend_from_env
+
+    try:
+        return backend_from_env(), ""
+    except ValueError as exc:
+        return DEFAULT_BACKEND, f"{exc}; using {DEFAULT_BACKEND}"

@@ -15,10 +15,10 @@ import numpy as np
 
 from mobilesam.image import to_rgb_uint8
 from mobilesam.progress import raise_if_cancelled
+from mobilesam.prompt import Prompt
 from mobilesam.volume import VolumeEmbeddings
 
 from ._layers import ImageInfo
-from ._prompts import PlanePrompt
 
 ProgressFn = Callable[[int, int], None] | None
 
@@ -77,7 +77,7 @@ class ImageSegmenter:
     def slice_rgb(self, z: int) -> np.ndarray:
         return self.embeddings.slice_image(0)
 
-    def predict(self, z: int, prompt: PlanePrompt) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, z: int, prompt: Prompt) -> tuple[np.ndarray, np.ndarray]:
         """Candidate masks (C, H, W) bool and their predicted IoU (C,) for the prompt on slice z."""
         self.activate(z)
         coords, labels = prompt.point_arrays()

@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ._prompts import GroupedPrompts, PlanePrompt
+from mobilesam.prompt import Prompt
+
+from ._prompts import GroupedPrompts
 
 POSITIVE, NEGATIVE = "positive", "negative"
 CANDIDATES = ("best", "1", "2", "3")
@@ -56,11 +58,11 @@ class ImageSession:
     segmenter: Any = None
     segmenter_key: SegmenterKey | None = None
     segmenter_data: Any = None  # the array the segmenter was built from (layer.data may be replaced)
-    shown: dict[int, PlanePrompt] = field(default_factory=dict)  # slice -> prompt whose mask is shown
+    shown: dict[int, Prompt] = field(default_factory=dict)  # slice -> prompt whose mask is shown
     shown_boxes: dict[int, tuple] = field(default_factory=dict)  # slice -> extra boxes shown as objects
     candidates: dict[int, Candidates] = field(default_factory=dict)
     extra_objects: dict[int, list[np.ndarray]] = field(default_factory=dict)  # slice -> masks of extra boxes
-    object_prompts: dict[int, dict[int, PlanePrompt]] = field(default_factory=dict)  # committed id -> prompts
+    object_prompts: dict[int, dict[int, Prompt]] = field(default_factory=dict)  # committed id -> prompts
     point_label: str = POSITIVE
 
     # ---- embeddings
@@ -121,7 +123,7 @@ class ImageSession:
             else:
                 self.candidates[z] = self.segmenter.predict(z, prompt)
                 self.extra_objects[z] = [
-                    self._best(self.segmenter.predict(z, PlanePrompt(box=box)))
+                    self._best(self.segmenter.predict(z, Prompt(box=box)))
                     for box in grouped.extra_boxes.get(z, ())
                 ]
                 out[z] = self.labels(z, choice)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobilesam.prompt import Prompt
 from mobilesam.tiling import (
     LazyImage,
     RegionMask,
@@ -30,7 +31,7 @@ from mobilesam.tiling import (
 from mobilesam.tiling.grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE, TileGrid
 
 from ._layers import ImageInfo
-from ._prompts import GroupedPrompts, PlanePrompt
+from ._prompts import GroupedPrompts
 from ._session import ImageSession, SegmenterKey
 from ._tasks import BackgroundTask
 
@@ -101,7 +102,7 @@ class TiledSegmenter:
     def has_embedding(self, z: int) -> bool:
         return True  # tiles are encoded on demand by `segment`
 
-    def start_tiles(self, prompt: PlanePrompt) -> list[int]:
+    def start_tiles(self, prompt: Prompt) -> list[int]:
         """Tiles a prompt is decoded in first (encoded up front, so that the progress bar shows it)."""
         grid = self.embeddings.grid
         box = prompt.box_array()
@@ -112,7 +113,7 @@ class TiledSegmenter:
             return []
         return sorted({grid.tile_at(y, x).index for (x, y), label in zip(coords, labels) if label == 1})
 
-    def segment(self, prompts: list[PlanePrompt], progress=None, cancel=None) -> list[RegionMask]:
+    def segment(self, prompts: list[Prompt], progress=None, cancel=None) -> list[RegionMask]:
         """Region masks of each prompt's object (worker thread): tiles encoded as needed."""
         needed = sorted({t for prompt in prompts for t in self.start_tiles(prompt)})
         self.embeddings.embed_all(needed, progress=progress, cancel=cancel)
@@ -159,7 +160,7 @@ def segment_tiled(
         session.shown_boxes.pop(0, None)
         widget.scores.value = "-"
         return
-    prompts = [prompt, *(PlanePrompt(box=tuple(box)) for box in extra_boxes)]
+    prompts = [prompt, *(Prompt(box=tuple(box)) for box in extra_boxes)]
 
     def show(segmenter_, regions):
         if layers is widget._layers:

@@ -25,7 +25,7 @@ from qtpy.QtCore import QTimer
 
 from mobilesam.errors import Cancelled, MissingWeightsError, MobileSamError
 from mobilesam.image import MAX_PIXELS
-from mobilesam.onnx import BACKENDS
+from mobilesam.serving.backend import BACKENDS
 from mobilesam.volume import DEFAULT_IOU_THRESHOLD, DEFAULT_PROJECTION, PROJECTIONS
 
 from ._actions import current_shortcut, register_actions
@@ -143,7 +143,7 @@ class MobileSamWidget(Container):
         _scroll_area_around(self.native.layout(), self.sections)
         self.native.setMinimumWidth(300)
 
-        backend, warning = backend_default(BACKENDS)
+        backend, warning = backend_default()
         self.backend.value = backend
         if warning:
             self._notify("warning", f"MobileSAM: {warning}")

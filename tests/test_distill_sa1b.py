@@ -22,7 +22,7 @@ from PIL import Image
 
 from mobilesam.amg_utils import mask_to_coco_rle
 from mobilesam.cli import main
-from mobilesam.distill.data import EmbeddingStore
+from mobilesam.distill.data import TeacherEmbeddingStore
 from mobilesam.distill.sources import ImageFolder, TarShards, annotation_masks, open_source
 from mobilesam.errors import MobileSamError
 from mobilesam.testing import save_random_checkpoint
@@ -297,7 +297,7 @@ def same_weights(a: Path, b: Path) -> bool:
 
 def write_legacy_store(chunked: Path, out: Path) -> None:
     """The same embeddings in store format 1 (one .npy per image), as earlier versions wrote it."""
-    store = EmbeddingStore(chunked)
+    store = TeacherEmbeddingStore(chunked)
     for name in store.locations():
         path = out / "embeddings" / f"{name}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -364,7 +364,7 @@ def test_training_from_shards_equals_training_from_folder(sa1b, tmp_path, one_th
     # a damaged chunk is an error naming it, never silently wrong embeddings
     chunk = folder_store / "chunks" / "sa_000002-000001.npy"
     chunk.write_bytes(chunk.read_bytes()[:-1000])
-    store = EmbeddingStore(folder_store)
+    store = TeacherEmbeddingStore(folder_store)
     with pytest.raises(MobileSamError, match="damaged embedding chunk .*sa_000002-000001.npy"):
         store.load(json.loads(chunk.with_suffix(".json").read_text())["names"][0])
 

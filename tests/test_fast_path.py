@@ -80,17 +80,17 @@ def test_clicks_reuse_the_image_cache(pair):
     ours = pair.ours
     state = ours.get_embedding_state()
     ours.set_embedding(state)
-    assert ours._decoder_cache is None
+    assert ours.runtime.decoder_cache is None
     _assert_close(ours.predict(**PROMPTS["point"]), pair.ref.predict(**PROMPTS["point"]), "first click")
-    assert ours._decoder_cache is None
+    assert ours.runtime.decoder_cache is None
     _assert_close(ours.predict(**PROMPTS["box"]), pair.ref.predict(**PROMPTS["box"]), "second click")
-    cache = ours._decoder_cache
+    cache = ours.runtime.decoder_cache
     assert cache is not None
     ours.set_embedding(state)
     _assert_close(ours.predict(**PROMPTS["points"]), pair.ref.predict(**PROMPTS["points"]), "third click")
-    assert ours._decoder_cache is cache
+    assert ours.runtime.decoder_cache is cache
     ours.set_embedding(EmbeddingState(state.features.clone(), state.original_size, state.input_size))
-    assert ours._decoder_cache is None  # another state object: no assumption that it is the same image
+    assert ours.runtime.decoder_cache is None  # another state object: no assumption that it is the same image
 
 
 def test_mask_input_close(pair):

@@ -25,6 +25,7 @@ _LAZY = {
     "MobileSamError": "errors",
     "EmbeddingState": "predictor",
     "SamPredictor": "predictor",
+    "Prompt": "prompt",
 }
 
 
@@ -58,6 +59,7 @@ __all__ = [
     "sam_model_registry",
     "SamPredictor",
     "EmbeddingState",
+    "Prompt",
     "SamAutomaticMaskGenerator",
     "CheckpointError",
     "MissingWeightsError",

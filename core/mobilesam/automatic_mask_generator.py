@@ -99,7 +99,7 @@ class SamAutomaticMaskGenerator:
 
     def __init__(
         self,
-        model: Sam,
+        model: "Sam | SamPredictor",
         points_per_side: int | None = 32,
         points_per_batch: int = 64,
         pred_iou_thresh: float = 0.88,
@@ -117,7 +117,8 @@ class SamAutomaticMaskGenerator:
     ) -> None:
         """Masks for everything in an image, from a grid of point prompts.
 
-        model: the SAM / MobileSAM model.
+        model: the SAM / MobileSAM model, or a predictor on one (any backend, e.g.
+            `SamPredictor(model, backend="onnx")`; it is used for the images given to `generate`).
         points_per_side: grid points along each side (points_per_side**2 prompts); None when
             `point_grids` is given instead.
         points_per_batch: prompts decoded together (memory vs. speed).
@@ -171,7 +172,7 @@ class SamAutomaticMaskGenerator:
                 f"got {len(self.point_grids)}"
             )
 
-        self.predictor = SamPredictor(model)
+        self.predictor = model if isinstance(model, SamPredictor) else SamPredictor(model)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
         self.stability_score_thresh = stability_score_thresh

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .backend import PredictorBackend, make_backend
 from .modeling import Sam
-from .modeling.mask_decoder import select_confident
 from .transforms import ResizeLongestSide, model_input_prompts, rgb_image
 
 
@@ -36,19 +36,16 @@ class EmbeddingState:
 class SamPredictor:
     """backend "torch" (default) runs the model itself; "onnx" runs the encoder and decoder with
     onnxruntime (`mobilesam.onnx.OnnxBackend`; options such as onnx_dir and precision go in
-    **backend_options). Both give the same API and outputs within 1e-3."""
+    **backend_options); a `mobilesam.backend.PredictorBackend` object may be given instead. All
+    give the same API, and outputs within 1e-3 of torch's."""
 
-    def __init__(self, sam_model: Sam, backend: str = "torch", **backend_options) -> None:
+    def __init__(
+        self, sam_model: Sam, backend: "str | PredictorBackend" = "torch", **backend_options
+    ) -> None:
         self.model = sam_model
         self.transform = ResizeLongestSide(sam_model.image_encoder.img_size)
-        self.backend = backend
-        self._runtime = None
-        if backend == "onnx":
-            from .onnx.predictor import OnnxBackend
-
-            self._runtime = OnnxBackend(sam_model, **backend_options)
-        elif backend != "torch" or backend_options:
-            raise ValueError(f"backend must be 'torch' or 'onnx' (options only for onnx), not {backend!r}")
+        self.runtime = make_backend(sam_model, backend, **backend_options)
+        self.backend = self.runtime.name
         self.reset_image()
 
     @property
@@ -91,7 +88,7 @@ class SamPredictor:
         self.original_size = tuple(int(s) for s in original_image_size)
         self.input_size = tuple(int(s) for s in transformed_image.shape[-2:])
         image = self.model.preprocess(transformed_image if encoder_image is None else encoder_image)
-        self.features = self._runtime.encode(image) if self._runtime else self.model.image_encoder(image)
+        self.features = self.runtime.encode(image)
         self.is_image_set = True
 
     def get_embedding_state(self) -> EmbeddingState:
@@ -180,11 +177,7 @@ class SamPredictor:
     @torch.inference_mode()
     def decode(self, points, boxes, mask_input, multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompt encoder + mask decoder on the current embedding: low-res logits and IoU predictions."""
-        if self._runtime:
-            return self._runtime.decode(self.features, points, boxes, mask_input, multimask_output)
-        return self.model.mask_decoder(
-            **self._decoder_inputs(points, boxes, mask_input), multimask_output=multimask_output
-        )
+        return self.runtime.decode(self.features, points, boxes, mask_input, multimask_output)
 
     @torch.inference_mode()
     def decode_confident(
@@ -194,42 +187,9 @@ class SamPredictor:
         logits (K, 256, 256), IoU predictions (K,) and positions (K,) in the flattened (B, C)
         output. The torch fast path skips upscaling the rejected masks."""
         threshold = float("-inf") if min_iou is None else min_iou
-        if self._runtime:
-            return select_confident(*self.decode(points, boxes, mask_input, multimask_output), threshold)
-        return self.model.mask_decoder.predict_confident_masks(
-            **self._decoder_inputs(points, boxes, mask_input),
-            multimask_output=multimask_output,
-            min_iou=threshold,
+        return self.runtime.decode_confident(
+            self.features, points, boxes, mask_input, multimask_output, threshold
         )
-
-    def _decoder_inputs(self, points, boxes, mask_input) -> dict:
-        """The mask decoder's inputs for these prompts on the current embedding."""
-        sparse, dense = self.model.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
-        decoder = self.model.mask_decoder
-        image_pe = self._dense_pe()
-        image_cache = None
-        if decoder.use_fast_path() and mask_input is None:
-            # Without a mask prompt the decoder's first layer sees the same image for every
-            # click: prepare it once per image (see modeling/fast_decoder.py), from the second
-            # decode on, since for a single click the uncached arithmetic is cheaper.
-            if self._decoder_cache is None and self._uncached_decodes >= 1:
-                self._decoder_cache = decoder.prepare_image(self.features, image_pe, dense)
-            self._uncached_decodes += self._decoder_cache is None
-            image_cache = self._decoder_cache
-        return dict(
-            image_embeddings=self.features,
-            image_pe=image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            image_cache=image_cache,
-        )
-
-    def _dense_pe(self) -> torch.Tensor:
-        """The prompt encoder's positional encoding of the embedding grid, computed once per image
-        (it depends on the model only; recomputing it is ~1 ms of sin/cos per click)."""
-        if self._image_pe is None:
-            self._image_pe = self.model.prompt_encoder.get_dense_pe()
-        return self._image_pe
 
     def get_image_embedding(self) -> torch.Tensor:
         """The current image embedding, (1, 256, 64, 64)."""
@@ -239,10 +199,8 @@ class SamPredictor:
     def reset_image(self) -> None:
         self.is_image_set = False
         self.features = None
-        self._decoder_cache = None  # per-image first-layer tensors of the fast decoder path
-        self._uncached_decodes = 0
+        self.runtime.reset()  # per-image tensors the backend keeps
         self._state = None  # the EmbeddingState last restored, if that is the current image
-        self._image_pe = None
         self.orig_h = self.orig_w = self.input_h = self.input_w = None
         self.original_size = None
         self.input_size = None

@@ -62,7 +62,7 @@ def model_input_prompts(
     if point_coords is not None:
         if point_labels is None:
             raise ValueError("point_labels must be supplied if point_coords is supplied.")
-        point_coords = _finite_array(point_coords, "point_coords")
+        point_coords = finite_array(point_coords, "point_coords")
         point_labels = _point_labels(point_labels)
         if point_coords.ndim != 2 or point_coords.shape[1] != 2 or len(point_labels) != len(point_coords):
             raise ValueError(
@@ -74,9 +74,11 @@ def model_input_prompts(
                 "are allowed in one prompt"
             )
         coords = transform.apply_coords(point_coords, original_size)[None]
+        if not np.isfinite(coords).all():  # finite pixels, but beyond float range once scaled
+            raise ValueError("point_coords are too large to be pixel coordinates of this image")
         labels = point_labels[None]
     if box is not None:
-        box = _finite_array(box, "box")
+        box = finite_array(box, "box")
         if box.size != 4:
             raise ValueError(f"box must have 4 numbers (x0, y0, x1, y1), got shape {box.shape}")
         x0, y0, x1, y1 = box.reshape(-1)
@@ -85,12 +87,14 @@ def model_input_prompts(
                 f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is inverted: it needs x1 >= x0 and y1 >= y0"
             )
         box = transform.apply_boxes(box, original_size).reshape(1, 4)
+        if not np.isfinite(box).all():
+            raise ValueError("box is too large to be pixel coordinates of this image")
     if mask_input is not None:
         mask_input = _mask_input(mask_input, transform.target_length // 4)
     return coords, labels, box, mask_input
 
 
-def _finite_array(values, name: str) -> np.ndarray:
+def finite_array(values, name: str) -> np.ndarray:
     """`values` as a float64 array, or ValueError naming `name` if they are not finite numbers."""
     try:
         array = np.asarray(values, dtype=np.float64)
@@ -102,7 +106,7 @@ def _finite_array(values, name: str) -> np.ndarray:
 
 
 def _point_labels(values) -> np.ndarray:
-    labels = _finite_array(values, "point_labels")
+    labels = finite_array(values, "point_labels")
     if labels.ndim != 1:
         raise ValueError(f"point_labels must be (N,), got shape {labels.shape}")
     bad = labels[~np.isin(labels, POINT_LABELS)]
@@ -114,7 +118,7 @@ def _point_labels(values) -> np.ndarray:
 
 
 def _mask_input(values, size: int) -> np.ndarray:
-    mask = _finite_array(values, "mask_input").astype(np.float32)
+    mask = finite_array(values, "mask_input").astype(np.float32)
     if mask.ndim == 2:
         mask = mask[None]
     if mask.shape != (1, size, size):

@@ -304,15 +304,17 @@ def test_non_interactive_automatic_masks_one_result_per_mask(
     seen = []
 
     class Generator:  # the core's SamAutomaticMaskGenerator contract, with fixed masks
-        def __init__(self, model, **options):
-            assert model is vit_t_model and options == {
+        def __init__(self, predictor, **options):  # a predictor on the server's model and backend
+            assert predictor.model is vit_t_model and options == {
                 "points_per_side": 32,
                 "pred_iou_thresh": 0.88,
                 "stability_score_thresh": 0.95,
             }
-            self.predictor = None
+            self.predictor = predictor
 
-        def generate(self, image, cancel=None):
+        def generate(self, image, cancel=None, embedding=None):
+            # the image's cached embedding is handed over, not encoded again
+            assert embedding is not None and tuple(embedding.original_size) == image.shape[:2]
             seen.append(image.shape)
             small, large = np.zeros(image.shape[:2], bool), np.zeros(image.shape[:2], bool)
             small[2:6, 2:6] = True

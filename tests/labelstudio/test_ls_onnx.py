@@ -94,7 +94,7 @@ def test_onnx_click_gives_the_torch_backends_mask(torch_client, onnx_client, mob
     (torch_backend, torch_api), (onnx_backend, onnx_api) = torch_client, onnx_client
     encoder, decoder = onnx_backend._predictors()
     assert encoder.backend == decoder.backend == "onnx"
-    assert encoder._runtime.encoder is decoder._runtime.encoder  # one copy of the exported model
+    assert encoder.runtime.encoder is decoder.runtime.encoder  # one copy of the exported model
     assert (mobilesam_home / "onnx" / "vit_t" / "encoder.onnx").is_file()  # the default folder
     assert onnx_backend.model_version == torch_backend.model_version  # fp32 embeddings are interchangeable
 

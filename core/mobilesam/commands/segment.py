@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import check_writable_path
     from ..image import to_rgb_uint8
     from ..io import read_image_with_channel_axis, write_image
+    from ..prompt import Prompt
 
     if not args.point and args.box is None:
         raise UsageError("give at least one --point or a --box")
@@ -92,11 +93,10 @@ def run(args: argparse.Namespace) -> int:
 
     predictor = SamPredictor(load_model_from_args(args))
     predictor.set_image(image)
-    coords = np.array([p[:2] for p in args.point], dtype=np.float64) if args.point else None
-    labels = np.array([p[2] for p in args.point]) if args.point else None
-    box = np.array(args.box) if args.box is not None else None
+    points = args.point or []
+    prompt = Prompt([p[:2] for p in points], [p[2] for p in points], args.box)
     # One point alone is ambiguous (SAM's advice): ask for 3 candidates and keep the best.
-    masks, scores, _ = predictor.predict(coords, labels, box, multimask_output=True)
+    masks, scores, _ = predictor.predict(**prompt.predict_kwargs(), multimask_output=True)
 
     if args.all_masks:
         write_all_masks(args.output, masks, write_image)

@@ -64,7 +64,7 @@ def plan_chunks(names: list[str], chunk_size: int) -> dict[str, list[str]]:
     }
 
 
-class EmbeddingStore:
+class TeacherEmbeddingStore:
     """Teacher embeddings in chunk files with an index (format 2), plus a manifest."""
 
     def __init__(self, root: PathLike) -> None:
@@ -208,7 +208,7 @@ class EmbeddingStore:
 class DistillDataset(torch.utils.data.Dataset):
     """(resized image (3, h, w) float, teacher embedding (256, E, E) float32) pairs."""
 
-    def __init__(self, source, store: EmbeddingStore, names: list[str], image_size: int) -> None:
+    def __init__(self, source, store: TeacherEmbeddingStore, names: list[str], image_size: int) -> None:
         self.source = source
         self.store = store
         self.names = names

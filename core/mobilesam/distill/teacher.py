@@ -1,6 +1,6 @@
 """`embed_teacher`: run a SAM image encoder once per image and store its embeddings, on one or many devices.
 
-Under torchrun every process takes its share of the unfinished chunks (see `data.EmbeddingStore`),
+Under torchrun every process takes its share of the unfinished chunks (see `data.TeacherEmbeddingStore`),
 reads their images with a prefetching DataLoader, encodes them in batches (bf16/fp16 autocast on
 GPU, fp32 on CPU) and writes each chunk atomically when it is complete. A killed or preempted run
 loses at most the chunks in progress: rerunning recomputes only chunks that are not finished.
@@ -19,7 +19,7 @@ from ..build_sam import build_sam, detect_model_type, read_state_dict
 from ..errors import MobileSamError
 from ..progress import ProgressCallback, raise_if_cancelled
 from ..weights import resolve_checkpoint, sha256sum
-from .data import EmbeddingStore, plan_chunks, preprocessing_description, resize_image
+from .data import TeacherEmbeddingStore, plan_chunks, preprocessing_description, resize_image
 from .distributed import process_group
 from .layout import STORE_FORMAT
 from .sources import open_source
@@ -108,7 +108,7 @@ def embed_teacher(
     if batch_size < 1 or chunk_size < 1:
         raise MobileSamError("batch size and chunk size must be at least 1")
     source = open_source(images)
-    store = EmbeddingStore(out_dir)
+    store = TeacherEmbeddingStore(out_dir)
     with process_group(device, COLLECTIVE_TIMEOUT) as procs:
         precision = resolve_precision(precision, procs.device)
         if procs.master:
@@ -152,7 +152,7 @@ def embed_teacher(
     }
 
 
-def drop_stale_chunks(store: EmbeddingStore, plan: dict[str, list[str]]) -> None:
+def drop_stale_chunks(store: TeacherEmbeddingStore, plan: dict[str, list[str]]) -> None:
     """Chunks of a planned group beyond its last planned chunk (the group shrank): their images moved."""
     groups = {chunk.rsplit("-", 1)[0] for chunk in plan}
     for chunk in store.chunks():
@@ -175,7 +175,7 @@ class ChunkImages(torch.utils.data.Dataset):
 def encode_chunks(
     model,
     source,
-    store: EmbeddingStore,
+    store: TeacherEmbeddingStore,
     chunks: dict[str, list[str]],
     precision: str,
     batch_size: int,

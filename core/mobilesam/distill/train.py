@@ -35,7 +35,7 @@ from ..atomic import atomic_write_bytes
 from ..build_sam import build_sam, read_state_dict
 from ..errors import Cancelled, MobileSamError
 from ..progress import is_cancelled
-from .data import DistillDataset, EmbeddingStore, collate
+from .data import DistillDataset, TeacherEmbeddingStore, collate
 from .distributed import process_group
 from .layout import CHECKPOINT_NAME, DECODER_PREFIXES, METRICS_NAME, read_checkpoint
 from .sources import open_source
@@ -316,7 +316,7 @@ def _train(config, rank, world, device, distributed, progress, cancel, log) -> d
     ckpt_path = out / CHECKPOINT_NAME
 
     # -- data: every image needs its teacher embedding; a seeded hold-out measures validation MSE
-    store = EmbeddingStore(config.embeddings)
+    store = TeacherEmbeddingStore(config.embeddings)
     manifest = store.manifest()
     image_size = int(manifest["image_size"])
     source = open_source(config.images)

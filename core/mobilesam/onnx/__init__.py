@@ -31,7 +31,7 @@ _LAZY = {
     "BACKENDS": "predictor",
     "PRECISIONS": "predictor",
     "OnnxBackend": "predictor",
-    "OnnxSamPredictor": "predictor",
+    "OnnxSamPredictor": "sam_predictor",
     "default_onnx_dir": "predictor",
     "StandalonePredictor": "standalone",
 }

@@ -1,4 +1,5 @@
-"""`OnnxSamPredictor`: `SamPredictor` with the encoder and decoder run by onnxruntime.
+"""`OnnxBackend`: the predictor backend (`mobilesam.backend`) that runs the encoder and decoder
+with onnxruntime, behind `SamPredictor(model, backend="onnx")` (`OnnxSamPredictor`).
 
 Pre- and postprocessing (resize, normalise, pad, mask upsampling) stay the torch code shared
 with the torch path, so only the two networks change backend.
@@ -19,14 +20,14 @@ from filelock import FileLock
 from ..build_sam import detect_model_type
 from ..errors import MobileSamError
 from ..modeling import Sam
-from ..predictor import SamPredictor
+from ..modeling.mask_decoder import select_confident
 from ..runtime import usable_cpus
+from ..serving.backend import BACKENDS  # noqa: F401 - re-exported (mobilesam.onnx.BACKENDS)
+from ..serving.backend import ONNX_PRECISIONS as PRECISIONS
 from ..weights import cache_dir
 from .export import export_onnx, quantize_onnx, weights_fingerprint
 from .layout import DECODER_FILE, ENCODER_FILE, FINGERPRINT_FILE, cpu_session, decoder_prompt_inputs
 
-BACKENDS = ("torch", "onnx")
-PRECISIONS = ("fp32", "int8")
 INSTALL_HINT = "pip install 'napari-mobilesam[onnx]'"
 LOCK_FILE = ".export.lock"
 
@@ -53,7 +54,8 @@ def default_onnx_dir(model_type: str | Sam) -> Path:
 
 
 class OnnxBackend:
-    """The encoder and prompt decoder as onnxruntime sessions for one model's weights.
+    """The encoder and prompt decoder as onnxruntime sessions for one model's weights (a
+    `mobilesam.backend.PredictorBackend`).
 
     onnx_dir: where the exported models live. Files there are reused when their fingerprint
     matches the model's weights, else (re-)exported; None exports into a private temporary
@@ -134,6 +136,19 @@ class OnnxBackend:
                 quantize_onnx(path, target)
         return quantized[0], quantized[1]
 
+    name = "onnx"
+
+    def reset(self) -> None:
+        """Nothing is kept per image (the exported decoder takes the whole embedding each time)."""
+
+    def clone(self) -> "OnnxBackend":
+        """This backend itself: it keeps nothing per image, and its sessions are thread-safe."""
+        return self
+
+    def decode_confident(self, features, points, boxes, mask_input, multimask_output: bool, min_iou: float):
+        """`decode`, then the masks with IoU > min_iou (the exported decoder upscales nothing)."""
+        return select_confident(*self.decode(features, points, boxes, mask_input, multimask_output), min_iou)
+
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """(1, 3, S, S) normalised, padded image -> (1, 256, S/16, S/16) embedding."""
         array = np.ascontiguousarray(image.detach().cpu().numpy(), dtype=np.float32)
@@ -203,18 +218,3 @@ def _session(ort, path: Path, threads: int):
 
 def _numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
-class OnnxSamPredictor(SamPredictor):
-    """`SamPredictor(model, backend="onnx", ...)`; see `OnnxBackend` for the options."""
-
-    def __init__(
-        self,
-        sam_model: Sam,
-        onnx_dir: str | os.PathLike | None = None,
-        precision: str = "fp32",
-        num_threads: int | None = None,
-    ) -> None:
-        super().__init__(
-            sam_model, backend="onnx", onnx_dir=onnx_dir, precision=precision, num_threads=num_threads
-        )

@@ -1,9 +1,28 @@
-"""What the front-ends (napari plugin, Label Studio backend) share about serving a model.
+"""What the front-ends (napari plugin, Label Studio backend, CLI) share about serving a model.
 
 - `model_identity(...)`: one string that identifies a model (type, weights, input size), used to
   key every cache of embeddings and exported models.
+- `build_predictor(...)`: a predictor for (model or model type/checkpoint, backend, ONNX folder).
+- `parse_backend(...)` / `backend_from_env()`: the one reading of `MOBILESAM_BACKEND`.
+- `EmbeddingCache`: the one in-memory LRU of embeddings (by count and bytes), for servers and volumes.
 """
 
-from .identity import model_identity
+from .._lazy import lazy_attributes
 
-__all__ = ["model_identity"]
+# Loaded on first use: the setting parsers are torch-free (read before any model loads).
+_LAZY = {
+    "model_identity": "identity",
+    "build_predictor": "factory",
+    "BackendUnavailable": "factory",
+    "BACKENDS": "backend",
+    "ONNX_PRECISIONS": "backend",
+    "BACKEND_ENV": "backend",
+    "parse_backend": "backend",
+    "parse_onnx_precision": "backend",
+    "backend_from_env": "backend",
+    "EmbeddingCache": "memory_cache",
+}
+
+__getattr__ = lazy_attributes(__name__, _LAZY)
+
+__all__ = list(_LAZY)

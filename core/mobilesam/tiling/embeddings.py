@@ -136,9 +136,9 @@ def _index(tile: int | Tile) -> int:
 
 def build_predictor(model_type: str | None, checkpoint, device: str | None = None):
     """A `SamPredictor` for a checkpoint: a picklable predictor factory with functools.partial."""
-    from .. import SamPredictor, load_model
+    from ..serving import build_predictor as build
 
-    return SamPredictor(load_model(model_type, checkpoint, device=device, allow_download=False))
+    return build(model_type=model_type, checkpoint=checkpoint, device=device, allow_download=False)
 
 
 def embed_tiles(

@@ -28,7 +28,6 @@ import shutil
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from ..image import intensity_range, to_rgb_uint8
 from ..predictor import EmbeddingState
 from ..progress import ProgressCallback, raise_if_cancelled
 from ..serving.identity import model_identity
+from ..serving.memory_cache import EmbeddingCache
 from .io import READ_ERRORS
 
 INTENSITY_SAMPLE_SLICES = 16  # slices read to estimate the volume's intensity range
@@ -138,7 +138,8 @@ class VolumeEmbeddings:
         self.value_range = value_range if value_range is not None else self._volume_intensity_range()
 
         self.encoder_calls = self.disk_hits = self.memory_hits = 0
-        self._memory: OrderedDict[int, EmbeddingState] = OrderedDict()
+        # The core's memory LRU (`mobilesam.serving.EmbeddingCache`), by slice: max_in_memory slices.
+        self._memory = EmbeddingCache(max_items=self.max_in_memory, max_bytes=None)
         self._hashes: dict[int, str] = {}
         self._lock = threading.RLock()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
@@ -147,10 +148,10 @@ class VolumeEmbeddings:
         if self.cache_dir is not None:
             if self.model_id is None:
                 self.model_id = weights_fingerprint(predictor.model)
-            self._store = _EmbeddingStore(self.cache_dir, self._model_key(), cache_max_bytes)
+            self._store = _ZarrSliceStore(self.cache_dir, self._model_key(), cache_max_bytes)
         # Only folders that already hold this model's embeddings: a lookup never creates anything.
         self._other_stores = [
-            _EmbeddingStore(Path(folder), self._model_key())
+            _ZarrSliceStore(Path(folder), self._model_key())
             for folder in read_also
             if self._store is not None
             and Path(folder).resolve() != self.cache_dir.resolve()
@@ -203,7 +204,6 @@ class VolumeEmbeddings:
         with self._lock:
             state = self._memory.get(z)
             if state is not None:
-                self._memory.move_to_end(z)
                 self.memory_hits += 1
                 return state
             state = self._load_or_encode(z)
@@ -249,7 +249,7 @@ class VolumeEmbeddings:
     @property
     def in_memory(self) -> tuple[int, ...]:
         """Slices whose embeddings are in the in-memory LRU, oldest first."""
-        return tuple(self._memory)
+        return self._memory.keys()
 
     def __repr__(self) -> str:
         return (
@@ -313,10 +313,7 @@ class VolumeEmbeddings:
         return state
 
     def _remember(self, z: int, state: EmbeddingState) -> None:
-        self._memory[z] = state
-        self._memory.move_to_end(z)
-        while len(self._memory) > self.max_in_memory:
-            self._memory.popitem(last=False)
+        self._memory.put(z, state)
 
     def _model_key(self) -> str:
         model = getattr(self.predictor, "model", None)
@@ -329,7 +326,7 @@ class VolumeEmbeddings:
         return re.sub(r"-in\d+$", "", key) + f"-in{img_size}"
 
 
-class _EmbeddingStore:
+class _ZarrSliceStore:
     """A zarr group of slice embeddings for one model: one (256, 64, 64) float32 array per slice hash.
 
     Every entry carries the sha256 of its data, written last with the "complete" mark, and is

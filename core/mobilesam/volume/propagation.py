@@ -41,6 +41,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..progress import ProgressCallback, raise_if_cancelled
+from ..prompt import Prompt
 from .embeddings import VolumeEmbeddings
 
 PROJECTIONS = ("box", "mask", "box_and_mask", "points", "single_point")
@@ -55,7 +56,7 @@ NUM_PROJECTED_POINTS = 3
 
 @dataclass
 class SlicePrompt:
-    """Prompts for one object on one slice.
+    """Prompts for one object on one slice: a `mobilesam.Prompt` (validated by it) and its slice.
 
     z: index of the slice along the volume's slicing axis.
     points: (N, 2) pixel coordinates (x, y) within the slice: x is the column, y the row.
@@ -72,38 +73,36 @@ class SlicePrompt:
         if isinstance(self.z, (bool, np.bool_)) or not isinstance(self.z, (int, np.integer)):
             raise TypeError(f"SlicePrompt.z must be an integer slice index, got {self.z!r}")
         self.z = int(self.z)
-        if self.points is not None:
-            self.points = (
-                np.asarray(self.points, dtype=np.float64).reshape(-1, 2) if np.size(self.points) else None
-            )
-        if self.points is not None:
-            labels = (
-                np.ones(len(self.points), np.int64)
-                if self.labels is None
-                else np.asarray(self.labels).reshape(-1)
-            )
-            if len(labels) != len(self.points):
-                raise ValueError(f"slice {self.z}: {len(self.points)} points but {len(labels)} labels")
-            if not np.isin(labels, (0, 1)).all():
-                raise ValueError(
-                    f"slice {self.z}: point labels must be 1 (object) or 0 (background), got {labels}"
-                )
-            self.labels = labels.astype(np.int64)
-        elif self.labels is not None and np.size(self.labels):
+        if (
+            self.labels is not None
+            and np.size(self.labels)
+            and (self.points is None or not np.size(self.points))
+        ):
             raise ValueError(f"slice {self.z}: labels given without points")
-        else:
-            self.labels = None
-        if self.box is not None:
-            box = np.asarray(self.box, dtype=np.float64).reshape(-1)
-            if box.size != 4 or not (box[2] > box[0] and box[3] > box[1]):
-                raise ValueError(
-                    f"slice {self.z}: box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {self.box}"
-                )
-            self.box = box
+        try:
+            plane = Prompt(self.points, self.labels, self.box)
+        except ValueError as exc:
+            raise ValueError(f"slice {self.z}: {_volume_box_problem(self.box) or exc}") from None
+        problem = _volume_box_problem(plane.box)
+        if problem:
+            raise ValueError(f"slice {self.z}: {problem}")
+        self.points, self.labels = plane.point_arrays()
+        self.box = plane.box_array()
         if self.points is None and self.box is None:
             raise ValueError(f"slice {self.z}: a prompt needs points or a box")
         if self.points is not None and self.box is None and not (self.labels == 1).any():
             raise ValueError(f"slice {self.z}: only background points; add a point on the object or a box")
+
+    @classmethod
+    def from_prompt(cls, z: int, prompt: Prompt) -> "SlicePrompt":
+        """The `Prompt` of one object on slice z (its mask, a 2D refinement input, is not used)."""
+        coords, labels = prompt.point_arrays()
+        return cls(z, coords, labels, prompt.box_array())
+
+    @property
+    def prompt(self) -> Prompt:
+        """This slice's prompts as a `mobilesam.Prompt`."""
+        return Prompt(self.points, self.labels, self.box)
 
     def check_inside(self, num_slices: int, slice_shape: tuple[int, int]) -> None:
         """Raise ValueError naming the problem if the prompt is not within the volume."""
@@ -124,6 +123,21 @@ class SlicePrompt:
                     f"box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) on slice z={self.z} does not overlap "
                     f"the {width}x{height} (width x height) slice"
                 )
+
+
+def _volume_box_problem(box) -> str | None:
+    """What is wrong with a box of four finite numbers for propagation, which needs an area to
+    follow (stricter than `Prompt`, which takes a box of zero width); None if nothing (or if it is
+    not four finite numbers: `Prompt` says what is wrong then)."""
+    try:
+        values = np.asarray(box, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        return None
+    if box is None or values.size != 4 or not np.isfinite(values).all():
+        return None
+    if values[2] > values[0] and values[3] > values[1]:
+        return None
+    return f"box must be (x0, y0, x1, y1) with x1 > x0 and y1 > y0, got {box}"
 
 
 def propagate_object(

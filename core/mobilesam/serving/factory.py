@@ -1,0 +1,61 @@
+"""`build_predictor`: the one way a front-end gets a predictor for (model, backend, ONNX folder).
+
+The napari plugin, the Label Studio backend and the CLI all ask here, so a model loads, exports to
+ONNX and finds its exported files the same way everywhere.
+"""
+
+import logging
+import os
+
+from ..errors import MobileSamError
+from .backend import parse_backend, parse_onnx_precision
+
+logger = logging.getLogger(__name__)
+
+
+class BackendUnavailable(MobileSamError):
+    """The chosen backend could not be started for a model that loaded fine (e.g. no onnxruntime)."""
+
+
+def build_predictor(
+    model=None,
+    *,
+    model_type: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    device: str | None = None,
+    allow_download: bool = True,
+    backend: str = "torch",
+    onnx_dir: str | os.PathLike | None = None,
+    onnx_precision: str = "fp32",
+    num_threads: int | None = None,
+):
+    """A `SamPredictor` on `model`, or on the model loaded from (model_type, checkpoint, device)
+    with `mobilesam.load_model` when `model` is None.
+
+    backend: "torch" or "onnx" (`parse_backend`). For ONNX, onnx_dir is where the exported models
+    are kept (None: `mobilesam.onnx.default_onnx_dir` of the model type), onnx_precision "fp32" or
+    "int8". Slow (loading, ONNX export on first use): front-ends call it off their GUI/request thread.
+    Raises `BackendUnavailable` when the model loaded but the backend could not start.
+    """
+    from .. import load_model
+    from ..predictor import SamPredictor
+
+    backend = parse_backend(backend, "backend")
+    onnx_precision = parse_onnx_precision(onnx_precision, "onnx_precision")
+    if model is None:
+        model = load_model(model_type, checkpoint, device=device, allow_download=allow_download)
+    if backend == "torch":
+        return SamPredictor(model)
+    from ..onnx.predictor import default_onnx_dir
+
+    try:
+        if onnx_dir is None:
+            onnx_dir = default_onnx_dir(model_type or model)
+        logger.info(
+            "ONNX Runtime backend (%s): models in %s (exported if missing or stale)", onnx_precision, onnx_dir
+        )
+        return SamPredictor(
+            model, backend="onnx", onnx_dir=onnx_dir, precision=onnx_precision, num_threads=num_threads
+        )
+    except Exception as exc:  # noqa: BLE001 - any failure to start the backend is reported as one
+        raise BackendUnavailable(f"the {backend} backend could not be started: {exc}") from exc
