@@ -18,6 +18,7 @@ _LAZY = {
     "build_sam_vit_l": "build_sam",
     "build_sam_vit_t": "build_sam",
     "sam_model_registry": "build_sam",
+    "load_model": "build_sam",
     "SamAutomaticMaskGenerator": "automatic_mask_generator",
     "Cancelled": "errors",
     "CheckpointError": "errors",
@@ -67,24 +68,3 @@ __all__ = [
     "Cancelled",
     "load_model",
 ]
-
-
-def load_model(
-    model_type=None, checkpoint=None, device=None, allow_download=True, exact=False, precision="fp32"
-):
-    """Build a model with weights resolved by `mobilesam.weights.resolve_checkpoint`.
-
-    model_type None means: the architecture of the given checkpoint, else "vit_t".
-    exact=True: bit-identical to the official code instead of the fast path (`Sam.set_exact`).
-    precision: the fast encoder's arithmetic, "fp32", "bf16" or "auto" (`Sam.set_precision`).
-    """
-    import torch
-
-    from .build_sam import build_sam, detect_model_type, read_state_dict
-    from .weights import resolve_checkpoint
-
-    path = resolve_checkpoint(model_type or "vit_t", checkpoint, allow_download=allow_download)
-    if model_type is None:
-        model_type = detect_model_type(read_state_dict(path)) or "vit_t"
-    model = build_sam(model_type, path, exact=exact).set_precision(precision)
-    return model.to(torch.device(device)) if device else model

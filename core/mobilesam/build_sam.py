@@ -162,3 +162,21 @@ build_sam_vit_t = sam_model_registry["vit_t"]
 build_sam_vit_b = sam_model_registry["vit_b"]
 build_sam_vit_l = sam_model_registry["vit_l"]
 build_sam_vit_h = sam_model_registry["vit_h"]
+
+
+def load_model(
+    model_type=None, checkpoint=None, device=None, allow_download=True, exact=False, precision="fp32"
+):
+    """Build a model with weights resolved by `mobilesam.weights.resolve_checkpoint`.
+
+    model_type None means: the architecture of the given checkpoint, else "vit_t".
+    exact=True: bit-identical to the official code instead of the fast path (`Sam.set_exact`).
+    precision: the fast encoder's arithmetic, "fp32", "bf16" or "auto" (`Sam.set_precision`).
+    """
+    from .weights import resolve_checkpoint  # weights needs no model code; imported when used
+
+    path = resolve_checkpoint(model_type or "vit_t", checkpoint, allow_download=allow_download)
+    if model_type is None:
+        model_type = detect_model_type(read_state_dict(path)) or "vit_t"
+    model = build_sam(model_type, path, exact=exact).set_precision(precision)
+    return model.to(torch.device(device)) if device else model

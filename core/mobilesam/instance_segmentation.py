@@ -102,7 +102,7 @@ class InstanceSegmenter:
         device: str | None = None,
     ) -> "InstanceSegmenter":
         """Load a micro-sam model (e.g. vit_t_lm) and its decoder, resolved like `mobilesam.load_model`."""
-        from . import load_model
+        from .build_sam import load_model
 
         decoder_type = decoder_weights_name(model_type)  # fails before any loading for a model without one
         sam = load_model(model_type, checkpoint, device=device, allow_download=allow_download)

@@ -34,7 +34,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace):
-    from .. import load_model
+    from ..build_sam import load_model
 
     return load_model(
         args.model_type,

@@ -95,8 +95,8 @@ def non_negative_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import SamAutomaticMaskGenerator
     from ..atomic import check_writable_path
+    from ..automatic_mask_generator import SamAutomaticMaskGenerator
     from ..image import to_rgb_uint8
     from ..io import read_image_with_channel_axis, write_image
     from ..mask_outputs import records_to_coco_json, records_to_label_image

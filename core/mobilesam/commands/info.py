@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 def info_lines() -> list[tuple[str, str]]:
     import torch
 
-    from .. import __version__
+    from .._version import __version__
     from ..runtime import CPU_FLAGS, allocator_status, bf16_supported, cpu_flags, usable_cpus
 
     flags = cpu_flags()

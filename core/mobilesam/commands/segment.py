@@ -77,10 +77,10 @@ def check_prompts_inside(points, box, height: int, width: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import SamPredictor
     from ..atomic import check_writable_path
     from ..image import to_rgb_uint8
     from ..io import read_image_with_channel_axis, write_image
+    from ..predictor import SamPredictor
     from ..prompt import Prompt
 
     if not args.point and args.box is None:

@@ -144,8 +144,8 @@ def parse_prompt(text: str):
 
 def open_embeddings(args: argparse.Namespace, volume):
     """Model + `VolumeEmbeddings` for the CLI; the cache is keyed by the checkpoint's sha256."""
-    from .. import SamPredictor, load_model
-    from ..build_sam import detect_model_type
+    from ..build_sam import detect_model_type, load_model
+    from ..predictor import SamPredictor
     from ..volume import VolumeEmbeddings, model_fingerprint
     from ..weights import resolve_checkpoint
 

@@ -93,7 +93,7 @@ class PromptDecoderOnnx(nn.Module):
 def weights_fingerprint(model: nn.Module) -> str:
     """The model's `mobilesam.serving.model_identity` (type, weights, input size), stamped next to
     the exported files to tell whether they are stale: the one identity caches use everywhere."""
-    from ..serving import model_identity
+    from ..serving.identity import model_identity
 
     return model_identity(model)
 

@@ -37,7 +37,7 @@ def build_predictor(
     "int8". Slow (loading, ONNX export on first use): front-ends call it off their GUI/request thread.
     Raises `BackendUnavailable` when the model loaded but the backend could not start.
     """
-    from .. import load_model
+    from .. import load_model  # the public name, so callers and tests can substitute it
     from ..predictor import SamPredictor
 
     backend = parse_backend(backend, "backend")

@@ -130,7 +130,8 @@ def segment_everything_tiled(
 
 def build_generator(model_type: str | None, checkpoint, device: str | None = None, **settings):
     """A `SamAutomaticMaskGenerator` for a checkpoint: a picklable generator factory with functools.partial."""
-    from .. import SamAutomaticMaskGenerator, load_model
+    from ..automatic_mask_generator import SamAutomaticMaskGenerator
+    from ..build_sam import load_model
 
     model = load_model(model_type, checkpoint, device=device, allow_download=False)
     return SamAutomaticMaskGenerator(model, **settings)
