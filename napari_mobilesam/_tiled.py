@@ -32,7 +32,7 @@ from mobilesam.tiling.grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE, TileGrid
 from ._layers import ImageInfo
 from ._prompts import GroupedPrompts, PlanePrompt
 from ._session import ImageSession, SegmenterKey
-from ._tasks import BackgroundTask
+from ._tasks import BackgroundTask, cancel_checks_inside
 
 DEFAULT_TILE_ABOVE = 2048  # long side (pixels) above which 2-D images are tiled
 
@@ -218,7 +218,10 @@ def segment_everything_in_tiles(
     def everything(segmenter_, progress, cancel):
         generator = mask_generator(segmenter_.predictor, settings)
         embeddings = segmenter_.embeddings
-        with tempfile.TemporaryDirectory(prefix="mobilesam-everything-") as folder:
+        with (
+            cancel_checks_inside(getattr(generator.predictor, "model", None), cancel, "segment everything"),
+            tempfile.TemporaryDirectory(prefix="mobilesam-everything-") as folder,
+        ):
             output = Path(folder) / "labels.zarr"  # written tile by tile by the core, read back once
             segment_everything_tiled(
                 embeddings.image,

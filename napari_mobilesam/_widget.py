@@ -57,7 +57,7 @@ from ._sections import (
     backend_default,
 )
 from ._session import ImageSession, SegmenterKey, Sessions, next_candidate, pick_candidate
-from ._tasks import BackgroundTask
+from ._tasks import BackgroundTask, cancel_checks_inside
 from ._tiled import (
     describe_tiling,
     embed_all_tiled,
@@ -928,8 +928,8 @@ class MobileSamWidget(Container):
             return
         image_layer, info = current
         z = current_slice(self.viewer, image_layer) if info.is_volume else 0
-        # Small batches: Cancel is checked between batches (a batch of 16 took up to 3 s on a
-        # loaded 2-core machine; 8 keeps Cancel near a second).
+        # The core checks Cancel between decoder batches; a batch of 8 still took 2-4 s on a loaded
+        # 2-core machine, so the model also checks it before each layer (`cancel_checks_inside`).
         settings = {
             "points_per_side": self.points_per_side.value,
             "points_per_batch": 8,
@@ -944,12 +944,13 @@ class MobileSamWidget(Container):
             generator = SamAutomaticMaskGenerator(segmenter.predictor.model, **settings)
             # The embedding computed (or cached) for the plugin: nothing is encoded twice, and
             # Cancel is honoured from the first batch on.
-            records = generator.generate(
-                segmenter.slice_rgb(z),
-                progress=progress,
-                cancel=cancel,
-                embedding=segmenter.embeddings.get(z),
-            )
+            with cancel_checks_inside(generator.predictor.model, cancel, "segment everything"):
+                records = generator.generate(
+                    segmenter.slice_rgb(z),
+                    progress=progress,
+                    cancel=cancel,
+                    embedding=segmenter.embeddings.get(z),
+                )
             return records_to_label_image(records, shape=info.spatial_shape[-2:])
 
         def show(labels):
