@@ -144,14 +144,15 @@ class PromptLayers:
     something is first written into them (`current`, `objects`): on a 6000 x 6000 image they cost
     hundreds of MiB as soon as napari displays them. `existing(role)` looks without making.
 
-    on_made(layer): called after a result layer was added (the widget gives the clicks back to the
-    prompts layer, which napari's selection of the new layer took away).
+    napari selects an inserted layer (and a shown viewer's layer list selects it again later), so
+    the layer that was active is given the selection back at once and via `reselect(layer)` (the
+    widget defers it to after the layer list's own handling): the clicks stay where they were.
     """
 
-    def __init__(self, viewer, image_layer, info: ImageInfo, points: Points, boxes: Shapes, on_made=None):
+    def __init__(self, viewer, image_layer, info: ImageInfo, points: Points, boxes: Shapes, reselect=None):
         self.viewer, self.image_layer, self.info = viewer, image_layer, info
         self.points, self.boxes = points, boxes
-        self._on_made = on_made
+        self._reselect = reselect
         self._held: dict[str, Labels] = {}  # role -> the result layer found or made last
 
     def existing(self, role: str) -> Labels | None:
@@ -178,6 +179,7 @@ class PromptLayers:
         if role == "objects" and self.existing("current") is not None:
             in_list.append(self.viewer.layers.index(self._held["current"]))
         index = min(in_list, default=len(self.viewer.layers))  # below the prompts: points stay visible
+        active = self.viewer.layers.selection.active
         layer = _labels_layer(
             self.viewer,
             layer_names(self.image_layer.name)[role],
@@ -190,8 +192,10 @@ class PromptLayers:
         if role == "current":
             layer.colormap = _current_colormap()
         self._held[role] = layer
-        if self._on_made is not None:
-            self._on_made(layer)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+            if self._reselect is not None:
+                self._reselect(active)
         return layer
 
     @property
@@ -210,7 +214,7 @@ class PromptLayers:
         return [*self.points_and_boxes(), *(lay for role in RESULT_STYLE if (lay := self.existing(role)))]
 
 
-def ensure_prompt_layers(viewer, image_layer, info: ImageInfo, on_made=None) -> PromptLayers:
+def ensure_prompt_layers(viewer, image_layer, info: ImageInfo, reselect=None) -> PromptLayers:
     """Find or create the points and boxes layers of `image_layer` (reused so nothing is lost);
     its result Labels are found or made when needed (`PromptLayers`)."""
     ndim = image_layer.ndim  # prompts live in all the image's dimensions (incl. a channel slider)
@@ -242,7 +246,7 @@ def ensure_prompt_layers(viewer, image_layer, info: ImageInfo, on_made=None) -> 
         )
         points.feature_defaults = {"label": POSITIVE}
         points.mode = "add"
-    return PromptLayers(viewer, image_layer, info, points, boxes, on_made)
+    return PromptLayers(viewer, image_layer, info, points, boxes, reselect)
 
 
 def sync_transform(viewer, image_layer, info: ImageInfo) -> None:

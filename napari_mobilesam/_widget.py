@@ -370,9 +370,7 @@ class MobileSamWidget(Container):
             info = self._describe(image_layer)
             self._muted = True
             try:
-                self._layers = ensure_prompt_layers(
-                    self.viewer, image_layer, info, on_made=self._on_result_layer_made
-                )
+                self._layers = ensure_prompt_layers(self.viewer, image_layer, info, self._reselect_later)
             finally:
                 self._muted = False
             self._layers_of = image_layer
@@ -387,10 +385,18 @@ class MobileSamWidget(Container):
             QTimer.singleShot(0, self._activate_points)
         return self._layers
 
-    def _on_result_layer_made(self, _layer) -> None:
-        # A full-size result layer was just added (first mask, first commit, ...): napari selects
-        # it, but the clicks belong to the prompts layer.
-        QTimer.singleShot(0, self._activate_points)
+    def _reselect_later(self, layer) -> None:
+        """Give `layer` the selection back once napari's layer list has selected a new result layer."""
+
+        def reselect() -> None:
+            if layer in self.viewer.layers:
+                self._muted = True
+                try:
+                    self.viewer.layers.selection.active = layer
+                finally:
+                    self._muted = False
+
+        QTimer.singleShot(0, reselect)
 
     def _on_image_transform(self, event=None) -> None:
         image_layer = getattr(event, "source", None) or self.image.value
@@ -910,7 +916,7 @@ class MobileSamWidget(Container):
         )
         self._layers = None
         return ensure_prompt_layers(
-            self.viewer, image_layer, self._describe(image_layer), on_made=self._on_result_layer_made
+            self.viewer, image_layer, self._describe(image_layer), self._reselect_later
         )
 
     # ---------------------------------------------------------------- everything
