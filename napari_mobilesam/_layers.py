@@ -88,17 +88,6 @@ def _layer_transform(image_layer, axes: tuple[int, ...] | None = None) -> dict:
     }
 
 
-@dataclass
-class PromptLayers:
-    points: Points
-    boxes: Shapes
-    current: Labels
-    objects: Labels
-
-    def all(self) -> list:
-        return [self.points, self.boxes, self.current, self.objects]
-
-
 SUFFIXES = {"prompts": "prompts", "boxes": "boxes", "current": "current object", "objects": "objects"}
 
 
@@ -120,9 +109,9 @@ def _shape_name(name: str, shape: tuple[int, ...]) -> str:
     return f"{name} ({'x'.join(str(s) for s in shape)})"
 
 
-def _labels_layer(viewer, name: str, shape: tuple[int, ...], dtype, transform: dict, **kwargs):
+def _labels_layer(viewer, name: str, shape: tuple[int, ...], dtype, transform: dict, index: int, **kwargs):
     """The Labels layer `name` of this shape: reused, or swapped in from where an earlier channel
-    setting parked it, or new. A layer of another shape under the name is parked as
+    setting parked it, or new (inserted at `index` in the layer list). A layer of another shape under the name is parked as
     '<name> (<shape>)' when it holds labels (nothing is lost) and removed when empty, so toggling
     a setting never piles up 'name [1]', 'name [2]' duplicates."""
     existing = viewer.layers[name] if name in viewer.layers else None
@@ -141,23 +130,96 @@ def _labels_layer(viewer, name: str, shape: tuple[int, ...], dtype, transform: d
         layer = viewer.layers[parked]
         layer.name = name
         return layer
-    return viewer.add_labels(np.zeros(shape, dtype), name=name, **transform, **kwargs)
+    layer = Labels(np.zeros(shape, dtype), name=name, **transform, **kwargs)
+    viewer.layers.insert(min(index, len(viewer.layers)), layer)
+    return layer
 
 
-def ensure_prompt_layers(viewer, image_layer, info: ImageInfo) -> PromptLayers:
-    """Find or create the four layers that belong to `image_layer` (reused so nothing is lost)."""
+RESULT_STYLE = {"current": (np.uint8, 0.6), "objects": (np.int32, 0.5)}  # role -> (dtype, opacity)
+
+
+class PromptLayers:
+    """An image's plugin layers. The points and boxes layers (small) exist from the start, so that
+    clicks work at once; the full-size Labels ('current object', 'objects') are made only when
+    something is first written into them (`current`, `objects`): on a 6000 x 6000 image they cost
+    hundreds of MiB as soon as napari displays them. `existing(role)` looks without making.
+
+    napari selects an inserted layer (and a shown viewer's layer list selects it again later), so
+    the layer that was active is given the selection back at once and via `reselect(layer)` (the
+    widget defers it to after the layer list's own handling): the clicks stay where they were.
+    """
+
+    def __init__(self, viewer, image_layer, info: ImageInfo, points: Points, boxes: Shapes, reselect=None):
+        self.viewer, self.image_layer, self.info = viewer, image_layer, info
+        self.points, self.boxes = points, boxes
+        self._reselect = reselect
+        self._held: dict[str, Labels] = {}  # role -> the result layer found or made last
+
+    def existing(self, role: str) -> Labels | None:
+        """The image's result layer `role` ("current"/"objects") of the image's shape, or None."""
+        layer = self._held.get(role)
+        if layer is None or layer not in self.viewer.layers:  # made before, or since removed
+            layer = _find(
+                self.viewer, layer_names(self.image_layer.name)[role], Labels, len(self.info.spatial_shape)
+            )
+        if layer is None or layer.data.shape != self.info.spatial_shape:
+            return None
+        self._held[role] = layer
+        return layer
+
+    def result_layer(self, role: str) -> Labels:
+        """The result layer `role`, made now (with the image's current transform) if missing."""
+        layer = self.existing(role)
+        if layer is not None:
+            return layer
+        dtype, opacity = RESULT_STYLE[role]
+        in_list = [
+            self.viewer.layers.index(lay) for lay in self.points_and_boxes() if lay in self.viewer.layers
+        ]
+        if role == "objects" and self.existing("current") is not None:
+            in_list.append(self.viewer.layers.index(self._held["current"]))
+        index = min(in_list, default=len(self.viewer.layers))  # below the prompts: points stay visible
+        active = self.viewer.layers.selection.active
+        layer = _labels_layer(
+            self.viewer,
+            layer_names(self.image_layer.name)[role],
+            self.info.spatial_shape,
+            dtype,
+            _layer_transform(self.image_layer, self.info.spatial_axes),
+            index,
+            opacity=opacity,
+        )
+        if role == "current":
+            layer.colormap = _current_colormap()
+        self._held[role] = layer
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+            if self._reselect is not None:
+                self._reselect(active)
+        return layer
+
+    @property
+    def current(self) -> Labels:
+        return self.result_layer("current")
+
+    @property
+    def objects(self) -> Labels:
+        return self.result_layer("objects")
+
+    def points_and_boxes(self) -> list:
+        return [self.points, self.boxes]
+
+    def all(self) -> list:
+        """The layers that exist now (result layers are not made by asking)."""
+        return [*self.points_and_boxes(), *(lay for role in RESULT_STYLE if (lay := self.existing(role)))]
+
+
+def ensure_prompt_layers(viewer, image_layer, info: ImageInfo, reselect=None) -> PromptLayers:
+    """Find or create the points and boxes layers of `image_layer` (reused so nothing is lost);
+    its result Labels are found or made when needed (`PromptLayers`)."""
     ndim = image_layer.ndim  # prompts live in all the image's dimensions (incl. a channel slider)
     names = layer_names(image_layer.name)
     transform = _layer_transform(image_layer)
-    labels_transform = _layer_transform(image_layer, info.spatial_axes)
-
-    objects = _labels_layer(
-        viewer, names["objects"], info.spatial_shape, np.int32, labels_transform, opacity=0.5
-    )
-    current = _labels_layer(
-        viewer, names["current"], info.spatial_shape, np.uint8, labels_transform, opacity=0.6
-    )
-    current.colormap = _current_colormap()
     boxes = _find(viewer, names["boxes"], Shapes, ndim)
     if boxes is None:
         boxes = viewer.add_shapes(
@@ -184,7 +246,7 @@ def ensure_prompt_layers(viewer, image_layer, info: ImageInfo) -> PromptLayers:
         )
         points.feature_defaults = {"label": POSITIVE}
         points.mode = "add"
-    return PromptLayers(points, boxes, current, objects)
+    return PromptLayers(viewer, image_layer, info, points, boxes, reselect)
 
 
 def sync_transform(viewer, image_layer, info: ImageInfo) -> None:

@@ -33,7 +33,7 @@ from mobilesam.tiling.grid import DEFAULT_HALO, DEFAULT_TILE_SHAPE, TileGrid
 from ._layers import ImageInfo
 from ._prompts import GroupedPrompts
 from ._session import ImageSession, SegmenterKey
-from ._tasks import BackgroundTask
+from ._tasks import BackgroundTask, cancel_checks_inside
 
 DEFAULT_TILE_ABOVE = 2048  # long side (pixels) above which 2-D images are tiled
 
@@ -153,9 +153,10 @@ def segment_tiled(
     prompt = grouped.by_slice.get(0)
     extra_boxes = grouped.extra_boxes.get(0, ())
     if prompt is None:  # prompts removed: nothing to decode
-        if segmenter is not None:
-            segmenter.paint(layers.current.data, [])
-            layers.current.refresh()
+        current = layers.existing("current")  # not made just to be erased
+        if segmenter is not None and current is not None:
+            segmenter.paint(current.data, [])
+            current.refresh()
         session.shown.pop(0, None)
         session.shown_boxes.pop(0, None)
         widget.scores.value = "-"
@@ -218,7 +219,10 @@ def segment_everything_in_tiles(
     def everything(segmenter_, progress, cancel):
         generator = mask_generator(segmenter_.predictor, settings)
         embeddings = segmenter_.embeddings
-        with tempfile.TemporaryDirectory(prefix="mobilesam-everything-") as folder:
+        with (
+            cancel_checks_inside(getattr(generator.predictor, "model", None), cancel, "segment everything"),
+            tempfile.TemporaryDirectory(prefix="mobilesam-everything-") as folder,
+        ):
             output = Path(folder) / "labels.zarr"  # written tile by tile by the core, read back once
             segment_everything_tiled(
                 embeddings.image,
@@ -291,8 +295,9 @@ def _run(widget, image_layer, info, session, tiling, description: str, job, show
                 if other is not session:
                     other.drop_segmenter()
         widget._predictor, widget._model_key = predictor_, model_key
-        if session.segmenter is not segmenter_ and layers is not None:
-            layers.current.data[...] = 0  # once per new segmenter: what is shown came from other embeddings
+        current = layers.existing("current") if layers is not None else None
+        if session.segmenter is not segmenter_ and current is not None:
+            current.data[...] = 0  # once per new segmenter: what is shown came from other embeddings
         session.use_segmenter(segmenter_, key, data)
         try:
             show(segmenter_, result)

@@ -57,7 +57,7 @@ from ._sections import (
     backend_default,
 )
 from ._session import ImageSession, SegmenterKey, Sessions, next_candidate, pick_candidate
-from ._tasks import BackgroundTask
+from ._tasks import BackgroundTask, cancel_checks_inside
 from ._tiled import (
     describe_tiling,
     embed_all_tiled,
@@ -258,8 +258,8 @@ class MobileSamWidget(Container):
                 self._remove_plugin_layers_of(layer)
             if self._layers_of is layer:
                 self._layers = self._layers_of = None
-        elif self._layers is not None and layer in self._layers.all():
-            self._layers = None  # recreated (empty) when next needed
+        elif self._layers is not None and layer in self._layers.points_and_boxes():
+            self._layers = None  # recreated (empty) when next needed; result layers are looked up anew
         self.image.reset_choices()
         if self.image.value is None and self.image.choices:
             self.image.value = self.image.choices[-1]
@@ -370,7 +370,7 @@ class MobileSamWidget(Container):
             info = self._describe(image_layer)
             self._muted = True
             try:
-                self._layers = ensure_prompt_layers(self.viewer, image_layer, info)
+                self._layers = ensure_prompt_layers(self.viewer, image_layer, info, self._reselect_later)
             finally:
                 self._muted = False
             self._layers_of = image_layer
@@ -384,6 +384,19 @@ class MobileSamWidget(Container):
             # inserted layer after its insertion events have run.
             QTimer.singleShot(0, self._activate_points)
         return self._layers
+
+    def _reselect_later(self, layer) -> None:
+        """Give `layer` the selection back once napari's layer list has selected a new result layer."""
+
+        def reselect() -> None:
+            if layer in self.viewer.layers:
+                self._muted = True
+                try:
+                    self.viewer.layers.selection.active = layer
+                finally:
+                    self._muted = False
+
+        QTimer.singleShot(0, reselect)
 
     def _on_image_transform(self, event=None) -> None:
         image_layer = getattr(event, "source", None) or self.image.value
@@ -707,7 +720,9 @@ class MobileSamWidget(Container):
         for z, labels in shown.items():
             self._paint(layers, z, labels)
         self._show_scores(session)
-        layers.current.refresh()
+        current = layers.existing("current")
+        if current is not None:
+            current.refresh()
 
     def _show_scores(self, session: ImageSession) -> None:
         if not session.candidates:
@@ -718,7 +733,11 @@ class MobileSamWidget(Container):
         self.scores.value = " / ".join(("[%.2f]" if i == index else "%.2f") % s for i, s in enumerate(scores))
 
     def _paint(self, layers: PromptLayers, z: int, labels: np.ndarray | None) -> None:
-        target = layers.current.data if layers.current.ndim == 2 else layers.current.data[z]
+        """Show slice z's labels; the current-object layer is made by the first mask, not by erasing."""
+        current = layers.current if labels is not None else layers.existing("current")
+        if current is None:
+            return
+        target = current.data if current.ndim == 2 else current.data[z]
         target[...] = 0 if labels is None else labels.astype(target.dtype)
 
     def _repaint_candidates(self, _value=None) -> None:
@@ -755,7 +774,8 @@ class MobileSamWidget(Container):
         except LayerError as exc:
             self._notify("error", f"MobileSAM: {exc}")
             return
-        current = np.asarray(layers.current.data)
+        current_layer = layers.existing("current")
+        current = np.asarray(current_layer.data) if current_layer is not None else np.zeros(0)
         if not current.any():
             self._notify("info", "MobileSAM: nothing to commit (the current object is empty)")
             return
@@ -779,8 +799,10 @@ class MobileSamWidget(Container):
         try:
             layers.points.data = np.empty((0, layers.points.ndim))
             layers.boxes.data = []
-            layers.current.data[...] = 0
-            layers.current.refresh()
+            current = layers.existing("current")
+            if current is not None:
+                current.data[...] = 0
+                current.refresh()
         finally:
             self._muted = False
         self._session().forget_masks()
@@ -822,8 +844,10 @@ class MobileSamWidget(Container):
                 cancel=cancel,
             )
 
+        held = [layers.existing("current")]
+
         def show(mask):
-            current = self._live_layers(layers).current
+            current = self._live_layers(layers, held=held).current
             current.data[...] = np.asarray(mask, dtype=current.data.dtype)
             current.refresh()
             session.candidates.clear()
@@ -839,7 +863,8 @@ class MobileSamWidget(Container):
             self._notify("error", f"MobileSAM: {exc}")
             return
         session = self._session()
-        ids = session.committed_with_prompts(np.asarray(layers.objects.data))
+        objects_layer = layers.existing("objects")
+        ids = session.committed_with_prompts(np.asarray(objects_layer.data)) if objects_layer else []
         if not ids:
             self._notify("warning", "MobileSAM: commit at least one object (with its prompts) first")
             return
@@ -861,7 +886,7 @@ class MobileSamWidget(Container):
             return label_of[labels]
 
         def show(labels):
-            target_layer = self._live_layers(layers, image_layer).objects
+            target_layer = self._live_layers(layers, image_layer, held=[objects_layer]).objects
             target = target_layer.data
             labels = np.asarray(labels)
             free = (target == 0) & (labels > 0)
@@ -871,22 +896,28 @@ class MobileSamWidget(Container):
         if not self._refuse_if_busy():
             self._prepare("MobileSAM: segmenting objects through the volume", [], then=show, extra=propagate)
 
-    def _live_layers(self, layers: PromptLayers, image_layer=None) -> PromptLayers:
-        """`layers` if all are still in the viewer; else the image's layers made again (and said so),
-        so a result is never written into a layer the user removed meanwhile."""
-        if all(layer in self.viewer.layers for layer in layers.all()):
+    def _live_layers(self, layers: PromptLayers, image_layer=None, held=()) -> PromptLayers:
+        """`layers` if they and the result layers `held` when the task started are all still in the
+        viewer; else the image's layers found or made again (and said so), so a result is never
+        written into a layer the user removed meanwhile."""
+        missing = [
+            layer.name
+            for layer in (*layers.points_and_boxes(), *held)
+            if layer is not None and layer not in self.viewer.layers
+        ]
+        if not missing:
             return layers
         image_layer = image_layer or self._image_layer()
         names = layer_names(image_layer.name)
-        missing = [layer.name for layer in layers.all() if layer not in self.viewer.layers]
         self._notify(
             "warning",
             f"MobileSAM: layer(s) {', '.join(missing)} were removed while working; "
             f"the result is in new layers named {names['objects']!r} etc.",
         )
         self._layers = None
-        fresh = ensure_prompt_layers(self.viewer, image_layer, self._describe(image_layer))
-        return fresh
+        return ensure_prompt_layers(
+            self.viewer, image_layer, self._describe(image_layer), self._reselect_later
+        )
 
     # ---------------------------------------------------------------- everything
     def _update_estimate(self, _value=None) -> None:
@@ -903,8 +934,8 @@ class MobileSamWidget(Container):
             return
         image_layer, info = current
         z = current_slice(self.viewer, image_layer) if info.is_volume else 0
-        # Small batches: Cancel is checked between batches (a batch of 16 took up to 3 s on a
-        # loaded 2-core machine; 8 keeps Cancel near a second).
+        # The core checks Cancel between decoder batches; a batch of 8 still took 2-4 s on a loaded
+        # 2-core machine, so the model also checks it before each layer (`cancel_checks_inside`).
         settings = {
             "points_per_side": self.points_per_side.value,
             "points_per_batch": 8,
@@ -919,12 +950,13 @@ class MobileSamWidget(Container):
             generator = SamAutomaticMaskGenerator(segmenter.predictor.model, **settings)
             # The embedding computed (or cached) for the plugin: nothing is encoded twice, and
             # Cancel is honoured from the first batch on.
-            records = generator.generate(
-                segmenter.slice_rgb(z),
-                progress=progress,
-                cancel=cancel,
-                embedding=segmenter.embeddings.get(z),
-            )
+            with cancel_checks_inside(generator.predictor.model, cancel, "segment everything"):
+                records = generator.generate(
+                    segmenter.slice_rgb(z),
+                    progress=progress,
+                    cancel=cancel,
+                    embedding=segmenter.embeddings.get(z),
+                )
             return records_to_label_image(records, shape=info.spatial_shape[-2:])
 
         def show(labels):

@@ -96,7 +96,7 @@ def test_cancel_stops_precomputing_and_keeps_layers(plugin_widget, qtbot):
     wait_idle(qtbot, widget)
     assert len(predictor.encoded_images) < 5
     assert any(level == "info" and "cancelled" in text for level, text in widget.messages)
-    assert {"vol", "vol prompts", "vol boxes", "vol current object", "vol objects"} <= {
+    assert {"vol", "vol prompts", "vol boxes", "vol current object"} <= {
         layer.name for layer in viewer.layers
     }
     assert len(viewer.layers["vol prompts"].data) == 1 and viewer.layers["vol current object"].data[0].any()
