@@ -16,7 +16,6 @@ ordered differently so that little is spent on masks that are thrown away:
 
 import math
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +38,11 @@ from .amg_utils import (
     uncrop_mask,
     uncrop_points,
 )
-from .errors import Cancelled
 from .modeling import Sam
 from .predictor import SamPredictor
+from .progress import Progress, ProgressCallback
 
 OUTPUT_MODES = ("binary_mask", "uncompressed_rle", "coco_rle")
-ProgressCallback = Callable[[int, int], None]
 
 
 @dataclass
@@ -233,7 +231,7 @@ class SamAutomaticMaskGenerator:
         crop_boxes, layers = generate_crop_boxes(image_size, self.crop_n_layers, self.crop_overlap_ratio)
         # One unit of progress per crop encoding and per decoded batch.
         total = sum(1 + -(-len(self.point_grids[layer]) // self.points_per_batch) for layer in layers)
-        ticker = _Ticker(total, progress, cancel)
+        ticker = Progress(total, progress, cancel, "automatic mask generation was cancelled")
         ticker.check()
         parts = [
             self._process_crop(image, box, layer, ticker, embedding if layer == 0 else None)
@@ -248,7 +246,7 @@ class SamAutomaticMaskGenerator:
         return candidates
 
     def _process_crop(
-        self, image: np.ndarray, crop_box: list[int], layer: int, ticker: "_Ticker", embedding=None
+        self, image: np.ndarray, crop_box: list[int], layer: int, ticker: Progress, embedding=None
     ) -> _Candidates:
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1, :]
@@ -287,7 +285,7 @@ class SamAutomaticMaskGenerator:
         crop_size: tuple[int, int],
         crop_box: list[int],
         image_size: tuple[int, int],
-        ticker: "_Ticker",
+        ticker: Progress,
     ) -> list[_Candidates]:
         """Decode the grid level by level (`grid_levels`); grid (N, 2) in [0, 1], points (N, 2)
         crop-frame pixels. A finer point is skipped when a kept mask (the smallest of each
@@ -473,23 +471,6 @@ def grid_levels(
         step = strides[level]
         levels[(ix % step == step // 2) & (iy % step == step // 2)] = level
     return levels, ix, iy
-
-
-class _Ticker:
-    """Counts finished units of work for a progress callback and honours a cancel event."""
-
-    def __init__(self, total: int, progress: ProgressCallback | None, cancel: threading.Event | None):
-        self.total, self.done, self.progress, self.cancel = total, 0, progress, cancel
-
-    def check(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise Cancelled("automatic mask generation was cancelled")
-
-    def tick(self) -> None:
-        self.done += 1
-        if self.progress is not None:
-            self.progress(self.done, self.total)
-        self.check()
 
 
 # Limits of `check_generator_settings`: beyond them a run takes hours or cannot fit in memory
