@@ -5,6 +5,8 @@
 - `SlicePrompt`, `propagate_object`, `segment_objects`: prompts on some slices, masks through the
   whole volume (default projection "box": see `mobilesam.volume.propagation`).
 - `read_volume`, `write_labels`: TIFF stacks and NIfTI with voxel spacing.
+- `save_segmentation`, `load_segmentation`: a label image with its geometry (ImageJ TIFF, OME-TIFF,
+  NIfTI, OME-Zarr) and a `.mobilesam.json` sidecar of prompts and settings.
 - `model_fingerprint(model_type, checkpoint)`: model identity for cache keys.
 """
 
@@ -18,6 +20,7 @@ from .propagation import (
     propagate_object,
     segment_objects,
 )
+from .segmentation_io import Segmentation, SegmentationFileError, load_segmentation, save_segmentation
 
 __all__ = [
     "VolumeEmbeddings",
@@ -25,6 +28,10 @@ __all__ = [
     "weights_fingerprint",
     "read_volume",
     "write_labels",
+    "Segmentation",
+    "SegmentationFileError",
+    "save_segmentation",
+    "load_segmentation",
     "SlicePrompt",
     "propagate_object",
     "segment_objects",
