@@ -19,8 +19,7 @@ from mobilesam.errors import MobileSamError
 from ._layers import LayerError
 from ._prompts import PlanePrompt
 
-SIDECAR_FORMAT = "napari-mobilesam objects"
-SIDECAR_VERSION = 1
+SIDECAR_SCHEMA = 1  # of the "objects" entries below; the core adds its own format and label_image
 METADATA_KEY = "mobilesam"  # where readers put the sidecar in a Labels layer's metadata
 SAVE_FILTER = (
     "TIFF with voxel size (*.tif *.tiff);;OME-TIFF (*.ome.tif *.ome.tiff);;NIfTI (*.nii *.nii.gz);;"
@@ -83,6 +82,12 @@ def prompts_from_json(objects: list, present: set[int], source: str) -> dict[int
     return out
 
 
+def _naming(exc: BaseException, path, doing: str) -> str:
+    """The error's text, led by what was done and the file unless the text names the file already."""
+    text = str(exc)
+    return text if str(path) in text else f"{doing} {path}: {text}"
+
+
 class Persistence:
     """Save and open in `widget` (a `MobileSamWidget`); `tools` is its `ObjectTools` (undo)."""
 
@@ -116,8 +121,7 @@ class Persistence:
         present = set(np.unique(labels).tolist()) - {0}
         model_type, checkpoint, backend = widget._wanted_model_key()
         return {
-            "format": SIDECAR_FORMAT,
-            "version": SIDECAR_VERSION,
+            "writer": {"name": "napari-mobilesam", "objects_schema": SIDECAR_SCHEMA},
             "image": {
                 "name": image_layer.name,
                 "shape": list(info.spatial_shape),
@@ -172,7 +176,7 @@ class Persistence:
             )
         except (OSError, ValueError, MobileSamError) as exc:
             widget._notify(
-                "error", f"MobileSAM: could not save objects to {path}: {exc}; nothing was changed"
+                "error", f"MobileSAM: {_naming(exc, path, 'could not save objects to')}; nothing was changed"
             )
             return None
         count = len(np.unique(labels)) - (1 if (labels == 0).any() else 0)
@@ -187,7 +191,9 @@ class Persistence:
         try:
             segmentation = load_segmentation(path)
         except (OSError, ValueError, MobileSamError) as exc:
-            self.widget._notify("error", f"MobileSAM: could not open {path}: {exc}; nothing was changed")
+            self.widget._notify(
+                "error", f"MobileSAM: {_naming(exc, path, 'could not open')}; nothing was changed"
+            )
             return False
         return self.resume(segmentation.labels, segmentation.sidecar, str(path), segmentation.spacing)
 
@@ -230,6 +236,7 @@ class Persistence:
             objects.data[...] = labels.astype(objects.data.dtype, copy=False)
             session.object_prompts = prompts
             objects.refresh()
+        self._restore_settings((sidecar or {}).get("settings", {}))
         self._check_spacing(image_layer, info, spacing, source)
         with_prompts = len(prompts)
         widget._notify(
@@ -239,6 +246,14 @@ class Persistence:
             + ")",
         )
         return True
+
+    def _restore_settings(self, settings: dict) -> None:
+        """The propagation settings the objects were made with, so re-propagating gives the same."""
+        widget = self.widget
+        if isinstance(settings.get("iou_threshold"), (int, float)):
+            widget.iou_threshold.value = float(settings["iou_threshold"])
+        if settings.get("projection") in widget.projection.choices:
+            widget.projection.value = settings["projection"]
 
     def _check_spacing(self, image_layer, info, spacing, source: str) -> None:
         if spacing is None:
