@@ -96,7 +96,8 @@ class Refiner:
         for z in slices:
             rows = np.flatnonzero(target.mask[z].any(axis=1))
             cols = np.flatnonzero(target.mask[z].any(axis=0))
-            corners = np.array([[z, rows[0], cols[0]], [z, rows[-1], cols[-1]]], dtype=float)
+            (y0, y1), (x0, x1) = (rows[0], rows[-1]), (cols[0], cols[-1])
+            corners = np.array([[z, y0, x0], [z, y0, x1], [z, y1, x1], [z, y1, x0]], dtype=float)
             world = [image_layer.data_to_world(c) for c in corners]
             rectangles.append(np.array([layers.boxes.world_to_data(w) for w in world]))
         with self.tools.quiet():

@@ -143,3 +143,34 @@ def test_refining_an_eroded_label_with_one_click_gives_the_core_predictors_mask(
     assert not widget.refiner.refining and not len(viewer.layers["vol prompts"].data)
     press(viewer, "Control-Z")  # undoable
     np.testing.assert_array_equal(layer.data, cellpose)
+
+
+def test_a_label_seeds_the_volume_propagation_and_commit_replaces_it(dock, qtbot):
+    from mobilesam.volume import SlicePrompt, propagate_object
+
+    viewer, widget = dock
+    widget.use_predictor(DiskPredictor())
+    volume = np.stack([bright_image((40, 48), seed) for seed in range(5)])
+    viewer.add_image(volume, name="vol")
+    _ready(viewer, qtbot, "vol")
+    widget.iou_threshold.value = 0.0
+    seed = np.zeros(volume.shape, np.int32)
+    seed[2, 10:20, 12:26] = 4  # a 2-D label on one slice of another tool's layer
+    seed[2, 30:35, 30:35] = 1
+    layer = viewer.add_labels(seed.copy(), name="stardist")
+    widget.edit_layer.value = layer
+    widget.object_id.value = 4
+    widget.objects_section.seed_button.native.click()
+    wait_idle(qtbot, widget)
+    assert not [m for m in widget.messages if m[0] == "error"], widget.messages
+    expected = propagate_object(
+        widget._segmenter.embeddings,
+        [SlicePrompt(2, box=np.array([12.0, 10.0, 25.0, 19.0]))],
+        iou_threshold=0.0,
+    )
+    assert expected[[0, 4]].any()  # reached the other slices
+    np.testing.assert_array_equal(viewer.layers["vol current object"].data > 0, expected)
+    press(viewer, "C")
+    want = np.where(seed == 4, 0, seed)
+    want[expected & (want == 0)] = 4
+    np.testing.assert_array_equal(layer.data, want)
