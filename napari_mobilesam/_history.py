@@ -4,7 +4,9 @@ The plugin writes labels in place (napari's own Labels history does not see it),
 recorded here as two `Snapshot`s of what it changes, taken before and after: the touched box of
 each Labels layer, the prompt layers' points and boxes, and the session's committed-object
 prompts. Undo writes the "before" snapshot back, redo the "after" one. Only the edited box of a
-Labels layer is copied, so a commit on a 6000 x 6000 image stays cheap.
+Labels layer is copied, so a commit on a 6000 x 6000 image stays cheap. Strokes painted by hand
+on a Labels layer the plugin edits are recorded as `LayerStep`s and undone by napari's own
+history of that layer, in their place among the plugin's edits.
 """
 
 from collections.abc import Callable, Iterator
@@ -101,6 +103,21 @@ class Scope:
 
 
 @dataclass
+class LayerStep:
+    """One step of a Labels layer's own (napari) history: its paint and fill strokes are recorded
+    by napari, and undone / redone through it, in their place among the plugin's edits."""
+
+    layer: Any
+    which: str  # "undo" or "redo"
+
+    def restore(self) -> None:
+        getattr(self.layer, self.which)()
+
+    def layers(self) -> list:
+        return [self.layer]
+
+
+@dataclass
 class Edit:
     description: str
     before: Snapshot
@@ -123,7 +140,11 @@ class History:
         """Record the edit made inside the `with` block (nothing is recorded if it raises)."""
         before = scope.snapshot()
         yield
-        self.undo_stack.append(Edit(description, before, scope.snapshot()))
+        self.push(Edit(description, before, scope.snapshot()))
+
+    def push(self, edit: Edit) -> None:
+        """Record an edit made elsewhere (a paint stroke, undone by its layer's own history)."""
+        self.undo_stack.append(edit)
         del self.undo_stack[: -self.limit]
         self.redo_stack.clear()
 
@@ -147,11 +168,6 @@ class History:
                 target.append(edit)
                 return edit
         return None
-
-    def next_touches(self, layer, which: str = "undo") -> bool:
-        """Whether the edit that undo (or redo) would apply next changes `layer`."""
-        stack = self.undo_stack if which == "undo" else self.redo_stack
-        return bool(stack) and any(layer is other for other in stack[-1].layers())
 
 
 def _copy_prompts(object_prompts: dict | None) -> dict:

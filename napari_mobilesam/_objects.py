@@ -13,7 +13,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, PushButton, SpinBox
 from napari.layers import Image, Labels
 
-from ._history import History, Scope
+from ._history import Edit, History, LayerStep, Scope
 from ._layers import LayerError, layer_names
 from ._sections import KEYS, Section, _row
 
@@ -77,6 +77,8 @@ class ObjectTools:
         self.widget = widget
         self.section = section
         self.history = History()
+        self._watched: dict[int, Labels] = {}  # Labels layers whose paint strokes join the history
+        widget.viewer.layers.events.inserted.connect(self._on_inserted)
 
     # ---- what to act on
     def plugin_layer(self, layer) -> bool:
@@ -121,7 +123,27 @@ class ObjectTools:
         )
 
     def record(self, description: str, scope: Scope):
+        for layer, _ in scope.labels:
+            self.watch(layer)
         return self.history.record(description, scope)
+
+    def watch(self, layer) -> None:
+        """From now on, strokes painted on `layer` are undone in order with the plugin's edits."""
+        if id(layer) not in self._watched and hasattr(layer.events, "paint"):
+            self._watched[id(layer)] = layer
+            layer.events.paint.connect(self._on_paint)
+
+    def _on_inserted(self, event) -> None:
+        layer = event.value
+        if isinstance(layer, Labels) and self.plugin_layer(layer):
+            self.watch(layer)
+
+    def _on_paint(self, event) -> None:
+        layer = event.source
+        self.history.push(Edit(f"paint on {layer.name}", LayerStep(layer, "undo"), LayerStep(layer, "redo")))
+
+    def _managed(self, layer) -> bool:
+        return self.plugin_layer(layer) or self._watched.get(id(layer)) is layer
 
     @contextmanager
     def quiet(self):
@@ -143,11 +165,12 @@ class ObjectTools:
 
     def _step(self, which: str) -> None:
         widget = self.widget
+        if widget._refuse_if_busy():  # a running task would write its result over the restored state
+            return
         active = widget.viewer.layers.selection.active
-        if isinstance(active, Labels) and not self.plugin_layer(active):
-            if not self.history.next_touches(active, which):
-                getattr(active, which)()  # a layer the plugin did not just edit: napari's own history
-                return
+        if isinstance(active, Labels) and not self._managed(active):
+            getattr(active, which)()  # a layer the plugin never edited: napari's own history
+            return
         edit = getattr(self.history, which)(
             alive=lambda layer: layer in widget.viewer.layers, quiet=self.quiet
         )

@@ -216,12 +216,11 @@ class Persistence:
             if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.int32).max):
                 raise SidecarError(f"{source}: label ids must be within 0..{np.iinfo(np.int32).max}")
             present = set(np.unique(labels).tolist()) - {0}
-            if sidecar is not None and sidecar.get("image", {}).get("shape") not in (
-                None,
-                list(info.spatial_shape),
-            ):
+            recorded = sidecar.get("image") if isinstance(sidecar, dict) else None
+            shape = recorded.get("shape") if isinstance(recorded, dict) else None
+            if shape is not None and shape != list(info.spatial_shape):
                 raise SidecarError(
-                    f"{source}: the sidecar was written for an image of shape {sidecar['image']['shape']}, "
+                    f"{source}: the sidecar was written for an image of shape {shape}, "
                     f"the labels and this image are {list(info.spatial_shape)}"
                 )
             prompts = prompts_from_json(sidecar.get("objects", []), present, source) if sidecar else {}
@@ -282,7 +281,11 @@ class Persistence:
         if layer not in widget.viewer.layers:
             return False
         image = widget.image.value
-        if image is None or layer.data.shape != widget._describe(image).spatial_shape:
+        try:
+            shape = widget._describe(image).spatial_shape if image is not None else None
+        except LayerError:
+            shape = None
+        if shape is None or tuple(layer.data.shape) != tuple(shape):
             widget._notify(
                 "info",
                 f"MobileSAM: {layer.name!r} holds saved objects; open their image, then 'Open objects…' "

@@ -57,6 +57,17 @@ def test_undo_redo_commit_clear_and_delete_with_keys(dock, qtbot):
     np.testing.assert_array_equal(objects.data, after_second)
     assert set(widget._session().object_prompts) == {1, 2} and not len(points.data)
 
+    # A stroke painted by hand on the objects layer is undone first, in its place among the edits.
+    objects.brush_size = 3
+    objects.paint((5, 70), 9)
+    assert (objects.data == 9).any()
+    press(viewer, "Control-Z")
+    np.testing.assert_array_equal(objects.data, after_second)
+    press(viewer, "Control-Shift-Z")
+    assert (objects.data == 9).any()
+    press(viewer, "Control-Z")
+    np.testing.assert_array_equal(objects.data, after_second)
+
     # Clear is undoable too.
     click(viewer, (10.0, 70.0))
     wait_idle(qtbot, widget)
