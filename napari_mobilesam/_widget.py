@@ -892,8 +892,10 @@ class MobileSamWidget(Container):
             target = target_layer.data
             labels = np.asarray(labels)
             free = (target == 0) & (labels > 0)
-            target[free] = labels[free]
-            target_layer.refresh()
+            scope = self.object_tools.scope(labels=[(target_layer, nonzero_box(free))])
+            with self.object_tools.record("all objects", scope):  # undoable like a commit
+                target[free] = labels[free]
+                target_layer.refresh()
 
         if not self._refuse_if_busy():
             self._prepare("MobileSAM: segmenting objects through the volume", [], then=show, extra=propagate)

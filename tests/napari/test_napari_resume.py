@@ -88,6 +88,10 @@ def test_save_close_reopen_and_resume_gives_the_same_all_objects(make_napari_vie
     assert widget.iou_threshold.value == 0.25  # the settings used come back too
     _all_objects(qtbot, widget)
     np.testing.assert_array_equal(objects.data, before)
+    press(viewer, "Control-Z")  # All objects is undoable too
+    np.testing.assert_array_equal(objects.data, saved)
+    press(viewer, "Control-Shift-Z")
+    np.testing.assert_array_equal(objects.data, before)
 
     # A label image without a sidecar: committed objects without prompts (undoable).
     from mobilesam.volume.segmentation_io import save_segmentation
