@@ -88,7 +88,7 @@ def test_round_trip_keeps_labels_geometry_and_sidecar(tmp_path, name, kind):
     assert on_disk["label_image"]["dtype"] == "uint8"  # smallest type that holds id 12
 
     loaded = load_segmentation(path)
-    assert isinstance(loaded, Segmentation) and loaded.path == path
+    assert isinstance(loaded, Segmentation) and loaded.path == path and loaded.unit == "µm"
     np.testing.assert_array_equal(loaded.labels, labels)
     assert loaded.spacing == pytest.approx(SPACING) and loaded.origin == pytest.approx(ORIGIN)
     assert loaded.sidecar["objects"] == sidecar["objects"]
@@ -115,6 +115,21 @@ def test_two_d_labels_and_ids_beyond_imagej_16_bits(tmp_path):
     assert loaded.sidecar["label_image"]["ids"] == [3, 7, 12, 70_000]
 
 
+def test_units_other_than_micrometres(tmp_path):
+    import nibabel as nib
+
+    labels = make_labels()
+    for name in ("ct.nii.gz", "ct.tif", "ct.ome.tif", "ct.zarr"):
+        path = save_segmentation(tmp_path / name, labels, spacing=(3.0, 0.7, 0.7), unit="millimeter")
+        assert load_segmentation(path).unit == "mm"
+    assert nib.load(str(tmp_path / "ct.nii.gz")).header.get_xyzt_units()[0] == "mm"
+    with tifffile.TiffFile(tmp_path / "ct.tif") as tif:
+        assert tif.imagej_metadata["unit"] == "mm"
+    assert load_segmentation(save_segmentation(tmp_path / "default.tif", labels)).unit == "µm"
+    with pytest.raises(SegmentationFileError, match="unknown length unit 'furlong'"):
+        save_segmentation(tmp_path / "x.tif", labels, unit="furlong")
+
+
 def test_saving_without_sidecar_removes_a_stale_one_and_zarr_is_replaced_whole(tmp_path):
     path = tmp_path / "cells.zarr"
     save_segmentation(path, make_labels(), spacing=SPACING, sidecar={"objects": []})
@@ -137,8 +152,8 @@ def test_failed_save_keeps_the_previous_files(tmp_path, monkeypatch, name):
     kind = segmentation_io.segmentation_format(path)
     real_writer = segmentation_io._WRITERS[kind]
 
-    def write_then_fail(target, labels, spacing, origin):
-        real_writer(target, labels, spacing, origin)  # a complete file under the temp name...
+    def write_then_fail(target, *args):
+        real_writer(target, *args)  # a complete file under the temp name...
         raise OSError(28, "No space left on device")  # ...then the disk fills up
 
     monkeypatch.setitem(segmentation_io._WRITERS, kind, write_then_fail)
@@ -173,6 +188,8 @@ def test_unwritable_targets_and_bad_arguments(tmp_path):
         save_segmentation(tmp_path / "cells.tif", make_labels(), spacing=(1.0, 1.0))
     with pytest.raises(SegmentationFileError, match="positive"):
         save_segmentation(tmp_path / "cells.tif", make_labels(), spacing=(1.0, 0.0, 1.0))
+    with pytest.raises(SegmentationFileError, match=r"a_file.*is a file, not a folder"):
+        save_segmentation(tmp_path / "a_file" / "cells.ome.zarr", make_labels())
     assert sorted(os.listdir(tmp_path)) == ["a_file", "folder.tif"]
 
 
@@ -229,3 +246,114 @@ def test_sidecar_that_does_not_match_its_labels(tmp_path):
     side.write_text(json.dumps({"objects": []}))
     with pytest.raises(SegmentationFileError, match="not a MobileSAM segmentation sidecar"):
         load_segmentation(path)
+
+
+# ------------------------------------------------------------------------------- reading images
+
+
+def test_read_image_keeps_tiff_axes_and_geometry(tmp_path):
+    from mobilesam.volume.io import read_image
+
+    stack = np.arange(2 * 4 * 16 * 24, dtype=np.uint16).reshape(4, 2, 16, 24)  # Z, C, Y, X
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(
+        path,
+        stack,
+        imagej=True,
+        resolution=(1 / 0.3, 1 / 0.3),
+        metadata={"axes": "ZCYX", "spacing": 1.5, "unit": "um", "xorigin": 10.0},
+    )
+    data, geometry = read_image(path)
+    assert geometry.axes == "ZCYX" and geometry.unit == "µm"
+    assert geometry.spacing == pytest.approx((1.5, 1.0, 0.3, 0.3))
+    assert geometry.origin == pytest.approx((0.0, 0.0, 0.0, -3.0))
+    np.testing.assert_array_equal(np.asarray(data), stack)
+
+    ome = tmp_path / "cells.ome.tif"
+    tifffile.imwrite(
+        ome, stack[:, 0], ome=True, metadata={"axes": "ZYX", "PhysicalSizeX": 0.2, "PhysicalSizeZ": 0.9}
+    )
+    data, geometry = read_image(ome)
+    assert geometry.axes == "ZYX" and geometry.spacing == pytest.approx((0.9, 1.0, 0.2))
+
+    # A truncated OME-TIFF whose metadata lies past the cut: tifffile only logs that; we raise.
+    whole = ome.read_bytes()
+    ome.write_bytes(whole[: len(whole) - 200])
+    with pytest.raises(ValueError, match=r"could not read image .*cells\.ome\.tif: the file is truncated"):
+        read_image(ome)
+
+
+def write_non_image_dicom(path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_series_is_ordered_by_position_with_spacing(tmp_path):
+    from mobilesam.testing import write_dicom_series
+    from mobilesam.volume.dicom import read_dicom_series
+    from mobilesam.volume.io import read_image, read_volume
+
+    volume = np.random.default_rng(0).integers(-1000, 1000, (6, 16, 20)).astype(np.int16)
+    files = write_dicom_series(
+        tmp_path / "ct", volume, (2.5, 0.7, 0.6), origin=(-40.0, 12.0, -8.0), file_order=[3, 0, 5, 1, 4, 2]
+    )
+    write_non_image_dicom(tmp_path / "ct" / "DICOMDIR")  # skipped in a folder
+    series = read_dicom_series(tmp_path / "ct")
+    np.testing.assert_array_equal(series.data, volume)  # in HU: RescaleIntercept applied
+    assert series.spacing == pytest.approx((2.5, 0.7, 0.6))
+    assert series.origin == pytest.approx((-40.0, 12.0, -8.0))
+    assert [p.name for p in series.files] == [files[i].name for i in (1, 3, 5, 0, 4, 2)]
+
+    data, geometry = read_image(list(reversed(files)))  # a selection of files, in any order
+    np.testing.assert_array_equal(data, volume)
+    assert geometry.axes == "ZYX" and geometry.spacing == pytest.approx((2.5, 0.7, 0.6))
+    data, spacing = read_volume(tmp_path / "ct")  # what the CLI's `mobilesam volume` reads
+    np.testing.assert_array_equal(data, volume)
+    assert spacing == pytest.approx((2.5, 0.7, 0.6))
+    one, geometry = read_image(files[0])  # one file: that slice
+    np.testing.assert_array_equal(one, volume[3])
+    assert geometry.spacing == pytest.approx((0.7, 0.6))
+
+
+def test_bad_dicom_series(tmp_path):
+    from mobilesam.testing import write_dicom_series
+    from mobilesam.volume.dicom import DicomSeriesError, read_dicom_series
+
+    volume = np.zeros((5, 8, 8), np.int16)
+    files = write_dicom_series(tmp_path / "gap", volume, (2.0, 0.5, 0.5))
+    files[2].unlink()
+    with pytest.raises(
+        DicomSeriesError,
+        match=r"series in .*gap has 1 missing slice\(s\): IM0001\.dcm at 2 and IM0003\.dcm at 6",
+    ):
+        read_dicom_series(tmp_path / "gap")
+
+    write_dicom_series(tmp_path / "mixed", volume, (2.0, 0.5, 0.5))
+    write_dicom_series(tmp_path / "mixed", volume[:2], (1.0, 0.5, 0.5), first_file=10)
+    with pytest.raises(DicomSeriesError, match=r"mixed mixes 2 DICOM series .*5 files.*2 files"):
+        read_dicom_series(tmp_path / "mixed")
+
+    files = write_dicom_series(tmp_path / "cut", volume, (2.0, 0.5, 0.5))
+    whole = files[3].read_bytes()
+    files[3].write_bytes(whole[: len(whole) - 40])
+    with pytest.raises(DicomSeriesError, match=r"IM0003\.dcm"):
+        read_dicom_series(tmp_path / "cut")
+    files[3].write_bytes(b"not a dicom file" * 20)
+    with pytest.raises(DicomSeriesError, match=r"could not read DICOM file .*IM0003\.dcm"):
+        read_dicom_series(tmp_path / "cut")
+
+    write_non_image_dicom(tmp_path / "report.dcm")
+    with pytest.raises(DicomSeriesError, match=r"report\.dcm has no PixelData"):
+        read_dicom_series([tmp_path / "report.dcm", files[0]])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DicomSeriesError, match=r"empty holds no DICOM files"):
+        read_dicom_series(tmp_path / "empty")

@@ -4,14 +4,17 @@
   LRU and an optional on-disk zarr cache keyed by slice content and model identity.
 - `SlicePrompt`, `propagate_object`, `segment_objects`: prompts on some slices, masks through the
   whole volume (default projection "box": see `mobilesam.volume.propagation`).
-- `read_volume`, `write_labels`: TIFF stacks and NIfTI with voxel spacing.
+- `read_volume`, `write_labels`: TIFF stacks, NIfTI and DICOM folders with voxel spacing;
+  `read_image`: any TIFF/OME-TIFF, NIfTI or DICOM series with its axes, spacing, origin and unit;
+  `read_dicom_series`: a DICOM series ordered by ImagePositionPatient.
 - `save_segmentation`, `load_segmentation`: a label image with its geometry (ImageJ TIFF, OME-TIFF,
   NIfTI, OME-Zarr) and a `.mobilesam.json` sidecar of prompts and settings.
 - `model_fingerprint(model_type, checkpoint)`: model identity for cache keys.
 """
 
+from .dicom import DicomSeriesError, read_dicom_series
 from .embeddings import VolumeEmbeddings, model_fingerprint, weights_fingerprint
-from .io import read_volume, write_labels
+from .io import ImageGeometry, read_image, read_volume, write_labels
 from .propagation import (
     DEFAULT_IOU_THRESHOLD,
     DEFAULT_PROJECTION,
@@ -27,6 +30,10 @@ __all__ = [
     "model_fingerprint",
     "weights_fingerprint",
     "read_volume",
+    "read_image",
+    "ImageGeometry",
+    "read_dicom_series",
+    "DicomSeriesError",
     "write_labels",
     "Segmentation",
     "SegmentationFileError",

@@ -73,9 +73,17 @@ def dicom_files(path_or_paths: PathLike | Sequence[PathLike]) -> list[Path]:
 
 
 def read_dicom_series(path_or_paths: PathLike | Sequence[PathLike]) -> DicomVolume:
-    """Read one DICOM series (folder or list of files) as a (Z, Y, X) volume; see the module doc."""
+    """Read one DICOM series (folder or list of files) as a (Z, Y, X) volume; see the module doc.
+
+    In a folder, DICOM files that are not image slices (DICOMDIR, reports) are skipped; in a list
+    of files they are an error."""
     files = dicom_files(path_or_paths)
-    slices = _sorted_slices([_read_header(p) for p in files])
+    in_folder = isinstance(path_or_paths, (str, Path)) and Path(path_or_paths).is_dir()
+    read = [_read_slice(p, skip_non_images=in_folder) for p in files]
+    read = [item for item in read if item is not None]
+    if not read:
+        raise DicomSeriesError(f"folder {path_or_paths} holds no DICOM image slices")
+    slices = _sorted_slices(read)
     if len(slices) == 1:
         dz = float(getattr(slices[0].dataset, "SliceThickness", 1.0) or 1.0)
     else:
@@ -90,7 +98,8 @@ def read_dicom_series(path_or_paths: PathLike | Sequence[PathLike]) -> DicomVolu
     return DicomVolume(data, (dz, dy, dx), origin, [s.path for s in slices])
 
 
-def _read_header(path: Path):
+def _read_slice(path: Path, skip_non_images: bool) -> tuple | None:
+    """(path, dataset) of one slice file; None for a non-image DICOM file when `skip_non_images`."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -98,8 +107,14 @@ def _read_header(path: Path):
         dataset = pydicom.dcmread(path)
     except (InvalidDicomError, OSError, ValueError, EOFError, KeyError, TypeError) as exc:
         raise DicomSeriesError(f"could not read DICOM file {path}: {exc or type(exc).__name__}") from None
-    for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelData"):
+    if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1:
+        raise DicomSeriesError(
+            f"DICOM file {path} is a multi-frame (enhanced) image; only series of one file per slice are read"
+        )
+    for keyword in ("PixelData", "ImagePositionPatient", "ImageOrientationPatient"):
         if keyword not in dataset:
+            if skip_non_images and keyword == "PixelData":
+                return None
             raise DicomSeriesError(
                 f"DICOM file {path} has no {keyword}: it is not an image slice of a volume"
             )
@@ -154,7 +169,7 @@ def _even_step(slices: list[_Slice]) -> float:
             missing = round(gap / step) - 1
             what = f"{missing} missing slice(s)" if missing >= 1 else "uneven spacing"
             raise DicomSeriesError(
-                f"DICOM series has {what}: {a.path.name} at {a.position:g} and {b.path.name} at "
+                f"DICOM series in {a.path.parent} has {what}: {a.path.name} at {a.position:g} and {b.path.name} at "
                 f"{b.position:g} are {gap:g} apart, the other slices {step:g}"
             )
     return step

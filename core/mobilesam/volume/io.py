@@ -39,15 +39,21 @@ def _suffix(path: Path) -> str:
 
 
 def read_volume(path: PathLike) -> tuple[object, Spacing]:
-    """Open a TIFF stack or NIfTI file lazily: (array-like in (Z, Y, X[, C]) order, (dz, dy, dx))."""
+    """Open a TIFF stack or NIfTI file lazily, or a DICOM series folder:
+    (array-like in (Z, Y, X[, C]) order, (dz, dy, dx))."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"volume {path} does not exist")
-    if not path.is_file():
-        raise ValueError(f"volume {path} is not a file")
+    if path.is_dir():  # a folder of DICOM slices (read whole: series are small next to TIFF stacks)
+        from .dicom import read_dicom_series
+
+        series = read_dicom_series(path)
+        return series.data, series.spacing
     suffix = _suffix(path)
     if suffix not in TIFF_SUFFIXES + NIFTI_SUFFIXES:
-        raise ValueError(f"volume {path} must be a TIFF stack (.tif, .tiff) or NIfTI (.nii, .nii.gz)")
+        raise ValueError(
+            f"volume {path} must be a TIFF stack (.tif, .tiff), NIfTI (.nii, .nii.gz) or a folder of DICOM slices"
+        )
     try:
         if suffix in TIFF_SUFFIXES:
             data, geometry = _read_tiff(path, require_stack=True)
@@ -71,8 +77,8 @@ def read_image(path: PathLike | Sequence[PathLike]) -> tuple[object, "ImageGeome
 
     if not isinstance(path, (str, Path)):
         paths = [Path(p) for p in path]
-        volume = read_dicom_series(paths) if len(paths) > 1 else None
-        if volume is not None:
+        if len(paths) > 1:  # several files: the slices of one DICOM series
+            volume = read_dicom_series(paths)
             return volume.data, ImageGeometry("ZYX", volume.spacing, volume.origin, "mm")
         path = paths[0]
     path = Path(path)
@@ -266,10 +272,37 @@ def _ome_geometry(ome_xml: str, index: int, spacing: dict, origin: dict) -> str 
     return unit
 
 
-def _unit_name(unit) -> str | None:
-    if not unit or unit == "pixel":
+# A spatial unit as each format spells it: symbol -> (ImageJ, OME, NIfTI xyzt_units, OME-Zarr / pint).
+UNITS = {
+    "µm": ("um", "µm", "micron", "micrometer"),
+    "mm": ("mm", "mm", "mm", "millimeter"),
+    "nm": ("nm", "nm", None, "nanometer"),
+    "m": ("m", "m", "meter", "meter"),
+}
+_UNIT_SPELLINGS = {
+    spelling: symbol
+    for symbol, names in UNITS.items()
+    for spelling in (symbol, *names, f"{names[3]}s", "\u03bcm" if symbol == "µm" else symbol)
+    if spelling
+} | {"micron": "µm", "\\u00b5m": "µm", "microns": "µm"}
+
+
+def unit_symbol(unit) -> str | None:
+    """'µm', 'mm', 'nm' or 'm' for any usual spelling (ImageJ 'micron', OME 'µm', pint 'micrometer');
+    None for no unit ('pixel', 'unknown', '', None); ValueError for other units."""
+    text = str(unit).strip().lower() if unit is not None else ""
+    if text in ("", "pixel", "pixels", "px", "unknown", "none", "dimensionless"):
         return None
-    return {"um": "µm", "micron": "µm", "\\u00B5m": "µm", "micrometer": "µm"}.get(str(unit), str(unit))
+    if text not in _UNIT_SPELLINGS:
+        raise ValueError(f"unknown length unit {unit!r}; use one of {', '.join(UNITS)}")
+    return _UNIT_SPELLINGS[text]
+
+
+def _unit_name(unit) -> str | None:
+    try:
+        return unit_symbol(unit)
+    except ValueError:
+        return str(unit)  # a unit we do not convert (e.g. 'inch'): reported as the file spells it
 
 
 def nifti_geometry(image, ndim: int = 3) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -295,7 +328,7 @@ def _read_nifti(path: Path) -> tuple[object, "ImageGeometry"]:
     order = (2, 1, 0) + tuple(range(3, data.ndim))
     spacing, origin = nifti_geometry(image, 3)
     extra = data.ndim - 3  # e.g. time last, as nibabel stores it
-    unit = {"micron": "µm", "unknown": None}.get(*(image.header.get_xyzt_units()[0],) * 2)
+    unit = _unit_name(image.header.get_xyzt_units()[0])
     geometry = ImageGeometry("ZYX" + "Q" * extra, spacing + (1.0,) * extra, origin + (0.0,) * extra, unit)
     return data.transpose(order), geometry
 

@@ -1,20 +1,20 @@
 """Saving and loading a label image with its geometry and a JSON sidecar of how it was made.
 
-`save_segmentation(path, labels, spacing=, origin=, sidecar=)` picks the format from the name:
+`save_segmentation(path, labels, spacing=, origin=, sidecar=, unit="µm")` picks the format from the name:
 - `.tif` / `.tiff`: ImageJ hyperstack (spacing in the X/YResolution tags and the `spacing` entry,
-  unit µm, origin as ImageJ's x/y/zorigin in pixels). Ids above 65535 do not fit ImageJ's 16 bits:
+  the unit, origin as ImageJ's x/y/zorigin in pixels). Ids above 65535 do not fit ImageJ's 16 bits:
   those go to a plain 32-bit TIFF with the same resolution tags and the geometry in tifffile's JSON
   description.
-- `.ome.tif` / `.ome.tiff`: OME-TIFF with PhysicalSizeX/Y/Z (µm) and the origin as plane positions.
+- `.ome.tif` / `.ome.tiff`: OME-TIFF with PhysicalSizeX/Y/Z and the origin as plane positions.
 - `.nii` / `.nii.gz`: NIfTI, voxel array (x, y, z) with the affine diag(spacing) + origin.
 - `.zarr` / `.ome.zarr`: OME-Zarr (one resolution level) with scale and translation transforms.
 
-Spacing and origin are given in array axis order ((dz, dy, dx) for a (Z, Y, X) volume); the origin is
-the position of voxel 0's centre. The sidecar, when given, is written next to the label file as
-`<name>.mobilesam.json` with the label image's shape, dtype and ids added under "label_image", so
-`load_segmentation` can tell a sidecar that belongs to another label image. Every file is written
-under a temporary name and renamed into place (a `.zarr` folder too), so a failed save leaves the
-previous files as they were.
+Spacing and origin are given in array axis order ((dz, dy, dx) for a (Z, Y, X) volume) and in
+`unit` (µm by default; mm for medical volumes); the origin is the position of voxel 0's centre.
+The sidecar, when given, is written next to the label file as `<name>.mobilesam.json` with the
+label image's shape, dtype and ids added under "label_image", so `load_segmentation` can tell a
+sidecar that belongs to another label image. Every file is written under a temporary name and
+renamed into place (a `.zarr` folder too), so a failed save leaves the previous files as they were.
 """
 
 import json
@@ -32,7 +32,7 @@ import numpy as np
 from .._types import PathLike
 from ..atomic import TEMP_MARK, atomic_write, check_writable_path
 from ..errors import MobileSamError
-from .io import READ_ERRORS, _nibabel_errors, _problem
+from .io import READ_ERRORS, UNITS, _nibabel_errors, _problem, _unit_name, unit_symbol
 
 SIDECAR_SUFFIX = ".mobilesam.json"
 SIDECAR_FORMAT = "mobilesam-segmentation"
@@ -59,7 +59,7 @@ class Segmentation:
     """A loaded label image.
 
     labels: (Z, Y, X) or (Y, X) unsigned integer ids, 0 = background.
-    spacing, origin: per array axis, in the file's units (µm for files this module wrote).
+    spacing, origin: per array axis, in `unit`.
     sidecar: the `.mobilesam.json` next to the file (prompts, model, settings), or None.
     """
 
@@ -68,6 +68,7 @@ class Segmentation:
     origin: Geometry
     sidecar: dict | None
     path: Path
+    unit: str | None = None  # 'µm', 'mm', 'nm', 'm' or None (the file names none)
 
 
 def segmentation_format(path: PathLike) -> str:
@@ -103,10 +104,13 @@ def save_segmentation(
     spacing: Geometry | None = None,
     origin: Geometry | None = None,
     sidecar: dict | None = None,
+    unit: str | None = "µm",
 ) -> Path:
     """Write `labels` ((Y, X) or (Z, Y, X)) with its geometry, and `sidecar` as `<name>.mobilesam.json`.
 
-    Labels are stored in the smallest unsigned type that holds them. Without a sidecar, a sidecar
+    unit: the length unit of spacing and origin ('µm' when None: microscopy's default); 'µm', 'mm',
+    'nm' or 'm' in any usual spelling. Labels are stored in the smallest unsigned type that holds
+    them. Without a sidecar, a sidecar
     left by an earlier save of the same name is removed (it would describe other labels).
     Returns the label file's path. Raises SegmentationFileError naming the file and the problem.
     """
@@ -115,6 +119,10 @@ def save_segmentation(
     labels = _storable_labels(path, labels)
     spacing = _geometry(path, "spacing", spacing, labels.ndim, default=1.0)
     origin = _geometry(path, "origin", origin, labels.ndim, default=0.0)
+    try:
+        unit = unit_symbol(unit) or "µm"
+    except ValueError as exc:
+        raise SegmentationFileError(f"{path}: {exc}") from None
     side = sidecar_path(path)
     document = None
     if sidecar is not None:
@@ -127,6 +135,7 @@ def save_segmentation(
             "ids": label_ids(labels),
             "spacing": list(spacing),
             "origin": list(origin),
+            "unit": unit,
         }
         try:
             text = json.dumps(document, indent=1)
@@ -134,7 +143,7 @@ def save_segmentation(
             raise SegmentationFileError(f"sidecar for {path} cannot be written as JSON: {exc}") from None
     try:
         with _atomic_target(path, kind) as tmp:
-            _WRITERS[kind](tmp, labels, spacing, origin)
+            _WRITERS[kind](tmp, labels, spacing, origin, unit)
             # The sidecar is written inside the label file's transaction: if it fails, neither
             # file is replaced.
             if document is not None:
@@ -202,7 +211,7 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
     under a temp name until the new one is in place, and put back if the swap fails)."""
     if path.exists() and not path.is_dir():
         raise SegmentationFileError(f"could not save {path}: a file of that name is in the way")
-    check_writable_path(path.parent / "probe", what="output folder")
+    check_writable_path(sidecar_path(path))  # a file next to the folder: checks its parent folders
     path.parent.mkdir(parents=True, exist_ok=True)
     token = f"{TEMP_MARK}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp = path.with_name(f".{path.name}.{token}{path.suffix}")
@@ -222,13 +231,15 @@ def _atomic_folder(path: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_imagej_tiff(path: Path, labels: np.ndarray, spacing: Geometry, origin: Geometry) -> None:
+def _write_imagej_tiff(
+    path: Path, labels: np.ndarray, spacing: Geometry, origin: Geometry, unit: str
+) -> None:
     import tifffile
 
     axes = "ZYX"[-labels.ndim :]
     dy, dx = spacing[-2:]
     if labels.dtype.itemsize <= 2:  # ImageJ hyperstacks hold 8- and 16-bit data
-        metadata = {"axes": axes, "unit": "um"}
+        metadata = {"axes": axes, "unit": UNITS[unit][0]}
         metadata.update(_imagej_origin(spacing, origin))
         if labels.ndim == 3:
             metadata["spacing"] = spacing[0]
@@ -237,12 +248,12 @@ def _write_imagej_tiff(path: Path, labels: np.ndarray, spacing: Geometry, origin
         )
         return
     # 32/64-bit ids: a plain TIFF with tifffile's JSON description holding the geometry.
-    metadata = {"axes": axes, "spacing": list(spacing), "origin": list(origin), "unit": "um"}
+    metadata = {"axes": axes, "spacing": list(spacing), "origin": list(origin), "unit": unit}
     tifffile.imwrite(
         path,
         labels,
         resolution=(1.0 / dx, 1.0 / dy),
-        resolutionunit="MICROMETER",
+        resolutionunit={"µm": "MICROMETER", "mm": "MILLIMETER", "nm": "NONE", "m": "NONE"}[unit],
         metadata=metadata,
         compression="zlib",
     )
@@ -254,40 +265,40 @@ def _imagej_origin(spacing: Geometry, origin: Geometry) -> dict:
     return {name: -o / s for name, o, s in zip(names, origin, spacing) if o != 0}
 
 
-def _write_ome_tiff(path: Path, labels: np.ndarray, spacing: Geometry, origin: Geometry) -> None:
+def _write_ome_tiff(path: Path, labels: np.ndarray, spacing: Geometry, origin: Geometry, unit: str) -> None:
     import tifffile
 
     axes = "ZYX"[-labels.ndim :]
     metadata = {"axes": axes}
     for axis, size in zip(axes, spacing):
         metadata[f"PhysicalSize{axis}"] = size
-        metadata[f"PhysicalSize{axis}Unit"] = "µm"
+        metadata[f"PhysicalSize{axis}Unit"] = UNITS[unit][1]
     planes = labels.shape[0] if labels.ndim == 3 else 1
     z0 = origin[0] if labels.ndim == 3 else 0.0
     metadata["Plane"] = {
         "PositionX": [origin[-1]] * planes,
         "PositionY": [origin[-2]] * planes,
         "PositionZ": [z0 + i * (spacing[0] if labels.ndim == 3 else 0.0) for i in range(planes)],
-        "PositionXUnit": ["µm"] * planes,
-        "PositionYUnit": ["µm"] * planes,
-        "PositionZUnit": ["µm"] * planes,
+        "PositionXUnit": [UNITS[unit][1]] * planes,
+        "PositionYUnit": [UNITS[unit][1]] * planes,
+        "PositionZUnit": [UNITS[unit][1]] * planes,
     }
     tifffile.imwrite(path, labels, ome=True, metadata=metadata, compression="zlib")
 
 
-def _write_nifti(path: Path, labels: np.ndarray, spacing: Geometry, origin: Geometry) -> None:
+def _write_nifti(path: Path, labels: np.ndarray, spacing: Geometry, origin: Geometry, unit: str) -> None:
     import nibabel as nib
 
     reverse = spacing[::-1] + (1.0,) * (3 - len(spacing))
     affine = np.diag([*reverse, 1.0])
     affine[: len(origin), 3] = origin[::-1]
     image = nib.Nifti1Image(np.ascontiguousarray(labels.transpose()), affine)
-    image.header.set_xyzt_units("micron")
+    image.header.set_xyzt_units(UNITS[unit][2] or "unknown")  # NIfTI has no nanometres
     image.header.set_intent("label")
     nib.save(image, str(path))
 
 
-def _write_ome_zarr(path: Path, labels: np.ndarray, spacing: Geometry, origin: Geometry) -> None:
+def _write_ome_zarr(path: Path, labels: np.ndarray, spacing: Geometry, origin: Geometry, unit: str) -> None:
     import zarr
 
     with warnings.catch_warnings():
@@ -303,8 +314,9 @@ def _write_ome_zarr(path: Path, labels: np.ndarray, spacing: Geometry, origin: G
         scale_factors=[],  # one level: labels are not downsampled
         axes=axes,
         scale=dict(zip(axes, spacing)),
-        axes_units=dict.fromkeys(axes, "micrometer"),
+        axes_units=dict.fromkeys(axes, UNITS[unit][3]),
         name="labels",
+        storage_options={"chunks": (1,) * (labels.ndim - 2) + labels.shape[-2:]},  # a chunk per slice
     )
     # ome-zarr's `scale=` always writes a zero translation: put the origin in.
     attrs = group.attrs.asdict()
@@ -338,7 +350,7 @@ def load_segmentation(path: PathLike) -> Segmentation:
     if not path.exists():
         raise SegmentationFileError(f"{path} does not exist")
     try:
-        labels, spacing, origin = _READERS[kind](path)
+        labels, spacing, origin, unit = _READERS[kind](path)
         labels = np.asarray(labels)
     except SegmentationFileError:
         raise
@@ -351,7 +363,7 @@ def load_segmentation(path: PathLike) -> Segmentation:
             f"{path} holds data of shape {labels.shape}, not a 2-D or 3-D label image"
         )
     sidecar = read_sidecar(path, labels)
-    return Segmentation(labels, tuple(spacing), tuple(origin), sidecar, path)
+    return Segmentation(labels, tuple(spacing), tuple(origin), sidecar, path, unit)
 
 
 def read_sidecar(path: PathLike, labels: np.ndarray | None = None) -> dict | None:
@@ -392,7 +404,7 @@ def _few(ids: list[int]) -> str:
     return str(ids) if len(ids) <= 10 else f"{ids[:10]} and {len(ids) - 10} more"
 
 
-def _read_any_tiff(path: Path) -> tuple[np.ndarray, Geometry, Geometry]:
+def _read_any_tiff(path: Path) -> tuple[np.ndarray, Geometry, Geometry, str | None]:
     import tifffile
 
     from .io import tiff_geometry, tifffile_damage_raises
@@ -401,10 +413,10 @@ def _read_any_tiff(path: Path) -> tuple[np.ndarray, Geometry, Geometry]:
         series = tif.series[0]
         labels = series.asarray()
         geometry = tiff_geometry(tif, series)
-    return labels, geometry.spacing, geometry.origin
+    return labels, geometry.spacing, geometry.origin, geometry.unit
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry, Geometry]:
+def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry, Geometry, str | None]:
     import nibabel as nib
 
     from .io import nifti_geometry
@@ -416,10 +428,10 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, Geometry, Geometry]:
     labels = data.transpose(tuple(range(ndim))[::-1] + tuple(range(ndim, data.ndim)))
     if labels.ndim > 3 and all(n == 1 for n in labels.shape[3:]):
         labels = labels.reshape(labels.shape[:3])
-    return labels, spacing, origin
+    return labels, spacing, origin, _unit_name(image.header.get_xyzt_units()[0])
 
 
-def _read_ome_zarr(path: Path) -> tuple[np.ndarray, Geometry, Geometry]:
+def _read_ome_zarr(path: Path) -> tuple[np.ndarray, Geometry, Geometry, str | None]:
     import zarr
 
     try:
@@ -440,7 +452,8 @@ def _read_ome_zarr(path: Path) -> tuple[np.ndarray, Geometry, Geometry]:
             spacing = [float(v) for v in transform["scale"]]
         elif transform.get("type") == "translation":
             origin = [float(v) for v in transform["translation"]]
-    return labels, tuple(spacing), tuple(origin)
+    units = [axis.get("unit") for axis in multiscales[0].get("axes", []) if isinstance(axis, dict)]
+    return labels, tuple(spacing), tuple(origin), _unit_name(units[-1] if units else None)
 
 
 _READERS = {
