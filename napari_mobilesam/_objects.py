@@ -122,10 +122,14 @@ class ObjectTools:
             session=self.widget._session() if session else None,
         )
 
+    @contextmanager
     def record(self, description: str, scope: Scope):
+        """Record the edit made in the `with` block; then the objects layer's sidecar is updated."""
         for layer, _ in scope.labels:
             self.watch(layer)
-        return self.history.record(description, scope)
+        with self.history.record(description, scope):
+            yield
+        self.widget.persistence.publish()
 
     def watch(self, layer) -> None:
         """From now on, strokes painted on `layer` are undone in order with the plugin's edits."""
@@ -141,6 +145,7 @@ class ObjectTools:
     def _on_paint(self, event) -> None:
         layer = event.source
         self.history.push(Edit(f"paint on {layer.name}", LayerStep(layer, "undo"), LayerStep(layer, "redo")))
+        self.widget.persistence.publish()
 
     def _managed(self, layer) -> bool:
         return self.plugin_layer(layer) or self._watched.get(id(layer)) is layer
@@ -181,6 +186,7 @@ class ObjectTools:
             widget._notify("info", f"MobileSAM: nothing to {which}")
             return
         widget.refiner.stop(quietly=True)
+        widget.persistence.publish()
         widget.scores.value = "-"
         widget._notify("info", f"MobileSAM: {which}: {edit.description}")
 

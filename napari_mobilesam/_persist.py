@@ -51,16 +51,20 @@ def prompts_to_json(object_prompts: dict, present: set[int]) -> list[dict]:
     return out
 
 
-def prompts_from_json(objects: list, present: set[int], source: str) -> dict[int, dict[int, PlanePrompt]]:
-    """The session's committed-object prompts from the sidecar's "objects"; checks ids and values."""
+def prompts_from_json(
+    objects: list, present: set[int], source: str, absent: list | None = None
+) -> dict[int, dict[int, PlanePrompt]]:
+    """The session's committed-object prompts from the sidecar's "objects"; checks the values.
+    Prompts of ids that are not in the labels (an object erased by hand after its commit) are
+    left out and their ids appended to `absent`."""
     out: dict[int, dict[int, PlanePrompt]] = {}
     try:
         for entry in objects:
             obj = int(entry["id"])
             if obj not in present:
-                raise SidecarError(
-                    f"{source}: the sidecar has prompts for object {obj}, which is not in the label image"
-                )
+                if absent is not None:
+                    absent.append(obj)
+                continue
             by_slice = {}
             for prompt in entry.get("prompts", []):
                 points = tuple((float(x), float(y)) for x, y in prompt.get("points", []))
@@ -94,6 +98,7 @@ class Persistence:
     def __init__(self, widget, tools) -> None:
         self.widget = widget
         self.tools = tools
+        self._identity = None  # ((predictor id, model key), model identity)
         widget.viewer.layers.events.inserted.connect(self._on_inserted)
 
     # ---- dialogs (the dialog-free `save` / `open` are what tests and scripts call)
@@ -116,9 +121,12 @@ class Persistence:
             self.open(Path(path).parent if Path(path).name in ZARR_MARKERS else path)
 
     # ---- saving
-    def sidecar(self, image_layer, info, labels: np.ndarray) -> dict:
+    def sidecar(self, image_layer, info, labels: np.ndarray | None = None) -> dict:
+        """The sidecar of the image's committed objects: every id of `labels`, or without labels
+        (cheap, for the layer's metadata) the ids that have prompts."""
         widget = self.widget
-        present = set(np.unique(labels).tolist()) - {0}
+        object_prompts = widget._session().object_prompts
+        present = set(object_prompts) if labels is None else set(np.unique(labels).tolist()) - {0}
         model_type, checkpoint, backend = widget._wanted_model_key()
         return {
             "writer": {"name": "napari-mobilesam", "objects_schema": SIDECAR_SCHEMA},
@@ -127,7 +135,7 @@ class Persistence:
                 "shape": list(info.spatial_shape),
                 "channels": widget.channels.value,
             },
-            "objects": prompts_to_json(widget._session().object_prompts, present),
+            "objects": prompts_to_json(object_prompts, present),
             "model": {
                 "identity": self._model_identity(),
                 "model_type": model_type,
@@ -144,13 +152,30 @@ class Persistence:
         }
 
     def _model_identity(self) -> str | None:
-        """`mobilesam.serving.model_identity` of the model in use (None before a model was loaded)."""
+        """`mobilesam.serving.model_identity` of the model in use (None before a model was loaded);
+        computed once per predictor (it hashes the weights)."""
         from ._model import _model_id
 
         widget = self.widget
         if widget._predictor is None or widget._model_key != widget._wanted_model_key():
             return None
-        return _model_id(widget._predictor, widget._model_key)
+        key = (id(widget._predictor), widget._model_key)
+        if self._identity is None or self._identity[0] != key:
+            self._identity = (key, _model_id(widget._predictor, widget._model_key))
+        return self._identity[1]
+
+    def publish(self) -> None:
+        """Keep the sidecar in '<image> objects'.metadata["mobilesam"], so napari's File ▸ Save
+        Selected Layers (our writer) saves the prompts too."""
+        widget = self.widget
+        layers, image_layer = widget._layers, widget._layers_of
+        if layers is None or image_layer is None or layers.objects not in widget.viewer.layers:
+            return
+        try:
+            info = widget._describe(image_layer)
+        except LayerError:
+            return
+        layers.objects.metadata[METADATA_KEY] = self.sidecar(image_layer, info)
 
     def save(self, path) -> Path | None:
         """Write the current image's committed objects to `path`; the written path, or None (the
@@ -223,7 +248,10 @@ class Persistence:
                     f"{source}: the sidecar was written for an image of shape {shape}, "
                     f"the labels and this image are {list(info.spatial_shape)}"
                 )
-            prompts = prompts_from_json(sidecar.get("objects", []), present, source) if sidecar else {}
+            absent: list[int] = []
+            prompts = (
+                prompts_from_json(sidecar.get("objects", []), present, source, absent) if sidecar else {}
+            )
             layers = widget._prompt_layers()
         except (SidecarError, LayerError) as exc:
             widget._notify("error", f"MobileSAM: {exc}; nothing was changed")
@@ -235,6 +263,12 @@ class Persistence:
             objects.data[...] = labels.astype(objects.data.dtype, copy=False)
             session.object_prompts = prompts
             objects.refresh()
+        if absent:
+            widget._notify(
+                "warning",
+                f"MobileSAM: {source}: prompts of object(s) {', '.join(map(str, absent[:5]))} left out: "
+                "those ids are not in the labels",
+            )
         self._restore_settings((sidecar or {}).get("settings", {}))
         self._check_spacing(image_layer, info, spacing, source)
         with_prompts = len(prompts)

@@ -54,6 +54,12 @@ def test_save_close_reopen_and_resume_gives_the_same_all_objects(make_napari_vie
     prompts = {k: dict(v) for k, v in widget._session().object_prompts.items()}
     assert set(np.unique(saved)) == {0, 1, 2, 3} and set(prompts) == {1, 2, 3}
 
+    # The objects layer carries the sidecar, so napari's File > Save Selected Layers keeps the prompts.
+    assert [o["id"] for o in objects.metadata["mobilesam"]["objects"]] == [1, 2, 3]
+    viewer.layers.selection = {objects}
+    via_napari = tmp_path / "via napari.ome.tif"
+    viewer.layers.save(str(via_napari), selected=True, plugin="napari-mobilesam")
+
     # A failed save (the target's folder is a file) says so in the dock; nothing is lost.
     blocker = tmp_path / "not a folder"
     blocker.write_text("x")
@@ -103,14 +109,17 @@ def test_save_close_reopen_and_resume_gives_the_same_all_objects(make_napari_vie
     np.testing.assert_array_equal(objects.data, before)
     assert widget._session().object_prompts == prompts
 
-    # A Labels layer read with the sidecar in its metadata (as a reader gives it) is resumed.
-    viewer.add_labels(saved.copy(), name="cells", scale=SCALE, metadata={"mobilesam": sidecar})
-    qtbot.waitUntil(lambda: "cells" not in viewer.layers, timeout=5000)
+    # File > Open with our reader: a Labels layer with the sidecar in its metadata, resumed at once.
+    viewer.open(str(via_napari), plugin="napari-mobilesam")
+    qtbot.waitUntil(lambda: "via napari" not in viewer.layers, timeout=5000)
     np.testing.assert_array_equal(objects.data, saved)
     assert widget._session().object_prompts == prompts
 
-    # A sidecar that does not fit the image is refused with a message; nothing changes.
-    wrong = dict(sidecar, objects=[{"id": 9, "prompts": []}])
+    # A sidecar written for another image is refused with a message; nothing changes. Prompts of an
+    # id missing from the labels (erased by hand after its commit) are left out with a warning.
+    wrong = dict(sidecar, image=dict(sidecar["image"], shape=[1, 2, 3]))
     assert not widget.persistence.resume(saved, wrong, "wrong.tif")
-    assert "object 9" in widget.status.value
+    assert "wrong.tif" in widget.status.value and "[1, 2, 3]" in widget.status.value
     np.testing.assert_array_equal(objects.data, saved)
+    assert widget.persistence.resume(np.where(saved == 3, 0, saved), sidecar, "erased.tif")
+    assert set(widget._session().object_prompts) == {1, 2} and "object(s) 3" in widget.messages[-2][1]
