@@ -89,12 +89,35 @@ def test_undo_redo_commit_clear_and_delete_with_keys(dock, qtbot):
     widget.objects_section.delete_button.native.click()
     assert set(np.unique(objects.data)) == {0, 1}
 
+    # Refining object 1 of the image's own objects layer (2D) with a negative click.
+    from mobilesam.mask_prompt import mask_box, mask_input_logits
+
+    one = objects.data == 1
+    widget.use_predictor(MaskInputPredictor())
+    widget.object_id.value = 0
+    _hover(viewer, (20.0, 20.0))
+    press(viewer, "Shift-R")
+    assert widget.refiner.refining and widget.refiner.target.obj == 1
+    _ready(viewer, qtbot, "img")
+    press(viewer, "T")
+    click(viewer, (20.0, 24.0))
+    wait_idle(qtbot, widget)
+    ((y, x),) = points.data
+    expected, _, _ = widget._predictor.predict(
+        np.array([[x, y]]), np.array([0]), mask_box(one), mask_input_logits(one), multimask_output=False
+    )
+    assert one[round(y), round(x)] and not expected[0][round(y), round(x)]  # the negative point cut it
+    np.testing.assert_array_equal(current.data > 0, expected[0])
+    press(viewer, "C")
+    np.testing.assert_array_equal(objects.data == 1, expected[0])
+    assert set(widget._session().object_prompts) == {1}
+
     # A Labels layer the plugin did not edit keeps napari's own paint undo.
     other = viewer.add_labels(np.zeros((60, 80), np.int32), name="hand")
     other.paint((30, 30), 7)
     viewer.layers.selection.active = other
     press(viewer, "Control-Z")
-    assert not other.data.any() and set(np.unique(objects.data)) == {0, 1}
+    assert not other.data.any() and (objects.data == 1).sum() == expected[0].sum()
 
 
 def test_refining_an_eroded_label_with_one_click_gives_the_core_predictors_mask(dock, qtbot):
