@@ -20,6 +20,13 @@ from ._sections import KEYS, Section, _row
 MAX_ID = 2**31 - 1
 
 
+def existing_layer(layers, role: str):
+    """The image's result layer `role` ("current" / "objects") if it exists, without making it:
+    prompt layers that make their full-size Labels lazily have `existing(role)`."""
+    existing = getattr(layers, "existing", None)
+    return existing(role) if existing is not None else getattr(layers, role)
+
+
 class ObjectsSection(Section):
     def __init__(self, labels_choices) -> None:
         self.object_id = SpinBox(
@@ -93,7 +100,10 @@ class ObjectTools:
         chosen = self.section.edit_layer.value
         if chosen is not None and chosen in self.widget.viewer.layers:
             return chosen
-        return self.widget._prompt_layers().objects
+        objects = existing_layer(self.widget._prompt_layers(), "objects")
+        if objects is None:
+            raise LayerError("no committed objects yet: commit one, or choose a Labels layer in 'In layer'")
+        return objects
 
     def target_id(self, layer, cursor_first: bool) -> int:
         """The id in the section's field, or (field 0, or `cursor_first` over an object) the id
@@ -206,7 +216,7 @@ class ObjectTools:
         if box is None:
             widget._notify("warning", f"MobileSAM: {layer.name!r} has no object {obj}")
             return
-        session = widget._session() if layer is widget._prompt_layers().objects else None
+        session = widget._session() if layer is existing_layer(widget._prompt_layers(), "objects") else None
         with self.record(f"delete object {obj}", Scope(labels=[(layer, box)], session=session)):
             region = data[box]
             region[region == obj] = 0

@@ -17,6 +17,7 @@ import numpy as np
 from mobilesam.errors import MobileSamError
 
 from ._layers import LayerError
+from ._objects import existing_layer
 from ._prompts import PlanePrompt
 
 SIDECAR_SCHEMA = 1  # of the "objects" entries below; the core adds its own format and label_image
@@ -169,13 +170,14 @@ class Persistence:
         Selected Layers (our writer) saves the prompts too."""
         widget = self.widget
         layers, image_layer = widget._layers, widget._layers_of
-        if layers is None or image_layer is None or layers.objects not in widget.viewer.layers:
+        objects = existing_layer(layers, "objects") if layers is not None else None
+        if objects is None or image_layer is None or objects not in widget.viewer.layers:
             return
         try:
             info = widget._describe(image_layer)
         except LayerError:
             return
-        layers.objects.metadata[METADATA_KEY] = self.sidecar(image_layer, info)
+        objects.metadata[METADATA_KEY] = self.sidecar(image_layer, info)
 
     def save(self, path) -> Path | None:
         """Write the current image's committed objects to `path`; the written path, or None (the
@@ -188,10 +190,14 @@ class Persistence:
             return None
         image_layer, info = current
         try:
-            labels = np.asarray(widget._prompt_layers().objects.data)
+            objects = existing_layer(widget._prompt_layers(), "objects")
         except LayerError as exc:
             widget._notify("error", f"MobileSAM: {exc}")
             return None
+        if objects is None:
+            widget._notify("warning", f"MobileSAM: {image_layer.name!r} has no committed objects to save yet")
+            return None
+        labels = np.asarray(objects.data)
         axes = list(info.spatial_axes)
         spacing = tuple(float(v) for v in np.asarray(image_layer.scale)[axes])
         origin = tuple(float(v) for v in np.asarray(image_layer.translate)[axes])

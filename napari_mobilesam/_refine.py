@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._layers import LayerError
+from ._objects import existing_layer
 from ._sections import KEYS
 
 
@@ -163,7 +164,7 @@ class Refiner:
             return
         old_box, new_box = nonzero_box(target.mask), nonzero_box(new)
         box = union_box(old_box, new_box)
-        session = widget._session() if target.layer is layers.objects else None
+        session = widget._session() if target.layer is existing_layer(layers, "objects") else None
         scope = self.tools.scope(labels=[(target.layer, box), (layers.current, new_box)], prompts=True)
         scope.session = session
         description = f"{target.mode} object {target.obj}"

@@ -47,6 +47,7 @@ from ._layers import (
 )
 from ._model import BackendUnavailable, build_predictor, default_cache_dir, make_segmenter, slice_prompts
 from ._objects import attach as attach_object_tools
+from ._objects import existing_layer
 from ._prompts import GroupedPrompts, group_prompts
 from ._sections import (
     EverythingSection,
@@ -792,13 +793,13 @@ class MobileSamWidget(Container):
             self._notify("error", f"MobileSAM: {exc}")
             return
         self.refiner.stop()
-        box = nonzero_box(np.asarray(layers.current.data))
+        current = existing_layer(layers, "current")
+        box = nonzero_box(np.asarray(current.data)) if current is not None else None
         if box is None and not len(layers.points.data) and not len(layers.boxes.data):
             self._session().forget_masks()
             return  # nothing to clear (and nothing to undo)
-        with self.object_tools.record(
-            "clear", self.object_tools.scope([(layers.current, box)], prompts=True)
-        ):
+        edited = [(current, box)] if current is not None else []
+        with self.object_tools.record("clear", self.object_tools.scope(edited, prompts=True)):
             self._clear_prompts(layers)
 
     def _clear_prompts(self, layers: PromptLayers) -> None:
