@@ -25,11 +25,13 @@ def test_undo_redo_commit_clear_and_delete_with_keys(dock, qtbot):
     widget.use_predictor(DiskPredictor())
     viewer.add_image(bright_image((60, 80), 1), name="img")
     _ready(viewer, qtbot, "img")
-    objects, current, points = (viewer.layers[f"img {s}"] for s in ("objects", "current object", "prompts"))
+    points = viewer.layers["img prompts"]
 
     click(viewer, (20.0, 20.0))
     wait_idle(qtbot, widget)
     press(viewer, "C")
+    objects, current = viewer.layers["img objects"], viewer.layers["img current object"]  # made by now
+    _ready(viewer, qtbot, "img")  # a newly made layer takes the selection until the dock gives it back
     after_first = objects.data.copy()
     prompts_first = {k: dict(v) for k, v in widget._session().object_prompts.items()}
     assert set(np.unique(after_first)) == {0, 1} and set(prompts_first) == {1}

@@ -20,9 +20,13 @@ def _open_dock(make_napari_viewer, qtbot):
     return viewer, widget
 
 
+def _wait_for_prompts_layer(viewer, qtbot):
+    qtbot.waitUntil(lambda: viewer.layers.selection.active is viewer.layers["vol prompts"], timeout=5000)
+
+
 def _add_volume(viewer, qtbot, volume):
     viewer.add_image(volume, name="vol", scale=SCALE, translate=TRANSLATE)
-    qtbot.waitUntil(lambda: viewer.layers.selection.active is viewer.layers["vol prompts"], timeout=5000)
+    _wait_for_prompts_layer(viewer, qtbot)
     viewer.reset_view()
 
 
@@ -49,6 +53,7 @@ def test_save_close_reopen_and_resume_gives_the_same_all_objects(make_napari_vie
         click(viewer, _world(z, y, x)[1:])
         wait_idle(qtbot, widget)
         press(viewer, "C")
+        _wait_for_prompts_layer(viewer, qtbot)  # a newly made result layer takes the selection for a moment
     objects = viewer.layers["vol objects"]
     saved = objects.data.copy()
     prompts = {k: dict(v) for k, v in widget._session().object_prompts.items()}
