@@ -311,7 +311,9 @@ class Persistence:
         from qtpy.QtCore import QTimer
 
         layer = event.value
-        if isinstance(layer, Labels) and isinstance(layer.metadata.get(METADATA_KEY), dict):
+        # Only layers read from a file: a duplicate of '<image> objects' carries the sidecar too.
+        from_file = getattr(layer.source, "path", None) is not None
+        if isinstance(layer, Labels) and from_file and isinstance(layer.metadata.get(METADATA_KEY), dict):
             QTimer.singleShot(0, lambda: self.resume_from_layer(layer))
 
     def resume_from_layer(self, layer) -> bool:
@@ -332,7 +334,7 @@ class Persistence:
                 "to resume with their prompts",
             )
             return False
-        source = layer.metadata.get("source_path") or getattr(layer.source, "path", None) or layer.name
+        source = getattr(layer.source, "path", None) or layer.name
         if not self.resume(
             np.asarray(layer.data), layer.metadata[METADATA_KEY], str(source), spacing=layer.scale
         ):

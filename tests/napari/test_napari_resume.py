@@ -119,6 +119,12 @@ def test_save_close_reopen_and_resume_gives_the_same_all_objects(make_napari_vie
     qtbot.waitUntil(lambda: "via napari" not in viewer.layers, timeout=5000)
     np.testing.assert_array_equal(objects.data, saved)
     assert widget._session().object_prompts == prompts
+    from napari.layers._layer_actions import _duplicate_layer  # Layers > Duplicate
+
+    viewer.layers.selection = {objects}
+    _duplicate_layer(viewer.layers)  # a copy made in napari is left alone (it is not a file to resume)
+    qtbot.wait(50)
+    assert "vol objects copy" in viewer.layers
 
     # A sidecar written for another image is refused with a message; nothing changes. Prompts of an
     # id missing from the labels (erased by hand after its commit) are left out with a warning.
