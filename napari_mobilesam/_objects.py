@@ -172,7 +172,8 @@ class ObjectTools:
 
     # ---- actions
     def undo(self) -> None:
-        """The plugin's last edit; on a Labels layer the plugin did not edit last, napari's own undo."""
+        """The plugin's last edit (or hand-painted stroke on a layer it edits); on a Labels layer the
+        plugin never edited, napari's own undo."""
         self._step("undo")
 
     def redo(self) -> None:
