@@ -32,6 +32,10 @@ KEYS = {
     "clear": "Shift-C",
     "toggle": "T",
     "candidate": "M",
+    "undo": "Control-Z",
+    "redo": "Control-Shift-Z",
+    "delete": "Shift-D",
+    "refine": "Shift-R",
 }
 KEY_TABLE = (
     ("segment", "segment the prompts now"),
@@ -40,6 +44,10 @@ KEY_TABLE = (
     ("clear", "clear prompts and the current object"),
     ("toggle", "new points positive / negative"),
     ("candidate", "next mask candidate: best → 1 → 2 → 3 → best"),
+    ("undo", "undo the last commit, clear, delete, refine or open"),
+    ("redo", "redo what was undone"),
+    ("delete", "delete the object under the cursor (or the 'Object id')"),
+    ("refine", "refine the object under the cursor (or the 'Object id') with points"),
 )
 KEY_HELP = "\n".join(f"{KEYS[name]}: {text}" for name, text in KEY_TABLE)
 

@@ -46,6 +46,8 @@ from ._layers import (
     sync_transform,
 )
 from ._model import BackendUnavailable, build_predictor, default_cache_dir, make_segmenter, slice_prompts
+from ._objects import attach as attach_object_tools
+from ._objects import existing_layer
 from ._prompts import GroupedPrompts, group_prompts
 from ._sections import (
     EverythingSection,
@@ -56,7 +58,7 @@ from ._sections import (
     VolumeSection,
     backend_default,
 )
-from ._session import ImageSession, SegmenterKey, Sessions, next_candidate, pick_candidate
+from ._session import ImageSession, SegmenterKey, Sessions, next_candidate, nonzero_box, pick_candidate
 from ._tasks import BackgroundTask, cancel_checks_inside
 from ._tiled import (
     describe_tiling,
@@ -139,6 +141,7 @@ class MobileSamWidget(Container):
             labels=False,
         )
         self.automatic = attach_automatic_segmentation(self)  # 'Segment automatically' (micro-sam models)
+        self.object_tools = attach_object_tools(self)  # undo/redo, delete, refine, save/open (_objects.py)
         self.extend([self.sections, self.status_section])
         _scroll_area_around(self.native.layout(), self.sections)
         self.native.setMinimumWidth(300)
@@ -179,6 +182,10 @@ class MobileSamWidget(Container):
             "clear": self.clear,
             "toggle": self.toggle_point_label,
             "candidate": self.next_candidate,
+            "undo": self.object_tools.undo,
+            "redo": self.object_tools.redo,
+            "delete": lambda: self.object_tools.delete_object(cursor_first=True),
+            "refine": lambda: self.refiner.start(cursor_first=True),
         }
 
     def _bind_keys(self) -> None:
@@ -280,6 +287,7 @@ class MobileSamWidget(Container):
 
     def _on_image_changed(self, _value=None) -> None:
         self._layers = self._layers_of = None
+        self.refiner.stop(quietly=True)
         layer = self.image.value
         self._show_reading()
         if layer is None:
@@ -661,6 +669,9 @@ class MobileSamWidget(Container):
         if self._task is not None:
             self._pending_segment = True  # after the running task; the predictor is in use
             return
+        if self.refiner.refining:  # clicks refine an existing object (_refine.py)
+            self.refiner.segment()
+            return
         try:
             layers = self._prompt_layers()
             image_layer = self._image_layer()
@@ -767,6 +778,9 @@ class MobileSamWidget(Container):
 
     def commit(self) -> None:
         """Add the current object(s) to the committed Labels with new ids, then clear the prompts."""
+        if self.refiner.target is not None:  # replace the refined / seeded object in place instead
+            self.refiner.commit()
+            return
         try:
             layers = self._prompt_layers()
             image_layer = self._image_layer()
@@ -780,21 +794,35 @@ class MobileSamWidget(Container):
             self._notify("info", "MobileSAM: nothing to commit (the current object is empty)")
             return
         session = self._session()
-        new_ids = session.commit(current, layers.objects.data, grouped)
-        layers.objects.refresh()
-        self.clear()
+        box = nonzero_box(current)
+        scope = self.object_tools.scope(labels=[(layers.objects, box), (layers.current, box)], prompts=True)
+        with self.object_tools.record("commit", scope):
+            new_ids = session.commit(current, layers.objects.data, grouped)
+            layers.objects.refresh()
+            self._clear_prompts(layers)
         set_point_label_mode(layers.points, session.point_label)
         self.point_mode.value = session.point_label
         ids = ", ".join(str(i) for i in new_ids) or "none (already covered by committed objects)"
         self._notify("info", f"MobileSAM: committed object {ids}; click the next object")
 
     def clear(self) -> None:
-        """Remove all prompts and the current object."""
+        """Remove all prompts and the current object (and stop refining an object)."""
         try:
             layers = self._prompt_layers()
         except LayerError as exc:
             self._notify("error", f"MobileSAM: {exc}")
             return
+        self.refiner.stop()
+        current = existing_layer(layers, "current")
+        box = nonzero_box(np.asarray(current.data)) if current is not None else None
+        if box is None and not len(layers.points.data) and not len(layers.boxes.data):
+            self._session().forget_masks()
+            return  # nothing to clear (and nothing to undo)
+        edited = [(current, box)] if current is not None else []
+        with self.object_tools.record("clear", self.object_tools.scope(edited, prompts=True)):
+            self._clear_prompts(layers)
+
+    def _clear_prompts(self, layers: PromptLayers) -> None:
         self._muted = True
         try:
             layers.points.data = np.empty((0, layers.points.ndim))
@@ -890,8 +918,10 @@ class MobileSamWidget(Container):
             target = target_layer.data
             labels = np.asarray(labels)
             free = (target == 0) & (labels > 0)
-            target[free] = labels[free]
-            target_layer.refresh()
+            scope = self.object_tools.scope(labels=[(target_layer, nonzero_box(free))])
+            with self.object_tools.record("all objects", scope):  # undoable like a commit
+                target[free] = labels[free]
+                target_layer.refresh()
 
         if not self._refuse_if_busy():
             self._prepare("MobileSAM: segmenting objects through the volume", [], then=show, extra=propagate)

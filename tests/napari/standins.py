@@ -139,12 +139,51 @@ def press(viewer, key):
     from qtpy.QtWidgets import QApplication
 
     *mods, name = key.split("-")
-    modifiers = Qt.KeyboardModifier.ShiftModifier if "Shift" in mods else Qt.KeyboardModifier.NoModifier
+    modifiers = Qt.KeyboardModifier.NoModifier
+    if "Shift" in mods:
+        modifiers |= Qt.KeyboardModifier.ShiftModifier
+    if "Control" in mods:
+        modifiers |= Qt.KeyboardModifier.ControlModifier
     qt_key = getattr(Qt.Key, f"Key_{name.upper()}")
     canvas = viewer.window._qt_viewer.canvas.native
     text = name.upper() if mods else name.lower()
     for kind in (QKeyEvent.Type.KeyPress, QKeyEvent.Type.KeyRelease):
         QApplication.sendEvent(canvas, QKeyEvent(kind, qt_key, modifiers, text))
+
+
+class MaskInputPredictor(DiskPredictor):
+    """A `DiskPredictor` that also reads `mask_input`: with it, the answer is the given mask
+    (read back from the (1, 256, 256) logits in the padded 1024 frame) grown by 2 pixels and cut
+    to the box, plus 4-pixel disks around positive points, minus 3-pixel disks around negative
+    ones; so the box, the mask input and each point all show in the mask."""
+
+    def predict(
+        self,
+        point_coords=None,
+        point_labels=None,
+        box=None,
+        mask_input=None,
+        multimask_output=True,
+        return_logits=False,
+    ):
+        if mask_input is None:
+            return super().predict(point_coords, point_labels, box, None, multimask_output, return_logits)
+        from scipy import ndimage
+
+        h, w = self.original_size
+        scale = mask_input.shape[-1] / max(h, w)
+        rows = np.minimum(((np.arange(h) + 0.5) * scale).astype(int), mask_input.shape[-1] - 1)
+        cols = np.minimum(((np.arange(w) + 0.5) * scale).astype(int), mask_input.shape[-1] - 1)
+        given = np.asarray(mask_input)[0][np.ix_(rows, cols)] > 0
+        yy, xx = np.mgrid[:h, :w]
+        x0, y0, x1, y1 = box
+        mask = ndimage.binary_dilation(given, iterations=2) & (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
+        if point_coords is not None:
+            for (x, y), label in zip(point_coords, point_labels):
+                near = (xx - x) ** 2 + (yy - y) ** 2 <= (16 if label == 1 else 9)
+                mask = mask | near if label == 1 else mask & ~near
+        count = 3 if multimask_output else 1
+        return np.repeat(mask[None], count, axis=0), self.scores[:count].copy(), np.zeros((count, 256, 256))
 
 
 def bright_image(shape, seed):
