@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from mobilesam.errors import MobileSamError
+from mobilesam.prompt import Prompt
 
 from ._layers import LayerError
 from ._objects import existing_layer
-from ._prompts import PlanePrompt
 
 SIDECAR_SCHEMA = 1  # of the "objects" entries below; the core adds its own format and label_image
 METADATA_KEY = "mobilesam"  # where readers put the sidecar in a Labels layer's metadata
@@ -54,11 +54,11 @@ def prompts_to_json(object_prompts: dict, present: set[int]) -> list[dict]:
 
 def prompts_from_json(
     objects: list, present: set[int], source: str, absent: list | None = None
-) -> dict[int, dict[int, PlanePrompt]]:
+) -> dict[int, dict[int, Prompt]]:
     """The session's committed-object prompts from the sidecar's "objects"; checks the values.
     Prompts of ids that are not in the labels (an object erased by hand after its commit) are
     left out and their ids appended to `absent`."""
-    out: dict[int, dict[int, PlanePrompt]] = {}
+    out: dict[int, dict[int, Prompt]] = {}
     try:
         for entry in objects:
             obj = int(entry["id"])
@@ -75,7 +75,7 @@ def prompts_from_json(
                         f"{source}: object {obj} has {len(points)} points but {len(labels)} labels"
                     )
                 box = prompt.get("box")
-                by_slice[int(prompt["slice"])] = PlanePrompt(
+                by_slice[int(prompt["slice"])] = Prompt(
                     points, labels, None if box is None else tuple(float(v) for v in box)
                 )
             if by_slice:
