@@ -78,7 +78,7 @@ def test_bf16_keeps_the_sensitive_parts_in_fp32(monkeypatch):
     """The measured mix (benchmarks/bf16_error.py): patch embedding, patch mergings, the local
     convs that carry the stream and the neck stay fp32; the blocks and MBConvs run bf16."""
     monkeypatch.setattr(runtime, "bf16_supported", lambda: True)  # the setting only, nothing runs
-    model, _ = _pair()
+    model = mobilesam.build_sam("vit_t", image_size=256)
     encoder = model.set_precision("bf16").image_encoder
     fp32 = [encoder.patch_embed, *encoder.patch_embed.seq[::2]]
     fp32 += [m for layer in encoder.layers if layer.downsample for m in layer.downsample.modules()]
@@ -114,7 +114,7 @@ def test_precision_is_detected_at_run_time(monkeypatch):
 
 def test_auto_precision_is_fp32_for_encoders_without_bf16(monkeypatch):
     monkeypatch.setattr(runtime, "bf16_supported", lambda: True)
-    model, _ = _pair()
+    model = mobilesam.build_sam("vit_t", image_size=256)
     model.image_encoder = torch.nn.Conv2d(3, 256, 16, 16)  # an encoder with no bf16 path
     assert model.set_precision("auto").precision == "fp32"  # auto: fp32 where bf16 has no path
     with pytest.raises(ValueError, match="no low-precision path"):
