@@ -526,7 +526,7 @@ def extra_report(bf16, c2f, cold, points_per_side) -> str:
     return "\n".join(out)
 
 
-def goals_table(enc, clicks, everything, rss, bf16, c2f, cold) -> str:
+def goals_table(enc, clicks, everything, rss, bf16, c2f, cold, points_per_side: int = 32) -> str:
     """The issue's goals table (issue 18), filled in from this run: ratios to the reference."""
 
     def ratio(times, side):
@@ -560,9 +560,8 @@ def goals_table(enc, clicks, everything, rss, bf16, c2f, cold) -> str:
             f"; coarse-to-fine on the stand-in {fast['seconds'] / ref['seconds']:.2f}x, "
             f"{fast['calls']} of {ref['calls']} decoder calls, recall {c2f['recall'][0.5]:.3f} (IoU >= 0.5)"
         )
-    rows.append(
-        ("segment everything, default settings", text, "<= 0.15x with the fast mode at >= 0.95 recall")
-    )
+    grid = f"{points_per_side}x{points_per_side} grid" + (" (default)" if points_per_side == 32 else "")
+    rows.append((f"segment everything, {grid}", text, "<= 0.15x with the fast mode at >= 0.95 recall"))
     if cold:
         c, w = cold["cold"], cold["warm_up"]
         text = (
@@ -719,7 +718,7 @@ def main(argv=None) -> int:
             tmp / "onnx", image, not args.no_allocator_tuning, threads, tmp
         )
     text = report(image, args, allocator, enc, clicks, everything, everything_counts, rss, params, diffs)
-    goals = goals_table(enc, clicks, everything, rss, bf16, c2f, cold)
+    goals = goals_table(enc, clicks, everything, rss, bf16, c2f, cold, args.points_per_side)
     text = f"Goals of issue 18 (CPU flags: {cpu_flag_summary()}):\n\n{goals}\n\n{text}"
     extra = extra_report(bf16, c2f, cold, args.points_per_side)
     if extra:
