@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 warnings.filterwarnings("ignore")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the stand-in model
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bf16_error
 SIDES = ("reference", "ours torch", "ours onnx")
 
 
@@ -250,7 +252,15 @@ def bf16_vs_fp32(predictors, image, clicks) -> dict:
                     bf16.predict(**kwargs, multimask_output=False)[0],
                 )
             )
-    return {"relative_error": error, "mean_iou": float(np.mean(ious)), "min_iou": float(np.min(ious))}
+    from bf16_error import standin_ious
+
+    stand_in = standin_ious((bf16.features - fp32.features) / fp32.features.norm())
+    return {
+        "relative_error": error,
+        "mean_iou": float(np.mean(ious)),
+        "min_iou": float(np.min(ious)),
+        "standin_min_iou": float(np.min(stand_in)),
+    }
 
 
 # ---------------------------------------------------------------- segment everything, coarse to fine
@@ -265,11 +275,9 @@ def coarse_to_fine(points_per_side: int) -> dict:
     of the full grid's objects: the fraction of its records whose mask has IoU >= 0.5 (the usual
     detection criterion) or >= 0.9 with a coarse-to-fine record."""
     import mobile_sam
+    from test_amg import STRUCTURED_CASES, blobs_image, structured_pair
 
     import mobilesam
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_amg import STRUCTURED_CASES, blobs_image, structured_pair
 
     reference_model, ours = structured_pair(encoder_seed=STRUCTURED_CASES["no crops"][0])
     ours.set_exact(False)
@@ -518,6 +526,60 @@ def extra_report(bf16, c2f, cold, points_per_side) -> str:
     return "\n".join(out)
 
 
+def goals_table(enc, clicks, everything, rss, bf16, c2f, cold, points_per_side: int = 32) -> str:
+    """The issue's goals table (issue 18), filled in from this run: ratios to the reference."""
+
+    def ratio(times, side):
+        return statistics.median(times[side]) / statistics.median(times["reference"])
+
+    def na(value, text):
+        return text if value else "not measured (skipped)"
+
+    rows = [("encoder, fp32", f"{ratio(enc, 'ours torch'):.2f}x", "<= 0.6x")]
+    if "ours torch bf16" in enc and bf16:
+        rows.append(
+            (
+                "encoder, bf16 (AVX512-BF16/AMX; opt-in `precision='bf16'`)",
+                f"{ratio(enc, 'ours torch bf16'):.2f}x, embedding rel. error {bf16['relative_error']:.1e}, "
+                f"mask IoU vs fp32 min {bf16['min_iou']:.3f} (random weights) / "
+                f"{bf16['standin_min_iou']:.3f} (stand-in)",
+                "<= 0.35x, <= 1e-2, >= 0.98",
+            )
+        )
+    else:
+        rows.append(("encoder, low precision", "no bf16 on this CPU (or --no-bf16)", "<= 0.35x"))
+    point = {s: clicks[s]["point"] for s in clicks}
+    rows.append(("point click", f"{ratio(point, 'ours torch'):.2f}x", "<= 0.3x"))
+    text = "not measured (--no-everything)"
+    if everything:
+        text = f"{ratio(everything, 'ours torch'):.2f}x (full grid)"
+    if c2f:
+        ref = c2f["reference"]
+        fast = c2f["ours coarse-to-fine"]
+        text += (
+            f"; coarse-to-fine on the stand-in {fast['seconds'] / ref['seconds']:.2f}x, "
+            f"{fast['calls']} of {ref['calls']} decoder calls, recall {c2f['recall'][0.5]:.3f} (IoU >= 0.5)"
+        )
+    grid = f"{points_per_side}x{points_per_side} grid" + (" (default)" if points_per_side == 32 else "")
+    rows.append((f"segment everything, {grid}", text, "<= 0.15x with the fast mode at >= 0.95 recall"))
+    if cold:
+        c, w = cold["cold"], cold["warm_up"]
+        text = (
+            f"{c['first'] / c['steady']:.2f}x steady; {w['first'] / w['steady']:.2f}x after `warm_up` at load"
+        )
+    rows.append(("first encode in a new process", na(cold, text if cold else ""), "<= 1.2x steady"))
+    rows.append(
+        (
+            "peak RSS one image + click (torch) / torch-free ONNX",
+            f"{rss['ours torch'] / rss['reference']:.2f}x / {rss['ours onnx, no torch'] / 1e6:.0f} MB",
+            "<= 0.6x / <= 400 MB",
+        )
+    )
+    lines = ["| measure | this run | goal |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {goal} |" for name, value, goal in rows]
+    return "\n".join(lines)
+
+
 def _ms(values) -> float:
     return statistics.median(values) * 1000
 
@@ -656,6 +718,8 @@ def main(argv=None) -> int:
             tmp / "onnx", image, not args.no_allocator_tuning, threads, tmp
         )
     text = report(image, args, allocator, enc, clicks, everything, everything_counts, rss, params, diffs)
+    goals = goals_table(enc, clicks, everything, rss, bf16, c2f, cold, args.points_per_side)
+    text = f"Goals of issue 18 (CPU flags: {cpu_flag_summary()}):\n\n{goals}\n\n{text}"
     extra = extra_report(bf16, c2f, cold, args.points_per_side)
     if extra:
         text += "\n\n" + extra

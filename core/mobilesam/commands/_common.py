@@ -29,7 +29,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PRECISIONS,
         default="fp32",
         help="encoder arithmetic: bf16 needs a CPU with AVX512-BF16/AMX (~2x faster, embeddings "
-        "~1e-2 off fp32); auto picks bf16 where available (default fp32; see `mobilesam info`)",
+        "~8e-3 off fp32); auto picks bf16 where available (default fp32; see `mobilesam info`)",
     )
 
 

@@ -48,7 +48,8 @@ def info_lines() -> list[tuple[str, str]]:
         ("fast path", "on by default (load_model(..., exact=True) runs the official order of operations)"),
         (
             "bf16 encoder",
-            "available, opt-in: --precision bf16, load_model(..., precision='bf16')"
+            "available, opt-in: --precision bf16, load_model(..., precision='bf16') "
+            "(embedding ~8e-3 relative to fp32, masks IoU >= 0.98)"
             if bf16
             else "not available (needs AVX512-BF16 or AMX)",
         ),

@@ -44,12 +44,14 @@ class Sam(FastPath, nn.Module):
     def set_precision(self, precision: str = "fp32") -> "Sam":
         """The fast encoder's matrix products and convolutions in "bf16" (fp32 accumulation in
         oneDNN, residual stream and norms fp32; on CPUs with AVX512-BF16/AMX only) or "fp32";
-        "auto" picks bf16 where the CPU has it. Embeddings then differ from fp32 by ~1.6e-2
-        relative (see README, Performance). The exact path (`set_exact(True)`) ignores it."""
+        "auto" picks bf16 where the CPU has it and the encoder has a bf16 path (vit_t). Embeddings
+        then differ from fp32 by ~8e-3 relative on random weights (benchmarks/bf16_error.py;
+        README, Performance). The exact path (`set_exact(True)`) ignores it."""
         from ..runtime import resolve_precision
 
-        precision = resolve_precision(precision)
-        if hasattr(self.image_encoder, "set_compute_dtype"):
+        has_low_precision = hasattr(self.image_encoder, "set_compute_dtype")
+        precision = resolve_precision(precision) if has_low_precision or precision != "auto" else "fp32"
+        if has_low_precision:
             self.image_encoder.set_compute_dtype(torch.bfloat16 if precision == "bf16" else None)
         elif precision != "fp32":
             raise ValueError(f"{type(self.image_encoder).__name__} has no low-precision path (only vit_t)")

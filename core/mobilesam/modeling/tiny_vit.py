@@ -115,8 +115,8 @@ class Conv2dBN(FastPath, nn.Sequential):
         returns it, but a residual of another dtype is added in that dtype (the fp32 stream).
         """
         weight, bias = self.folded()
-        if self.compute_dtype is not None:
-            x, weight, bias = (t.to(self.compute_dtype) for t in (x, weight, bias))
+        dtype = self.compute_dtype or weight.dtype  # a bf16 input to an fp32 layer is cast up
+        x, weight, bias = (t.to(dtype) for t in (x, weight, bias))
         if residual is not None and residual.dtype != x.dtype:
             y = residual + self._conv(x, weight, bias)  # promotes to the residual's dtype
             return _gelu(y) if gelu else y
@@ -263,9 +263,12 @@ class Mlp(nn.Module):
 
     def fast_residual(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """`x + self(x)` for inference, the residual add sharing fc2's pass; x (B, N, C) contiguous.
-        With `dtype` (bf16) both linear layers run in it; the residual stream keeps x's dtype."""
-        hidden = _gelu(_linear(_cast(self.norm(x), dtype), self.fc1))
-        return _add_linear(x, hidden, self.fc2)
+        With `dtype` (bf16) both linear layers run in it with split weights (`_split_linear`);
+        the residual stream keeps x's dtype."""
+        if dtype is None:
+            return _add_linear(x, _gelu(self.fc1(self.norm(x))), self.fc2)
+        hidden = _split_linear(_doubled(self.norm(x), dtype), self.fc1.weight, self.fc1.bias)
+        return x + _split_linear(_doubled_gelu(hidden), self.fc2.weight, self.fc2.bias)
 
 
 class Attention(nn.Module):
@@ -325,9 +328,12 @@ class Attention(nn.Module):
         # The bias is added by the copy into the windows below (saving a pass over qkv).
         pad_qkv = F.linear(self.norm.bias, weight, bias)
         normed = self.norm(x)
-        if dtype is not None:
-            normed, weight, bias, pad_qkv = (t.to(dtype) for t in (normed, weight, bias, pad_qkv))
-        qkv = F.linear(normed, weight).view(B, H, W, 3 * C)
+        if dtype is None:
+            qkv = F.linear(normed, weight)
+        else:
+            qkv = _split_linear(_doubled(normed, dtype), weight)
+            bias, pad_qkv = bias.to(dtype), pad_qkv.to(dtype)
+        qkv = qkv.view(B, H, W, 3 * C)
 
         nH, nW = -(-H // ws), -(-W // ws)
         windows = qkv.new_empty(B * nH * nW, ws * ws, 3 * C)
@@ -341,9 +347,15 @@ class Attention(nn.Module):
         bias = self.attention_biases[:, self.attention_bias_idxs].unsqueeze(0).to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
         out = out.reshape(B, nH, nW, heads, ws, ws, key_dim)  # a view (the kernel writes it contiguous)
-        grid = out.new_empty(B, H, W, heads, key_dim)
-        _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), grid)
-        return _add_linear(x, grid.view(B, L, C), self.proj)
+        if dtype is None:
+            grid = out.new_empty(B, H, W, heads, key_dim)
+            _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), grid)
+            return _add_linear(x, grid.view(B, L, C), self.proj)
+        # The tokens go straight into the first half of the doubled input the projection needs.
+        doubled = out.new_empty(B, L, 2 * C)
+        _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), doubled[..., :C].view(B, H, W, heads, key_dim))
+        doubled[..., C:].copy_(doubled[..., :C])
+        return x + _split_linear(doubled, self.proj.weight, self.proj.bias)
 
 
 class TinyViTBlock(FastPath, nn.Module):
@@ -393,8 +405,7 @@ class TinyViTBlock(FastPath, nn.Module):
         channels-last image."""
         H, W = self.input_resolution
         dtype = self.compute_dtype
-        if dtype is not None:  # the residual stream stays fp32 (patch merging hands over bf16)
-            x = x.float()
+        x = x.float()  # the residual stream stays fp32 (a bf16 patch merging hands over bf16)
         x = self.attn.fast_windows_residual(x.contiguous(), H, W, self.window_size, dtype)
         # The depthwise local conv is the stream itself (no residual around it): it stays fp32.
         x = _image_as_tokens(self.local_conv.fused(_tokens_as_image(x, H, W)))
@@ -479,19 +490,33 @@ class TinyViT(FastPath, nn.Module):
         B, _, C = x.shape
         s = self.embedding_size
         if _fast(self):
-            return self.neck_fast(x.contiguous().view(B, s, s, C))
+            return self.neck_fast(x.float().contiguous().view(B, s, s, C))
         return self.neck(x.view(B, s, s, C).permute(0, 3, 1, 2))
 
     def set_compute_dtype(self, dtype: torch.dtype | None) -> None:
         """Run the fast path's matrix products and convolutions in `dtype` (torch.bfloat16) with
-        fp32 accumulation, or in fp32 (None). The residual stream, LayerNorms and the depthwise
-        local convs (which carry the stream) stay fp32."""
+        fp32 accumulation, or in fp32 (None).
+
+        Where the low precision goes was measured stage by stage (benchmarks/bf16_error.py): the
+        attention stages' linear layers run in bf16 with split weights (`_split_linear`), the
+        MBConv stage in plain bf16; the patch embedding and the patch mergings (~9% of the
+        arithmetic, but a third of the embedding's error in bf16) stay fp32, as do the residual
+        stream, the LayerNorms, the depthwise local convs (which carry the stream) and the neck.
+        """
         for module in self.modules():
             if isinstance(module, FastPath):
                 module.compute_dtype = dtype
+        for module in itertools.chain(self.patch_embed.modules(), self._mergings()):
+            if isinstance(module, FastPath):
+                module.compute_dtype = None
         for module in self.modules():
             if isinstance(module, TinyViTBlock):
                 module.local_conv.compute_dtype = None
+
+    def _mergings(self) -> Iterator[nn.Module]:
+        for layer in self.layers:
+            if layer.downsample is not None:
+                yield from layer.downsample.modules()
 
     def neck_fast(self, x: torch.Tensor) -> torch.Tensor:
         """The neck on (B, s, s, C) channels-last tokens: its LayerNorm2d is a LayerNorm over the
@@ -504,25 +529,46 @@ class TinyViT(FastPath, nn.Module):
         return x.permute(0, 3, 1, 2).contiguous()
 
 
-def _cast(x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    return x if dtype is None else x.to(dtype)
+def _doubled(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x (..., K) -> (..., 2K) in `dtype`: x rounded to it, twice along the last axis (the input
+    `_split_linear` needs)."""
+    K = x.shape[-1]
+    if not _no_autograd(x):
+        return torch.cat([x, x], dim=-1).to(dtype)
+    out = x.new_empty(*x.shape[:-1], 2 * K, dtype=dtype)
+    out[..., :K].copy_(x)
+    out[..., K:].copy_(out[..., :K])
+    return out
 
 
-def _linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    """`linear(x)` in x's dtype (the layer's fp32 weights cast on the fly, so never stale)."""
-    if x.dtype == linear.weight.dtype:
-        return linear(x)
-    return F.linear(x, linear.weight.to(x.dtype), linear.bias.to(x.dtype))
+def _doubled_gelu(x: torch.Tensor) -> torch.Tensor:
+    """`_doubled(gelu(x))` for a low-precision temporary x (..., K): GELU in place, one concat."""
+    x = _gelu(x)
+    return torch.cat([x, x], dim=-1)
+
+
+def _split_linear(
+    doubled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` for x in a low precision (bf16) given as `_doubled(x)`
+    (..., 2K), with the fp32 weight (M, K) split into a high and a low bf16 part: one matrix
+    product [x, x] @ [W_hi, W_lo]^T = x @ (W_hi + W_lo)^T, accumulated in fp32 by oneDNN.
+
+    Why: rounding the weights to bf16 is the largest part of a bf16 encoder's error (a fixed
+    perturbation of every layer, measured at ~60% of it), while on CPUs with AMX a product with
+    twice the inner length costs little more than the plain one. Returns (..., M) in x's dtype.
+    """
+    dtype = doubled.dtype
+    high = weight.to(dtype)
+    low = (weight - high.to(weight.dtype)).to(dtype)
+    return F.linear(doubled, torch.cat([high, low], dim=1), None if bias is None else bias.to(dtype))
 
 
 def _add_linear(x: torch.Tensor, inputs: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     """`x + linear(inputs)` with the add folded into the matrix product's accumulation.
 
-    x (B, N, C_out), inputs (B, N, C_in) -> (B, N, C_out), a new tensor in x's dtype; inputs in
-    a lower precision (bf16) run the product in it and add its result to x.
+    x (B, N, C_out), inputs (B, N, C_in) -> (B, N, C_out), a new tensor.
     """
-    if inputs.dtype != x.dtype:
-        return x + _linear(inputs, linear)
     out = x + linear.bias
     if not _no_autograd(out, inputs, linear.weight):
         return out + F.linear(inputs, linear.weight)
