@@ -52,21 +52,21 @@ def plain_bf16(encoder, selected) -> None:
 
 
 def part_errors(model, image: torch.Tensor) -> dict:
-    import mobilesam.modeling.tiny_vit as tiny_vit
+    import mobilesam.modeling.fast_encoder as fast_encoder
 
     encoder = model.image_encoder
     with torch.inference_mode():
         model.set_precision("fp32")
         expected = encoder(image)
         rows = {}
-        split = tiny_vit._split_linear
+        split = fast_encoder.split_linear
         try:  # "plain": the split weights replaced by plain bf16 ones
-            tiny_vit._split_linear = _plain_split_linear
+            fast_encoder.split_linear = _plain_split_linear
             for part, selected in PARTS.items():
                 plain_bf16(encoder, selected)
                 rows[part] = relative_error(encoder(image), expected)
         finally:
-            tiny_vit._split_linear = split
+            fast_encoder.split_linear = split
         model.set_precision("bf16")
         rows["set_precision('bf16') (the mix)"] = relative_error(encoder(image), expected)
         model.set_precision("fp32")

@@ -59,14 +59,14 @@ def test_bf16_encoder_is_close_to_fp32_and_masks_agree(sample_image):
 
 @needs_bf16
 def test_split_weights_remove_the_weight_rounding():
-    """`_split_linear` equals the fp32 product of the bf16-rounded input up to the output's
+    """`split_linear` equals the fp32 product of the bf16-rounded input up to the output's
     rounding, several times closer than plain bf16 weights (whose rounding dominated the error)."""
-    from mobilesam.modeling.tiny_vit import _doubled, _split_linear
+    from mobilesam.modeling.fast_encoder import doubled, split_linear
 
     g = torch.Generator().manual_seed(0)
     x, weight, bias = torch.randn(512, 160, generator=g), torch.randn(480, 160, generator=g) * 0.02, None
     expected = torch.nn.functional.linear(x.bfloat16().float(), weight)  # only the input rounded
-    split = _split_linear(_doubled(x, torch.bfloat16), weight, bias)
+    split = split_linear(doubled(x, torch.bfloat16), weight, bias)
     plain = torch.nn.functional.linear(x.bfloat16(), weight.bfloat16())
     assert split.dtype == torch.bfloat16 and split.shape == expected.shape
     split_error, plain_error = (_relative_error(y.float(), expected) for y in (split, plain))

@@ -1,0 +1,366 @@
+"""The TinyViT encoder's fast inference path: the same function as the modules of `tiny_vit`,
+rearranged for CPU inference, so embeddings differ from the official order of operations by float
+rounding only (tests/test_fast_encoder.py). Each module's `forward` dispatches here with one line
+when `active(module)`: eval mode, not exact, not traced or compiled.
+
+The rearrangements:
+- every Conv2dBN runs as one convolution with the BatchNorm folded into its weights (recomputed
+  from the current parameters on each call, so never stale), in channels-last layout, with the
+  following GELU or residual add fused into oneDNN's kernel where torch offers it;
+- tokens stay (B, H*W, C) contiguous, which is channels-last (B, C, H, W): the local conv and the
+  patch merging read them without transposes;
+- window attention runs LayerNorm and qkv on the unpadded tokens (a zero padding token's qkv is a
+  constant), adds the qkv bias while copying the tokens into their windows (one pass; no pad or
+  transpose copies), folds the softmax scale into the q weights, and runs torch's fused
+  attention kernel with the relative-position bias as its mask; the output goes back to the token
+  grid in one copy, and the projection and the residual add share one pass;
+- the neck runs its LayerNorms over the contiguous channel axis;
+- with a low-precision `compute_dtype` (bf16, `TinyViT.set_compute_dtype`) the attention stages'
+  linear layers run with split weights (`split_linear`); the residual stream stays fp32.
+
+Functions take the `tiny_vit` module whose forward they replace (this module imports nothing from
+`tiny_vit`, which imports it).
+"""
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import FastPath
+
+# oneDNN's fused convolution (conv + GELU, conv + add) as torch's inductor uses it for CPU inference.
+_FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def active(module: FastPath) -> bool:
+    """Whether `module` runs its fast path now: eval mode, not exact, and not being traced or
+    compiled (the ONNX export traces the exact code: fused oneDNN kernels and in-place window
+    copies do not export, and a compiler does its own fusion)."""
+    return module.use_fast_path() and not (
+        torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
+    )
+
+
+# --- The modules' fast forwards ---------------------------------------------------------------
+
+
+def conv2d_bn(
+    conv_bn: nn.Module, x: torch.Tensor, gelu: bool = False, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Eval-mode `GELU?(bn(c(x)) + residual?)` of a Conv2dBN as one convolution, channels-last in
+    and out.
+
+    x (B, C_in, H, W) and residual (B, C_out, H', W'), ideally channels-last already. With a
+    low-precision `compute_dtype` the convolution runs in it (oneDNN accumulates in fp32) and
+    returns it, but a residual of another dtype is added in that dtype (the fp32 stream).
+    """
+    weight, bias = folded_conv_bn(conv_bn)
+    dtype = conv_bn.compute_dtype or weight.dtype  # a bf16 input to an fp32 layer is cast up
+    x, weight, bias = (t.to(dtype) for t in (x, weight, bias))
+    if residual is not None and residual.dtype != x.dtype:
+        y = residual + _conv(conv_bn.c, x, weight, bias)  # promotes to the residual's dtype
+        return _gelu(y) if gelu else y
+    return _conv(conv_bn.c, x, weight, bias, gelu, residual)
+
+
+def patch_embed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """PatchEmbed: (B, 3, S, S) -> (B, C, S/4, S/4) channels-last."""
+    conv1, _, conv2 = module.seq
+    return conv2d_bn(conv2, conv2d_bn(conv1, x, gelu=True))
+
+
+def mbconv(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """MBConv: (B, C, H, W) -> (B, C, H, W) channels-last."""
+    y = conv2d_bn(module.conv2, conv2d_bn(module.conv1, x, gelu=True), gelu=True)
+    return conv2d_bn(module.conv3, y, gelu=True, residual=x)
+
+
+def patch_merging(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """PatchMerging: (B, C, H, W) or (B, H*W, C) -> (B, H'*W', C_out) contiguous."""
+    if x.ndim == 3:
+        x = _tokens_as_image(x.contiguous(), *module.input_resolution)
+    x = conv2d_bn(module.conv2, conv2d_bn(module.conv1, x, gelu=True), gelu=True)
+    return _image_as_tokens(conv2d_bn(module.conv3, x))
+
+
+def tiny_vit_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """TinyViTBlock: (B, H*W, C) -> (B, H*W, C) fp32. The tokens stay contiguous, which the local
+    conv reads as a channels-last image."""
+    H, W = block.input_resolution
+    dtype = block.compute_dtype
+    x = x.float()  # the residual stream stays fp32 (a bf16 patch merging hands over bf16)
+    x = attention_windows_residual(block.attn, x.contiguous(), H, W, block.window_size, dtype)
+    # The depthwise local conv is the stream itself (no residual around it): it stays fp32.
+    x = _image_as_tokens(conv2d_bn(block.local_conv, _tokens_as_image(x, H, W)))
+    return mlp_residual(block.mlp, x, dtype)
+
+
+def neck(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The TinyViT's neck on the last stage's (B, s*s, C) tokens -> (B, 256, s, s) contiguous.
+
+    On channels-last tokens the neck's LayerNorm2d is a LayerNorm over the contiguous last axis.
+    """
+    B, _, C = x.shape
+    s = encoder.embedding_size
+    x = x.float().contiguous().view(B, s, s, C)
+    conv1, norm1, conv2, norm2 = encoder.neck
+    x = F.linear(x, conv1.weight.flatten(1))
+    x = F.layer_norm(x, x.shape[-1:], norm1.weight, norm1.bias, norm1.eps)
+    x = F.conv2d(x.permute(0, 3, 1, 2), conv2.weight, None, conv2.stride, conv2.padding)
+    x = F.layer_norm(x.permute(0, 2, 3, 1), x.shape[1:2], norm2.weight, norm2.bias, norm2.eps)
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+def mlp_residual(mlp: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`x + mlp(x)` for inference, the residual add sharing fc2's pass; x (B, N, C) contiguous.
+    With `dtype` (bf16) both linear layers run in it with split weights (`split_linear`);
+    the residual stream keeps x's dtype."""
+    if dtype is None:
+        return _add_linear(x, _gelu(mlp.fc1(mlp.norm(x))), mlp.fc2)
+    hidden = split_linear(doubled(mlp.norm(x), dtype), mlp.fc1.weight, mlp.fc1.bias)
+    return x + split_linear(_doubled_gelu(hidden), mlp.fc2.weight, mlp.fc2.bias)
+
+
+def attention_windows_residual(
+    attn: nn.Module, x: torch.Tensor, H: int, W: int, window_size: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """`x + attention` over window_size^2 windows of the (H, W) token grid, for inference.
+
+    x (B, H*W, C) contiguous -> (B, H*W, C). Same function as zero-padding the grid at the
+    bottom/right to whole windows, attending within each window and cropping, but LayerNorm
+    and qkv run on the H*W real tokens only: a zero token's LayerNorm is the norm's bias, so
+    every padding token has the same qkv, which fills the padded window slots. With `dtype`
+    (bf16) qkv, attention and the projection run in it; the residual stream keeps x's dtype.
+    """
+    B, L, C = x.shape
+    heads, key_dim, ws = attn.num_heads, attn.key_dim, window_size
+    # The softmax scale goes into the q rows of the qkv projection (per head: q, k, v).
+    qkv_scale = x.new_tensor([attn.scale, 1.0, 1.0]).view(1, 3, 1, 1)
+    weight = (attn.qkv.weight.view(heads, 3, key_dim, C) * qkv_scale).view(3 * C, C)
+    bias = (attn.qkv.bias.view(heads, 3, key_dim) * qkv_scale[..., 0]).view(3 * C)
+    # The bias is added by the copy into the windows below (saving a pass over qkv).
+    pad_qkv = F.linear(attn.norm.bias, weight, bias)
+    normed = attn.norm(x)
+    if dtype is None:
+        qkv = F.linear(normed, weight)
+    else:
+        qkv = split_linear(doubled(normed, dtype), weight)
+        bias, pad_qkv = bias.to(dtype), pad_qkv.to(dtype)
+    qkv = qkv.view(B, H, W, 3 * C)
+
+    nH, nW = -(-H // ws), -(-W // ws)
+    windows = qkv.new_empty(B * nH * nW, ws * ws, 3 * C)
+    _scatter_to_windows(qkv, windows.view(B, nH, nW, ws, ws, 3 * C).transpose(2, 3), bias, pad_qkv)
+    # Strided (windows, heads, ws * ws, key_dim) views: the attention kernel reads them in
+    # place, and whole-token rows make the copy above fast.
+    q, k, v = windows.view(B * nH * nW, ws * ws, heads, 3, key_dim).transpose(1, 2).unbind(3)
+
+    # torch's fused CPU attention keeps each window's scores in cache; the bias needs its
+    # 4-D (1, heads, N, N) form for that kernel (a 3-D one takes a much slower path).
+    bias = attn.attention_biases[:, attn.attention_bias_idxs].unsqueeze(0).to(q.dtype)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    out = out.reshape(B, nH, nW, heads, ws, ws, key_dim)  # a view (the kernel writes it contiguous)
+    if dtype is None:
+        grid = out.new_empty(B, H, W, heads, key_dim)
+        _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), grid)
+        return _add_linear(x, grid.view(B, L, C), attn.proj)
+    # The tokens go straight into the first half of the doubled input the projection needs.
+    proj_input = out.new_empty(B, L, 2 * C)
+    _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), proj_input[..., :C].view(B, H, W, heads, key_dim))
+    proj_input[..., C:].copy_(proj_input[..., :C])
+    return x + split_linear(proj_input, attn.proj.weight, attn.proj.bias)
+
+
+# --- Convolutions ---------------------------------------------------------------------------
+
+
+def folded_conv_bn(conv_bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """A Conv2dBN's conv weight and bias with the eval-mode BatchNorm folded in.
+
+    Computed from the current parameters and running statistics on every call (a few
+    microseconds), so loading new weights or training can never leave it stale.
+    """
+    bn = conv_bn.bn
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    return conv_bn.c.weight * scale[:, None, None, None], bn.bias - bn.running_mean * scale
+
+
+def _conv(
+    c: nn.Conv2d,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    gelu: bool = False,
+    residual: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`GELU?(conv(x; weight, bias) + residual?)` with `c`'s geometry, channels-last."""
+    x = _to_channels_last(x)
+    if _FUSED_CONV and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES and _no_autograd(x, weight):
+        weight = _to_channels_last(weight)
+        if residual is not None:
+            y = torch.ops.mkldnn._convolution_pointwise.binary(
+                x,
+                _to_channels_last(residual),
+                weight,
+                bias,
+                c.padding,
+                c.stride,
+                c.dilation,
+                c.groups,
+                "add",
+                None,
+                None,
+                [],
+                None,
+            )
+            return _gelu(y) if gelu else y
+        # oneDNN fuses GELU (algorithm "none": the exact erf form) into the convolution.
+        return torch.ops.mkldnn._convolution_pointwise(
+            x,
+            weight,
+            bias,
+            c.padding,
+            c.stride,
+            c.dilation,
+            c.groups,
+            "gelu" if gelu else "none",
+            [],
+            "none" if gelu else "",
+        )
+    y = F.conv2d(x, weight, bias, c.stride, c.padding, c.dilation, c.groups)
+    if residual is not None:
+        y = y + residual
+    return _gelu(y) if gelu else y
+
+
+def _no_autograd(*tensors: torch.Tensor) -> bool:
+    """True when no graph is being recorded for these tensors (in-place and fused kernels are safe)."""
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def _gelu(x: torch.Tensor) -> torch.Tensor:
+    """Exact (erf) GELU, in place when nothing records a graph (`x` must be a temporary)."""
+    return torch.ops.aten.gelu_(x) if _no_autograd(x) else F.gelu(x)
+
+
+def _to_channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _tokens_as_image(x: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, H*W, C) contiguous tokens -> the same memory as a channels-last (B, C, H, W) tensor."""
+    return x.view(x.shape[0], H, W, x.shape[-1]).permute(0, 3, 1, 2)
+
+
+def _image_as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H*W, C), free when `x` is channels-last."""
+    B, C = x.shape[:2]
+    return x.permute(0, 2, 3, 1).reshape(B, -1, C)
+
+
+# --- Linear layers --------------------------------------------------------------------------
+
+
+def doubled(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x (..., K) -> (..., 2K) in `dtype`: x rounded to it, twice along the last axis (the input
+    `split_linear` needs)."""
+    K = x.shape[-1]
+    if not _no_autograd(x):
+        return torch.cat([x, x], dim=-1).to(dtype)
+    out = x.new_empty(*x.shape[:-1], 2 * K, dtype=dtype)
+    out[..., :K].copy_(x)
+    out[..., K:].copy_(out[..., :K])
+    return out
+
+
+def _doubled_gelu(x: torch.Tensor) -> torch.Tensor:
+    """`doubled(gelu(x))` for a low-precision temporary x (..., K): GELU in place, one concat."""
+    x = _gelu(x)
+    return torch.cat([x, x], dim=-1)
+
+
+def split_linear(
+    x_doubled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` for x in a low precision (bf16) given as `x_doubled =
+    doubled(x)` (..., 2K), with the fp32 weight (M, K) split into a high and a low bf16 part: one
+    matrix product [x, x] @ [W_hi, W_lo]^T = x @ (W_hi + W_lo)^T, accumulated in fp32 by oneDNN.
+
+    Why: rounding the weights to bf16 is the largest part of a bf16 encoder's error (a fixed
+    perturbation of every layer, measured at ~60% of it), while on CPUs with AMX a product with
+    twice the inner length costs little more than the plain one. Returns (..., M) in x's dtype.
+    """
+    dtype = x_doubled.dtype
+    high = weight.to(dtype)
+    low = (weight - high.to(weight.dtype)).to(dtype)
+    return F.linear(x_doubled, torch.cat([high, low], dim=1), None if bias is None else bias.to(dtype))
+
+
+def _add_linear(x: torch.Tensor, inputs: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """`x + linear(inputs)` with the add folded into the matrix product's accumulation.
+
+    x (B, N, C_out), inputs (B, N, C_in) -> (B, N, C_out), a new tensor.
+    """
+    out = x + linear.bias
+    if not _no_autograd(out, inputs, linear.weight):
+        return out + F.linear(inputs, linear.weight)
+    out.view(-1, out.shape[-1]).addmm_(inputs.reshape(-1, inputs.shape[-1]), linear.weight.t())
+    return out
+
+
+# --- Windows --------------------------------------------------------------------------------
+
+
+def _window_parts(n: int, ws: int) -> list[tuple[slice, tuple[int, ...], tuple]]:
+    """Split an image axis of length n into whole windows and the partial last window: for each
+    part, (slice of the image axis, its shape as window dims, index into (window, in-window))."""
+    full, rest = divmod(n, ws)
+    parts = []
+    if full:
+        parts.append((slice(0, full * ws), (full, ws), (slice(0, full), slice(None))))
+    if rest:
+        parts.append((slice(full * ws, n), (rest,), (full, slice(0, rest))))
+    return parts
+
+
+def _paired_parts(image: torch.Tensor, windows: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Views of the same tokens in image (B, H, W, *E) and windows (B, nH, ws, nW, ws, *E) layout,
+    as a few pairs of equally shaped views (the image need not be a whole number of windows).
+
+    A generator on purpose: with autograd on, a view must be taken after the previous in-place
+    copy into its base, or autograd sees a stale view.
+    """
+    B, H, W, *rest = image.shape
+    ws = windows.shape[2]
+    for rows, row_shape, row_index in _window_parts(H, ws):
+        for cols, col_shape, col_index in _window_parts(W, ws):
+            part = image[:, rows, cols].view(B, *row_shape, *col_shape, *rest)
+            yield part, windows[(slice(None), *row_index, *col_index)]
+
+
+def _scatter_to_windows(
+    image: torch.Tensor, windows: torch.Tensor, bias: torch.Tensor, fill: torch.Tensor
+) -> None:
+    """Write image + bias (B, H, W, *E) into windows (B, nH, ws, nW, ws, *E), a view of the
+    window buffer; window slots beyond the image (bottom/right padding) get `fill` (E)."""
+    fused = _no_autograd(image, bias)  # out= cannot record a graph
+    for part, slots in _paired_parts(image, windows):
+        if fused:
+            torch.add(part, bias, out=slots)
+        else:
+            slots.copy_(part + bias)
+    ws = windows.shape[2]
+    H, W = image.shape[1:3]
+    if H % ws:
+        windows[:, -1, H % ws :] = fill
+    if W % ws:
+        windows[:, :, :, -1, W % ws :] = fill
+
+
+def _gather_from_windows(windows: torch.Tensor, image: torch.Tensor) -> None:
+    """Copy windows (B, nH, ws, nW, ws, *E) into image (B, H, W, *E), dropping the padding."""
+    for part, slots in _paired_parts(image, windows):
+        part.copy_(slots)
