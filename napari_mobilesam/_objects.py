@@ -20,6 +20,12 @@ from ._sections import KEYS, Section, _row
 MAX_ID = 2**31 - 1
 
 
+def _unwrapped(layer):
+    """The layer itself: napari hands plugin widgets a proxy of the viewer, whose layers are proxies
+    too (another object each time), so layers are compared by the object behind the proxy."""
+    return getattr(layer, "__wrapped__", layer)
+
+
 def existing_layer(layers, role: str):
     """The image's result layer `role` ("current" / "objects") if it exists, without making it:
     prompt layers that make their full-size Labels lazily have `existing(role)`."""
@@ -143,6 +149,7 @@ class ObjectTools:
 
     def watch(self, layer) -> None:
         """From now on, strokes painted on `layer` are undone in order with the plugin's edits."""
+        layer = _unwrapped(layer)
         if id(layer) not in self._watched and hasattr(layer.events, "paint"):
             self._watched[id(layer)] = layer
             layer.events.paint.connect(self._on_paint)
@@ -158,7 +165,7 @@ class ObjectTools:
         self.widget.persistence.publish()
 
     def _managed(self, layer) -> bool:
-        return self.plugin_layer(layer) or self._watched.get(id(layer)) is layer
+        return self.plugin_layer(layer) or self._watched.get(id(_unwrapped(layer))) is _unwrapped(layer)
 
     @contextmanager
     def quiet(self):
