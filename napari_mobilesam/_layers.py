@@ -80,11 +80,13 @@ def _layer_transform(image_layer, axes: tuple[int, ...] | None = None) -> dict:
             "rotate": image_layer.rotate,
             "shear": image_layer.shear,
             "affine": image_layer.affine.affine_matrix,
+            "units": image_layer.units,  # so saved labels keep the image's length unit (mm for CT)
         }
     axes = list(axes)
     return {
         "scale": np.asarray(image_layer.scale)[axes],
         "translate": np.asarray(image_layer.translate)[axes],
+        "units": tuple(image_layer.units[a] for a in axes),
     }
 
 
@@ -251,7 +253,7 @@ def ensure_prompt_layers(viewer, image_layer, info: ImageInfo, reselect=None) ->
 
 def sync_transform(viewer, image_layer, info: ImageInfo) -> None:
     """Give the image's plugin layers its current scale and translate (after the user changed them)."""
-    full = {"scale": image_layer.scale, "translate": image_layer.translate}
+    full = {"scale": image_layer.scale, "translate": image_layer.translate, "units": image_layer.units}
     spatial = _layer_transform(image_layer, info.spatial_axes)
     for name in layer_names(image_layer.name).values():
         if name not in viewer.layers:
@@ -259,6 +261,7 @@ def sync_transform(viewer, image_layer, info: ImageInfo) -> None:
         layer = viewer.layers[name]
         values = full if layer.ndim == image_layer.ndim else spatial
         layer.scale, layer.translate = values["scale"], values["translate"]
+        layer.units = values["units"]
 
 
 def remove_prompt_layers(viewer, image_name: str) -> str | None:

@@ -19,6 +19,7 @@ from mobilesam.prompt import Prompt
 
 from ._layers import LayerError
 from ._objects import existing_layer
+from ._writer import length_unit
 
 SIDECAR_SCHEMA = 1  # of the "objects" entries below; the core adds its own format and label_image
 METADATA_KEY = "mobilesam"  # where readers put the sidecar in a Labels layer's metadata
@@ -201,9 +202,15 @@ class Persistence:
         axes = list(info.spatial_axes)
         spacing = tuple(float(v) for v in np.asarray(image_layer.scale)[axes])
         origin = tuple(float(v) for v in np.asarray(image_layer.translate)[axes])
+        unit = length_unit(image_layer.units)  # a CT opened in mm is saved in mm, not as µm
         try:
             written = save_segmentation(
-                path, labels, spacing=spacing, origin=origin, sidecar=self.sidecar(image_layer, info, labels)
+                path,
+                labels,
+                spacing=spacing,
+                origin=origin,
+                unit=unit,
+                sidecar=self.sidecar(image_layer, info, labels),
             )
         except (OSError, ValueError, MobileSamError) as exc:
             widget._notify(

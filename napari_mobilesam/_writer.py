@@ -32,14 +32,14 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
             spacing=meta.get("scale"),
             origin=meta.get("translate"),
             sidecar=sidecar if isinstance(sidecar, dict) else None,
-            unit=_length_unit(meta.get("units")),
+            unit=length_unit(meta.get("units")),
         )
     except SegmentationFileError as exc:
         raise LabelsNotSaved(str(exc)) from None
     return [path]
 
 
-def _length_unit(units) -> str | None:
+def length_unit(units) -> str | None:
     """The layer's x unit as text ('micrometer'); None for napari's default 'pixel' (saved as µm)."""
     if units is None:
         return None

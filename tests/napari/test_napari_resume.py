@@ -134,3 +134,26 @@ def test_save_close_reopen_and_resume_gives_the_same_all_objects(make_napari_vie
     np.testing.assert_array_equal(objects.data, saved)
     assert widget.persistence.resume(np.where(saved == 3, 0, saved), sidecar, "erased.tif")
     assert set(widget._session().object_prompts) == {1, 2} and "object(s) 3" in widget.messages[-2][1]
+
+
+def test_objects_of_a_volume_in_millimetres_are_saved_in_millimetres(make_napari_viewer, qtbot, tmp_path):
+    """A CT opened in mm: the plugin's layers take the image's unit, and Save objects… writes mm
+    (a file claiming µm would shrink the voxels a thousandfold)."""
+    import nibabel
+
+    volume = np.stack([bright_image((64, 64), seed) for seed in range(6)])
+    viewer, widget = _open_dock(make_napari_viewer, qtbot)
+    viewer.add_image(volume, name="vol", scale=SCALE, translate=TRANSLATE, units="mm")
+    _wait_for_prompts_layer(viewer, qtbot)
+    viewer.reset_view()
+    viewer.dims.set_point(0, _world(2, 0, 0)[0])
+    click(viewer, _world(2, 16, 16)[1:])
+    wait_idle(qtbot, widget)
+    press(viewer, "C")
+    _wait_for_prompts_layer(viewer, qtbot)
+    assert {str(u) for u in viewer.layers["vol objects"].units} == {"millimeter"}
+    path = widget.persistence.save(tmp_path / "ct objects.nii.gz")
+    assert path is not None, widget.status.value
+    header = nibabel.load(path).header
+    assert header.get_xyzt_units()[0] == "mm"
+    np.testing.assert_allclose(header.get_zooms()[:3], SCALE[::-1])
