@@ -21,7 +21,9 @@ def test_mobilesam_napari_opens_the_image_with_the_dock(make_napari_viewer, tmp_
     (viewer,) = viewers
     np.testing.assert_array_equal(viewer.layers["cells"].data, image)
     # the dock took the image up: its objects / prompts layers are there, named after it
-    assert viewer.layers[0].name == "cells" and "cells prompts" in viewer.layers  # result layers come on first use
+    assert (
+        viewer.layers[0].name == "cells" and "cells prompts" in viewer.layers
+    )  # result layers come on first use
     assert list(viewer.window._dock_widgets) == ["MobileSAM (napari-mobilesam)"]
     assert event_loops == [True]
 
