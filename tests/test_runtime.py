@@ -103,3 +103,44 @@ def test_warm_up_encodes_once_and_leaves_no_image(small_model):
         del small_model.image_encoder.forward
     assert seconds > 0 and calls == [(1, 3, 256, 256)]  # padded to the encoder's full input size
     assert not predictor.is_image_set
+
+
+def test_decoder_threads_switches_only_the_calling_thread(monkeypatch):
+    """Clicks decode on one thread while another thread (an encoder, another request) keeps its
+    torch thread count, and the caller's count comes back afterwards, also after an error."""
+    import threading
+
+    import torch
+
+    monkeypatch.delenv(runtime.DECODER_THREADS_ENV, raising=False)
+    if not runtime._threads_are_per_thread():
+        pytest.skip("torch's parallel backend here is not OpenMP: the switch is a no-op by design")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inside, entered, leave = [], threading.Event(), threading.Event()
+
+        def decode():
+            with runtime.decoder_threads():
+                inside.append(torch.get_num_threads())
+                entered.set()
+                leave.wait(10)
+
+        worker = threading.Thread(target=decode)
+        worker.start()
+        entered.wait(10)
+        assert inside == [1]
+        assert torch.get_num_threads() == 2  # this thread is not affected by the worker's switch
+        leave.set()
+        worker.join()
+        with pytest.raises(RuntimeError), runtime.decoder_threads(1):
+            raise RuntimeError("decoder failed")
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv(runtime.DECODER_THREADS_ENV, "0")
+        with runtime.decoder_threads():
+            assert torch.get_num_threads() == 2  # 0: torch's own setting is left alone
+        monkeypatch.setenv(runtime.DECODER_THREADS_ENV, "two")
+        with pytest.raises(ValueError, match=runtime.DECODER_THREADS_ENV), runtime.decoder_threads():
+            pass
+    finally:
+        torch.set_num_threads(before)

@@ -12,6 +12,7 @@ import torch
 
 from .backend import PredictorBackend, make_backend
 from .modeling import Sam
+from .runtime import decoder_threads
 from .transforms import ResizeLongestSide, model_input_prompts, rgb_image
 
 
@@ -168,10 +169,11 @@ class SamPredictor:
         """
         self._require_image()
         points = (point_coords, point_labels) if point_coords is not None else None
-        low_res, iou = self.decode(points, boxes, mask_input, multimask_output)
-        masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
+        with decoder_threads():  # small operations: one thread by default (see runtime.py)
+            low_res, iou = self.decode(points, boxes, mask_input, multimask_output)
+            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+            if not return_logits:
+                masks = masks > self.model.mask_threshold
         return masks, iou, low_res
 
     @torch.inference_mode()

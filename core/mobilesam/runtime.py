@@ -20,6 +20,8 @@ import ctypes.util
 import os
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 # mallopt parameter numbers from glibc's <malloc.h>.
@@ -113,9 +115,77 @@ def configure_threads(num_threads: int | None = None) -> int:
     if num_threads is None:
         num_threads = usable_cpus()
     num_threads = max(1, int(num_threads))
-    if torch.get_num_threads() != num_threads:
-        torch.set_num_threads(num_threads)
+    with _threads_lock:
+        if torch.get_num_threads() != num_threads:
+            torch.set_num_threads(num_threads)
     return num_threads
+
+
+# ---------------------------------------------------------------- decoder threads
+
+# A click's decoder and mask postprocessing are a few hundred small operations (token-sized matrix
+# products, 1M-element elementwise passes) that each last well under a millisecond: splitting them
+# over OpenMP threads buys little on an idle machine and costs a lot on a busy one, where every
+# operation waits at a barrier for a thread that is not scheduled (measured 2-20x slower with 2
+# threads on a loaded 2-core machine). So clicks run on one thread by default.
+DECODER_THREADS_ENV = "MOBILESAM_DECODER_THREADS"
+DECODER_THREADS = 1
+
+# Serialises every change of torch's thread count made by this package (`configure_threads`,
+# `decoder_threads`): torch.set_num_threads also sets the process default that threads starting
+# their first torch operation pick up, so set/restore pairs must not interleave with each other.
+_threads_lock = threading.Lock()
+_openmp: bool | None = None
+
+
+def decoder_thread_count() -> int:
+    """Threads for a click's decoding: `MOBILESAM_DECODER_THREADS` if set (0: leave torch's
+    setting alone), else `DECODER_THREADS`."""
+    value = os.environ.get(DECODER_THREADS_ENV, "").strip()
+    try:
+        return max(0, int(value)) if value else DECODER_THREADS
+    except ValueError:
+        raise ValueError(f"{DECODER_THREADS_ENV} must be a whole number, not {value!r}") from None
+
+
+def _threads_are_per_thread() -> bool:
+    """Whether torch's intra-op threads are OpenMP's (the default build on Linux, macOS and
+    Windows): then torch.set_num_threads changes the calling thread's OpenMP and MKL thread
+    counts only, so other threads (the encoder, other requests) keep theirs."""
+    global _openmp
+    if _openmp is None:
+        import torch
+
+        _openmp = "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+    return _openmp
+
+
+@contextmanager
+def decoder_threads(num_threads: int | None = None) -> Iterator[None]:
+    """Run the body on `num_threads` torch threads in the calling thread (default
+    `decoder_thread_count()`), restoring the thread's count afterwards.
+
+    Thread-safe: with torch's OpenMP backend the count is per thread, so concurrent decodes on
+    other threads and an encoder running beside them are not affected, and the switch happens
+    under `_threads_lock`. With another backend (a native thread pool, where the count is
+    process-wide) it leaves the threads alone rather than slow down an encoder on another thread.
+    """
+    import torch
+
+    wanted = decoder_thread_count() if num_threads is None else max(0, int(num_threads))
+    if wanted == 0 or not _threads_are_per_thread():
+        yield
+        return
+    with _threads_lock:
+        previous = torch.get_num_threads()
+        if previous != wanted:
+            torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if previous != wanted:
+            with _threads_lock:
+                torch.set_num_threads(previous)
 
 
 def usable_cpus() -> int:

@@ -1,6 +1,8 @@
 """What an exported model folder holds, how it is run and what its decoder takes; numpy only (no
 torch), shared by the exporter, the torch-backed `OnnxBackend` and the torch-free `StandalonePredictor`."""
 
+import threading
+
 import numpy as np
 
 ENCODER_FILE = "encoder.onnx"
@@ -8,8 +10,40 @@ DECODER_FILE = "decoder.onnx"
 FINGERPRINT_FILE = "weights.sha256"
 
 
+# OrtArenaCfg's arena_extend_strategy: 1 = kSameAsRequested (0, the default, doubles each growth).
+_ARENA_SAME_AS_REQUESTED = 1
+_shared_arena_lock = threading.Lock()
+_shared_arena: bool | None = None
+
+
+def _register_shared_arena(ort) -> bool:
+    """Register, once per process, one CPU memory arena for every session made by `cpu_session`.
+
+    Each session otherwise keeps its own arena, sized by its largest run: the decoder's first run
+    could not reuse what the encoder's run freed (+25 MB). The arena grows by what is asked for
+    rather than by doubling, which would round the encoder's ~270 MB peak up. Together they take
+    the torch-free predictor's peak RSS from ~460 to ~430 MB (benchmarks/run.py). Returns whether
+    the arena is there (False where this onnxruntime cannot register one: sessions keep theirs).
+    """
+    global _shared_arena
+    with _shared_arena_lock:
+        if _shared_arena is None:
+            try:
+                memory = ort.OrtMemoryInfo(
+                    "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+                )
+                ort.create_and_register_allocator(
+                    memory, ort.OrtArenaCfg(0, _ARENA_SAME_AS_REQUESTED, -1, -1)
+                )
+                _shared_arena = True
+            except (AttributeError, RuntimeError, ValueError, TypeError):
+                _shared_arena = False
+        return _shared_arena
+
+
 def cpu_session(ort, path, threads: int, spinning: bool = False):
-    """An onnxruntime CPU session with full graph optimisation and `threads` intra-op threads.
+    """An onnxruntime CPU session with full graph optimisation and `threads` intra-op threads,
+    allocating from the process's shared arena (`_register_shared_arena`).
 
     Spinning is off: by default onnxruntime's idle workers busy-wait after every run, which takes
     the cores from whatever runs next (torch postprocessing, the napari GUI, the next request) and
@@ -18,6 +52,8 @@ def cpu_session(ort, path, threads: int, spinning: bool = False):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    if _register_shared_arena(ort):
+        options.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -63,7 +63,11 @@ class StandalonePredictor:
         resized = self.transform.apply_image(image)
         h, w = resized.shape[:2]
         padded = np.zeros((1, 3, self.img_size, self.img_size), np.float32)
-        padded[0, :, :h, :w] = ((resized - self._mean) / self._std).transpose(2, 0, 1)
+        # Normalised in place: no full-size float temporaries beside the encoder's input.
+        region = padded[0, :, :h, :w]
+        region[...] = resized.transpose(2, 0, 1)
+        region -= self._mean[:, None, None]
+        region /= self._std[:, None, None]
         (self.features,) = self.encoder.run(None, {"image": padded})
         self.original_size, self.input_size = tuple(image.shape[:2]), (h, w)
         self.is_image_set = True
