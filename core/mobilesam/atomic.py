@@ -55,7 +55,7 @@ def remove_stale_temp_files(folder: PathLike) -> list[Path]:
         return removed
     for entry in entries:
         match = _TEMP_NAME.match(entry.name)
-        if match is None or match["host"] != host or _process_alive(int(match["pid"])):
+        if match is None or match["host"] != host or process_alive(int(match["pid"])):
             continue
         try:
             os.unlink(entry.path)
@@ -99,7 +99,7 @@ def atomic_write_bytes(path: PathLike, write: Callable[[Path], object]) -> None:
         write(tmp)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would stop the process
         return True
     try:

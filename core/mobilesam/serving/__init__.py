@@ -5,6 +5,8 @@
 - `build_predictor(...)`: a predictor for (model or model type/checkpoint, backend, ONNX folder).
 - `parse_backend(...)` / `backend_from_env()`: the one reading of `MOBILESAM_BACKEND`.
 - `EmbeddingCache`: the one in-memory LRU of embeddings (by count and bytes), for servers and volumes.
+- `EmbeddingStore` / `SliceEmbeddingStore`: the verified embedding stores on disk (one file per
+  image for servers, one zarr array per slice for volumes), sharing one set of rules (`disk_store`).
 """
 
 from .._lazy import lazy_attributes
@@ -21,6 +23,8 @@ _LAZY = {
     "parse_onnx_precision": "backend",
     "backend_from_env": "backend",
     "EmbeddingCache": "memory_cache",
+    "EmbeddingStore": "disk_store",
+    "SliceEmbeddingStore": "disk_store",
 }
 
 __getattr__ = lazy_attributes(__name__, _LAZY)

@@ -14,6 +14,7 @@ sha256 of the checkpoint file + the encoder input size) and, inside it, one arra
 normalisation and channel handling, so changed data, a changed contrast range or a changed model
 can never be served a stale embedding; an array is only read back if it was completely written and
 its checksum matches (a damaged entry is recomputed and rewritten, with a warning naming the slice).
+The store is the core's `mobilesam.serving.disk_store.SliceEmbeddingStore`.
 
 Intensity normalisation goes through `mobilesam.image.to_rgb_uint8` with one (low, high) range
 computed by `mobilesam.image.intensity_range` from a sample of slices, so contrast is the same
@@ -24,10 +25,7 @@ uint8 volumes are passed through unchanged, exactly as 2-D uint8 images are.
 import hashlib
 import os
 import re
-import shutil
 import threading
-import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,6 +36,7 @@ from ..errors import MobileSamError
 from ..image import intensity_range, to_rgb_uint8
 from ..predictor import EmbeddingState
 from ..progress import ProgressCallback, raise_if_cancelled
+from ..serving.disk_store import SliceEmbeddingStore
 from ..serving.identity import model_identity
 from ..serving.memory_cache import EmbeddingCache
 from .io import READ_ERRORS
@@ -148,10 +147,10 @@ class VolumeEmbeddings:
         if self.cache_dir is not None:
             if self.model_id is None:
                 self.model_id = weights_fingerprint(predictor.model)
-            self._store = _ZarrSliceStore(self.cache_dir, self._model_key(), cache_max_bytes)
+            self._store = SliceEmbeddingStore(self.cache_dir, self._model_key(), cache_max_bytes)
         # Only folders that already hold this model's embeddings: a lookup never creates anything.
         self._other_stores = [
-            _ZarrSliceStore(Path(folder), self._model_key())
+            SliceEmbeddingStore(Path(folder), self._model_key())
             for folder in read_also
             if self._store is not None
             and Path(folder).resolve() != self.cache_dir.resolve()
@@ -324,149 +323,6 @@ class VolumeEmbeddings:
         # The encoder actually used decides the input size (an id made from a checkpoint file alone
         # assumes 1024): replace the id's own input-size suffix, if any.
         return re.sub(r"-in\d+$", "", key) + f"-in{img_size}"
-
-
-class _ZarrSliceStore:
-    """A zarr group of slice embeddings for one model: one (256, 64, 64) float32 array per slice hash.
-
-    Every entry carries the sha256 of its data, written last with the "complete" mark, and is
-    verified when read: a deleted, truncated, emptied or garbage chunk (zarr would read a deleted
-    one back as zeros) or damaged metadata is reported with a warning and recomputed, never
-    served. zarr's temporary `*.partial` files left by a killed writer are removed on opening.
-    """
-
-    def __init__(self, root: Path, model_key: str, max_bytes: int | None = None) -> None:
-        try:
-            import zarr
-        except ImportError:
-            raise MobileSamError(
-                "an embedding cache on disk needs zarr: pip install 'napari-mobilesam[volume]'"
-            ) from None
-        if root.exists() and not root.is_dir():
-            raise MobileSamError(f"embedding cache {root} is a file, not a folder")
-        root.mkdir(parents=True, exist_ok=True)
-        self.root = root
-        self._model_dir = root / model_key
-        self._max_bytes = max_bytes
-        _remove_stale_partials(root / model_key)
-        try:
-            self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
-        except Exception as exc:  # noqa: BLE001 - zarr raises JSON, codec and its own errors for damaged metadata
-            warnings.warn(
-                f"embedding cache {root}: damaged group metadata ({exc}); rewriting it", stacklevel=3
-            )
-            for meta in (root / "zarr.json", root / model_key / "zarr.json"):
-                meta.unlink(missing_ok=True)  # entries below stay and are verified one by one
-            self._group = zarr.open_group(str(root), mode="a").require_group(model_key)
-
-    def contains(self, name: str) -> bool:
-        """Whether a complete, checksummed entry exists (its data are verified by `load`)."""
-        try:
-            return (
-                name in self._group
-                and "sha256" in self._group[name].attrs
-                and bool(self._group[name].attrs.get("complete", False))
-            )
-        except Exception:  # noqa: BLE001 - damaged metadata: not usable, `load` will say so and recompute
-            return False
-
-    def load(self, name: str, where: str = "") -> EmbeddingState | None:
-        """The verified entry `name`, or None (with a warning naming `where` if it was damaged)."""
-        try:
-            if name not in self._group:
-                if not (self.root / self._group.path / name).exists():
-                    return None
-                raise ValueError("its zarr.json is missing")  # chunks without metadata
-            array = self._group[name]
-            attrs = dict(array.attrs)
-            if not attrs.get("complete", False):
-                return None  # interrupted write: never read, overwritten by the next save
-            data = np.ascontiguousarray(np.asarray(array[...], dtype=np.float32))
-            problem = (
-                "has no checksum"
-                if "sha256" not in attrs
-                else "fails its checksum"
-                if _checksum(data) != attrs["sha256"]
-                else None
-            )
-            state = EmbeddingState(
-                torch.from_numpy(data)[None], tuple(attrs["original_size"]), tuple(attrs["input_size"])
-            )
-        except Exception as exc:  # noqa: BLE001 - zarr raises codec, JSON, key and OS errors for damaged entries
-            problem = f"cannot be read ({type(exc).__name__}: {exc})"
-        if problem is None:
-            _touch(self._model_dir / name)  # recently used: evicted last
-            return state
-        warnings.warn(
-            f"embedding cache {self.root}: the entry of {where or name} {problem}; recomputing it",
-            stacklevel=3,
-        )
-        return None
-
-    def save(self, name: str, state: EmbeddingState) -> None:
-        data = np.ascontiguousarray(state.features.detach().cpu().numpy().astype(np.float32)[0])
-        create = getattr(self._group, "create_array", None) or self._group.create_dataset  # zarr 3 / zarr 2
-        try:
-            array = create(name, shape=data.shape, dtype="float32", chunks=data.shape, overwrite=True)
-        except Exception:  # noqa: BLE001 - the old entry's metadata is too damaged for zarr to delete it
-            shutil.rmtree(self.root / self._group.path / name, ignore_errors=True)
-            array = create(name, shape=data.shape, dtype="float32", chunks=data.shape, overwrite=True)
-        array[...] = data
-        # Written last: a crash mid-write leaves an array without it, which is never read back.
-        array.attrs.update(
-            {
-                "original_size": list(state.original_size),
-                "input_size": list(state.input_size),
-                "sha256": _checksum(data),
-                "complete": True,
-            }
-        )
-        if self._max_bytes is not None:
-            self._evict(keep=self._model_dir / name)
-
-    def _evict(self, keep: Path) -> None:
-        """Delete the least recently used slice arrays (any model) until the store fits its budget."""
-        entries = []
-        for model_dir in (p for p in self.root.iterdir() if p.is_dir()):
-            for array_dir in (p for p in model_dir.iterdir() if p.is_dir()):
-                size = sum(f.stat().st_size for f in array_dir.rglob("*") if f.is_file())
-                entries.append((array_dir.stat().st_mtime, array_dir, size))
-        total = sum(size for _, _, size in entries)
-        for _, array_dir, size in sorted(entries, key=lambda e: e[0]):
-            if total <= self._max_bytes:
-                break
-            if array_dir == keep:
-                continue
-            shutil.rmtree(array_dir, ignore_errors=True)
-            total -= size
-
-
-PARTIAL_MAX_AGE_S = 60.0  # zarr renames its `*.partial` files within milliseconds
-
-
-def _remove_stale_partials(folder: Path) -> None:
-    """Remove zarr's temporary `*.partial` files that a killed writer left under `folder`."""
-    now = time.time()
-    for dirpath, _, filenames in os.walk(folder):
-        for filename in filenames:
-            if filename.endswith(".partial"):
-                path = Path(dirpath) / filename
-                try:
-                    if now - path.stat().st_mtime > PARTIAL_MAX_AGE_S:
-                        path.unlink()
-                except OSError:
-                    pass  # renamed or removed by its writer meanwhile
-
-
-def _checksum(data: np.ndarray) -> str:
-    return hashlib.sha256(data.tobytes()).hexdigest()
-
-
-def _touch(path: Path) -> None:
-    try:
-        os.utime(path)
-    except OSError:
-        pass  # a read-only cache still serves embeddings
 
 
 def _normalize_axis(axis: int, ndim: int, name: str) -> int:
