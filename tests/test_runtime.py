@@ -112,7 +112,7 @@ def test_decoder_threads_switches_only_the_calling_thread(monkeypatch):
 
     import torch
 
-    monkeypatch.delenv(runtime.DECODER_THREADS_ENV, raising=False)
+    monkeypatch.setenv(runtime.DECODER_THREADS_ENV, "1")
     if not runtime._threads_are_per_thread():
         pytest.skip("torch's parallel backend here is not OpenMP: the switch is a no-op by design")
     before = torch.get_num_threads()

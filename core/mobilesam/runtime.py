@@ -129,7 +129,9 @@ def configure_threads(num_threads: int | None = None) -> int:
 # operation waits at a barrier for a thread that is not scheduled (measured 2-20x slower with 2
 # threads on a loaded 2-core machine). So clicks run on one thread by default.
 DECODER_THREADS_ENV = "MOBILESAM_DECODER_THREADS"
-DECODER_THREADS = 1
+# 0: leave torch's thread count alone. One thread wins only on a busy machine (a click 0.21x vs 0.52x
+# the reference under load) and loses on an idle one (38 ms vs 21 ms on 2 idle cores), so it is opt-in.
+DECODER_THREADS = 0
 
 # Serialises every change of torch's thread count made by this package (`configure_threads`,
 # `decoder_threads`): torch.set_num_threads also sets the process default that threads starting
