@@ -202,3 +202,22 @@ def test_every_stage_matches_exact(small_exact):
             scale = max(1.0, expected.abs().max().item())
             assert _max_diff(got, expected) <= 1e-5 * scale, name
             x = expected
+
+
+@pytest.mark.parametrize("shape", [(2, 49, 64), (300, 160)])
+def test_linear_gelu_equals_linear_then_gelu(shape):
+    """The fused GELU epilogue (oneDNN on CPU) gives exactly what a separate GELU pass gives,
+    and falls back to that pass when a graph is being recorded."""
+    from mobilesam.modeling.common import linear_gelu
+
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    linear = nn.Linear(shape[-1], 4 * shape[-1])
+    expected = nn.functional.gelu(linear(x))
+    with torch.inference_mode():
+        fused = linear_gelu(x, linear.weight, linear.bias)
+    assert fused.shape == expected.shape
+    assert torch.equal(fused, expected.detach())
+    graph = linear_gelu(x, linear.weight, linear.bias)
+    assert graph.requires_grad  # the unfused path keeps autograd working
+    assert torch.equal(graph.detach(), expected.detach())

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .common import linear_gelu
 from .transformer import Attention, TwoWayTransformer
 
 
@@ -204,7 +205,7 @@ def upscale_masks(decoder, keys: torch.Tensor, hyper_in: torch.Tensor, size: tup
     x = torch.addmm(convt1.bias.repeat(4), keys.reshape(B * L, C), w1).view(B * L * 4, c1)
     x = F.gelu(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
     w2 = convt2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-    x = F.gelu(torch.addmm(convt2.bias.repeat(4), x, w2).view(B, L * 16, c2))
+    x = linear_gelu(x, w2.t(), convt2.bias.repeat(4)).view(B, L * 16, c2)
     masks = torch.bmm(hyper_in, x.transpose(1, 2))  # (B, M, 16L) in blocked pixel order
     M = masks.shape[1]
     # One gather along the last axis: 7x faster than the equivalent 8-d permute + copy.

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import FastPath
+from .common import FastPath, linear_gelu
 
 # oneDNN's fused convolution (conv + GELU, conv + add) as torch's inductor uses it for CPU inference.
 _FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -119,9 +119,9 @@ def mlp_residual(mlp: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = No
     With `dtype` (bf16) both linear layers run in it with split weights (`split_linear`);
     the residual stream keeps x's dtype."""
     if dtype is None:
-        return _add_linear(x, _gelu(mlp.fc1(mlp.norm(x))), mlp.fc2)
-    hidden = split_linear(doubled(mlp.norm(x), dtype), mlp.fc1.weight, mlp.fc1.bias)
-    return x + split_linear(_doubled_gelu(hidden), mlp.fc2.weight, mlp.fc2.bias)
+        return _add_linear(x, linear_gelu(mlp.norm(x), mlp.fc1.weight, mlp.fc1.bias), mlp.fc2)
+    hidden = split_linear(doubled(mlp.norm(x), dtype), mlp.fc1.weight, mlp.fc1.bias, gelu=True)
+    return x + split_linear(torch.cat([hidden, hidden], dim=-1), mlp.fc2.weight, mlp.fc2.bias)
 
 
 def attention_windows_residual(
@@ -276,14 +276,8 @@ def doubled(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return out
 
 
-def _doubled_gelu(x: torch.Tensor) -> torch.Tensor:
-    """`doubled(gelu(x))` for a low-precision temporary x (..., K): GELU in place, one concat."""
-    x = _gelu(x)
-    return torch.cat([x, x], dim=-1)
-
-
 def split_linear(
-    x_doubled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    x_doubled: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, gelu: bool = False
 ) -> torch.Tensor:
     """`F.linear(x, weight, bias)` for x in a low precision (bf16) given as `x_doubled =
     doubled(x)` (..., 2K), with the fp32 weight (M, K) split into a high and a low bf16 part: one
@@ -291,12 +285,14 @@ def split_linear(
 
     Why: rounding the weights to bf16 is the largest part of a bf16 encoder's error (a fixed
     perturbation of every layer, measured at ~60% of it), while on CPUs with AMX a product with
-    twice the inner length costs little more than the plain one. Returns (..., M) in x's dtype.
+    twice the inner length costs little more than the plain one. Returns (..., M) in x's dtype,
+    through GELU when `gelu`.
     """
     dtype = x_doubled.dtype
     high = weight.to(dtype)
     low = (weight - high.to(weight.dtype)).to(dtype)
-    return F.linear(x_doubled, torch.cat([high, low], dim=1), None if bias is None else bias.to(dtype))
+    split, bias = torch.cat([high, low], dim=1), None if bias is None else bias.to(dtype)
+    return linear_gelu(x_doubled, split, bias) if gelu else F.linear(x_doubled, split, bias)
 
 
 def _add_linear(x: torch.Tensor, inputs: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
