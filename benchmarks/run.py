@@ -550,7 +550,7 @@ def goals_table(enc, clicks, everything, rss, bf16, c2f, cold, points_per_side: 
     if "ours torch bf16" in enc and bf16:
         rows.append(
             (
-                "encoder, bf16 (AVX512-BF16/AMX; opt-in `precision='bf16'`)",
+                "encoder, bf16 (AVX512-BF16/AMX; front-ends' default, `precision='auto'`)",
                 f"{ratio(enc, 'ours torch bf16'):.2f}x, embedding rel. error {bf16['relative_error']:.1e}, "
                 f"mask IoU vs fp32 min {bf16['min_iou']:.3f} (random weights) / "
                 f"{bf16['standin_min_iou']:.3f} (stand-in)",

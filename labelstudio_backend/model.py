@@ -62,7 +62,7 @@ def model_version_for(settings: Settings) -> str:
     downloaded, are named by their published sha256 (the identity the verified file will have).
     The name doubles as the model part of the embedding cache keys.
     """
-    from mobilesam.serving import model_identity
+    from mobilesam.serving import encoder_precision, model_identity
     from mobilesam.weights import OFFICIAL_WEIGHTS, cached_path
 
     model_type = settings.model_type or "vit_t"
@@ -78,6 +78,8 @@ def model_version_for(settings: Settings) -> str:
         name = f"mobilesam-{model_type}"
     if settings.backend == "onnx" and settings.onnx_precision == "int8":
         name += "-int8"  # its embeddings differ from the float models' (fp32 ONNX matches torch within 1e-3)
+    if settings.backend == "torch" and encoder_precision(settings.precision, model_type) == "bf16":
+        name += "-bf16"  # as `model_identity` names a bf16 encoder: its embeddings differ by ~5e-3
     return name
 
 
@@ -231,6 +233,7 @@ class MobileSamBackend:
             backend=self.settings.backend,
             onnx_dir=self.settings.onnx_dir,
             onnx_precision=self.settings.onnx_precision,
+            precision=self.settings.precision,
         )
 
     def model_status(self) -> dict:

@@ -38,6 +38,7 @@
 | `MOBILESAM_BACKEND` | `torch`, or `onnx` to run the encoder and decoder with ONNX Runtime | torch |
 | `MOBILESAM_ONNX_DIR` | exported ONNX models (exported there on first start, reused while the weights match) | `<weights cache>/onnx/<model type>` |
 | `MOBILESAM_ONNX_PRECISION` | `fp32`, or `int8` (smaller, faster on some CPUs, less accurate) | fp32 |
+| `MOBILESAM_PRECISION` | torch encoder arithmetic: `auto` (bf16 on CPUs with AVX512-BF16/AMX, else fp32), `fp32` or `bf16` | auto |
 """
 
 import ipaddress
@@ -47,7 +48,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mobilesam.model_zoo import MODEL_TYPES
-from mobilesam.serving.backend import BACKEND_ENV, parse_backend, parse_onnx_precision
+from mobilesam.serving.backend import (
+    BACKEND_ENV,
+    PRECISION_ENV,
+    encoder_precision,
+    parse_backend,
+    parse_onnx_precision,
+    parse_precision,
+)
 
 from .images import DEFAULT_BANNED_SUBNETS
 
@@ -91,6 +99,7 @@ class Settings:
     backend: str = "torch"
     onnx_dir: Path | None = None  # None: mobilesam.onnx.default_onnx_dir(model type)
     onnx_precision: str = "fp32"
+    precision: str = "auto"  # of the torch encoder (`mobilesam.serving.parse_precision`)
     allowed_image_hosts: tuple[str, ...] = ()
     ssrf_protection: bool = True
     banned_subnets: tuple[str, ...] = DEFAULT_BANNED_SUBNETS
@@ -145,6 +154,7 @@ class Settings:
             backend=parse_backend(env.get(BACKEND_ENV)),
             onnx_dir=Path(onnx_dir).expanduser() if onnx_dir else None,
             onnx_precision=parse_onnx_precision(env.get("MOBILESAM_ONNX_PRECISION")),
+            precision=parse_precision(env.get(PRECISION_ENV)),
             allowed_image_hosts=_list(env, "MOBILESAM_ALLOWED_IMAGE_HOSTS"),
             ssrf_protection=_flag(env, "SSRF_PROTECTION_ENABLED", True),
             banned_subnets=(
@@ -209,6 +219,10 @@ class Settings:
                 raise ValueError(f"USER_ADDITIONAL_BANNED_SUBNETS: {subnet!r} is not a network") from None
         parse_backend(self.backend)  # the core's one policy: ValueError naming the allowed values
         parse_onnx_precision(self.onnx_precision)
+        try:  # "bf16" on a CPU without it, or for a model without a bf16 path, stops the server here
+            encoder_precision(self.precision, self.model_type)
+        except ValueError as exc:
+            raise ValueError(f"{PRECISION_ENV}: {exc}") from None
 
     @property
     def basic_auth(self) -> tuple[str, str] | None:

@@ -101,7 +101,10 @@ def _model_id(predictor, model_key: tuple[str, str, str]) -> str | None:
     model = getattr(predictor, "model", None)
     if checkpoint:
         size = getattr(getattr(model, "image_encoder", None), "img_size", None)
-        return model_identity(model_type=model_type, checkpoint=checkpoint, input_size=size)
+        precision = getattr(model, "precision", None)  # a bf16 encoder's embeddings are its own
+        return model_identity(
+            model_type=model_type, checkpoint=checkpoint, input_size=size, precision=precision
+        )
     if model is not None:
         return model_identity(model, model_type=model_type)
     return f"standin-{model_type}"

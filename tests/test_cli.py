@@ -24,7 +24,7 @@ def test_help_lists_subcommands(capsys):
     assert "segment" in out and "weights" in out
 
 
-def test_segment_sample_writes_the_predictors_mask(vit_t_checkpoint, vit_t_model, tmp_path, capsys):
+def test_segment_sample_writes_the_predictors_mask(vit_t_checkpoint, tmp_path, capsys):
     out = tmp_path / "mask.png"
     code = main(
         [
@@ -44,7 +44,8 @@ def test_segment_sample_writes_the_predictors_mask(vit_t_checkpoint, vit_t_model
     )
     assert code == 0
     mask = np.array(Image.open(out))
-    predictor = mobilesam.SamPredictor(vit_t_model)
+    # The CLI's default precision is "auto" (bf16 on CPUs that have it): the same model here.
+    predictor = mobilesam.SamPredictor(mobilesam.load_model("vit_t", vit_t_checkpoint, precision="auto"))
     predictor.set_image(mobilesam.image.to_rgb_uint8(read_image("sample")))
     masks, scores, _ = predictor.predict(
         np.array([[120, 150], [300, 40]]), np.array([1, 0]), np.array([60, 80, 250, 230])

@@ -45,7 +45,16 @@ def test_one_identity_for_label_studio_onnx_volumes_and_napari(checkpoint, tmp_p
     from mobilesam.volume.embeddings import model_fingerprint
 
     ident = model_identity(model_type="vit_t", checkpoint=checkpoint)
-    assert model_version_for(Settings(model_type="vit_t", checkpoint=str(checkpoint))) == "mobilesam-" + ident
+    fp32 = dict(precision="fp32")
+    assert (
+        model_version_for(Settings(model_type="vit_t", checkpoint=str(checkpoint), **fp32))
+        == "mobilesam-" + ident
+    )
+    bf16 = "-bf16" if mobilesam.runtime.bf16_supported() else ""  # the default "auto" precision
+    assert (
+        model_version_for(Settings(model_type="vit_t", checkpoint=str(checkpoint)))
+        == f"mobilesam-{ident}{bf16}"
+    )
     assert (
         model_version_for(
             Settings(model_type="vit_t", checkpoint=str(checkpoint), backend="onnx", onnx_precision="int8")
@@ -59,6 +68,6 @@ def test_one_identity_for_label_studio_onnx_volumes_and_napari(checkpoint, tmp_p
     # verified file will have; once the file is there, hashing it gives the same name.
     monkeypatch.setenv("MOBILESAM_HOME", str(tmp_path))
     published = mobilesam.weights.OFFICIAL_WEIGHTS["vit_t"].sha256
-    assert model_version_for(Settings(model_type="vit_t")) == f"mobilesam-vit_t-{published}-in1024"
+    assert model_version_for(Settings(model_type="vit_t", **fp32)) == f"mobilesam-vit_t-{published}-in1024"
     shutil.copy(checkpoint, mobilesam.weights.cached_path("vit_t"))
-    assert model_version_for(Settings(model_type="vit_t")) == "mobilesam-" + ident
+    assert model_version_for(Settings(model_type="vit_t", **fp32)) == "mobilesam-" + ident

@@ -32,7 +32,15 @@ def make_backend(vit_t_checkpoint, tmp_path_factory):
     from labelstudio_backend.settings import Settings
 
     def make(image_loader=None, model_loader=None, **overrides):
-        options = {"checkpoint": str(vit_t_checkpoint), "embedding_dir": None, "load_timeout": 120.0}
+        # fp32: the loaders hand the backend the session's shared models, which the parity tests
+        # need in fp32 (the backend sets its precision on the model it gets); test_ls_onnx.py
+        # checks the default ("auto") on a model of its own.
+        options = {
+            "checkpoint": str(vit_t_checkpoint),
+            "embedding_dir": None,
+            "load_timeout": 120.0,
+            "precision": "fp32",
+        }
         options.update(overrides)
         return MobileSamBackend(Settings(**options), model_loader=model_loader, image_loader=image_loader)
 

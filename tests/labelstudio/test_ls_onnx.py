@@ -74,6 +74,7 @@ def test_settings_from_environment():
     [
         ("MOBILESAM_BACKEND", "tensorrt", "torch, onnx"),
         ("MOBILESAM_ONNX_PRECISION", "fp16", "fp32, int8"),
+        ("MOBILESAM_PRECISION", "fp16", "fp32, bf16, auto"),
     ],
 )
 def test_bad_values_stop_startup_naming_the_variable(name, value, allowed, monkeypatch, capsys):
@@ -147,3 +148,21 @@ def test_missing_onnxruntime_is_reported_and_the_server_keeps_serving(
     assert "pip install 'napari-mobilesam[onnx]'" in health.get_json()["model_error"]
     response = client.post("/predict", json=predict_body([keypoint(28, 21, 64, 48)], A))
     assert response.status_code == 503 and "napari-mobilesam[onnx]" in response.get_json()["error"]
+
+
+def test_default_precision_is_bf16_where_the_cpu_has_it(make_backend, memory_images, vit_t_checkpoint):
+    """Settings from an empty environment: the encoder runs in bf16 on a CPU with AVX512-BF16/AMX
+    (fp32 elsewhere), under a model version of its own, and a click still gives a mask."""
+    import mobilesam
+    from labelstudio_backend.settings import Settings
+    from mobilesam.runtime import bf16_supported
+
+    precision = Settings.from_env({}).precision
+    own_model = mobilesam.load_model("vit_t", vit_t_checkpoint)  # fp32 until the backend sets it
+    backend = make_backend(image_loader=memory_images, model_loader=lambda: own_model, precision=precision)
+    api = _ready(backend)
+    expected = "bf16" if bf16_supported() else "fp32"
+    assert own_model.precision == expected
+    assert backend.model_version.endswith("-bf16") == (expected == "bf16")
+    body = predict_body([keypoint(28, 21, 64, 48)], A)
+    assert decode_brush(_predict(api, body)["result"][0]).any()

@@ -78,6 +78,8 @@ def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        # an ONNX export traces this: the oneDNN op has no ONNX form
+        and not (torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling())
     )
     if not fused:
         return nn.functional.gelu(nn.functional.linear(x, weight, bias))

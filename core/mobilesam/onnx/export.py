@@ -95,7 +95,7 @@ def weights_fingerprint(model: nn.Module) -> str:
     the exported files to tell whether they are stale: the one identity caches use everywhere."""
     from ..serving.identity import model_identity
 
-    return model_identity(model)
+    return model_identity(model, precision="fp32")  # the export traces the fp32 code whatever the model's
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> None:

@@ -8,7 +8,7 @@ import logging
 import os
 
 from ..errors import MobileSamError
-from .backend import parse_backend, parse_onnx_precision
+from .backend import PRECISION_ENV, parse_backend, parse_onnx_precision, parse_precision
 
 logger = logging.getLogger(__name__)
 
@@ -28,13 +28,17 @@ def build_predictor(
     onnx_dir: str | os.PathLike | None = None,
     onnx_precision: str = "fp32",
     num_threads: int | None = None,
+    precision: str | None = None,
 ):
     """A `SamPredictor` on `model`, or on the model loaded from (model_type, checkpoint, device)
     with `mobilesam.load_model` when `model` is None.
 
     backend: "torch" or "onnx" (`parse_backend`). For ONNX, onnx_dir is where the exported models
     are kept (None: `mobilesam.onnx.default_onnx_dir` of the model type), onnx_precision "fp32" or
-    "int8". Slow (loading, ONNX export on first use): front-ends call it off their GUI/request thread.
+    "int8". precision: the torch encoder's arithmetic, "fp32", "bf16" or "auto" (bf16 on CPUs with native
+    bf16), set on the model (`Sam.set_precision`); None: a given `model` keeps its own, a loaded one
+    gets $MOBILESAM_PRECISION, else "auto".
+    Slow (loading, ONNX export on first use): front-ends call it off their GUI/request thread.
     Raises `BackendUnavailable` when the model loaded but the backend could not start.
     """
     from .. import load_model  # the public name, so callers and tests can substitute it
@@ -44,7 +48,10 @@ def build_predictor(
     onnx_precision = parse_onnx_precision(onnx_precision, "onnx_precision")
     if model is None:
         model = load_model(model_type, checkpoint, device=device, allow_download=allow_download)
+        precision = precision or parse_precision(os.environ.get(PRECISION_ENV))
     if backend == "torch":
+        if precision is not None and hasattr(model, "set_precision"):  # stand-ins have no such setting
+            model.set_precision(parse_precision(precision, "precision"))
         return SamPredictor(model)
     from ..onnx.predictor import default_onnx_dir
 

@@ -7,6 +7,8 @@ a file or folder name:
     "<model_type>-<sha256 of the checkpoint file>-in<input size>"   (from a checkpoint file)
     "<model_type>-w<sha256 of the state dict>-in<input size>"       (from an in-memory model)
 
+with "-bf16" appended for an encoder running in bf16 (its embeddings differ from fp32's by ~5e-3).
+
 Hashing a checkpoint file reads it once per process (remembered by path, size and mtime), so
 asking again costs nothing.
 """
@@ -33,6 +35,7 @@ def model_identity(
     checkpoint: PathLike | None = None,
     input_size: int | None = None,
     checkpoint_sha256: str | None = None,
+    precision: str | None = None,
 ) -> str:
     """Identity of a model for cache keys.
 
@@ -43,6 +46,7 @@ def model_identity(
     published digest of official weights not downloaded yet); gives the identity the file will have.
     model_type: "vit_t", "vit_b", ...; default: read from `model` when it has a `model_type`, else "sam".
     input_size: the encoder's input side; default: `model.image_encoder.img_size`, else 1024.
+    precision: the encoder's arithmetic, "fp32" or "bf16"; default: `model.precision`, else fp32.
     """
     if checkpoint is None and model is None and checkpoint_sha256 is None:
         raise ValueError("model_identity needs a checkpoint file or a model")
@@ -56,7 +60,10 @@ def model_identity(
         digest = file_sha256(checkpoint)
     else:
         digest = "w" + weights_sha256(model)
-    return _safe(f"{model_type}-{digest}-in{int(input_size)}")
+    if precision is None:
+        precision = getattr(model, "precision", None) or "fp32"
+    suffix = "-bf16" if precision == "bf16" else ""  # fp32 names stay those of existing caches
+    return _safe(f"{model_type}-{digest}-in{int(input_size)}{suffix}")
 
 
 def file_sha256(path: PathLike) -> str:
