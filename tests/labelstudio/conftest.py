@@ -26,6 +26,15 @@ def reference_predictor(vit_t_model):
 
 
 @pytest.fixture(scope="module")
+def server_reference_predictor(vit_t_checkpoint):
+    """The core predictor at the precision a server started from a plain environment runs:
+    "auto", i.e. bf16 on CPUs with AVX512-BF16/AMX (for tests of `mobilesam serve` processes)."""
+    import mobilesam
+
+    return mobilesam.SamPredictor(mobilesam.load_model("vit_t", vit_t_checkpoint, precision="auto"))
+
+
+@pytest.fixture(scope="module")
 def make_backend(vit_t_checkpoint, tmp_path_factory):
     """Build a backend on the random-weight checkpoint with settings overridden by keyword."""
     from labelstudio_backend.model import MobileSamBackend

@@ -58,7 +58,9 @@ def backend_server(label_studio, vit_t_checkpoint, tmp_path_factory):
         stop(process)
 
 
-def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_checkpoint, reference_predictor):
+def test_label_studio_relays_our_masks(
+    label_studio, backend_server, vit_t_checkpoint, server_reference_predictor
+):
     backend_url, embedding_dir, backend_log = backend_server
     ls = label_studio
     project = ls.call("POST", "/api/projects", json={"title": "MobileSAM e2e", "label_config": CONFIG_BRUSH})
@@ -132,7 +134,7 @@ def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_check
     (item,) = answer["data"]["result"]
     assert (item["type"], item["from_name"], item["to_name"]) == ("brushlabels", "brush", "image")
     assert item["value"]["brushlabels"] == ["Object"]
-    expected, iou, _ = reference_mask(reference_predictor, IMAGE, [[30, 25]], [1])
+    expected, iou, _ = reference_mask(server_reference_predictor, IMAGE, [[30, 25]], [1])
     np.testing.assert_array_equal(decode_brush(item), expected)
     assert answer["data"]["score"] == pytest.approx(iou, abs=1e-5)
     assert answer["data"]["model_version"] == model_version
@@ -144,7 +146,7 @@ def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_check
         json={"task": task["id"], "context": {"result": [box]}},
     )
     assert "data" in answer, f"Label Studio reported {answer}\n{tail(backend_log)}"
-    expected, _, _ = reference_mask(reference_predictor, IMAGE, box=[10, 8, 50, 40])
+    expected, _, _ = reference_mask(server_reference_predictor, IMAGE, box=[10, 8, 50, 40])
     np.testing.assert_array_equal(decode_brush(answer["data"]["result"][0]), expected)
 
     click = keypoint(20, 30, 70, 50)
@@ -154,7 +156,7 @@ def test_label_studio_relays_our_masks(label_studio, backend_server, vit_t_check
         json={"task": local_task["id"], "context": {"result": [click]}},
     )
     assert "data" in answer, f"Label Studio reported {answer}\n{tail(backend_log)}"
-    expected, _, _ = reference_mask(reference_predictor, LOCAL_IMAGE, [[20, 30]], [1])
+    expected, _, _ = reference_mask(server_reference_predictor, LOCAL_IMAGE, [[20, 30]], [1])
     np.testing.assert_array_equal(decode_brush(answer["data"]["result"][0]), expected)
 
     metrics = requests.get(backend_url + "/metrics", timeout=5).json()

@@ -24,6 +24,9 @@ def small_model_loads(small_model, mobilesam_home, monkeypatch):
 
     monkeypatch.setenv("MOBILESAM_HOME", str(mobilesam_home))
     monkeypatch.delenv("MOBILESAM_BACKEND", raising=False)
+    # The loads hand out the session's shared model; the factory sets its precision, which the
+    # other tests need left at fp32.
+    monkeypatch.setenv("MOBILESAM_PRECISION", "fp32")
     loads = []
     monkeypatch.setattr(mobilesam, "load_model", lambda *args, **kwargs: loads.append(args) or small_model)
     return loads
