@@ -100,12 +100,16 @@ class InstanceSegmenter:
         decoder_checkpoint=None,
         allow_download: bool = True,
         device: str | None = None,
+        precision: str = "fp32",
     ) -> "InstanceSegmenter":
-        """Load a micro-sam model (e.g. vit_t_lm) and its decoder, resolved like `mobilesam.load_model`."""
+        """Load a micro-sam model (e.g. vit_t_lm) and its decoder, resolved like `mobilesam.load_model`
+        (precision: its encoder's arithmetic, `Sam.set_precision`)."""
         from .build_sam import load_model
 
         decoder_type = decoder_weights_name(model_type)  # fails before any loading for a model without one
-        sam = load_model(model_type, checkpoint, device=device, allow_download=allow_download)
+        sam = load_model(
+            model_type, checkpoint, device=device, allow_download=allow_download, precision=precision
+        )
         path = resolve_decoder_checkpoint(decoder_type, decoder_checkpoint, allow_download)
         decoder = load_decoder(path, image_size=sam.image_encoder.img_size)
         return cls(sam, decoder.to(sam.device))

@@ -4,6 +4,7 @@ automatic instance segmentation decoder (one encoder pass, a decoder pass and a 
 import argparse
 
 from ..model_zoo import MODEL_VARIANTS
+from ..runtime import PRECISIONS
 
 AIS_MODELS = tuple(name for name, v in MODEL_VARIANTS.items() if v.ais_decoder is not None)
 
@@ -30,6 +31,12 @@ def register(subparsers) -> None:
     )
     p.add_argument("--no-download", action="store_true", help="never download weights")
     p.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default cpu)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="encoder arithmetic (default: $MOBILESAM_PRECISION, else auto: bf16 where the CPU has it)",
+    )
     p.add_argument("--channel-axis", type=int, default=None, help="axis of channels in IMAGE, if any")
     p.add_argument("--min-size", type=int, default=0, help="drop objects smaller than this many pixels")
     p.add_argument("--foreground-threshold", type=float, default=0.5)
@@ -43,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from ..image import to_rgb_uint8
     from ..instance_segmentation import AISParameters, InstanceSegmenter
     from ..io import read_image, write_image
+    from ._common import precision_from_args
 
     if not args.output.lower().endswith((".tif", ".tiff")):
         raise UsageError(f"output {args.output} must end in .tif or .tiff (labels are uint32)")
@@ -53,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         args.decoder_checkpoint,
         allow_download=not args.no_download,
         device=args.device,
+        precision=precision_from_args(args),
     )
     params = AISParameters(
         center_distance_threshold=args.center_distance_threshold,
