@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import MobileSamError, UsageError
-from ._common import add_model_arguments, progress_bar
+from ._common import add_model_arguments, precision_from_args, progress_bar
 from .tiled import add_tiling_arguments, run_embed_tiled, wants_tiling
 
 PROMPT_HELP = (
@@ -146,7 +146,8 @@ def open_embeddings(args: argparse.Namespace, volume):
     """Model + `VolumeEmbeddings` for the CLI; the cache is keyed by the checkpoint's sha256."""
     from ..build_sam import detect_model_type, load_model
     from ..predictor import SamPredictor
-    from ..volume import VolumeEmbeddings, model_fingerprint
+    from ..serving import model_identity
+    from ..volume import VolumeEmbeddings
     from ..weights import resolve_checkpoint
 
     if args.max_in_memory < 1:
@@ -156,9 +157,20 @@ def open_embeddings(args: argparse.Namespace, volume):
     checkpoint = resolve_checkpoint(
         args.model_type or "vit_t", args.checkpoint, allow_download=not args.no_download
     )
-    model = load_model(args.model_type, checkpoint, device=args.device, allow_download=False)
+    model = load_model(
+        args.model_type,
+        checkpoint,
+        device=args.device,
+        allow_download=False,
+        precision=precision_from_args(args),
+    )
     model_type = args.model_type or detect_model_type(model.state_dict()) or "vit_t"
-    model_id = model_fingerprint(model_type, checkpoint) if args.cache else None
+    # a bf16 encoder's embeddings are cached apart from fp32 ones
+    model_id = (
+        model_identity(model_type=model_type, checkpoint=checkpoint, precision=model.precision)
+        if args.cache
+        else None
+    )
     try:
         return VolumeEmbeddings(
             volume,
