@@ -13,9 +13,11 @@ The calibration set is deterministic, so the same weights always give the same i
 each preprocessed as the predictors do (`encoder_input`). numpy, onnx and onnxruntime only.
 """
 
+import logging
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +95,7 @@ def quantize_encoder_static(
     images: list[np.ndarray] | None = None,
     method: str = "minmax",
     op_types: tuple[str, ...] = QUANTIZED_OPS,
+    per_channel: bool = True,
 ) -> Path:
     """Static int8 quantisation (QDQ) of the exported encoder `src` into `dst`, calibrated on
     `images` (default `calibration_images()`).
@@ -122,25 +125,49 @@ def quantize_encoder_static(
         atomic_write(dst, suffix=".part") as tmp,
     ):
         prepared = _optimized(src, Path(work) / "prepared.onnx")
+        graph = onnx.load(str(prepared)).graph
+        weights = {tensor.name for tensor in graph.initializer}
+        # Layers with constant weights only: attention's activation products stay float.
+        linear = [
+            node.name
+            for node in graph.node
+            if node.op_type in op_types and all(name in weights for name in node.input[1:])
+        ]
         quantize_static(
             str(prepared),
             str(tmp),
             reader,
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=list(op_types),
-            per_channel=True,
+            nodes_to_quantize=linear,
+            per_channel=per_channel,
             activation_type=QuantType.QUInt8,  # u8 x s8 is what VNNI's dot product takes
             weight_type=QuantType.QInt8,
             calibrate_method=methods[method],
             # Float outputs: onnxruntime fuses each into one QGemm / MatMulIntegerToFloat kernel,
             # and no Q/DQ pair surrounds the float ops in between (which made a fully quantised
             # encoder slower than fp32 and 3-4x less accurate).
-            extra_options={
-                "OpTypesToExcludeOutputQuantization": list(op_types),
-                "MatMulConstBOnly": True,  # weights only: attention's activation products stay float
-            },
+            extra_options={"OpTypesToExcludeOutputQuantization": list(op_types)},
         )
     return dst
+
+
+class _PreprocessingAdvice(logging.Filter):
+    """onnxruntime's quantiser advises (on the root logger) to run its pre-processing, which
+    `_optimized` does in its own way: not worth a warning on every user's console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextmanager
+def _without_preprocessing_advice():
+    advice = _PreprocessingAdvice()
+    logging.getLogger().addFilter(advice)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(advice)
 
 
 def _optimized(src: Path, dst: Path) -> Path:
