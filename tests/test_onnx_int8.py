@@ -56,6 +56,11 @@ def test_int8_encoder_is_quantised_and_close_to_fp32(exported):
     int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
     assert len(int8_weights) >= 20  # every linear layer of the vit_t encoder
     assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in graph.node}
+    # only linear layers read dequantised tensors: convolutions and norms keep their float
+    # constants (shared ones are copied first), or onnxruntime's fast conv kernels are lost
+    dequantised = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    readers = {node.op_type for node in graph.node if dequantised & set(node.input)}
+    assert readers == {"Gemm"}, readers
     assert int8.runtime.decoder is fp32.runtime.decoder  # one shared fp32 decoder session
 
     a, b = int8.features.numpy(), fp32.features.numpy()
