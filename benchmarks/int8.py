@@ -13,10 +13,12 @@ machine slows them alike) on the same threads, wall time and the process's CPU t
   dyn int8 enc     the old scheme's encoder (`quantize_onnx`, dynamic) with the fp32 decoder
   dyn int8 both    the old precision="int8": dynamic int8 encoder and decoder
 Accuracy is against onnx fp32: the embedding's relative error ||a - b|| / ||b|| and the mask IoU
-over point and box clicks (multimask off), on the random-weight model and on the stand-in model of
-tests/test_amg.py, whose masks follow objects (its encoder has no linear layers, so it gets each
-int8 encoder's relative error pattern transplanted onto its embedding, as benchmarks/bf16_error.py
-does for bf16).
+over point and box clicks (multimask off), on the random-weight model, on the same weights with
+randomised norm layers (non-trivial BatchNorm statistics, LayerNorm affine and attention biases,
+as tests/test_fast_encoder.py uses: the official random initialisation starts them as identities,
+which trained weights are not), and on the stand-in model of tests/test_amg.py, whose masks
+follow objects (its encoder has no linear layers, so it gets each int8 encoder's relative error
+pattern transplanted onto its embedding, as benchmarks/bf16_error.py does for bf16).
 """
 
 import argparse
@@ -44,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--clicks", type=int, default=20, help="point clicks and box clicks each")
     p.add_argument(
         "--threads", type=int, default=None, help="torch/onnxruntime threads (default: usable CPUs)"
+    )
+    p.add_argument(
+        "--no-randomised-norms", action="store_true", help="skip the accuracy of the randomised-norm weights"
     )
     return p.parse_args(argv)
 
@@ -95,9 +100,39 @@ def features(predictor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(predictor.features, np.float32))
 
 
+def accuracy(onnx: dict, image: np.ndarray, clicks: int, stand_in: bool = True) -> list:
+    """(side, embedding relative error, mask IoUs, stand-in mask IoUs or None) per int8 side,
+    against the onnx fp32 side."""
+    from bf16_error import mask_ious, standin_ious
+
+    fp32 = onnx["onnx fp32"]
+    fp32.set_image(image)
+    rows = []
+    for side in ("onnx int8", "dyn int8 enc", "dyn int8 both"):
+        quantised = onnx[side]
+        quantised.set_image(image)
+        a, b = features(quantised), features(fp32)
+        ious = mask_ious(fp32, quantised, image, clicks)
+        stand_in_ious = standin_ious((a - b) / b.norm()) if stand_in else None
+        rows.append((side, float((a - b).norm() / b.norm()), ious, stand_in_ious))
+    return rows
+
+
+def randomised_norms_accuracy(checkpoint: str, folder: Path, image, clicks: int, threads: int) -> list:
+    """`accuracy` on the same weights with randomised norm layers (tests/test_fast_encoder.py)."""
+    from test_fast_encoder import _randomise_norms
+
+    import mobilesam
+
+    model = mobilesam.build_sam("vit_t", checkpoint)
+    _randomise_norms(model.image_encoder, 0)
+    folder.mkdir()
+    sides, _ = onnx_sides(model.eval(), folder, threads)
+    return accuracy(sides, image, clicks, stand_in=False)
+
+
 def main(argv=None) -> int:
     import mobile_sam
-    from bf16_error import mask_ious, standin_ious
     from run import checkpoint_path, cpu_flag_summary, load_image, machine
     from run import parse_args as run_args
 
@@ -124,17 +159,11 @@ def main(argv=None) -> int:
         print("encoder ...", file=sys.stderr, flush=True)
         times = time_encoders(predictors, image, args.repeats)
         print("accuracy ...", file=sys.stderr, flush=True)
-        fp32 = onnx["onnx fp32"]
-        fp32.set_image(image)
-        rows = []
-        for side in ("onnx int8", "dyn int8 enc", "dyn int8 both"):
-            quantised = onnx[side]
-            quantised.set_image(image)
-            a, b = features(quantised), features(fp32)
-            relative = float((a - b).norm() / b.norm())
-            ious = mask_ious(fp32, quantised, image, args.clicks)
-            stand_in = standin_ious((a - b) / b.norm())
-            rows.append((side, relative, ious, stand_in))
+        rows = accuracy(onnx, image, args.clicks)
+        normed = None
+        if not args.no_randomised_norms:
+            print("randomised norms: export, quantisation, accuracy ...", file=sys.stderr, flush=True)
+            normed = randomised_norms_accuracy(checkpoint, tmp / "normed", image, args.clicks, threads)
     ref_wall, ref_cpu = times["reference"]
     fp32_cpu = times["onnx fp32"][1]
     print(f"Machine: {machine()}. CPU flags: {cpu_flag_summary()}; int8 dot products: {int8_supported()}.")
@@ -155,13 +184,18 @@ def main(argv=None) -> int:
         "encoder error pattern on the stand-in's embedding):\n"
     )
     print(
-        "| side | embedding rel. error | mask IoU min / mean (random weights) | mask IoU min / mean (stand-in) |"
+        "| side | rel. error | mask IoU min / mean | stand-in mask IoU min / mean "
+        "| randomised norms: rel. error | randomised norms: mask IoU min / mean |"
     )
-    print("|---|---|---|---|")
-    for side, relative, ious, stand_in in rows:
+    print("|---|---|---|---|---|---|")
+    for i, (side, relative, ious, stand_in) in enumerate(rows):
+        other = "n/a | n/a"
+        if normed:
+            _, n_relative, n_ious, _ = normed[i]
+            other = f"{n_relative:.2e} | {min(n_ious):.4f} / {np.mean(n_ious):.4f}"
         print(
             f"| {side} | {relative:.2e} | {min(ious):.4f} / {np.mean(ious):.4f} | "
-            f"{min(stand_in):.4f} / {np.mean(stand_in):.4f} |"
+            f"{min(stand_in):.4f} / {np.mean(stand_in):.4f} | {other} |"
         )
     print(
         "\nGoals (issue 18): encoder <= 0.35x the reference, embedding rel. error <= 1e-2, "
