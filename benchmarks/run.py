@@ -59,7 +59,11 @@ def parse_args(argv=None):
         "predict low IoUs, so 0 makes every mask go through upscaling and filtering)",
     )
     p.add_argument("--no-everything", action="store_true", help="skip segment-everything")
-    p.add_argument("--int8", action="store_true", help="also time ONNX int8 and measure its mask IoU vs fp32")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="also time ONNX int8 (static int8 encoder) and measure its mask IoU vs fp32",
+    )
     p.add_argument(
         "--no-bf16",
         action="store_true",
@@ -736,7 +740,7 @@ def main(argv=None) -> int:
         text += "\n\n" + extra
     if args.int8:
         text += (
-            f"\n\nONNX int8 (dynamic quantisation) vs ONNX fp32: mean mask IoU "
+            f"\n\nONNX int8 (static int8 encoder, fp32 decoder; benchmarks/int8.py has more) vs ONNX fp32: mean mask IoU "
             f"{diffs['ours onnx int8']['mask_iou_vs_fp32']:.4f} over {args.clicks} point and box clicks."
         )
     print(text)

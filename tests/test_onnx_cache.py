@@ -12,6 +12,7 @@ import mobilesam
 import mobilesam.onnx.predictor as onnx_predictor
 from mobilesam.onnx import DECODER_FILE, ENCODER_FILE, OnnxBackend, default_onnx_dir
 from mobilesam.onnx.export import FINGERPRINT_FILE, weights_fingerprint
+from mobilesam.onnx.layout import INT8_ENCODER_FILE
 
 IMAGE_SIZE = 256
 
@@ -108,7 +109,7 @@ def test_other_weights_replace_every_file_including_int8(
 ):
     tmp_path = exported_copy
     OnnxBackend(small_model, onnx_dir=tmp_path, precision="int8")
-    int8_encoder = tmp_path / "encoder.int8.onnx"
+    int8_encoder = tmp_path / INT8_ENCODER_FILE
     assert int8_encoder.exists() and len(count_exports) == 0
     old_int8 = int8_encoder.read_bytes()
 

@@ -125,7 +125,7 @@ def test_int8_precision_has_its_own_model_version(
     )
     assert int8.model_version == onnx_client[0].model_version + "-int8"  # never shares cached embeddings
     client = _ready(int8)
-    assert (mobilesam_home / "onnx" / "vit_t" / "encoder.int8.onnx").is_file()
+    assert (mobilesam_home / "onnx" / "vit_t" / "encoder.int8-static.onnx").is_file()
     prediction = _predict(client, predict_body([keypoint(28, 21, 64, 48)], A))
     assert decode_brush(prediction["result"][0]).shape == (48, 64)
     assert prediction["model_version"].endswith("-int8")

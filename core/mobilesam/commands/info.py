@@ -25,7 +25,7 @@ def info_lines() -> list[tuple[str, str]]:
     import torch
 
     from .._version import __version__
-    from ..runtime import CPU_FLAGS, allocator_status, bf16_supported, cpu_flags, usable_cpus
+    from ..runtime import CPU_FLAGS, allocator_status, bf16_supported, cpu_flags, int8_supported, usable_cpus
 
     flags = cpu_flags()
     present = [f for f in CPU_FLAGS if f in flags]
@@ -54,9 +54,11 @@ def info_lines() -> list[tuple[str, str]]:
             else "not available (needs AVX512-BF16 or AMX): fp32",
         ),
         (
-            "int8 (ONNX, dynamic)",
-            "opt-in: export-onnx --quantize int8"
-            + ("; VNNI present" if {"avx512_vnni", "avx_vnni"} & flags else "; no VNNI: slow"),
+            "int8 encoder (ONNX)",
+            "available, opt-in: backend='onnx', precision='int8' (static calibration; "
+            "benchmarks/int8.py measures it)"
+            if int8_supported()
+            else "runs but not faster: no VNNI / AMX-INT8 / dot-product instructions",
         ),
     ]
     lines.append(("backends", ", ".join(_backends())))

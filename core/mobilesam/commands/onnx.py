@@ -20,7 +20,8 @@ def register(subparsers) -> None:
         "--quantize",
         choices=("int8",),
         default=None,
-        help="also write dynamic int8-quantised copies (*.int8.onnx): smaller, less accurate",
+        help="also write the statically calibrated int8 encoder (encoder.int8-static.onnx) used by "
+        "precision 'int8': faster on CPUs with VNNI/AMX-INT8, less accurate",
     )
     add_model_arguments(p)
     p.set_defaults(func=export_onnx_command)
@@ -29,7 +30,9 @@ def register(subparsers) -> None:
 def export_onnx_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..onnx.export import export_onnx, quantize_onnx
+    from ..onnx.export import export_onnx
+    from ..onnx.int8 import quantize_encoder_static, warn_without_int8_instructions
+    from ..onnx.layout import INT8_ENCODER_FILE
 
     if args.output.exists() and not args.output.is_dir():
         raise ValueError(f"{args.output} exists and is not a directory")
@@ -39,9 +42,8 @@ def export_onnx_command(args: argparse.Namespace) -> int:
         bar.update()
         written = [encoder, decoder]
         if args.quantize:
-            written += [
-                quantize_onnx(path, path.with_name(path.stem + ".int8.onnx")) for path in (encoder, decoder)
-            ]
+            warn_without_int8_instructions()
+            written.append(quantize_encoder_static(encoder, args.output / INT8_ENCODER_FILE))
             bar.update()
     for path in written:
         print(f"{path}  {path.stat().st_size / 1e6:.1f} MB")

@@ -8,6 +8,10 @@
   `SamPredictor` API (set_image, predict, predict_torch, get_embedding_state, set_embedding) with
   the encoder and decoder run by onnxruntime; outputs match the torch path within 1e-3.
 
+- `precision="int8"`: the encoder's linear layers in int8, statically calibrated on a fixed
+  image set (`mobilesam.onnx.int8`), with the fp32 decoder; opt-in, less accurate, faster on
+  CPUs with VNNI / AMX-INT8 (benchmarks/int8.py measures speed and agreement with fp32).
+
 onnx/onnxruntime are optional dependencies (`pip install napari-mobilesam[onnx]`); they are
 imported only when this path is used.
 

@@ -5,9 +5,17 @@ import threading
 
 import numpy as np
 
+from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide
+
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 FINGERPRINT_FILE = "weights.sha256"
+# precision="int8": the statically quantised encoder (`mobilesam.onnx.int8`) beside the fp32 decoder.
+INT8_ENCODER_FILE = "encoder.int8-static.onnx"
+# What older versions wrote for precision="int8" (dynamic quantisation of both models): removed
+# when found, never loaded.
+LEGACY_INT8_FILES = ("encoder.int8.onnx", "decoder.int8.onnx")
+PRECISION_FILES = {"fp32": (ENCODER_FILE, DECODER_FILE), "int8": (INT8_ENCODER_FILE, DECODER_FILE)}
 
 
 # OrtArenaCfg's arena_extend_strategy: 1 = kSameAsRequested (0, the default, doubles each growth).
@@ -77,3 +85,18 @@ def decoder_prompt_inputs(
     if not parts_c:
         return np.zeros((batch, 0, 2), np.float32), np.zeros((batch, 0), np.float32)
     return np.concatenate(parts_c, axis=1), np.concatenate(parts_l, axis=1)
+
+
+def encoder_input(image: np.ndarray, img_size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(H, W, 3) uint8 RGB -> the (1, 3, img_size, img_size) float32 encoder input (longest side
+    resized to img_size with PIL bilinear, normalised, zero-padded bottom-right, as `SamPredictor`
+    does) and the resized (h, w)."""
+    resized = ResizeLongestSide(img_size).apply_image(image)
+    h, w = resized.shape[:2]
+    padded = np.zeros((1, 3, img_size, img_size), np.float32)
+    # Normalised in place: no full-size float temporaries beside the encoder's input.
+    region = padded[0, :, :h, :w]
+    region[...] = resized.transpose(2, 0, 1)
+    region -= np.asarray(PIXEL_MEAN, np.float32)[:, None, None]
+    region /= np.asarray(PIXEL_STD, np.float32)[:, None, None]
+    return padded, (h, w)

@@ -10,7 +10,7 @@ import tempfile
 import threading
 import warnings
 import weakref
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +25,17 @@ from ..runtime import usable_cpus
 from ..serving.backend import BACKENDS  # noqa: F401 - re-exported (mobilesam.onnx.BACKENDS)
 from ..serving.backend import ONNX_PRECISIONS as PRECISIONS
 from ..weights import cache_dir
-from .export import export_onnx, quantize_onnx, weights_fingerprint
-from .layout import DECODER_FILE, ENCODER_FILE, FINGERPRINT_FILE, cpu_session, decoder_prompt_inputs
+from .export import export_onnx, weights_fingerprint
+from .int8 import quantize_encoder_static, warn_without_int8_instructions
+from .layout import (
+    DECODER_FILE,
+    ENCODER_FILE,
+    FINGERPRINT_FILE,
+    INT8_ENCODER_FILE,
+    LEGACY_INT8_FILES,
+    cpu_session,
+    decoder_prompt_inputs,
+)
 
 INSTALL_HINT = "pip install 'napari-mobilesam[onnx]'"
 LOCK_FILE = ".export.lock"
@@ -60,8 +69,9 @@ class OnnxBackend:
     onnx_dir: where the exported models live. Files there are reused when their fingerprint
     matches the model's weights, else (re-)exported; None exports into a private temporary
     directory removed with this object.
-    precision: "fp32", or "int8" for dynamic int8 quantisation of MatMul/Gemm weights (smaller,
-    faster on some CPUs, less accurate: see benchmarks/run.py for the measured mask IoU).
+    precision: "fp32", or "int8" for the encoder's linear layers in int8, statically calibrated
+    (`mobilesam.onnx.int8`; made once, next to the fp32 files), with the fp32 decoder: faster on
+    CPUs with VNNI / AMX-INT8 (warns on others), less accurate (benchmarks/int8.py measures both).
     """
 
     def __init__(
@@ -77,6 +87,8 @@ class OnnxBackend:
             raise MobileSamError(f"backend='onnx' needs onnxruntime and onnx: {INSTALL_HINT}") from exc
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+        if precision == "int8":
+            warn_without_int8_instructions()
         self._tmp = None
         if onnx_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="mobilesam-onnx-")
@@ -112,7 +124,10 @@ class OnnxBackend:
         Call with the folder's export lock held."""
         fingerprint = weights_fingerprint(model)
         encoder, decoder = onnx_dir / ENCODER_FILE, onnx_dir / DECODER_FILE
-        quantized = [path.with_name(path.stem + ".int8.onnx") for path in (encoder, decoder)]
+        quantized = onnx_dir / INT8_ENCODER_FILE
+        for name in LEGACY_INT8_FILES:  # an older version's int8 files: never loaded, so not kept
+            with suppress(OSError):  # a read-only folder keeps them
+                (onnx_dir / name).unlink(missing_ok=True)
         stamp = onnx_dir / FINGERPRINT_FILE
         fresh = (
             encoder.exists()
@@ -125,16 +140,15 @@ class OnnxBackend:
             # The stamp goes first and comes back last (export_onnx writes it after both models), so
             # an export cut short never vouches for files of other weights; int8 copies of the old
             # weights go too.
-            for path in (stamp, *quantized):
+            for path in (stamp, quantized):
                 path.unlink(missing_ok=True)
             with _torch_export_lock:
                 export_onnx(model, onnx_dir)
         if precision == "fp32":
             return encoder, decoder
-        for path, target in zip((encoder, decoder), quantized):
-            if not target.exists():
-                quantize_onnx(path, target)
-        return quantized[0], quantized[1]
+        if not quantized.exists():
+            quantize_encoder_static(encoder, quantized)
+        return quantized, decoder
 
     name = "onnx"
 

@@ -17,15 +17,16 @@ import numpy as np
 from ..errors import MobileSamError
 from ..postprocess import postprocess_logits
 from ..runtime import usable_cpus
-from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide, model_input_prompts, rgb_image
-from .layout import DECODER_FILE, ENCODER_FILE, cpu_session, decoder_prompt_inputs
+from ..transforms import ResizeLongestSide, model_input_prompts, rgb_image
+from .layout import PRECISION_FILES, cpu_session, decoder_prompt_inputs, encoder_input
 
 MASK_THRESHOLD = 0.0
 
 
 class StandalonePredictor:
-    """onnx_dir: a folder written by `export_onnx`; precision "fp32" or "int8" (the `.int8.onnx`
-    files a torch-backed int8 predictor writes next to the fp32 ones)."""
+    """onnx_dir: a folder written by `export_onnx`; precision "fp32" or "int8" (the statically
+    quantised encoder, `encoder.int8-static.onnx`, that `mobilesam export-onnx --quantize int8` or
+    a torch-backed int8 predictor writes next to the fp32 files, with the fp32 decoder)."""
 
     image_format = "RGB"
     mask_threshold = MASK_THRESHOLD
@@ -39,35 +40,31 @@ class StandalonePredictor:
             raise MobileSamError(
                 "StandalonePredictor needs onnxruntime: pip install 'napari-mobilesam[onnx]'"
             ) from exc
-        suffix = {"fp32": ".onnx", "int8": ".int8.onnx"}.get(precision)
-        if suffix is None:
+        names = PRECISION_FILES.get(precision)
+        if names is None:
             raise ValueError(f"precision must be 'fp32' or 'int8', not {precision!r}")
-        paths = [Path(onnx_dir) / name.replace(".onnx", suffix) for name in (ENCODER_FILE, DECODER_FILE)]
+        paths = [Path(onnx_dir) / name for name in names]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise MobileSamError(
                 f"no exported {precision} model in {onnx_dir} (missing {', '.join(missing)}): "
                 "export one with `mobilesam export-onnx DIR`"
+                + (" --quantize int8" if precision == "int8" else "")
             )
+        if precision == "int8":
+            from .int8 import warn_without_int8_instructions
+
+            warn_without_int8_instructions()
         threads = num_threads or usable_cpus()
         self.encoder, self.decoder = (cpu_session(ort, path, threads) for path in paths)
         self.img_size = int(self.encoder.get_inputs()[0].shape[-1])
         self.transform = ResizeLongestSide(self.img_size)
-        self._mean = np.asarray(PIXEL_MEAN, np.float32)
-        self._std = np.asarray(PIXEL_STD, np.float32)
         self.reset_image()
 
     def set_image(self, image: np.ndarray, image_format: str = "RGB") -> None:
         """Encode an (H, W, 3) uint8 image in `image_format` ("RGB" or "BGR")."""
         image = rgb_image(image, image_format)
-        resized = self.transform.apply_image(image)
-        h, w = resized.shape[:2]
-        padded = np.zeros((1, 3, self.img_size, self.img_size), np.float32)
-        # Normalised in place: no full-size float temporaries beside the encoder's input.
-        region = padded[0, :, :h, :w]
-        region[...] = resized.transpose(2, 0, 1)
-        region -= self._mean[:, None, None]
-        region /= self._std[:, None, None]
+        padded, (h, w) = encoder_input(image, self.img_size)
         (self.features,) = self.encoder.run(None, {"image": padded})
         self.original_size, self.input_size = tuple(image.shape[:2]), (h, w)
         self.is_image_set = True
