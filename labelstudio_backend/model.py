@@ -77,7 +77,9 @@ def model_version_for(settings: Settings) -> str:
     else:  # a checkpoint that does not exist (loading will say so) or weights without a published digest
         name = f"mobilesam-{model_type}"
     if settings.backend == "onnx" and settings.onnx_precision == "int8":
-        name += "-int8"  # its embeddings differ from the float models' (fp32 ONNX matches torch within 1e-3)
+        name += (
+            "-int8static"  # own embeddings (fp32 ONNX matches torch within 1e-3); not the old dynamic int8
+        )
     if settings.backend == "torch" and encoder_precision(settings.precision, model_type) == "bf16":
         name += "-bf16"  # as `model_identity` names a bf16 encoder: its embeddings differ by ~5e-3
     return name

@@ -37,7 +37,7 @@
 | `MOBILESAM_LOAD_TIMEOUT` | seconds a prediction waits for the model to finish loading | 90 |
 | `MOBILESAM_BACKEND` | `torch`, or `onnx` to run the encoder and decoder with ONNX Runtime | torch |
 | `MOBILESAM_ONNX_DIR` | exported ONNX models (exported there on first start, reused while the weights match) | `<weights cache>/onnx/<model type>` |
-| `MOBILESAM_ONNX_PRECISION` | `fp32`, or `int8` (smaller, faster on some CPUs, less accurate) | fp32 |
+| `MOBILESAM_ONNX_PRECISION` | `fp32`, or `int8` (static int8 encoder: faster on some CPUs, less accurate) | fp32 |
 | `MOBILESAM_PRECISION` | torch encoder arithmetic: `auto` (bf16 on CPUs with AVX512-BF16/AMX, else fp32), `fp32` or `bf16` | auto |
 """
 

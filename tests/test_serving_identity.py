@@ -59,7 +59,7 @@ def test_one_identity_for_label_studio_onnx_volumes_and_napari(checkpoint, tmp_p
         model_version_for(
             Settings(model_type="vit_t", checkpoint=str(checkpoint), backend="onnx", onnx_precision="int8")
         )
-        == "mobilesam-" + ident + "-int8"
+        == "mobilesam-" + ident + "-int8static"
     )
     assert model_fingerprint("vit_t", checkpoint) == ident
     model = mobilesam.load_model("vit_t", checkpoint)

@@ -123,12 +123,14 @@ def test_int8_precision_has_its_own_model_version(
     int8 = make_backend(
         image_loader=memory_images, model_loader=lambda: small_model, backend="onnx", onnx_precision="int8"
     )
-    assert int8.model_version == onnx_client[0].model_version + "-int8"  # never shares cached embeddings
+    assert (
+        int8.model_version == onnx_client[0].model_version + "-int8static"
+    )  # never shares cached embeddings
     client = _ready(int8)
     assert (mobilesam_home / "onnx" / "vit_t" / "encoder.int8-static.onnx").is_file()
     prediction = _predict(client, predict_body([keypoint(28, 21, 64, 48)], A))
     assert decode_brush(prediction["result"][0]).shape == (48, 64)
-    assert prediction["model_version"].endswith("-int8")
+    assert prediction["model_version"].endswith("-int8static")
 
 
 def test_missing_onnxruntime_is_reported_and_the_server_keeps_serving(
