@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import release_blas_buffers
 from .common import FastPath
 
 # oneDNN's fused convolution (conv + GELU, conv + add) as torch's inductor uses it for CPU inference.
@@ -67,23 +68,46 @@ def conv2d_bn(
 
 
 def patch_embed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """PatchEmbed: (B, 3, S, S) -> (B, C, S/4, S/4) channels-last."""
+    """PatchEmbed: (B, 3, S, S) -> (B, C, S/4, S/4) channels-last, in row bands (`_banded`)."""
     conv1, _, conv2 = module.seq
-    return conv2d_bn(conv2, conv2d_bn(conv1, x, gelu=True))
+    hidden_height = _conv_out_size(conv1.c, x.shape[2])
+
+    def rows(a: int, b: int) -> torch.Tensor:
+        lo2, hi2, skip2 = _input_rows(conv2.c, a, b, hidden_height)
+        lo1, hi1, skip1 = _input_rows(conv1.c, lo2, hi2, x.shape[2])
+        y = conv2d_bn(conv1, x[:, :, lo1:hi1], gelu=True)[:, :, skip1 : skip1 + hi2 - lo2]
+        return conv2d_bn(conv2, y)[:, :, skip2 : skip2 + b - a]
+
+    # Per output row: two rows of conv1's output, each (S/2) * C/2 values.
+    hidden_row_bytes = 2 * conv1.c.out_channels * _conv_out_size(conv1.c, x.shape[3]) * x.element_size()
+    return _banded(rows, _conv_out_size(conv2.c, hidden_height), hidden_row_bytes, x)
 
 
 def mbconv(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """MBConv: (B, C, H, W) -> (B, C, H, W) channels-last."""
-    y = conv2d_bn(module.conv2, conv2d_bn(module.conv1, x, gelu=True), gelu=True)
-    return conv2d_bn(module.conv3, y, gelu=True, residual=x)
+    """MBConv: (B, C, H, W) -> (B, C, H, W) channels-last, in row bands (`_banded`)."""
+
+    def rows(a: int, b: int) -> torch.Tensor:
+        lo, hi, skip = _input_rows(module.conv2.c, a, b, x.shape[2])
+        y = conv2d_bn(module.conv2, conv2d_bn(module.conv1, x[:, :, lo:hi], gelu=True), gelu=True)
+        return conv2d_bn(module.conv3, y[:, :, skip : skip + b - a], gelu=True, residual=x[:, :, a:b])
+
+    hidden_row_bytes = 2 * module.conv1.c.out_channels * x.shape[3] * x.element_size()
+    return _banded(rows, x.shape[2], hidden_row_bytes, x)
 
 
 def patch_merging(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """PatchMerging: (B, C, H, W) or (B, H*W, C) -> (B, H'*W', C_out) contiguous."""
+    """PatchMerging: (B, C, H, W) or (B, H*W, C) -> (B, H'*W', C_out) contiguous, in row bands
+    (`_banded`)."""
     if x.ndim == 3:
         x = _tokens_as_image(x.contiguous(), *module.input_resolution)
-    x = conv2d_bn(module.conv2, conv2d_bn(module.conv1, x, gelu=True), gelu=True)
-    return _image_as_tokens(conv2d_bn(module.conv3, x))
+
+    def rows(a: int, b: int) -> torch.Tensor:
+        lo, hi, skip = _input_rows(module.conv2.c, a, b, x.shape[2])
+        y = conv2d_bn(module.conv2, conv2d_bn(module.conv1, x[:, :, lo:hi], gelu=True), gelu=True)
+        return conv2d_bn(module.conv3, y[:, :, skip : skip + b - a])
+
+    hidden_row_bytes = module.conv1.c.out_channels * x.shape[3] * x.element_size()
+    return _image_as_tokens(_banded(rows, _conv_out_size(module.conv2.c, x.shape[2]), hidden_row_bytes, x))
 
 
 def tiny_vit_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -93,9 +117,21 @@ def tiny_vit_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     dtype = block.compute_dtype
     x = x.float()  # the residual stream stays fp32 (a bf16 patch merging hands over bf16)
     x = attention_windows_residual(block.attn, x.contiguous(), H, W, block.window_size, dtype)
+    release_blas_buffers()
     # The depthwise local conv is the stream itself (no residual around it): it stays fp32.
     x = _image_as_tokens(conv2d_bn(block.local_conv, _tokens_as_image(x, H, W)))
-    return mlp_residual(block.mlp, x, dtype)
+    x = mlp_residual(block.mlp, x, dtype)
+    release_blas_buffers()
+    return x
+
+
+def stage_modules(encoder: nn.Module) -> Iterator[nn.Module]:
+    """The blocks and patch mergings of the TinyViT's stages, in order: what each stage's forward
+    runs."""
+    for layer in encoder.layers:
+        yield from layer.blocks
+        if layer.downsample is not None:
+            yield layer.downsample
 
 
 def neck(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -143,17 +179,22 @@ def attention_windows_residual(
     bias = (attn.qkv.bias.view(heads, 3, key_dim) * qkv_scale[..., 0]).view(3 * C)
     # The bias is added by the copy into the windows below (saving a pass over qkv).
     pad_qkv = F.linear(attn.norm.bias, weight, bias)
+    # Intermediates are dropped as soon as they are consumed (`del`): at 1024 px the first
+    # attention stage's tokens, qkv and windows are 8, 24 and 26 MiB, and the encoder's peak
+    # memory is here once the convolution stages run in row bands.
     normed = attn.norm(x)
     if dtype is None:
         qkv = F.linear(normed, weight)
     else:
         qkv = split_linear(doubled(normed, dtype), weight)
         bias, pad_qkv = bias.to(dtype), pad_qkv.to(dtype)
+    del normed
     qkv = qkv.view(B, H, W, 3 * C)
 
     nH, nW = -(-H // ws), -(-W // ws)
     windows = qkv.new_empty(B * nH * nW, ws * ws, 3 * C)
     _scatter_to_windows(qkv, windows.view(B, nH, nW, ws, ws, 3 * C).transpose(2, 3), bias, pad_qkv)
+    del qkv
     # Strided (windows, heads, ws * ws, key_dim) views: the attention kernel reads them in
     # place, and whole-token rows make the copy above fast.
     q, k, v = windows.view(B * nH * nW, ws * ws, heads, 3, key_dim).transpose(1, 2).unbind(3)
@@ -162,16 +203,69 @@ def attention_windows_residual(
     # 4-D (1, heads, N, N) form for that kernel (a 3-D one takes a much slower path).
     bias = attn.attention_biases[:, attn.attention_bias_idxs].unsqueeze(0).to(q.dtype)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    del windows, q, k, v
     out = out.reshape(B, nH, nW, heads, ws, ws, key_dim)  # a view (the kernel writes it contiguous)
     if dtype is None:
         grid = out.new_empty(B, H, W, heads, key_dim)
         _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), grid)
+        del out
         return _add_linear(x, grid.view(B, L, C), attn.proj)
     # The tokens go straight into the first half of the doubled input the projection needs.
     proj_input = out.new_empty(B, L, 2 * C)
     _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), proj_input[..., :C].view(B, H, W, heads, key_dim))
+    del out
     proj_input[..., C:].copy_(proj_input[..., :C])
     return x + split_linear(proj_input, attn.proj.weight, attn.proj.bias)
+
+
+# --- Row bands ------------------------------------------------------------------------------
+
+# The largest intermediate a convolution chain may hold at once before it runs in row bands. At
+# 1024 px an MBConv's two expanded activations are 64 MiB each: in bands of 32 rows they are 8 MiB,
+# and the encoder's peak memory moves to the attention stages. Every output row is computed from
+# the same input rows by the same kernels, so the result equals the unbanded one bit for bit
+# (tests/test_fast_encoder.py); the price is recomputing one halo row per band edge (~0.5%).
+BAND_BYTES = 8 << 20
+
+
+def _banded(rows, height: int, hidden_row_bytes: int, x: torch.Tensor) -> torch.Tensor:
+    """`rows(a, b)` (B, C, b - a, W) channels-last for output rows [a, b) of a `height`-row
+    result, assembled band by band so that intermediates of only a band's rows are alive.
+
+    `hidden_row_bytes`: the bytes of intermediates per output row. One band (no copy) when they
+    fit `BAND_BYTES` whole, or when autograd records a graph (training runs the exact path anyway).
+    """
+    band = max(1, BAND_BYTES // max(1, hidden_row_bytes * x.shape[0]))
+    if band >= height or not _no_autograd(x):
+        return rows(0, height)
+    out = None
+    for a in range(0, height, band):
+        b = min(a + band, height)
+        y = rows(a, b)
+        if out is None:  # the first band tells the dtype (a bf16 stage may return bf16)
+            shape = (y.shape[0], y.shape[1], height, y.shape[3])
+            out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+        out[:, :, a:b] = y
+        del y  # before the next band is computed
+    return out
+
+
+def _input_rows(conv: nn.Conv2d, a: int, b: int, height: int) -> tuple[int, int, int]:
+    """Input rows [lo, hi) of `conv` over an input of `height` rows that give its output rows
+    [a, b): run on them (with its own padding), it returns `skip` rows to drop, then those rows.
+
+    lo keeps the stride's phase, so every kept output row reads the same input rows as in the
+    whole image; only the dropped first row reads the padding where the band has a neighbour.
+    """
+    (k, _), (s, _), (p, _) = conv.kernel_size, conv.stride, conv.padding
+    lo = max(s * a - s * -(-p // s), 0)
+    hi = min(s * (b - 1) - p + k, height)
+    return lo, hi, a - lo // s
+
+
+def _conv_out_size(conv: nn.Conv2d, n: int) -> int:
+    (k, _), (s, _), (p, _), (d, _) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 # --- Convolutions ---------------------------------------------------------------------------
