@@ -83,8 +83,9 @@ def patch_embed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _banded(rows, _conv_out_size(conv2.c, hidden_height), hidden_row_bytes, x)
 
 
-def mbconv(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """MBConv: (B, C, H, W) -> (B, C, H, W) channels-last, in row bands (`_banded`)."""
+def mbconv(module: nn.Module, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """MBConv: (B, C, H, W) -> (B, C, H, W) channels-last, in row bands (`_banded`); with
+    `inplace` the result overwrites x (a channels-last temporary of the caller's)."""
 
     def rows(a: int, b: int) -> torch.Tensor:
         lo, hi, skip = _input_rows(module.conv2.c, a, b, x.shape[2])
@@ -92,7 +93,7 @@ def mbconv(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return conv2d_bn(module.conv3, y[:, :, skip : skip + b - a], gelu=True, residual=x[:, :, a:b])
 
     hidden_row_bytes = 2 * module.conv1.c.out_channels * x.shape[3] * x.element_size()
-    return _banded(rows, x.shape[2], hidden_row_bytes, x)
+    return _banded(rows, x.shape[2], hidden_row_bytes, x, out=x if inplace else None)
 
 
 def patch_merging(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -153,11 +154,32 @@ def neck(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def mlp_residual(mlp: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """`x + mlp(x)` for inference, the residual add sharing fc2's pass; x (B, N, C) contiguous.
     With `dtype` (bf16) both linear layers run in it with split weights (`split_linear`);
-    the residual stream keeps x's dtype."""
+    the residual stream keeps x's dtype.
+
+    Runs in bands of tokens whose hidden activations fit `BAND_BYTES` (the MLP is per token and
+    each product's rows do not depend on the others, so the result is the same bit for bit)."""
+    if not _no_autograd(x, mlp.fc1.weight):
+        return _mlp_residual_rows(mlp, x, dtype)
+    tokens = x.view(-1, x.shape[-1])
+    band = max(1, BAND_BYTES // (mlp.fc1.out_features * x.element_size()))
+    if band >= tokens.shape[0]:
+        return _mlp_residual_rows(mlp, x, dtype)
+    out = torch.empty_like(x)
+    rows_out = out.view(-1, x.shape[-1])
+    for a in range(0, tokens.shape[0], band):
+        _mlp_residual_rows(mlp, tokens[a : a + band], dtype, out=rows_out[a : a + band])
+    return out
+
+
+def _mlp_residual_rows(
+    mlp: nn.Module, x: torch.Tensor, dtype: torch.dtype | None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`x + mlp(x)` for tokens x (..., C), written into `out` if given."""
     if dtype is None:
-        return _add_linear(x, _gelu(mlp.fc1(mlp.norm(x))), mlp.fc2)
+        return _add_linear(x, _gelu(mlp.fc1(mlp.norm(x))), mlp.fc2, out)
     hidden = split_linear(doubled(mlp.norm(x), dtype), mlp.fc1.weight, mlp.fc1.bias)
-    return x + split_linear(_doubled_gelu(hidden), mlp.fc2.weight, mlp.fc2.bias)
+    y = split_linear(_doubled_gelu(hidden), mlp.fc2.weight, mlp.fc2.bias)
+    return x + y if out is None else torch.add(x, y, out=out)
 
 
 def attention_windows_residual(
@@ -170,6 +192,10 @@ def attention_windows_residual(
     and qkv run on the H*W real tokens only: a zero token's LayerNorm is the norm's bias, so
     every padding token has the same qkv, which fills the padded window slots. With `dtype`
     (bf16) qkv, attention and the projection run in it; the residual stream keeps x's dtype.
+
+    Runs in bands of whole window rows whose qkv fits `BAND_BYTES` (at 1024 px the first
+    attention stage's qkv and windows are 24 and 26 MiB whole): windows never straddle bands,
+    and each product's rows do not depend on the others, so the result is the same bit for bit.
     """
     B, L, C = x.shape
     heads, key_dim, ws = attn.num_heads, attn.key_dim, window_size
@@ -179,17 +205,41 @@ def attention_windows_residual(
     bias = (attn.qkv.bias.view(heads, 3, key_dim) * qkv_scale[..., 0]).view(3 * C)
     # The bias is added by the copy into the windows below (saving a pass over qkv).
     pad_qkv = F.linear(attn.norm.bias, weight, bias)
-    # Intermediates are dropped as soon as they are consumed (`del`): at 1024 px the first
-    # attention stage's tokens, qkv and windows are 8, 24 and 26 MiB, and the encoder's peak
-    # memory is here once the convolution stages run in row bands.
-    normed = attn.norm(x)
-    if dtype is None:
-        qkv = F.linear(normed, weight)
-    else:
-        qkv = split_linear(doubled(normed, dtype), weight)
+    if dtype is not None:
         bias, pad_qkv = bias.to(dtype), pad_qkv.to(dtype)
+    # torch's fused CPU attention keeps each window's scores in cache; the bias needs its
+    # 4-D (1, heads, N, N) form for that kernel (a 3-D one takes a much slower path).
+    attn_mask = attn.attention_biases[:, attn.attention_bias_idxs].unsqueeze(0).to(dtype or x.dtype)
+    qkv_weights = (weight, bias, pad_qkv, attn_mask)
+
+    grid = x.view(B, H, W, C)
+    row_bytes = ws * W * 3 * C * (torch.finfo(dtype).bits // 8 if dtype else x.element_size())
+    band = ws * max(1, BAND_BYTES // row_bytes)  # token rows: whole window rows
+    if band >= H or B > 1 or not _no_autograd(x, weight):
+        tokens = _window_attention(attn, grid, ws, qkv_weights, dtype)
+        return _project_residual(attn.proj, x, tokens, dtype)
+    out = torch.empty_like(x)
+    for a in range(0, H, band):
+        b = min(a + band, H)
+        tokens = _window_attention(attn, grid[:, a:b], ws, qkv_weights, dtype)
+        _project_residual(attn.proj, x[:, a * W : b * W], tokens, dtype, out[:, a * W : b * W])
+        del tokens
+    return out
+
+
+def _window_attention(
+    attn: nn.Module, grid: torch.Tensor, ws: int, qkv_weights: tuple, dtype: torch.dtype | None
+) -> torch.Tensor:
+    """Window attention before the projection for the tokens grid (B, h, W, C) contiguous: the
+    attended tokens (B, h*W, C), or with `dtype` the doubled (B, h*W, 2C) input the projection's
+    `split_linear` takes. A band starts at a window row (h may end in a partial one)."""
+    B, H, W, C = grid.shape
+    heads, key_dim = attn.num_heads, attn.key_dim
+    weight, bias, pad_qkv, attn_mask = qkv_weights
+    # Intermediates are dropped as soon as they are consumed (`del`).
+    normed = attn.norm(grid)
+    qkv = F.linear(normed, weight) if dtype is None else split_linear(doubled(normed, dtype), weight)
     del normed
-    qkv = qkv.view(B, H, W, 3 * C)
 
     nH, nW = -(-H // ws), -(-W // ws)
     windows = qkv.new_empty(B * nH * nW, ws * ws, 3 * C)
@@ -198,24 +248,30 @@ def attention_windows_residual(
     # Strided (windows, heads, ws * ws, key_dim) views: the attention kernel reads them in
     # place, and whole-token rows make the copy above fast.
     q, k, v = windows.view(B * nH * nW, ws * ws, heads, 3, key_dim).transpose(1, 2).unbind(3)
-
-    # torch's fused CPU attention keeps each window's scores in cache; the bias needs its
-    # 4-D (1, heads, N, N) form for that kernel (a 3-D one takes a much slower path).
-    bias = attn.attention_biases[:, attn.attention_bias_idxs].unsqueeze(0).to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
     del windows, q, k, v
     out = out.reshape(B, nH, nW, heads, ws, ws, key_dim)  # a view (the kernel writes it contiguous)
     if dtype is None:
-        grid = out.new_empty(B, H, W, heads, key_dim)
-        _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), grid)
-        del out
-        return _add_linear(x, grid.view(B, L, C), attn.proj)
+        tokens = out.new_empty(B, H, W, heads, key_dim)
+        _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), tokens)
+        return tokens.view(B, H * W, C)
     # The tokens go straight into the first half of the doubled input the projection needs.
-    proj_input = out.new_empty(B, L, 2 * C)
+    proj_input = out.new_empty(B, H * W, 2 * C)
     _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), proj_input[..., :C].view(B, H, W, heads, key_dim))
     del out
     proj_input[..., C:].copy_(proj_input[..., :C])
-    return x + split_linear(proj_input, attn.proj.weight, attn.proj.bias)
+    return proj_input
+
+
+def _project_residual(
+    proj: nn.Linear, x: torch.Tensor, tokens: torch.Tensor, dtype: torch.dtype | None, out=None
+) -> torch.Tensor:
+    """`x + proj(tokens)` (B, N, C), written into `out` if given; with `dtype` the tokens are
+    the doubled input of `split_linear`."""
+    if dtype is None:
+        return _add_linear(x, tokens, proj, out)
+    y = split_linear(tokens, proj.weight, proj.bias)
+    return x + y if out is None else torch.add(x, y, out=out)
 
 
 # --- Row bands ------------------------------------------------------------------------------
@@ -228,25 +284,33 @@ def attention_windows_residual(
 BAND_BYTES = 8 << 20
 
 
-def _banded(rows, height: int, hidden_row_bytes: int, x: torch.Tensor) -> torch.Tensor:
+def _banded(
+    rows, height: int, hidden_row_bytes: int, x: torch.Tensor, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """`rows(a, b)` (B, C, b - a, W) channels-last for output rows [a, b) of a `height`-row
     result, assembled band by band so that intermediates of only a band's rows are alive.
 
     `hidden_row_bytes`: the bytes of intermediates per output row. One band (no copy) when they
     fit `BAND_BYTES` whole, or when autograd records a graph (training runs the exact path anyway).
+    `out`: write the result there, which may be the input x itself when each band reads input
+    rows of its own and the neighbouring bands only: a band is written once the next one is
+    computed, so no band reads rows already overwritten.
     """
     band = max(1, BAND_BYTES // max(1, hidden_row_bytes * x.shape[0]))
     if band >= height or not _no_autograd(x):
-        return rows(0, height)
-    out = None
+        return rows(0, height) if out is None else out.copy_(rows(0, height))
+    pending = None
     for a in range(0, height, band):
         b = min(a + band, height)
         y = rows(a, b)
         if out is None:  # the first band tells the dtype (a bf16 stage may return bf16)
             shape = (y.shape[0], y.shape[1], height, y.shape[3])
             out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
-        out[:, :, a:b] = y
-        del y  # before the next band is computed
+        if pending is not None:
+            out[:, :, pending[0] : pending[1]] = pending[2]
+        pending = (a, b, y)
+        del y
+    out[:, :, pending[0] : pending[1]] = pending[2]
     return out
 
 
@@ -393,12 +457,18 @@ def split_linear(
     return F.linear(x_doubled, torch.cat([high, low], dim=1), None if bias is None else bias.to(dtype))
 
 
-def _add_linear(x: torch.Tensor, inputs: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+def _add_linear(
+    x: torch.Tensor, inputs: torch.Tensor, linear: nn.Linear, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """`x + linear(inputs)` with the add folded into the matrix product's accumulation.
 
-    x (B, N, C_out), inputs (B, N, C_in) -> (B, N, C_out), a new tensor.
+    x (..., N, C_out), inputs (..., N, C_in) -> (..., N, C_out), a new tensor or `out` (contiguous,
+    x's shape; not with autograd).
     """
-    out = x + linear.bias
+    if out is not None:
+        out = torch.add(x, linear.bias, out=out)
+    else:
+        out = x + linear.bias
     if not _no_autograd(out, inputs, linear.weight):
         return out + F.linear(inputs, linear.weight)
     out.view(-1, out.shape[-1]).addmm_(inputs.reshape(-1, inputs.shape[-1]), linear.weight.t())
