@@ -93,6 +93,7 @@ def mbconv(module: nn.Module, x: torch.Tensor, inplace: bool = False) -> torch.T
         return conv2d_bn(module.conv3, y[:, :, skip : skip + b - a], gelu=True, residual=x[:, :, a:b])
 
     hidden_row_bytes = 2 * module.conv1.c.out_channels * x.shape[3] * x.element_size()
+    inplace = inplace and _no_autograd(x, module.conv1.c.weight)  # autograd needs x as it was
     return _banded(rows, x.shape[2], hidden_row_bytes, x, out=x if inplace else None)
 
 
