@@ -99,6 +99,22 @@ def _configure() -> AllocatorStatus:
     return AllocatorStatus(ok, "mallopt thresholds raised" if ok else "mallopt refused the thresholds")
 
 
+def release_free_memory() -> bool:
+    """Give the heap's free pages back to the kernel now (glibc `malloc_trim`); returns whether
+    it could.
+
+    `configure_allocator` keeps freed memory mapped so that the next forward pass reuses it
+    without page faults; this undoes that once, for memory that one-time work left free and that
+    would otherwise sit under the next peak (the ONNX predictor calls it after loading a model).
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    libc.malloc_trim.argtypes, libc.malloc_trim.restype = (ctypes.c_size_t,), ctypes.c_int
+    libc.malloc_trim(0)
+    return True
+
+
 # ---------------------------------------------------------------- BLAS buffers
 
 # MKL (torch's BLAS on x86) keeps the packing buffers of every matrix product in its own pool, and

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import MobileSamError
 from ..postprocess import postprocess_logits
-from ..runtime import usable_cpus
+from ..runtime import release_free_memory, usable_cpus
 from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide, model_input_prompts, rgb_image
 from .layout import DECODER_FILE, ENCODER_FILE, cpu_session, decoder_prompt_inputs
 
@@ -49,8 +49,11 @@ class StandalonePredictor:
                 f"no exported {precision} model in {onnx_dir} (missing {', '.join(missing)}): "
                 "export one with `mobilesam export-onnx DIR`"
             )
-        threads = num_threads or usable_cpus()
-        self.encoder, self.decoder = (cpu_session(ort, path, threads) for path in paths)
+        self._ort, self._decoder_path, self._threads = ort, paths[1], num_threads or usable_cpus()
+        self.encoder = cpu_session(ort, paths[0], self._threads, encoder=True)
+        # Loading leaves the model file's bytes free in the heap, under the encoder's peak.
+        release_free_memory()
+        self._decoder = None  # made after the first encode: see `decoder`
         self.img_size = int(self.encoder.get_inputs()[0].shape[-1])
         self.transform = ResizeLongestSide(self.img_size)
         self._mean = np.asarray(PIXEL_MEAN, np.float32)
@@ -68,9 +71,25 @@ class StandalonePredictor:
         region[...] = resized.transpose(2, 0, 1)
         region -= self._mean[:, None, None]
         region /= self._std[:, None, None]
-        (self.features,) = self.encoder.run(None, {"image": padded})
+        del resized, region
+        run_options = None
+        if self._decoder is None:  # let the decoder session take what the encoder's run freed
+            run_options = self._ort.RunOptions()
+            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        (self.features,) = self.encoder.run(None, {"image": padded}, run_options)
+        del padded
+        _ = self.decoder
         self.original_size, self.input_size = tuple(image.shape[:2]), (h, w)
         self.is_image_set = True
+
+    @property
+    def decoder(self):
+        """The decoder's session, made on first use: after the first encode, so that its weights
+        and the encoder's peak activations are never resident together (~50 MB less peak)."""
+        if self._decoder is None:
+            release_free_memory()
+            self._decoder = cpu_session(self._ort, self._decoder_path, self._threads)
+        return self._decoder
 
     def predict(
         self,
