@@ -162,7 +162,7 @@ def mlp_residual(mlp: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = No
     if not _no_autograd(x, mlp.fc1.weight):
         return _mlp_residual_rows(mlp, x, dtype)
     tokens = x.view(-1, x.shape[-1])
-    band = max(1, BAND_BYTES // (mlp.fc1.out_features * x.element_size()))
+    band = max(MIN_BAND_TOKENS, BAND_BYTES // (mlp.fc1.out_features * x.element_size()))
     if band >= tokens.shape[0]:
         return _mlp_residual_rows(mlp, x, dtype)
     out = torch.empty_like(x)
@@ -215,7 +215,7 @@ def attention_windows_residual(
 
     grid = x.view(B, H, W, C)
     row_bytes = ws * W * 3 * C * (torch.finfo(dtype).bits // 8 if dtype else x.element_size())
-    band = ws * max(1, BAND_BYTES // row_bytes)  # token rows: whole window rows
+    band = ws * max(-(-MIN_BAND_TOKENS // (ws * W)), BAND_BYTES // row_bytes)  # whole window rows
     if band >= H or B > 1 or not _no_autograd(x, weight):
         tokens = _window_attention(attn, grid, ws, qkv_weights, dtype)
         return _project_residual(attn.proj, x, tokens, dtype)
@@ -283,6 +283,9 @@ def _project_residual(
 # the same input rows by the same kernels, so the result equals the unbanded one bit for bit
 # (tests/test_fast_encoder.py); the price is recomputing one halo row per band edge (~0.5%).
 BAND_BYTES = 8 << 20
+# Matrix products run on bands of at least this many tokens: a BLAS may split a product with few
+# rows along its inner dimension (MKL does below ~256 rows), which would change the rounding.
+MIN_BAND_TOKENS = 1024
 
 
 def _banded(
