@@ -206,9 +206,9 @@ def test_every_stage_matches_exact(small_exact):
 
 @pytest.mark.parametrize("batch, dtype", [(1, None), (2, None), (1, torch.bfloat16)])
 def test_row_bands_give_the_same_embedding_bit_for_bit(monkeypatch, batch, dtype):
-    # At 1024 px the fast path runs its convolution stages, window attention and MLPs in bands
-    # of <= BAND_BYTES of intermediates (to lower peak memory); a tiny budget makes every stage
-    # of a 512 px model run in bands (the matrix products in bands of MIN_BAND_TOKENS), which
+    # At 1024 px the fast path runs its MBConvs, window attention and MLPs in bands of
+    # <= (CONV_)BAND_BYTES of intermediates (to lower peak memory); a tiny budget makes them run
+    # in many bands on a 512 px model (the matrix products in bands of MIN_BAND_TOKENS), which
     # must change nothing, not even the rounding.
     from mobilesam.modeling import fast_encoder
     from mobilesam.runtime import bf16_supported
@@ -223,9 +223,11 @@ def test_row_bands_give_the_same_embedding_bit_for_bit(monkeypatch, batch, dtype
     monkeypatch.setattr(fast_encoder, "_window_attention", lambda *a: calls.append(1) or window_attention(*a))
     with torch.inference_mode():
         monkeypatch.setattr(fast_encoder, "BAND_BYTES", 1 << 40)
+        monkeypatch.setattr(fast_encoder, "CONV_BAND_BYTES", 1 << 40)
         whole = fast(image)
         assert len(calls) == 10  # one call per attention block
         monkeypatch.setattr(fast_encoder, "BAND_BYTES", 1 << 20)
+        monkeypatch.setattr(fast_encoder, "CONV_BAND_BYTES", 1 << 20)
         banded = fast(image)
     assert torch.equal(banded, whole)
     assert len(calls) > 20 if batch == 1 else len(calls) == 20  # attention bands one image only

@@ -68,24 +68,15 @@ def conv2d_bn(
 
 
 def patch_embed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """PatchEmbed: (B, 3, S, S) -> (B, C, S/4, S/4) channels-last, in row bands (`_banded`)."""
+    """PatchEmbed: (B, 3, S, S) -> (B, C, S/4, S/4) channels-last."""
     conv1, _, conv2 = module.seq
-    hidden_height = _conv_out_size(conv1.c, x.shape[2])
-
-    def rows(a: int, b: int) -> torch.Tensor:
-        lo2, hi2, skip2 = _input_rows(conv2.c, a, b, hidden_height)
-        lo1, hi1, skip1 = _input_rows(conv1.c, lo2, hi2, x.shape[2])
-        y = conv2d_bn(conv1, x[:, :, lo1:hi1], gelu=True)[:, :, skip1 : skip1 + hi2 - lo2]
-        return conv2d_bn(conv2, y)[:, :, skip2 : skip2 + b - a]
-
-    # Per output row: two rows of conv1's output, each (S/2) * C/2 values.
-    hidden_row_bytes = 2 * conv1.c.out_channels * _conv_out_size(conv1.c, x.shape[3]) * x.element_size()
-    return _banded(rows, _conv_out_size(conv2.c, hidden_height), hidden_row_bytes, x)
+    return conv2d_bn(conv2, conv2d_bn(conv1, x, gelu=True))
 
 
 def mbconv(module: nn.Module, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """MBConv: (B, C, H, W) -> (B, C, H, W) channels-last, in row bands (`_banded`); with
-    `inplace` the result overwrites x (a channels-last temporary of the caller's)."""
+    """MBConv: (B, C, H, W) -> (B, C, H, W) channels-last, in row bands (`_banded`,
+    `CONV_BAND_BYTES`); with `inplace` the result overwrites x (a channels-last temporary of the
+    caller's)."""
 
     def rows(a: int, b: int) -> torch.Tensor:
         lo, hi, skip = _input_rows(module.conv2.c, a, b, x.shape[2])
@@ -94,22 +85,15 @@ def mbconv(module: nn.Module, x: torch.Tensor, inplace: bool = False) -> torch.T
 
     hidden_row_bytes = 2 * module.conv1.c.out_channels * x.shape[3] * x.element_size()
     inplace = inplace and _no_autograd(x, module.conv1.c.weight)  # autograd needs x as it was
-    return _banded(rows, x.shape[2], hidden_row_bytes, x, out=x if inplace else None)
+    return _banded(rows, x.shape[2], hidden_row_bytes, x, CONV_BAND_BYTES, out=x if inplace else None)
 
 
 def patch_merging(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """PatchMerging: (B, C, H, W) or (B, H*W, C) -> (B, H'*W', C_out) contiguous, in row bands
-    (`_banded`)."""
+    """PatchMerging: (B, C, H, W) or (B, H*W, C) -> (B, H'*W', C_out) contiguous."""
     if x.ndim == 3:
         x = _tokens_as_image(x.contiguous(), *module.input_resolution)
-
-    def rows(a: int, b: int) -> torch.Tensor:
-        lo, hi, skip = _input_rows(module.conv2.c, a, b, x.shape[2])
-        y = conv2d_bn(module.conv2, conv2d_bn(module.conv1, x[:, :, lo:hi], gelu=True), gelu=True)
-        return conv2d_bn(module.conv3, y[:, :, skip : skip + b - a])
-
-    hidden_row_bytes = module.conv1.c.out_channels * x.shape[3] * x.element_size()
-    return _image_as_tokens(_banded(rows, _conv_out_size(module.conv2.c, x.shape[2]), hidden_row_bytes, x))
+    x = conv2d_bn(module.conv2, conv2d_bn(module.conv1, x, gelu=True), gelu=True)
+    return _image_as_tokens(conv2d_bn(module.conv3, x))
 
 
 def tiny_vit_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -277,11 +261,17 @@ def _project_residual(
 
 # --- Row bands ------------------------------------------------------------------------------
 
-# The largest intermediate a convolution chain may hold at once before it runs in row bands. At
-# 1024 px an MBConv's two expanded activations are 64 MiB each: in bands of 32 rows they are 8 MiB,
-# and the encoder's peak memory moves to the attention stages. Every output row is computed from
-# the same input rows by the same kernels, so the result equals the unbanded one bit for bit
-# (tests/test_fast_encoder.py); the price is recomputing one halo row per band edge (~0.5%).
+# Peak memory: at 1024 px an MBConv's two expanded activations are 64 MiB each, the first attention
+# stage's qkv and windows 24 and 26 MiB, its MLP's hidden activations 32 MiB. Run in bands whose
+# intermediates fit these budgets (the MBConvs in 32-row bands, 8 MiB for the token stages), the
+# encoder's peak RSS (one image + a click, benchmarks/run.py) drops by ~170 MiB. Every output row
+# is computed from the same input rows by the same kernels, so the result equals the unbanded one
+# bit for bit (tests/test_fast_encoder.py). The price: an MBConv recomputes a halo row per band
+# edge, and each band is a few more kernel calls, which cost little on an idle machine but a lot
+# on a busy one, where each multi-threaded call waits for a descheduled thread. Hence no bands
+# for the patch embedding and mergings (the peak does not move without them) and few for the
+# MBConvs; smaller budgets (8 MiB everywhere) saved only ~5 MiB more and cost ~5% of an encode.
+CONV_BAND_BYTES = 16 << 20
 BAND_BYTES = 8 << 20
 # Matrix products run on bands of at least this many tokens: a BLAS may split a product with few
 # rows along its inner dimension (MKL does below ~256 rows), which would change the rounding.
@@ -289,18 +279,18 @@ MIN_BAND_TOKENS = 1024
 
 
 def _banded(
-    rows, height: int, hidden_row_bytes: int, x: torch.Tensor, out: torch.Tensor | None = None
+    rows, height: int, hidden_row_bytes: int, x: torch.Tensor, budget: int, out: torch.Tensor | None = None
 ) -> torch.Tensor:
     """`rows(a, b)` (B, C, b - a, W) channels-last for output rows [a, b) of a `height`-row
     result, assembled band by band so that intermediates of only a band's rows are alive.
 
     `hidden_row_bytes`: the bytes of intermediates per output row. One band (no copy) when they
-    fit `BAND_BYTES` whole, or when autograd records a graph (training runs the exact path anyway).
+    fit `budget` whole, or when autograd records a graph (training runs the exact path anyway).
     `out`: write the result there, which may be the input x itself when each band reads input
     rows of its own and the neighbouring bands only: a band is written once the next one is
     computed, so no band reads rows already overwritten.
     """
-    band = max(1, BAND_BYTES // max(1, hidden_row_bytes * x.shape[0]))
+    band = max(1, budget // max(1, hidden_row_bytes * x.shape[0]))
     if band >= height or not _no_autograd(x):
         return rows(0, height) if out is None else out.copy_(rows(0, height))
     pending = None
@@ -329,11 +319,6 @@ def _input_rows(conv: nn.Conv2d, a: int, b: int, height: int) -> tuple[int, int,
     lo = max(s * a - s * -(-p // s), 0)
     hi = min(s * (b - 1) - p + k, height)
     return lo, hi, a - lo // s
-
-
-def _conv_out_size(conv: nn.Conv2d, n: int) -> int:
-    (k, _), (s, _), (p, _), (d, _) = conv.kernel_size, conv.stride, conv.padding, conv.dilation
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
 
 
 # --- Convolutions ---------------------------------------------------------------------------
