@@ -78,7 +78,7 @@ class StandalonePredictor:
             run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
         (self.features,) = self.encoder.run(None, {"image": padded}, run_options)
         del padded
-        _ = self.decoder
+        _ = self.decoder  # the first encode makes the decoder session, now that its run is over
         self.original_size, self.input_size = tuple(image.shape[:2]), (h, w)
         self.is_image_set = True
 
