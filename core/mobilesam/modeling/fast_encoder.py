@@ -15,6 +15,10 @@ The rearrangements:
   attention kernel with the relative-position bias as its mask; the output goes back to the token
   grid in one copy, and the projection and the residual add share one pass;
 - the neck runs its LayerNorms over the contiguous channel axis;
+- for a lower peak memory the MBConvs run in row bands (overwriting their input inside the
+  encoder), window attention in bands of window rows and the MLPs in bands of tokens, each band
+  computed by the same kernels on the same rows, so bit for bit as unbanded (`BAND_BYTES`);
+  intermediates are dropped once consumed, and MKL's pooled GEMM buffers are released per block;
 - with a low-precision `compute_dtype` (bf16, `TinyViT.set_compute_dtype`) the attention stages'
   linear layers run with split weights (`split_linear`); the residual stream stays fp32.
 
