@@ -379,10 +379,29 @@ def _rss_child(side, checkpoint, onnx_dir, image, tune, threads, queue):
     if tune:
         configure_allocator()
     configure_threads(threads)
+    resident = {"imports": _current_rss()}
     predictors = build_predictors_for_side(side, checkpoint, onnx_dir, threads)
+    resident["model"] = _current_rss()
     predictors.set_image(image)
+    resident["encode"] = _high_water_rss()
     predictors.predict(np.array([[image.shape[1] // 2, image.shape[0] // 2]]), np.array([1]))
+    resident["click"] = _high_water_rss()
+    # Where the peak goes (stderr, beside the progress lines): resident after the imports (torch)
+    # and after building the predictor, peak after the encode and after the click.
+    steps = ", ".join(f"{step} {size / 1e6:.0f}" for step, size in resident.items())
+    print(f"  peak RSS of {side!r}, MB: {steps}", file=sys.stderr, flush=True)
     queue.put(_high_water_rss())
+
+
+def _current_rss() -> int:
+    """Resident set of this process now in bytes (VmRSS), or 0 where /proc is not there."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _high_water_rss() -> int:

@@ -221,3 +221,32 @@ def test_linear_gelu_equals_linear_then_gelu(shape):
     graph = linear_gelu(x, linear.weight, linear.bias)
     assert graph.requires_grad  # the unfused path keeps autograd working
     assert torch.equal(graph.detach(), expected.detach())
+
+
+@pytest.mark.parametrize("batch, dtype", [(1, None), (2, None), (1, torch.bfloat16)])
+def test_row_bands_give_the_same_embedding_bit_for_bit(monkeypatch, batch, dtype):
+    # At 1024 px the fast path runs its MBConvs, window attention and MLPs in bands of
+    # <= (CONV_)BAND_BYTES of intermediates (to lower peak memory); a tiny budget makes them run
+    # in many bands on a 512 px model (the matrix products in bands of MIN_BAND_TOKENS), which
+    # must change nothing, not even the rounding.
+    from mobilesam.modeling import fast_encoder
+    from mobilesam.runtime import bf16_supported
+
+    if dtype is not None and not bf16_supported():
+        pytest.skip("this CPU has no AVX512-BF16/AMX: no bf16 encoder path to band")
+    fast = _ours(512, seed=5)
+    fast.set_compute_dtype(dtype)
+    image = torch.cat([_image(512, seed) for seed in range(batch)])
+    calls = []
+    window_attention = fast_encoder._window_attention
+    monkeypatch.setattr(fast_encoder, "_window_attention", lambda *a: calls.append(1) or window_attention(*a))
+    with torch.inference_mode():
+        monkeypatch.setattr(fast_encoder, "BAND_BYTES", 1 << 40)
+        monkeypatch.setattr(fast_encoder, "CONV_BAND_BYTES", 1 << 40)
+        whole = fast(image)
+        assert len(calls) == 10  # one call per attention block
+        monkeypatch.setattr(fast_encoder, "BAND_BYTES", 1 << 20)
+        monkeypatch.setattr(fast_encoder, "CONV_BAND_BYTES", 1 << 20)
+        banded = fast(image)
+    assert torch.equal(banded, whole)
+    assert len(calls) > 20 if batch == 1 else len(calls) == 20  # attention bands one image only

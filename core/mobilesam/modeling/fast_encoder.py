@@ -15,6 +15,10 @@ The rearrangements:
   attention kernel with the relative-position bias as its mask; the output goes back to the token
   grid in one copy, and the projection and the residual add share one pass;
 - the neck runs its LayerNorms over the contiguous channel axis;
+- for a lower peak memory the MBConvs run in row bands (overwriting their input inside the
+  encoder), window attention in bands of window rows and the MLPs in bands of tokens, each band
+  computed by the same kernels on the same rows, so bit for bit as unbanded (`BAND_BYTES`);
+  intermediates are dropped once consumed, and MKL's pooled GEMM buffers are released per block;
 - with a low-precision `compute_dtype` (bf16, `TinyViT.set_compute_dtype`) the attention stages'
   linear layers run with split weights (`split_linear`); the residual stream stays fp32.
 
@@ -28,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime import release_blas_buffers
 from .common import FastPath, linear_gelu
 
 # oneDNN's fused convolution (conv + GELU, conv + add) as torch's inductor uses it for CPU inference.
@@ -72,10 +77,19 @@ def patch_embed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return conv2d_bn(conv2, conv2d_bn(conv1, x, gelu=True))
 
 
-def mbconv(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """MBConv: (B, C, H, W) -> (B, C, H, W) channels-last."""
-    y = conv2d_bn(module.conv2, conv2d_bn(module.conv1, x, gelu=True), gelu=True)
-    return conv2d_bn(module.conv3, y, gelu=True, residual=x)
+def mbconv(module: nn.Module, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """MBConv: (B, C, H, W) -> (B, C, H, W) channels-last, in row bands (`_banded`,
+    `CONV_BAND_BYTES`); with `inplace` the result overwrites x (a channels-last temporary of the
+    caller's)."""
+
+    def rows(a: int, b: int) -> torch.Tensor:
+        lo, hi, skip = _input_rows(module.conv2.c, a, b, x.shape[2])
+        y = conv2d_bn(module.conv2, conv2d_bn(module.conv1, x[:, :, lo:hi], gelu=True), gelu=True)
+        return conv2d_bn(module.conv3, y[:, :, skip : skip + b - a], gelu=True, residual=x[:, :, a:b])
+
+    hidden_row_bytes = 2 * module.conv1.c.out_channels * x.shape[3] * x.element_size()
+    inplace = inplace and _no_autograd(x, module.conv1.c.weight)  # autograd needs x as it was
+    return _banded(rows, x.shape[2], hidden_row_bytes, x, CONV_BAND_BYTES, out=x if inplace else None)
 
 
 def patch_merging(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -93,9 +107,21 @@ def tiny_vit_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     dtype = block.compute_dtype
     x = x.float()  # the residual stream stays fp32 (a bf16 patch merging hands over bf16)
     x = attention_windows_residual(block.attn, x.contiguous(), H, W, block.window_size, dtype)
+    release_blas_buffers()
     # The depthwise local conv is the stream itself (no residual around it): it stays fp32.
     x = _image_as_tokens(conv2d_bn(block.local_conv, _tokens_as_image(x, H, W)))
-    return mlp_residual(block.mlp, x, dtype)
+    x = mlp_residual(block.mlp, x, dtype)
+    release_blas_buffers()
+    return x
+
+
+def stage_modules(encoder: nn.Module) -> Iterator[nn.Module]:
+    """The blocks and patch mergings of the TinyViT's stages, in order: what each stage's forward
+    runs."""
+    for layer in encoder.layers:
+        yield from layer.blocks
+        if layer.downsample is not None:
+            yield layer.downsample
 
 
 def neck(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -117,11 +143,32 @@ def neck(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def mlp_residual(mlp: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """`x + mlp(x)` for inference, the residual add sharing fc2's pass; x (B, N, C) contiguous.
     With `dtype` (bf16) both linear layers run in it with split weights (`split_linear`);
-    the residual stream keeps x's dtype."""
+    the residual stream keeps x's dtype.
+
+    Runs in bands of tokens whose hidden activations fit `BAND_BYTES` (the MLP is per token and
+    each product's rows do not depend on the others, so the result is the same bit for bit)."""
+    if not _no_autograd(x, mlp.fc1.weight):
+        return _mlp_residual_rows(mlp, x, dtype)
+    tokens = x.view(-1, x.shape[-1])
+    band = max(MIN_BAND_TOKENS, BAND_BYTES // (mlp.fc1.out_features * x.element_size()))
+    if band >= tokens.shape[0]:
+        return _mlp_residual_rows(mlp, x, dtype)
+    out = torch.empty_like(x)
+    rows_out = out.view(-1, x.shape[-1])
+    for a in range(0, tokens.shape[0], band):
+        _mlp_residual_rows(mlp, tokens[a : a + band], dtype, out=rows_out[a : a + band])
+    return out
+
+
+def _mlp_residual_rows(
+    mlp: nn.Module, x: torch.Tensor, dtype: torch.dtype | None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`x + mlp(x)` for tokens x (..., C), written into `out` if given."""
     if dtype is None:
-        return _add_linear(x, linear_gelu(mlp.norm(x), mlp.fc1.weight, mlp.fc1.bias), mlp.fc2)
+        return _add_linear(x, linear_gelu(mlp.norm(x), mlp.fc1.weight, mlp.fc1.bias), mlp.fc2, out)
     hidden = split_linear(doubled(mlp.norm(x), dtype), mlp.fc1.weight, mlp.fc1.bias, gelu=True)
-    return x + split_linear(torch.cat([hidden, hidden], dim=-1), mlp.fc2.weight, mlp.fc2.bias)
+    y = split_linear(torch.cat([hidden, hidden], dim=-1), mlp.fc2.weight, mlp.fc2.bias)
+    return x + y if out is None else torch.add(x, y, out=out)
 
 
 def attention_windows_residual(
@@ -134,6 +181,10 @@ def attention_windows_residual(
     and qkv run on the H*W real tokens only: a zero token's LayerNorm is the norm's bias, so
     every padding token has the same qkv, which fills the padded window slots. With `dtype`
     (bf16) qkv, attention and the projection run in it; the residual stream keeps x's dtype.
+
+    Runs in bands of whole window rows whose qkv fits `BAND_BYTES` (at 1024 px the first
+    attention stage's qkv and windows are 24 and 26 MiB whole): windows never straddle bands,
+    and each product's rows do not depend on the others, so the result is the same bit for bit.
     """
     B, L, C = x.shape
     heads, key_dim, ws = attn.num_heads, attn.key_dim, window_size
@@ -143,35 +194,135 @@ def attention_windows_residual(
     bias = (attn.qkv.bias.view(heads, 3, key_dim) * qkv_scale[..., 0]).view(3 * C)
     # The bias is added by the copy into the windows below (saving a pass over qkv).
     pad_qkv = F.linear(attn.norm.bias, weight, bias)
-    normed = attn.norm(x)
-    if dtype is None:
-        qkv = F.linear(normed, weight)
-    else:
-        qkv = split_linear(doubled(normed, dtype), weight)
+    if dtype is not None:
         bias, pad_qkv = bias.to(dtype), pad_qkv.to(dtype)
-    qkv = qkv.view(B, H, W, 3 * C)
+    # torch's fused CPU attention keeps each window's scores in cache; the bias needs its
+    # 4-D (1, heads, N, N) form for that kernel (a 3-D one takes a much slower path).
+    attn_mask = attn.attention_biases[:, attn.attention_bias_idxs].unsqueeze(0).to(dtype or x.dtype)
+    qkv_weights = (weight, bias, pad_qkv, attn_mask)
+
+    grid = x.view(B, H, W, C)
+    row_bytes = ws * W * 3 * C * (torch.finfo(dtype).bits // 8 if dtype else x.element_size())
+    band = ws * max(-(-MIN_BAND_TOKENS // (ws * W)), BAND_BYTES // row_bytes)  # whole window rows
+    if band >= H or B > 1 or not _no_autograd(x, weight):
+        tokens = _window_attention(attn, grid, ws, qkv_weights, dtype)
+        return _project_residual(attn.proj, x, tokens, dtype)
+    out = torch.empty_like(x)
+    for a in range(0, H, band):
+        b = min(a + band, H)
+        tokens = _window_attention(attn, grid[:, a:b], ws, qkv_weights, dtype)
+        _project_residual(attn.proj, x[:, a * W : b * W], tokens, dtype, out[:, a * W : b * W])
+        del tokens
+    return out
+
+
+def _window_attention(
+    attn: nn.Module, grid: torch.Tensor, ws: int, qkv_weights: tuple, dtype: torch.dtype | None
+) -> torch.Tensor:
+    """Window attention before the projection for the tokens grid (B, h, W, C) contiguous: the
+    attended tokens (B, h*W, C), or with `dtype` the doubled (B, h*W, 2C) input the projection's
+    `split_linear` takes. A band starts at a window row (h may end in a partial one)."""
+    B, H, W, C = grid.shape
+    heads, key_dim = attn.num_heads, attn.key_dim
+    weight, bias, pad_qkv, attn_mask = qkv_weights
+    # Intermediates are dropped as soon as they are consumed (`del`).
+    normed = attn.norm(grid)
+    qkv = F.linear(normed, weight) if dtype is None else split_linear(doubled(normed, dtype), weight)
+    del normed
 
     nH, nW = -(-H // ws), -(-W // ws)
     windows = qkv.new_empty(B * nH * nW, ws * ws, 3 * C)
     _scatter_to_windows(qkv, windows.view(B, nH, nW, ws, ws, 3 * C).transpose(2, 3), bias, pad_qkv)
+    del qkv
     # Strided (windows, heads, ws * ws, key_dim) views: the attention kernel reads them in
     # place, and whole-token rows make the copy above fast.
     q, k, v = windows.view(B * nH * nW, ws * ws, heads, 3, key_dim).transpose(1, 2).unbind(3)
-
-    # torch's fused CPU attention keeps each window's scores in cache; the bias needs its
-    # 4-D (1, heads, N, N) form for that kernel (a 3-D one takes a much slower path).
-    bias = attn.attention_biases[:, attn.attention_bias_idxs].unsqueeze(0).to(q.dtype)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=1.0)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
+    del windows, q, k, v
     out = out.reshape(B, nH, nW, heads, ws, ws, key_dim)  # a view (the kernel writes it contiguous)
     if dtype is None:
-        grid = out.new_empty(B, H, W, heads, key_dim)
-        _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), grid)
-        return _add_linear(x, grid.view(B, L, C), attn.proj)
+        tokens = out.new_empty(B, H, W, heads, key_dim)
+        _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), tokens)
+        return tokens.view(B, H * W, C)
     # The tokens go straight into the first half of the doubled input the projection needs.
-    proj_input = out.new_empty(B, L, 2 * C)
+    proj_input = out.new_empty(B, H * W, 2 * C)
     _gather_from_windows(out.permute(0, 1, 4, 2, 5, 3, 6), proj_input[..., :C].view(B, H, W, heads, key_dim))
+    del out
     proj_input[..., C:].copy_(proj_input[..., :C])
-    return x + split_linear(proj_input, attn.proj.weight, attn.proj.bias)
+    return proj_input
+
+
+def _project_residual(
+    proj: nn.Linear, x: torch.Tensor, tokens: torch.Tensor, dtype: torch.dtype | None, out=None
+) -> torch.Tensor:
+    """`x + proj(tokens)` (B, N, C), written into `out` if given; with `dtype` the tokens are
+    the doubled input of `split_linear`."""
+    if dtype is None:
+        return _add_linear(x, tokens, proj, out)
+    y = split_linear(tokens, proj.weight, proj.bias)
+    return x + y if out is None else torch.add(x, y, out=out)
+
+
+# --- Row bands ------------------------------------------------------------------------------
+
+# Peak memory: at 1024 px an MBConv's two expanded activations are 64 MiB each, the first attention
+# stage's qkv and windows 24 and 26 MiB, its MLP's hidden activations 32 MiB. Run in bands whose
+# intermediates fit these budgets (the MBConvs in 32-row bands, 8 MiB for the token stages), the
+# encoder's peak RSS (one image + a click, benchmarks/run.py) drops by ~170 MiB. Every output row
+# is computed from the same input rows by the same kernels, so the result equals the unbanded one
+# bit for bit (tests/test_fast_encoder.py). The price: an MBConv recomputes a halo row per band
+# edge, and each band is a few more kernel calls, which cost little on an idle machine but a lot
+# on a busy one, where each multi-threaded call waits for a descheduled thread. Hence no bands
+# for the patch embedding and mergings (the peak does not move without them) and few for the
+# MBConvs; smaller budgets (8 MiB everywhere) saved only ~5 MiB more and cost ~5% of an encode.
+CONV_BAND_BYTES = 16 << 20
+BAND_BYTES = 8 << 20
+# Matrix products run on bands of at least this many tokens: a BLAS may split a product with few
+# rows along its inner dimension (MKL does below ~256 rows), which would change the rounding.
+MIN_BAND_TOKENS = 1024
+
+
+def _banded(
+    rows, height: int, hidden_row_bytes: int, x: torch.Tensor, budget: int, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`rows(a, b)` (B, C, b - a, W) channels-last for output rows [a, b) of a `height`-row
+    result, assembled band by band so that intermediates of only a band's rows are alive.
+
+    `hidden_row_bytes`: the bytes of intermediates per output row. One band (no copy) when they
+    fit `budget` whole, or when autograd records a graph (training runs the exact path anyway).
+    `out`: write the result there, which may be the input x itself when each band reads input
+    rows of its own and the neighbouring bands only: a band is written once the next one is
+    computed, so no band reads rows already overwritten.
+    """
+    band = max(1, budget // max(1, hidden_row_bytes * x.shape[0]))
+    if band >= height or not _no_autograd(x):
+        return rows(0, height) if out is None else out.copy_(rows(0, height))
+    pending = None
+    for a in range(0, height, band):
+        b = min(a + band, height)
+        y = rows(a, b)
+        if out is None:  # the first band tells the dtype (a bf16 stage may return bf16)
+            shape = (y.shape[0], y.shape[1], height, y.shape[3])
+            out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+        if pending is not None:
+            out[:, :, pending[0] : pending[1]] = pending[2]
+        pending = (a, b, y)
+        del y
+    out[:, :, pending[0] : pending[1]] = pending[2]
+    return out
+
+
+def _input_rows(conv: nn.Conv2d, a: int, b: int, height: int) -> tuple[int, int, int]:
+    """Input rows [lo, hi) of `conv` over an input of `height` rows that give its output rows
+    [a, b): run on them (with its own padding), it returns `skip` rows to drop, then those rows.
+
+    lo keeps the stride's phase, so every kept output row reads the same input rows as in the
+    whole image; only the dropped first row reads the padding where the band has a neighbour.
+    """
+    (k, _), (s, _), (p, _) = conv.kernel_size, conv.stride, conv.padding
+    lo = max(s * a - s * -(-p // s), 0)
+    hi = min(s * (b - 1) - p + k, height)
+    return lo, hi, a - lo // s
 
 
 # --- Convolutions ---------------------------------------------------------------------------
@@ -295,12 +446,18 @@ def split_linear(
     return linear_gelu(x_doubled, split, bias) if gelu else F.linear(x_doubled, split, bias)
 
 
-def _add_linear(x: torch.Tensor, inputs: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+def _add_linear(
+    x: torch.Tensor, inputs: torch.Tensor, linear: nn.Linear, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """`x + linear(inputs)` with the add folded into the matrix product's accumulation.
 
-    x (B, N, C_out), inputs (B, N, C_in) -> (B, N, C_out), a new tensor.
+    x (..., N, C_out), inputs (..., N, C_in) -> (..., N, C_out), a new tensor or `out` (contiguous,
+    x's shape; not with autograd).
     """
-    out = x + linear.bias
+    if out is not None:
+        out = torch.add(x, linear.bias, out=out)
+    else:
+        out = x + linear.bias
     if not _no_autograd(out, inputs, linear.weight):
         return out + F.linear(inputs, linear.weight)
     out.view(-1, out.shape[-1]).addmm_(inputs.reshape(-1, inputs.shape[-1]), linear.weight.t())

@@ -293,10 +293,15 @@ class TinyViT(FastPath, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)
+        if fast_encoder.active(self):
+            # One flat loop over the blocks: a stage's forward would keep its input alive (in
+            # its caller's frame) until the whole stage is done, 16 MiB at 1024 px.
+            for module in fast_encoder.stage_modules(self):
+                # x is this loop's own temporary: an MBConv may overwrite it (16 MiB at 1024 px).
+                x = fast_encoder.mbconv(module, x, inplace=True) if isinstance(module, MBConv) else module(x)
+            return fast_encoder.neck(self, x)
         for layer in self.layers:
             x = layer(x)
-        if fast_encoder.active(self):
-            return fast_encoder.neck(self, x)
         B, _, C = x.shape
         s = self.embedding_size
         return self.neck(x.view(B, s, s, C).permute(0, 3, 1, 2))

@@ -225,7 +225,7 @@ def _session(ort, path: Path, threads: int):
     with _sessions_lock:
         session = _sessions.get(key)
         if session is None:
-            session = cpu_session(ort, path, threads)
+            session = cpu_session(ort, path, threads, encoder=path.name.startswith("encoder"))
             _sessions[key] = session
         return session
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import MobileSamError
 from ..postprocess import postprocess_logits
-from ..runtime import usable_cpus
+from ..runtime import release_free_memory, usable_cpus
 from ..transforms import ResizeLongestSide, model_input_prompts, rgb_image
 from .layout import PRECISION_FILES, cpu_session, decoder_prompt_inputs, encoder_input
 
@@ -55,8 +55,11 @@ class StandalonePredictor:
             from .int8 import warn_without_int8_instructions
 
             warn_without_int8_instructions()
-        threads = num_threads or usable_cpus()
-        self.encoder, self.decoder = (cpu_session(ort, path, threads) for path in paths)
+        self._ort, self._decoder_path, self._threads = ort, paths[1], num_threads or usable_cpus()
+        self.encoder = cpu_session(ort, paths[0], self._threads, encoder=True)
+        # Loading leaves the model file's bytes free in the heap, under the encoder's peak.
+        release_free_memory()
+        self._decoder = None  # made after the first encode: see `decoder`
         self.img_size = int(self.encoder.get_inputs()[0].shape[-1])
         self.transform = ResizeLongestSide(self.img_size)
         self.reset_image()
@@ -65,9 +68,24 @@ class StandalonePredictor:
         """Encode an (H, W, 3) uint8 image in `image_format` ("RGB" or "BGR")."""
         image = rgb_image(image, image_format)
         padded, (h, w) = encoder_input(image, self.img_size)
-        (self.features,) = self.encoder.run(None, {"image": padded})
+        run_options = None
+        if self._decoder is None:  # let the decoder session take what the encoder's run freed
+            run_options = self._ort.RunOptions()
+            run_options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        (self.features,) = self.encoder.run(None, {"image": padded}, run_options)
+        del padded
+        _ = self.decoder  # the first encode makes the decoder session, now that its run is over
         self.original_size, self.input_size = tuple(image.shape[:2]), (h, w)
         self.is_image_set = True
+
+    @property
+    def decoder(self):
+        """The decoder's session, made on first use: after the first encode, so that its weights
+        and the encoder's peak activations are never resident together (~50 MB less peak)."""
+        if self._decoder is None:
+            release_free_memory()
+            self._decoder = cpu_session(self._ort, self._decoder_path, self._threads)
+        return self._decoder
 
     def predict(
         self,
