@@ -29,7 +29,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default=None,
-        help="encoder arithmetic: bf16 needs a CPU with AVX512-BF16/AMX (~25%% faster, embeddings "
+        help="encoder arithmetic: bf16 needs a CPU with AVX512-BF16/AMX (~20%% faster, embeddings "
         "~5e-3 off fp32); auto picks bf16 where available (default: $MOBILESAM_PRECISION, else auto; "
         "see `mobilesam info`)",
     )

@@ -18,7 +18,7 @@ PRECISIONS = ("fp32", "bf16", "auto")  # as `mobilesam.runtime.PRECISIONS` (torc
 PRECISION_ENV = "MOBILESAM_PRECISION"
 # The front-ends' encoder arithmetic: bf16 where the CPU has it natively, since the bf16 encoder
 # meets issue 18's agreement bounds (embedding within 1e-2 of fp32, masks IoU >= 0.98) and is
-# ~25% faster; fp32 elsewhere. The Python API (`build_sam`, `load_model`) stays fp32.
+# ~20% faster; fp32 elsewhere. The Python API (`build_sam`, `load_model`) stays fp32.
 DEFAULT_PRECISION = "auto"
 
 
