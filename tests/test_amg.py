@@ -436,7 +436,7 @@ def test_bad_arguments_are_clear(structured):
 # --- CLI ----------------------------------------------------------------------------------------
 
 
-def test_cli_everything_writes_labels_and_json(vit_t_checkpoint, vit_t_model, tmp_path, capsys):
+def test_cli_everything_writes_labels_and_json(vit_t_checkpoint, tmp_path, capsys):
     image = blobs_image(96, 128)
     image_path = tmp_path / "blobs.tif"
     tifffile.imwrite(image_path, image)
@@ -465,8 +465,10 @@ def test_cli_everything_writes_labels_and_json(vit_t_checkpoint, vit_t_model, tm
         ]
     )
     assert code == 0
+    # The CLI's default precision is "auto" (bf16 on CPUs that have it): the same model here.
+    model = mobilesam.load_model("vit_t", vit_t_checkpoint, precision="auto")
     records = SamAutomaticMaskGenerator(
-        vit_t_model, points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=0.95
+        model, points_per_side=3, pred_iou_thresh=0, stability_score_thresh=0, box_nms_thresh=0.95
     ).generate(image)
     labels = tifffile.imread(out)
     assert labels.dtype == np.int32

@@ -190,3 +190,16 @@ def test_batched_mask_inputs_fast_matches_exact():
     (logits, iou, low), (ref_logits, ref_iou, ref_low) = outputs
     assert logits.shape == ref_logits.shape == (3, 1, 200, 160)
     assert max(_max_diff(low, ref_low), _max_diff(iou, ref_iou), _max_diff(logits, ref_logits)) <= TOL
+
+
+def test_fast_decoder_trains_after_inference_in_the_same_process():
+    """The decoder's cached pixel order, first made under inference_mode, must still serve a
+    forward pass that autograd records (distillation's coupled mode after a predict)."""
+    from mobilesam.modeling import fast_decoder
+
+    fast_decoder._pixel_order.cache_clear()
+    with torch.inference_mode():
+        order = fast_decoder._pixel_order(4, 4, torch.device("cpu"))
+    masks = torch.randn(3, 16 * 16, requires_grad=True)
+    torch.index_select(masks, 1, order).sum().backward()
+    assert torch.equal(masks.grad, torch.ones_like(masks))

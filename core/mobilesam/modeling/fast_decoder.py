@@ -217,5 +217,6 @@ def upscale_masks(decoder, keys: torch.Tensor, hyper_in: torch.Tensor, size: tup
 def _pixel_order(h: int, w: int, device: torch.device) -> torch.Tensor:
     """For each pixel of a (4h, 4w) mask in raster order, its position in the blocked order
     (y, x, dy1, dx1, dy2, dx2) of `upscale_masks`, whose pixel is (4y + 2dy1 + dy2, 4x + 2dx1 + dx2)."""
-    blocked = torch.arange(16 * h * w, device=device).view(h, w, 2, 2, 2, 2)
-    return blocked.permute(0, 2, 4, 1, 3, 5).reshape(-1)
+    with torch.inference_mode(False):  # cached: a normal tensor, usable where autograd records too
+        blocked = torch.arange(16 * h * w, device=device).view(h, w, 2, 2, 2, 2)
+        return blocked.permute(0, 2, 4, 1, 3, 5).reshape(-1)
