@@ -393,26 +393,28 @@ def _rss_child(side, checkpoint, onnx_dir, image, tune, threads, queue):
     queue.put(_high_water_rss())
 
 
-def _current_rss() -> int:
-    """Resident set of this process now in bytes (VmRSS), or 0 where /proc is not there."""
+def _proc_status_bytes(field: str) -> int | None:
+    """A `/proc/self/status` memory field ("VmRSS:", "VmHWM:") in bytes, None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return None
+
+
+def _current_rss() -> int:
+    """Resident set of this process now in bytes (VmRSS), or 0 where /proc is not there."""
+    return _proc_status_bytes("VmRSS:") or 0
 
 
 def _high_water_rss() -> int:
     """Peak resident set of this process in bytes. VmHWM belongs to the process's own address
     space; ru_maxrss would also count the parent's peak inherited through fork."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_status_bytes("VmHWM:")
+    if peak is not None:
+        return peak
     scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes, Linux KiB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
