@@ -59,23 +59,31 @@ def part_errors(model, image: torch.Tensor) -> dict:
         model.set_precision("fp32")
         expected = encoder(image)
         rows = {}
-        split = fast_encoder.split_linear
+        split = fast_encoder.split_weight
         try:  # "plain": the split weights replaced by plain bf16 ones
-            fast_encoder.split_linear = _plain_split_linear
+            fast_encoder.split_weight = _plain_split_weight
+            _forget_derived(encoder)
             for part, selected in PARTS.items():
                 plain_bf16(encoder, selected)
                 rows[part] = relative_error(encoder(image), expected)
         finally:
-            fast_encoder.split_linear = split
+            fast_encoder.split_weight = split
+            _forget_derived(encoder)
         model.set_precision("bf16")
         rows["set_precision('bf16') (the mix)"] = relative_error(encoder(image), expected)
         model.set_precision("fp32")
     return rows
 
 
-def _plain_split_linear(doubled, weight, bias=None):
-    x = doubled[..., : weight.shape[1]]
-    return torch.nn.functional.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+def _plain_split_weight(weight, dtype):
+    """[W_bf16, 0]: the doubled input's product with it is the plain bf16 product x @ W_bf16."""
+    return torch.cat([weight.to(dtype), torch.zeros_like(weight, dtype=dtype)], dim=1)
+
+
+def _forget_derived(module) -> None:
+    """Drop the split weights the encoder keeps (`modeling.common.derived`), so new ones are made."""
+    for m in module.modules():
+        m.__dict__.pop("_derived", None)
 
 
 def mask_ious(fp32_predictor, bf16_predictor, image: np.ndarray, clicks: int = 20) -> list:

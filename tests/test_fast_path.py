@@ -140,6 +140,34 @@ def test_postprocess_masks_close(input_size, original_size):
     assert _max_diff(fast, exact) <= 1e-5
 
 
+@pytest.mark.parametrize("input_size", [(768, 1024), (1024, 1024), (1021, 1024), (1024, 5), (3, 1024)])
+@pytest.mark.parametrize("block_bytes", [1 << 12, 1 << 20, 1 << 40])
+def test_binary_masks_equal_thresholded_logits(monkeypatch, input_size, block_bytes):
+    # Bool masks are upsampled a block of rows at a time and compared in the cache; whatever the
+    # block, they must be exactly the thresholded logits, for torch tensors and numpy arrays.
+    from mobilesam import postprocess
+
+    monkeypatch.setattr(postprocess, "ABOVE_BLOCK_BYTES", block_bytes)
+    coarse = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 5
+    low = torch.nn.functional.interpolate(coarse, (256, 256), mode="bilinear")  # smooth: real edges
+    for threshold in (0.0, 1.5):
+        expected = postprocess.postprocess_logits(low, 1024, input_size, input_size) > threshold
+        assert 0 < expected.float().mean() < 1
+        got = postprocess.postprocess_above(low, 1024, input_size, input_size, threshold)
+        assert got.dtype == torch.bool and torch.equal(got, expected)
+        expected_np = postprocess.postprocess_logits(low.numpy(), 1024, input_size, input_size) > threshold
+        got_np = postprocess.postprocess_above(low.numpy(), 1024, input_size, input_size, threshold)
+        assert isinstance(got_np, np.ndarray) and np.array_equal(got_np, expected_np)
+    model = mobilesam.build_sam("vit_t", image_size=1024)  # a second resampling: same as before
+    resized = model.postprocess_binary(low, input_size, (300, 451))
+    assert torch.equal(resized, model.postprocess_masks(low, input_size, (300, 451)) > 0)
+    exact = model.set_exact(True).postprocess_binary(low, input_size, input_size)  # official order
+    assert exact.shape == expected.shape and exact.any()
+    assert (
+        exact != postprocess.postprocess_above(low, 1024, input_size, input_size, 0.0)
+    ).float().mean() < 1e-4
+
+
 def _fast_and_exact(image_size=256, seed=5):
     torch.manual_seed(seed)
     fast = mobilesam.build_sam("vit_t", image_size=image_size)

@@ -171,9 +171,10 @@ class SamPredictor:
         points = (point_coords, point_labels) if point_coords is not None else None
         with decoder_threads():  # small operations: one thread by default (see runtime.py)
             low_res, iou = self.decode(points, boxes, mask_input, multimask_output)
-            masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
-            if not return_logits:
-                masks = _above(masks, self.model.mask_threshold)
+            if return_logits:
+                masks = self.model.postprocess_masks(low_res, self.input_size, self.original_size)
+            else:
+                masks = self.model.postprocess_binary(low_res, self.input_size, self.original_size)
         return masks, iou, low_res
 
     @torch.inference_mode()
@@ -210,11 +211,3 @@ class SamPredictor:
     def _require_image(self) -> None:
         if not self.is_image_set:
             raise RuntimeError("An image must be set with .set_image(...) before mask prediction.")
-
-
-def _above(logits: torch.Tensor, threshold: float) -> torch.Tensor:
-    """`logits > threshold` as a bool tensor. On CPU numpy's comparison is 3-6x faster than
-    torch's (three 1024x768 masks: 0.5 ms against 1.5-3 ms, a tenth of a click)."""
-    if logits.device.type != "cpu":
-        return logits > threshold
-    return torch.from_numpy(np.greater(logits.numpy(), threshold))

@@ -23,6 +23,29 @@ class FastPath:
         return not (self.exact or self.training)
 
 
+def derived(owner: nn.Module, name: str, sources: tuple[torch.Tensor, ...], make):
+    """`make()`, a value computed from the tensors `sources` (owner's parameters), cached on
+    `owner` until any source is replaced or modified in place (its storage or version counter
+    changes), so that loading new weights never leaves it stale.
+
+    Computed afresh, uncached, while autograd records (the graph must reach the parameters) or
+    where a source keeps no version counter (a model built under `torch.inference_mode`).
+    """
+    if torch.is_grad_enabled():
+        return make()
+    try:
+        stamp = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in sources)
+    except RuntimeError:  # inference tensors have no version counter
+        return make()
+    cache = owner.__dict__.setdefault("_derived", {})
+    hit = cache.get(name)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
+    value = make()
+    cache[name] = (stamp, value)
+    return value
+
+
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a (B, C, H, W) tensor."""
 

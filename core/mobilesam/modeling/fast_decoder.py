@@ -91,10 +91,12 @@ def transformer_forward(
         queries = layer.norm3(queries + layer.mlp(queries))
 
         i2t = layer.cross_attn_image_to_token
+        # After the first layer `keys` is this function's own temporary: add onto it in place.
+        own = i > 0
         if cached:
-            keys = _image_to_token(i2t, None, cache.q0, queries + tokens, queries, residual=keys)
+            keys = _image_to_token(i2t, None, cache.q0, queries + tokens, queries, keys, own)
         else:
-            keys = _image_to_token(i2t, keys_pe, None, queries + tokens, queries, residual=keys)
+            keys = _image_to_token(i2t, keys_pe, None, queries + tokens, queries, keys, own)
         keys = layer.norm4(keys)
     attn = _token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + pe, keys)
     return transformer.norm_final_attn(queries + attn), keys
@@ -160,12 +162,14 @@ def _image_to_token(
     k: torch.Tensor,
     v: torch.Tensor,
     residual: torch.Tensor,
+    residual_is_temporary: bool = False,
 ) -> torch.Tensor:
     """Image tokens attend to the prompt tokens: -> residual + attention output, (B, L, C).
 
     Pass either image_q (B, L, C), the unprojected queries, or projected_q (b0, L, d), already
     through q_proj (the per-image cache). k (B, N, C) tokens + pe, v (B, N, C) tokens;
-    residual (b0 or B, L, C) the image tokens the output is added to.
+    residual (b0 or B, L, C) the image tokens the output is added to, in place when
+    `residual_is_temporary` (saves a copy of the image tokens per layer).
     Logits are laid out (B, H*N, L) so the softmax over each head's N tokens runs across the long,
     contiguous L axis (a softmax along a last axis of ~7 is ten times slower).
     """
@@ -191,6 +195,12 @@ def _image_to_token(
         logits = _image_matmul(block_keys @ wq, image_q.transpose(1, 2)) + (block_keys @ bq)[..., None]
     L = logits.shape[-1]
     probs = torch.softmax(logits.view(B, H, N, L), dim=2).view(B, H * N, L)
+    if (
+        residual_is_temporary
+        and residual.shape[0] == B
+        and not (torch.is_grad_enabled() or torch.jit.is_tracing())
+    ):
+        return residual.baddbmm_(probs.transpose(1, 2), values)
     return torch.baddbmm(residual.expand(B, L, C), probs.transpose(1, 2), values)
 
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..runtime import release_blas_buffers
-from .common import FastPath, linear_gelu
+from .common import FastPath, derived, linear_gelu
 
 # oneDNN's fused convolution (conv + GELU, conv + add) as torch's inductor uses it for CPU inference.
 _FUSED_CONV = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
@@ -166,8 +166,8 @@ def _mlp_residual_rows(
     """`x + mlp(x)` for tokens x (..., C), written into `out` if given."""
     if dtype is None:
         return _add_linear(x, linear_gelu(mlp.norm(x), mlp.fc1.weight, mlp.fc1.bias), mlp.fc2, out)
-    hidden = split_linear(doubled(mlp.norm(x), dtype), mlp.fc1.weight, mlp.fc1.bias, gelu=True)
-    y = split_linear(torch.cat([hidden, hidden], dim=-1), mlp.fc2.weight, mlp.fc2.bias)
+    hidden = _split_linear(doubled(mlp.norm(x), dtype), mlp.fc1, gelu=True)
+    y = _split_linear(torch.cat([hidden, hidden], dim=-1), mlp.fc2)
     return x + y if out is None else torch.add(x, y, out=out)
 
 
@@ -187,19 +187,13 @@ def attention_windows_residual(
     and each product's rows do not depend on the others, so the result is the same bit for bit.
     """
     B, L, C = x.shape
-    heads, key_dim, ws = attn.num_heads, attn.key_dim, window_size
-    # The softmax scale goes into the q rows of the qkv projection (per head: q, k, v).
-    qkv_scale = x.new_tensor([attn.scale, 1.0, 1.0]).view(1, 3, 1, 1)
-    weight = (attn.qkv.weight.view(heads, 3, key_dim, C) * qkv_scale).view(3 * C, C)
-    bias = (attn.qkv.bias.view(heads, 3, key_dim) * qkv_scale[..., 0]).view(3 * C)
-    # The bias is added by the copy into the windows below (saving a pass over qkv).
-    pad_qkv = F.linear(attn.norm.bias, weight, bias)
-    if dtype is not None:
-        bias, pad_qkv = bias.to(dtype), pad_qkv.to(dtype)
-    # torch's fused CPU attention keeps each window's scores in cache; the bias needs its
-    # 4-D (1, heads, N, N) form for that kernel (a 3-D one takes a much slower path).
-    attn_mask = attn.attention_biases[:, attn.attention_bias_idxs].unsqueeze(0).to(dtype or x.dtype)
-    qkv_weights = (weight, bias, pad_qkv, attn_mask)
+    ws = window_size
+    if dtype is None:
+        qkv_weights = _qkv_weights(attn, x.dtype)
+    else:  # split weights, made once rather than per call (see `derived`)
+        sources = (attn.qkv.weight, attn.qkv.bias, attn.norm.bias, attn.attention_biases)
+        qkv_weights = derived(attn, f"qkv {dtype}", sources, lambda: _qkv_weights(attn, dtype))
+    weight = attn.qkv.weight
 
     grid = x.view(B, H, W, C)
     row_bytes = ws * W * 3 * C * (torch.finfo(dtype).bits // 8 if dtype else x.element_size())
@@ -216,6 +210,25 @@ def attention_windows_residual(
     return out
 
 
+def _qkv_weights(attn: nn.Module, dtype: torch.dtype) -> tuple:
+    """The qkv projection as `_window_attention` runs it: (weight, bias, pad_qkv, attn_mask), the
+    weight split (`split_weight`) when dtype is a low precision."""
+    heads, key_dim = attn.num_heads, attn.key_dim
+    C = attn.qkv.weight.shape[1]
+    # The softmax scale goes into the q rows of the qkv projection (per head: q, k, v).
+    qkv_scale = attn.qkv.weight.new_tensor([attn.scale, 1.0, 1.0]).view(1, 3, 1, 1)
+    weight = (attn.qkv.weight.view(heads, 3, key_dim, C) * qkv_scale).view(3 * C, C)
+    bias = (attn.qkv.bias.view(heads, 3, key_dim) * qkv_scale[..., 0]).view(3 * C)
+    # The bias is added by the copy into the windows (saving a pass over qkv).
+    pad_qkv = F.linear(attn.norm.bias, weight, bias)
+    # torch's fused CPU attention keeps each window's scores in cache; the bias needs its
+    # 4-D (1, heads, N, N) form for that kernel (a 3-D one takes a much slower path).
+    attn_mask = attn.attention_biases[:, attn.attention_bias_idxs].unsqueeze(0).to(dtype)
+    if dtype != weight.dtype:
+        weight, bias, pad_qkv = split_weight(weight, dtype), bias.to(dtype), pad_qkv.to(dtype)
+    return weight, bias, pad_qkv, attn_mask
+
+
 def _window_attention(
     attn: nn.Module, grid: torch.Tensor, ws: int, qkv_weights: tuple, dtype: torch.dtype | None
 ) -> torch.Tensor:
@@ -227,7 +240,7 @@ def _window_attention(
     weight, bias, pad_qkv, attn_mask = qkv_weights
     # Intermediates are dropped as soon as they are consumed (`del`).
     normed = attn.norm(grid)
-    qkv = F.linear(normed, weight) if dtype is None else split_linear(doubled(normed, dtype), weight)
+    qkv = F.linear(normed, weight) if dtype is None else F.linear(doubled(normed, dtype), weight)
     del normed
 
     nH, nW = -(-H // ws), -(-W // ws)
@@ -259,7 +272,7 @@ def _project_residual(
     the doubled input of `split_linear`."""
     if dtype is None:
         return _add_linear(x, tokens, proj, out)
-    y = split_linear(tokens, proj.weight, proj.bias)
+    y = _split_linear(tokens, proj)
     return x + y if out is None else torch.add(x, y, out=out)
 
 
@@ -440,9 +453,25 @@ def split_linear(
     through GELU when `gelu`.
     """
     dtype = x_doubled.dtype
+    split, bias = split_weight(weight, dtype), None if bias is None else bias.to(dtype)
+    return linear_gelu(x_doubled, split, bias) if gelu else F.linear(x_doubled, split, bias)
+
+
+def split_weight(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An fp32 weight (M, K) as [W_hi, W_lo] (M, 2K) in `dtype`, W_hi + W_lo = W to ~2^-16."""
     high = weight.to(dtype)
-    low = (weight - high.to(weight.dtype)).to(dtype)
-    split, bias = torch.cat([high, low], dim=1), None if bias is None else bias.to(dtype)
+    return torch.cat([high, (weight - high.to(weight.dtype)).to(dtype)], dim=1)
+
+
+def _split_linear(x_doubled: torch.Tensor, linear: nn.Linear, gelu: bool = False) -> torch.Tensor:
+    """`split_linear` of an nn.Linear, its split weights made once (`derived`), not per call."""
+    dtype = x_doubled.dtype
+
+    def make():
+        return split_weight(linear.weight, dtype), None if linear.bias is None else linear.bias.to(dtype)
+
+    sources = (linear.weight,) if linear.bias is None else (linear.weight, linear.bias)
+    split, bias = derived(linear, f"split {dtype}", sources, make)
     return linear_gelu(x_doubled, split, bias) if gelu else F.linear(x_doubled, split, bias)
 
 

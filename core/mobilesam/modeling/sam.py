@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..postprocess import postprocess_logits
+from ..postprocess import postprocess_above, postprocess_logits
 from ..transforms import PIXEL_MEAN, PIXEL_STD
 from .common import FastPath
 from .mask_decoder import MaskDecoder
@@ -102,6 +102,15 @@ class Sam(FastPath, nn.Module):
         if tuple(masks.shape[-2:]) == tuple(original_size):
             return masks  # bilinear resampling to the same size is the identity: skip the copy
         return F.interpolate(masks, tuple(original_size), mode="bilinear", align_corners=False)
+
+    def postprocess_binary(
+        self, masks: torch.Tensor, input_size: tuple[int, ...], original_size: tuple[int, ...]
+    ) -> torch.Tensor:
+        """`postprocess_masks(...) > mask_threshold`: bool masks (B, C, H0, W0). On the fast path
+        the full-size logits are never materialised (`postprocess.postprocess_above`)."""
+        if self.use_fast_path() and masks.device.type == "cpu":
+            return postprocess_above(masks, self.img_size, input_size, original_size, self.mask_threshold)
+        return self.postprocess_masks(masks, input_size, original_size) > self.mask_threshold
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise (3, h, w) or (B, 3, h, w) pixels and zero-pad bottom/right to a square."""

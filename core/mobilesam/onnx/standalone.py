@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MobileSamError
-from ..postprocess import postprocess_logits
+from ..postprocess import postprocess_above, postprocess_logits
 from ..runtime import release_free_memory, usable_cpus
 from ..transforms import ResizeLongestSide, model_input_prompts, rgb_image
 from .layout import PRECISION_FILES, cpu_session, decoder_prompt_inputs, encoder_input
@@ -119,9 +119,11 @@ class StandalonePredictor:
         )
         keep = slice(1, None) if multimask_output else slice(0, 1)
         low_res, iou = low_res[:, keep], iou[:, keep]
-        masks = postprocess_logits(low_res, self.img_size, self.input_size, self.original_size)
-        if not return_logits:
-            masks = masks > self.mask_threshold
+        sizes = (self.img_size, self.input_size, self.original_size)
+        if return_logits:
+            masks = postprocess_logits(low_res, *sizes)
+        else:
+            masks = postprocess_above(low_res, *sizes, self.mask_threshold)
         return masks[0], iou[0], low_res[0]
 
     def reset_image(self) -> None:
