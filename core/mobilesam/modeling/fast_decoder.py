@@ -213,7 +213,8 @@ def upscale_masks(decoder, keys: torch.Tensor, hyper_in: torch.Tensor, size: tup
     # ConvTranspose2d weight (in, out, 2, 2) -> (in, 2*2*out): rows of sub-pixel (dy, dx, channel).
     w1 = convt1.weight.permute(0, 2, 3, 1).reshape(C, 4 * c1)
     x = torch.addmm(convt1.bias.repeat(4), keys.reshape(B * L, C), w1).view(B * L * 4, c1)
-    x = F.gelu(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+    x = F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps)
+    x = F.gelu(x) if torch.is_grad_enabled() or torch.jit.is_tracing() else torch.ops.aten.gelu_(x)
     w2 = convt2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
     x = linear_gelu(x, w2.t(), convt2.bias.repeat(4)).view(B, L * 16, c2)
     masks = torch.bmm(hyper_in, x.transpose(1, 2))  # (B, M, 16L) in blocked pixel order
