@@ -74,6 +74,40 @@ def test_split_weights_remove_the_weight_rounding():
     assert split_error <= 2e-3 and split_error * 1.3 < plain_error
 
 
+@needs_bf16
+def test_bf16_split_weights_are_kept_until_the_weights_change(monkeypatch):
+    """The split weights are made once, not per call (`modeling.common.derived`), and are made
+    again when new weights are loaded or changed in place: the output is then that of a model
+    built with the new weights."""
+    from mobilesam.modeling import fast_encoder
+
+    made = []
+    split_weight = fast_encoder.split_weight
+    monkeypatch.setattr(fast_encoder, "split_weight", lambda *a: made.append(1) or split_weight(*a))
+    old, new = _pair(seed=3)[0], _pair(seed=4)[0]
+    model = mobilesam.build_sam("vit_t", image_size=256).eval()
+    model.load_state_dict(old.state_dict())
+    model.set_precision("bf16")
+    image = torch.randn(1, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        first = model.image_encoder(image)
+        per_encode = len(made)
+        assert per_encode > 0 and torch.equal(model.image_encoder(image), first)
+        assert len(made) == per_encode  # the second encode made none
+    model.load_state_dict(new.state_dict())
+    with torch.inference_mode():
+        reloaded = model.image_encoder(image)
+        assert len(made) == 2 * per_encode
+        expected = new.set_precision("bf16").image_encoder(image)
+    assert torch.equal(reloaded, expected) and not torch.equal(reloaded, first)
+    with torch.no_grad():  # changed in place (as an optimizer step does)
+        model.image_encoder.layers[1].blocks[0].mlp.fc2.weight.mul_(2)
+    with torch.inference_mode():
+        assert not torch.equal(model.image_encoder(image), reloaded)
+    grads = model.image_encoder(image)  # autograd records: nothing cached is used
+    assert grads.requires_grad
+
+
 def test_bf16_keeps_the_sensitive_parts_in_fp32(monkeypatch):
     """The measured mix (benchmarks/bf16_error.py): patch embedding, patch mergings, the local
     convs that carry the stream and the neck stay fp32; the blocks and MBConvs run bf16."""
