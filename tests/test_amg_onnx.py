@@ -62,3 +62,35 @@ def test_onnx_predictor_decodes_fewer_points_coarse_to_fine(predictors):
     _assert_records_close(got, torch_fast.generate(image))
     assert torch_fast.decoded_points == fast.decoded_points
     print(f"\n[onnx coarse to fine] {fast.decoded_points} of 256 points decoded, {len(got)} records")
+
+
+def test_onnx_decoder_parts_upscale_only_the_confident_prompts(predictors, monkeypatch):
+    # The exported decoder's two parts (transformer + IoU head, then upscaling) give exactly the
+    # one-piece decoder's confident masks, and the upscaling runs on the confident prompts only.
+    import torch
+
+    from mobilesam.modeling.mask_decoder import select_confident
+
+    model, onnx, _ = predictors
+    onnx.set_image(blobs_image())
+    backend = onnx.runtime
+    head, upscale = backend._decoder_parts()
+    upscaled = []
+    run = upscale.run
+    monkeypatch.setattr(
+        backend,
+        "_parts",
+        (head, type("Spy", (), {"run": lambda _, o, i: upscaled.append(len(i["keys"])) or run(o, i)})()),
+    )
+    rng = np.random.default_rng(0)
+    coords = torch.as_tensor(rng.uniform(0, 200, (12, 1, 2)), dtype=torch.float)
+    points = (coords, torch.ones(12, 1, dtype=torch.int))
+    full = onnx.decode(points, None, None, True)
+    threshold = float(np.median(full[1].max(dim=1).values.numpy()))  # about half the prompts keep none
+    masks, iou, index = onnx.decode_confident(points, None, None, True, threshold)
+    expected = select_confident(*full, threshold)
+    assert torch.equal(index, expected[2]) and 0 < len(index) < 36
+    assert torch.allclose(masks, expected[0], atol=1e-5) and torch.allclose(iou, expected[1])
+    assert upscaled == [len(torch.unique(index // 3))] and upscaled[0] < 12
+    assert onnx.decode_confident(points, None, None, True, 10.0)[0].shape == (0, *full[0].shape[-2:])
+    assert upscaled == [upscaled[0]]  # nothing confident: no upscaling at all

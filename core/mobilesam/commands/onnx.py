@@ -12,7 +12,8 @@ def register(subparsers) -> None:
         help="export encoder.onnx and decoder.onnx for onnxruntime",
         description="Writes OUTPUT/encoder.onnx (preprocessed 1x3xSxS image -> embedding) and "
         "OUTPUT/decoder.onnx (prompt encoder + mask decoder: any number of points, box as "
-        "corner points labelled 2 and 3, optional mask input). Use them with "
+        "corner points labelled 2 and 3, optional mask input), and the same decoder in two parts "
+        "for segment everything (decoder_head.onnx, decoder_upscale.onnx). Use them with "
         "mobilesam.SamPredictor(model, backend='onnx', onnx_dir=OUTPUT).",
     )
     p.add_argument("output", type=Path, help="directory for the .onnx files (created if missing)")
@@ -32,7 +33,7 @@ def export_onnx_command(args: argparse.Namespace) -> int:
 
     from ..onnx.export import export_onnx
     from ..onnx.int8 import quantize_encoder_static, warn_without_int8_instructions
-    from ..onnx.layout import INT8_ENCODER_FILE
+    from ..onnx.layout import DECODER_HEAD_FILE, DECODER_UPSCALE_FILE, INT8_ENCODER_FILE
 
     if args.output.exists() and not args.output.is_dir():
         raise ValueError(f"{args.output} exists and is not a directory")
@@ -41,6 +42,11 @@ def export_onnx_command(args: argparse.Namespace) -> int:
         encoder, decoder = export_onnx(model, args.output)
         bar.update()
         written = [encoder, decoder]
+        written += [
+            path
+            for path in (args.output / DECODER_HEAD_FILE, args.output / DECODER_UPSCALE_FILE)
+            if path.exists()
+        ]
         if args.quantize:
             warn_without_int8_instructions()
             written.append(quantize_encoder_static(encoder, args.output / INT8_ENCODER_FILE))

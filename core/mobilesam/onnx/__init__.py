@@ -3,7 +3,10 @@
 - `export_onnx(model, out_dir)` writes `encoder.onnx` (preprocessed (1, 3, S, S) image ->
   (1, 256, S/16, S/16) embedding) and `decoder.onnx` (prompt encoder + mask decoder: embedding,
   points with a dynamic count, box as two corner points, optional mask input -> all four mask
-  logits and IoU predictions). `mobilesam export-onnx` is the command-line form.
+  logits and IoU predictions), plus that decoder in two parts for segment everything
+  (`decoder_head.onnx`: IoU predictions, hypernetwork outputs and image tokens;
+  `decoder_upscale.onnx`: masks for the prompts whose IoU passes, as the torch path upscales only
+  those). `mobilesam export-onnx` is the command-line form.
 - `OnnxSamPredictor(model)`, equivalently `mobilesam.SamPredictor(model, backend="onnx")`: the
   `SamPredictor` API (set_image, predict, predict_torch, get_embedding_state, set_embedding) with
   the encoder and decoder run by onnxruntime; outputs match the torch path within 1e-3.

@@ -19,8 +19,14 @@ import torch
 from torch import nn
 
 from ..atomic import atomic_write
-from ..modeling import Sam
-from .layout import DECODER_FILE, ENCODER_FILE, FINGERPRINT_FILE  # noqa: F401 (re-exported)
+from ..modeling import Sam, fast_decoder
+from .layout import (  # noqa: F401 (re-exported)
+    DECODER_FILE,
+    DECODER_HEAD_FILE,
+    DECODER_UPSCALE_FILE,
+    ENCODER_FILE,
+    FINGERPRINT_FILE,
+)
 
 # The encoder needs opset 18 with torch's TorchScript exporter (earlier opsets lack what its
 # LayerNorm/attention lowering emits); the decoder uses the same for one runtime requirement.
@@ -90,6 +96,36 @@ class PromptDecoderOnnx(nn.Module):
         )
 
 
+class DecoderHeadOnnx(PromptDecoderOnnx):
+    """The fast decoder's first part: the same inputs as `PromptDecoderOnnx` -> iou_predictions
+    (B, 4), hyper_in (B, 4, C/8) (the hypernetwork outputs of the four mask tokens) and keys
+    (B, L, C), the transformer's image tokens: what `DecoderUpscaleOnnx` needs for the prompts
+    whose IoU passes a threshold (as `MaskDecoder.predict_confident_masks` does in torch)."""
+
+    def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        decoder = self.mask_decoder
+        dense = self._embed_mask(mask_input, has_mask_input)
+        image = decoder.prepare_image(
+            image_embeddings, self.prompt_encoder.get_dense_pe(), dense, project=False
+        )
+        tokens = decoder._tokens(self._embed_points(point_coords, point_labels))
+        hs, keys = fast_decoder.transformer_forward(decoder.transformer, image, tokens)
+        return decoder.iou_prediction_head(hs[:, 0, :]), decoder._hyper_in(hs, slice(None)), keys
+
+
+class DecoderUpscaleOnnx(nn.Module):
+    """The fast decoder's second part: keys (K, L, C) and hyper_in (K, M, C/8) -> low_res_masks
+    (K, M, 4h, 4w), the mask upscaling of `fast_decoder.upscale_masks`."""
+
+    def __init__(self, model: Sam) -> None:
+        super().__init__()
+        self.mask_decoder = model.mask_decoder
+        self.size = tuple(model.prompt_encoder.image_embedding_size)
+
+    def forward(self, keys: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
+        return fast_decoder.upscale_masks(self.mask_decoder, keys, hyper_in, self.size)
+
+
 def weights_fingerprint(model: nn.Module) -> str:
     """The model's `mobilesam.serving.model_identity` (type, weights, input size), stamped next to
     the exported files to tell whether they are stale: the one identity caches use everywhere."""
@@ -99,6 +135,9 @@ def weights_fingerprint(model: nn.Module) -> str:
 
 
 def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_axes) -> None:
+    # torch.onnx.export puts the module back in the mode it found it in, recursively: a wrapper
+    # left in its default training mode would leave the model's own modules training.
+    module.eval()
     # Never leave a half-written model under the final name.
     with atomic_write(path, suffix=".part") as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
@@ -161,25 +200,59 @@ def export_onnx(
                     torch.zeros(1, 1, *pe.mask_input_size),
                     torch.zeros(1),
                 )
+                prompt_inputs = [
+                    "image_embeddings",
+                    "point_coords",
+                    "point_labels",
+                    "mask_input",
+                    "has_mask_input",
+                ]
+                prompt_axes = {
+                    "point_coords": {0: "batch", 1: "num_points"},
+                    "point_labels": {0: "batch", 1: "num_points"},
+                    "mask_input": {0: "mask_batch"},
+                }
                 _export(
                     PromptDecoderOnnx(model),
                     dummy,
                     decoder_path,
-                    ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
+                    prompt_inputs,
                     ["low_res_masks", "iou_predictions"],
-                    {
-                        "point_coords": {0: "batch", 1: "num_points"},
-                        "point_labels": {0: "batch", 1: "num_points"},
-                        "mask_input": {0: "mask_batch"},
-                        "low_res_masks": {0: "batch"},
-                        "iou_predictions": {0: "batch"},
-                    },
+                    {**prompt_axes, "low_res_masks": {0: "batch"}, "iou_predictions": {0: "batch"}},
                 )
+                if model.mask_decoder.use_fast_path():  # an exact model keeps the official decoder only
+                    _export_decoder_parts(model, out_dir, dummy, prompt_inputs, prompt_axes)
     finally:
         model.train(was_training)
     if encoder and decoder:  # the fingerprint vouches for both files
         _write_text(out_dir / FINGERPRINT_FILE, weights_fingerprint(model))
     return encoder_path, decoder_path
+
+
+def _export_decoder_parts(model: Sam, out_dir: Path, dummy: tuple, prompt_inputs, prompt_axes) -> None:
+    """`decoder_head.onnx` and `decoder_upscale.onnx` (see `DecoderHeadOnnx`)."""
+    head = DecoderHeadOnnx(model)
+    _export(
+        head,
+        dummy,
+        out_dir / DECODER_HEAD_FILE,
+        prompt_inputs,
+        ["iou_predictions", "hyper_in", "keys"],
+        {**prompt_axes, "iou_predictions": {0: "batch"}, "hyper_in": {0: "batch"}, "keys": {0: "batch"}},
+    )
+    _, hyper_in, keys = head(*dummy)
+    _export(
+        DecoderUpscaleOnnx(model),
+        (keys, hyper_in[:, 1:]),
+        out_dir / DECODER_UPSCALE_FILE,
+        ["keys", "hyper_in"],
+        ["low_res_masks"],
+        {
+            "keys": {0: "prompts"},
+            "hyper_in": {0: "prompts", 1: "masks"},
+            "low_res_masks": {0: "prompts", 1: "masks"},
+        },
+    )
 
 
 def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike) -> Path:

@@ -10,6 +10,10 @@ from ..transforms import PIXEL_MEAN, PIXEL_STD, ResizeLongestSide
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 FINGERPRINT_FILE = "weights.sha256"
+# The fast decoder in two parts, for segment everything (`OnnxBackend.decode_confident`): the
+# transformer with the IoU head, then the mask upscaling for the confident prompts only.
+DECODER_HEAD_FILE = "decoder_head.onnx"
+DECODER_UPSCALE_FILE = "decoder_upscale.onnx"
 # precision="int8": the statically quantised encoder (`mobilesam.onnx.int8`) beside the fp32 decoder.
 INT8_ENCODER_FILE = "encoder.int8-static.onnx"
 # What older versions wrote for precision="int8" (dynamic quantisation of both models): removed

@@ -29,6 +29,8 @@ from .export import export_onnx, weights_fingerprint
 from .int8 import quantize_encoder_static, warn_without_int8_instructions
 from .layout import (
     DECODER_FILE,
+    DECODER_HEAD_FILE,
+    DECODER_UPSCALE_FILE,
     ENCODER_FILE,
     FINGERPRINT_FILE,
     INT8_ENCODER_FILE,
@@ -117,6 +119,11 @@ class OnnxBackend:
                 )
         self.mask_input_size = model.prompt_encoder.mask_input_size
         self.precision = precision
+        parts = (onnx_dir / DECODER_HEAD_FILE, onnx_dir / DECODER_UPSCALE_FILE)
+        self._part_paths = parts if all(path.exists() for path in parts) else None
+        self._threads = threads
+        self._parts = None
+        self._parts_lock = threading.Lock()
 
     @staticmethod
     def _ensure_exported(model: Sam, onnx_dir: Path, precision: str) -> tuple[Path, Path]:
@@ -129,9 +136,12 @@ class OnnxBackend:
             with suppress(OSError):  # a read-only folder keeps them
                 (onnx_dir / name).unlink(missing_ok=True)
         stamp = onnx_dir / FINGERPRINT_FILE
+        # A fast model's folder also holds the decoder's two parts (an older version's does not).
+        parts = (DECODER_HEAD_FILE, DECODER_UPSCALE_FILE) if model.mask_decoder.use_fast_path() else ()
         fresh = (
             encoder.exists()
             and decoder.exists()
+            and all((onnx_dir / name).exists() for name in parts)
             and stamp.exists()
             and stamp.read_text().strip() == fingerprint
         )
@@ -160,8 +170,54 @@ class OnnxBackend:
         return self
 
     def decode_confident(self, features, points, boxes, mask_input, multimask_output: bool, min_iou: float):
-        """`decode`, then the masks with IoU > min_iou (the exported decoder upscales nothing)."""
-        return select_confident(*self.decode(features, points, boxes, mask_input, multimask_output), min_iou)
+        """The masks with IoU > min_iou, as `decode` then `select_confident` would give: the
+        decoder's two parts (`export.DecoderHeadOnnx`) upscale only the prompts with a mask to
+        keep, as the torch path does (segment everything keeps a few of each batch)."""
+        parts = self._decoder_parts()
+        if parts is None:  # an exact model's export: the one-piece official decoder only
+            return select_confident(
+                *self.decode(features, points, boxes, mask_input, multimask_output), min_iou
+            )
+        head, upscale = parts
+        iou, hyper_in, keys = head.run(None, self._decoder_inputs(features, points, boxes, mask_input))
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        iou = iou[:, keep]
+        per_prompt = iou.shape[1]
+        index = np.flatnonzero(iou.reshape(-1) > min_iou)
+        prompt = index // per_prompt
+        prompts = np.unique(prompt)  # sorted
+        if prompts.size:
+            inputs = {"keys": keys[prompts], "hyper_in": np.ascontiguousarray(hyper_in[prompts][:, keep])}
+            (low_res,) = upscale.run(None, inputs)
+            masks = low_res[np.searchsorted(prompts, prompt), index % per_prompt]
+        else:
+            masks = np.zeros((0, *self.mask_input_size), np.float32)
+        return (
+            torch.from_numpy(np.ascontiguousarray(masks)),
+            torch.from_numpy(iou.reshape(-1)[index]),
+            torch.from_numpy(index.astype(np.int64)),
+        )
+
+    def _decoder_parts(self):
+        """The head and upscaling sessions, made at the first use (a predictor that only answers
+        clicks never loads them), or None where the folder has no decoder parts."""
+        if self._part_paths is None:
+            return None
+        with self._parts_lock:
+            if self._parts is None:
+                import onnxruntime as ort
+
+                try:
+                    self._parts = tuple(_session(ort, path, self._threads) for path in self._part_paths)
+                except Exception as exc:  # noqa: BLE001 - as in __init__: onnxruntime's errors share no base
+                    warnings.warn(
+                        f"the decoder parts in {self._part_paths[0].parent} could not be loaded ({exc}); "
+                        "segment everything decodes with the whole decoder",
+                        stacklevel=3,
+                    )
+                    self._part_paths = None
+                    return None
+            return self._parts
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         """(1, 3, S, S) normalised, padded image -> (1, 256, S/16, S/16) embedding."""
@@ -173,6 +229,12 @@ class OnnxBackend:
         self, features: torch.Tensor, points, boxes, mask_input, multimask_output: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """As `SamPredictor.decode`: points ((B, N, 2), (B, N)), boxes (B, 4), mask_input (B, 1, 256, 256)."""
+        low_res, iou = self.decoder.run(None, self._decoder_inputs(features, points, boxes, mask_input))
+        keep = slice(1, None) if multimask_output else slice(0, 1)
+        return torch.from_numpy(low_res[:, keep]), torch.from_numpy(iou[:, keep])
+
+    def _decoder_inputs(self, features, points, boxes, mask_input) -> dict:
+        """The exported decoder's inputs (`export.PromptDecoderOnnx`) for model-input prompts."""
         coords, labels = self._point_inputs(points, boxes)
         if mask_input is None:
             mask = np.zeros((1, 1, *self.mask_input_size), np.float32)
@@ -180,18 +242,13 @@ class OnnxBackend:
         else:
             mask = np.ascontiguousarray(_numpy(mask_input), dtype=np.float32)
             has_mask = np.ones(1, np.float32)
-        low_res, iou = self.decoder.run(
-            None,
-            {
-                "image_embeddings": np.ascontiguousarray(_numpy(features), dtype=np.float32),
-                "point_coords": coords,
-                "point_labels": labels,
-                "mask_input": mask,
-                "has_mask_input": has_mask,
-            },
-        )
-        keep = slice(1, None) if multimask_output else slice(0, 1)
-        return torch.from_numpy(low_res[:, keep]), torch.from_numpy(iou[:, keep])
+        return {
+            "image_embeddings": np.ascontiguousarray(_numpy(features), dtype=np.float32),
+            "point_coords": coords,
+            "point_labels": labels,
+            "mask_input": mask,
+            "has_mask_input": has_mask,
+        }
 
     @staticmethod
     def _point_inputs(points, boxes) -> tuple[np.ndarray, np.ndarray]:
