@@ -100,10 +100,15 @@ def test_bf16_split_weights_are_kept_until_the_weights_change(monkeypatch):
         assert len(made) == 2 * per_encode
         expected = new.set_precision("bf16").image_encoder(image)
     assert torch.equal(reloaded, expected) and not torch.equal(reloaded, first)
+    fc2 = model.image_encoder.layers[1].blocks[0].mlp.fc2
     with torch.no_grad():  # changed in place (as an optimizer step does)
-        model.image_encoder.layers[1].blocks[0].mlp.fc2.weight.mul_(2)
+        fc2.weight.mul_(2)
     with torch.inference_mode():
-        assert not torch.equal(model.image_encoder(image), reloaded)
+        doubled = model.image_encoder(image)
+        assert not torch.equal(doubled, reloaded)
+    fc2.weight = torch.nn.Parameter(fc2.weight.detach() / 2)  # replaced by another tensor
+    with torch.inference_mode():
+        assert torch.equal(model.image_encoder(image), reloaded)
     grads = model.image_encoder(image)  # autograd records: nothing cached is used
     assert grads.requires_grad
 

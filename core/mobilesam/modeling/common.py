@@ -1,5 +1,7 @@
 """Small building blocks shared by the encoders and the mask decoder."""
 
+import weakref
+
 import torch
 from torch import nn
 
@@ -39,10 +41,12 @@ def derived(owner: nn.Module, name: str, sources: tuple[torch.Tensor, ...], make
         return make()
     cache = owner.__dict__.setdefault("_derived", {})
     hit = cache.get(name)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
+    # The same tensor objects (weak references: a replaced parameter whose memory went to its
+    # successor must not pass for it), at the same version.
+    if hit is not None and hit[0] == stamp and all(ref() is t for ref, t in zip(hit[1], sources)):
+        return hit[2]
     value = make()
-    cache[name] = (stamp, value)
+    cache[name] = (stamp, tuple(weakref.ref(t) for t in sources), value)
     return value
 
 
