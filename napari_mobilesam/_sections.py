@@ -5,6 +5,8 @@ the state behind them lives in `_session.py`. Each section's widgets are attribu
 section object, so the widget reads e.g. `self.model.checkpoint.value`.
 """
 
+import os
+
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -100,7 +102,10 @@ class ModelSection(Section):
             f"folder). Default from ${BACKEND_ENV}",
         )
         self.weights = _wrapping(Label(label="Weights", value="-"))
-        super().__init__("Model", [self.model_type, self.checkpoint, self.backend, self.weights])
+        self.arithmetic = _wrapping(Label(label="Encoder", value="-"))
+        super().__init__(
+            "Model", [self.model_type, self.checkpoint, self.backend, self.weights, self.arithmetic]
+        )
 
 
 class ImageSection(Section):
@@ -301,3 +306,27 @@ def backend_default() -> tuple[str, str]:
         return backend_from_env(), ""
     except ValueError as exc:
         return DEFAULT_BACKEND, f"{exc}; using {DEFAULT_BACKEND}"
+
+
+def encoder_arithmetic(model_type: str, checkpoint: str, backend: str) -> str:
+    """What the Model section's "Encoder" line says: the arithmetic the image encoder will run
+    (the core's `encoder_precision` of $MOBILESAM_PRECISION for this model) and why."""
+    from mobilesam.runtime import bf16_supported
+    from mobilesam.serving.backend import PRECISION_ENV, encoder_precision, parse_precision
+
+    if backend == "onnx":
+        return "fp32 (ONNX Runtime)"
+    try:
+        setting = parse_precision(os.environ.get(PRECISION_ENV))
+        # A checkpoint's architecture is read from the file; only vit_t models have a bf16 path.
+        arithmetic = encoder_precision(setting, None if checkpoint else model_type)
+    except ValueError as exc:
+        return f"{exc}: loading the model will fail"
+    if arithmetic == "bf16":
+        which = " for a vit_t checkpoint" if checkpoint else ""
+        return f"bf16{which} (this CPU has AVX512-BF16/AMX; ${PRECISION_ENV}={setting})"
+    if setting == "fp32":
+        return f"fp32 (${PRECISION_ENV}=fp32)"
+    if not bf16_supported():
+        return "fp32 (this CPU has no AVX512-BF16/AMX)"
+    return f"fp32 ({model_type} has no bf16 path)"

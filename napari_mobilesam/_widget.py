@@ -57,6 +57,7 @@ from ._sections import (
     StatusSection,
     VolumeSection,
     backend_default,
+    encoder_arithmetic,
 )
 from ._session import ImageSession, SegmenterKey, Sessions, next_candidate, nonzero_box, pick_candidate
 from ._tasks import BackgroundTask, cancel_checks_inside
@@ -431,7 +432,9 @@ class MobileSamWidget(Container):
         return self.model_type.value, path, self.backend.value
 
     def _show_weights(self) -> None:
-        """Which weights file will be used, and whether the Model choice matters."""
+        """Which weights file will be used, whether the Model choice matters, and the encoder's
+        arithmetic."""
+        self.arithmetic.value = encoder_arithmetic(*self._wanted_model_key())
         model_type, path, _ = self._wanted_model_key()
         self.model_type.enabled = not path
         if path:

@@ -149,3 +149,27 @@ def test_widget_applies_the_core_allocator_settings(make_napari_viewer, monkeypa
     viewer = make_napari_viewer()
     viewer.window.add_plugin_dock_widget("napari-mobilesam", "MobileSAM")
     assert calls == [1]
+
+
+def test_model_section_says_which_arithmetic_the_encoder_runs(plugin_widget, monkeypatch):
+    """The Model section's Encoder line follows the model, backend and $MOBILESAM_PRECISION: bf16
+    for vit_t where the CPU has it (the front-ends' default), fp32 otherwise, with the reason."""
+    from mobilesam.runtime import bf16_supported
+
+    _, widget = plugin_widget
+    monkeypatch.delenv("MOBILESAM_PRECISION", raising=False)
+    widget.model_type.value = "vit_b"
+    assert widget.arithmetic.value.startswith("fp32 (")
+    widget.model_type.value = "vit_t"
+    if bf16_supported():
+        assert widget.arithmetic.value.startswith("bf16 (this CPU has AVX512-BF16/AMX")
+    else:
+        assert widget.arithmetic.value == "fp32 (this CPU has no AVX512-BF16/AMX)"
+    monkeypatch.setenv("MOBILESAM_PRECISION", "fp32")
+    widget.backend.value = "onnx"
+    assert widget.arithmetic.value == "fp32 (ONNX Runtime)"
+    widget.backend.value = "torch"
+    assert widget.arithmetic.value == "fp32 ($MOBILESAM_PRECISION=fp32)"
+    monkeypatch.setenv("MOBILESAM_PRECISION", "fast")
+    widget.model_type.value = "vit_l"
+    assert "MOBILESAM_PRECISION must be one of" in widget.arithmetic.value
